@@ -1,0 +1,135 @@
+"""Records -> extracted text -> embeddings in Milvus, per tenant-day.
+
+The three assets are computed by one multi-asset step so that a run covering many
+tenant-days reads them in one pass and loads the model once (``BackfillPolicy.multi_run``).
+Each partition gets its own materialisation of each asset with its own figures, so the UI
+can plot them over partitions.
+"""
+
+
+import time
+
+import dagster as dg
+
+from .. import settings
+from ..partitions import MAX_PARTITIONS_PER_RUN, split_key, tenant_day_partitions
+from ..resources import EmbeddingModelResource, LandingResource, MilvusResource
+from ..sync import PartitionResult, sync_partitions
+
+#: Bumped when extraction or row layout changes (part of every asset's code_version).
+PIPELINE_VERSION = "1"
+
+SOURCE_RECORDS = dg.AssetKey("source_records")
+EXTRACTED_TEXT = dg.AssetKey("extracted_text")
+MILVUS_VECTORS = dg.AssetKey("milvus_vectors")
+ASSET_KEYS = [SOURCE_RECORDS, EXTRACTED_TEXT, MILVUS_VECTORS]
+
+_CODE_VERSION = {
+    SOURCE_RECORDS: PIPELINE_VERSION,
+    EXTRACTED_TEXT: PIPELINE_VERSION,
+    MILVUS_VECTORS: f"{PIPELINE_VERSION}:{settings.model_name()}",
+}
+
+
+def _quarantine_table(result: PartitionResult, limit: int = 20) -> str:
+    rows = ["| file | line | reason |", "|---|---:|---|"]
+    rows += [f"| {b.path} | {b.line} | {b.reason} |" for b in result.quarantined[:limit]]
+    if len(result.quarantined) > limit:
+        rows.append(f"| … {len(result.quarantined) - limit} more | | |")
+    return "\n".join(rows)
+
+
+def partition_metadata(result: PartitionResult, model_id: str, seconds_per_text: float) -> dict[dg.AssetKey, dict]:
+    """The metadata of each asset's materialisation for one tenant-day."""
+    quarantine = {"quarantined": len(result.quarantined)}
+    if result.quarantined:
+        quarantine["quarantine"] = dg.MetadataValue.md(_quarantine_table(result))
+    texts = result.texts
+    return {
+        SOURCE_RECORDS: {"records_read": result.records_read, **quarantine},
+        EXTRACTED_TEXT: {
+            "texts": len(texts),
+            "mean_chars": round(sum(len(t.text) for t in texts) / len(texts), 1) if texts else 0.0,
+            "kinds": ", ".join(sorted({t.kind for t in texts})) or "none",
+            **quarantine,
+        },
+        MILVUS_VECTORS: {
+            "rows": result.rows,
+            "embedded": result.embedded,
+            "truncated": result.truncated,
+            "skipped_unchanged": result.skipped,
+            "moved_in": result.moved,
+            "deleted": result.deleted,
+            "model": model_id,
+            "encode_seconds_est": round(seconds_per_text * result.embedded, 4),
+        },
+    }
+
+
+@dg.multi_asset(
+    specs=[
+        dg.AssetSpec(
+            SOURCE_RECORDS,
+            deps=["landing_index"],
+            description="Records of one tenant-day in the landing data (read through the landing index); bad records are quarantined with file, line and reason.",
+            kinds={"json"},
+            group_name="vectors",
+            code_version=_CODE_VERSION[SOURCE_RECORDS],
+            skippable=True,
+        ),
+        dg.AssetSpec(
+            EXTRACTED_TEXT,
+            deps=[SOURCE_RECORDS],
+            description="Text extracted per record kind (issue: summary, description, labels, versions, comments; commit: message and files), markup and whitespace normalised.",
+            kinds={"python"},
+            group_name="vectors",
+            code_version=_CODE_VERSION[EXTRACTED_TEXT],
+            skippable=True,
+        ),
+        dg.AssetSpec(
+            MILVUS_VECTORS,
+            deps=[EXTRACTED_TEXT],
+            description="L2-normalised sentence-transformers embeddings of the extracted texts, upserted into the model's Milvus collection; only new and changed texts are embedded, rows of records gone from the partition are deleted.",
+            kinds={"milvus", "pytorch"},
+            group_name="vectors",
+            code_version=_CODE_VERSION[MILVUS_VECTORS],
+            skippable=True,
+        ),
+    ],
+    name="tenant_day_vectors",
+    partitions_def=tenant_day_partitions,
+    backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=MAX_PARTITIONS_PER_RUN),
+    retry_policy=dg.RetryPolicy(max_retries=2, delay=5, backoff=dg.Backoff.EXPONENTIAL),
+    pool="milvus_writes",
+)
+def tenant_day_vectors(
+    context: dg.AssetExecutionContext,
+    landing: LandingResource,
+    embedding_model: EmbeddingModelResource,
+    milvus: MilvusResource,
+):
+    """Materialise each tenant-day of the run: read, extract, embed what changed, write."""
+    started = time.perf_counter()
+    keys = [split_key(k) for k in context.partition_keys]
+    index = landing.index()
+    landing.refresh()
+    results = sync_partitions(keys, index, embedding_model, milvus, landing.quarantine_dir(), log=context.log.info)
+    stats = embedding_model.stats
+    per_text = stats.seconds / stats.texts if stats.texts else 0.0
+    total = {"records": 0, "embedded": 0, "skipped": 0, "deleted": 0, "quarantined": 0}
+    for key, result in results.items():
+        mk = dg.MultiPartitionKey({"tenant": key[0], "day": key[1]})
+        for asset_key, metadata in partition_metadata(result, embedding_model.model_id, per_text).items():
+            yield dg.AssetMaterialization(asset_key=asset_key, partition=mk, metadata=metadata, tags={"dagster/code_version": _CODE_VERSION[asset_key]})
+        total["records"] += result.records_read
+        total["embedded"] += result.embedded
+        total["skipped"] += result.skipped
+        total["deleted"] += result.deleted
+        total["quarantined"] += len(result.quarantined)
+    wall = time.perf_counter() - started
+    context.log.info(
+        f"{len(results)} tenant-days: {total['records']} records, {total['embedded']} embedded, "
+        f"{total['skipped']} unchanged, {total['deleted']} deleted, {total['quarantined']} quarantined; "
+        f"encode {stats.seconds:.1f}s of {wall:.1f}s ({stats.texts / stats.seconds if stats.seconds else 0:.0f} texts/s), "
+        f"{stats.truncated} texts truncated at {embedding_model.max_seq_length if stats.texts else '-'} tokens, model load {stats.load_seconds:.1f}s"
+    )

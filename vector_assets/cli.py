@@ -1,0 +1,273 @@
+"""The ``vector-assets`` command line: backfill tenant-days through Dagster, and search.
+
+Configured by ``DAGSTER_HOME``, ``VECTOR_ASSETS_LANDING_DIR`` (default: the bundled sample)
+and ``VECTOR_ASSETS_MILVUS_URI`` (default: the embedded database); see
+:mod:`vector_assets.settings`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import sys
+import time
+from collections import defaultdict
+
+from . import settings
+
+#: A run's range of days stops at a gap longer than this (days without records would otherwise
+#: be materialised as empty partitions, which costs Dagster events but embeds nothing).
+MAX_GAP_DAYS = 3
+
+
+def _date(value: str) -> str:
+    try:
+        return dt.date.fromisoformat(value).isoformat()
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a date (YYYY-MM-DD)") from None
+
+
+def plan_runs(partitions: list[tuple[str, str]], max_per_run: int, max_gap_days: int = MAX_GAP_DAYS) -> list[tuple[str, str, str, int]]:
+    """Group tenant-days into runs as ``BackfillPolicy.multi_run`` does: consecutive days of one
+    tenant, at most ``max_per_run`` days with records per run, and a new run after a gap of
+    more than ``max_gap_days`` days.
+
+    Returns ``[(tenant, first_day, last_day, days_with_records)]``.
+    """
+    days_by_tenant: dict[str, list[str]] = defaultdict(list)
+    for tenant, day in sorted(partitions):
+        days_by_tenant[tenant].append(day)
+    runs = []
+    for tenant, days in days_by_tenant.items():
+        chunk: list[str] = []
+        for day in days:
+            if chunk:
+                gap = (dt.date.fromisoformat(day) - dt.date.fromisoformat(chunk[-1])).days
+                span = (dt.date.fromisoformat(day) - dt.date.fromisoformat(chunk[0])).days + 1
+                if len(chunk) >= max_per_run or gap > max_gap_days or span > max_per_run:
+                    runs.append((tenant, chunk[0], chunk[-1], len(chunk)))
+                    chunk = []
+            chunk.append(day)
+        if chunk:
+            runs.append((tenant, chunk[0], chunk[-1], len(chunk)))
+    return runs
+
+
+def _sum_metadata(result) -> dict[str, float]:
+    totals: dict[str, float] = defaultdict(float)
+    for event in result.get_asset_materialization_events():
+        mat = event.event_specific_data.materialization
+        key = mat.asset_key.to_user_string()
+        for name, value in mat.metadata.items():
+            if isinstance(getattr(value, "value", None), (int, float)) and not isinstance(value.value, bool):
+                totals[f"{key}.{name}"] += value.value
+        totals[f"{key}.partitions"] += 1
+    return totals
+
+
+def cmd_backfill(args: argparse.Namespace) -> int:
+    settings.ensure_dagster_home()
+    import dagster as dg
+
+    from .definitions import defs
+    from .partitions import MAX_PARTITIONS_PER_RUN, TENANTS, in_window
+
+    started = time.perf_counter()
+    instance = dg.DagsterInstance.get()
+    print(f"landing: {settings.landing_dir()}  milvus: {settings.milvus_uri()}  DAGSTER_HOME: {instance.root_directory}", flush=True)
+    index_result = defs.resolve_job_def("landing_index_job").execute_in_process(instance=instance, raise_on_error=False)
+    if not index_result.success:
+        print("error: indexing the landing directory failed; see the run in the Dagster UI", file=sys.stderr)
+        return 1
+    meta = index_result.get_asset_materialization_events()[0].event_specific_data.materialization.metadata
+    unattributed = int(meta["unattributed_lines"].value)
+    print(
+        f"indexed {meta['lines_indexed'].value} lines in {meta['files'].value} files: {meta['tenants'].value} tenants, "
+        f"{meta['tenant_days'].value} tenant-days, {unattributed} lines fit no tenant-day"
+        + (f" (see {meta['quarantine_file'].value})" if unattributed else ""),
+        flush=True,
+    )
+    landing = defs.resources["landing"]
+    index = landing.index()
+    known = set(instance.get_dynamic_partitions(TENANTS))
+    unknown = [t for t in args.tenant or [] if t not in known]
+    if unknown:
+        print(f"error: unknown tenant(s) {', '.join(unknown)}; tenants in the landing data: {', '.join(sorted(known))}", file=sys.stderr)
+        return 2
+    partitions = index.partitions(args.tenant, args.start, args.end)
+    outside = [p for p in partitions if not in_window(p[1])]
+    if outside:
+        print(f"warning: {len(outside)} tenant-days fall outside the partition window (start {settings.start_date()}) and are not materialised; first: {outside[0]}", flush=True)
+    partitions = [p for p in partitions if in_window(p[1])]
+    runs = plan_runs(partitions, args.max_partitions_per_run or MAX_PARTITIONS_PER_RUN)
+    print(f"backfilling {len(partitions)} tenant-days in {len(runs)} runs", flush=True)
+    job = defs.resolve_job_def("tenant_day_vectors_job")
+    totals: dict[str, float] = defaultdict(float)
+    failed = 0
+    for i, (tenant, first, last, n_days) in enumerate(runs, start=1):
+        run_started = time.perf_counter()
+        result = job.execute_in_process(
+            instance=instance,
+            tags={
+                "dagster/asset_partition_range_start": f"{first}|{tenant}",
+                "dagster/asset_partition_range_end": f"{last}|{tenant}",
+                "vector_assets/launched_by": "cli-backfill",
+            },
+            raise_on_error=False,
+        )
+        sums = _sum_metadata(result)
+        for name, value in sums.items():
+            totals[name] += value
+        if not result.success:
+            failed += n_days
+            print(f"[{i}/{len(runs)}] {tenant} {first}..{last}: FAILED (run {result.run_id})", flush=True)
+            continue
+        print(
+            f"[{i}/{len(runs)}] {tenant} {first}..{last}: {int(sums['milvus_vectors.partitions'])} partitions, "
+            f"{int(sums['source_records.records_read'])} records, {int(sums['milvus_vectors.embedded'])} embedded, "
+            f"{int(sums['milvus_vectors.skipped_unchanged'])} unchanged, {int(sums['milvus_vectors.deleted'])} deleted, "
+            f"{int(sums['source_records.quarantined'])} quarantined, {time.perf_counter() - run_started:.1f}s",
+            flush=True,
+        )
+    wall = time.perf_counter() - started
+    from .embedding import load_model  # noqa: F401  (the model cache is per process)
+
+    quarantined = int(totals["source_records.quarantined"]) + unattributed
+    written = int(totals["milvus_vectors.embedded"] + totals["milvus_vectors.moved_in"])
+    print(
+        f"backfill: partitions={len(partitions)} runs={len(runs)} records_read={int(totals['source_records.records_read']) + unattributed} "
+        f"rows_written={written} embedded={int(totals['milvus_vectors.embedded'])} skipped={int(totals['milvus_vectors.skipped_unchanged'])} "
+        f"deleted={int(totals['milvus_vectors.deleted'])} quarantined={quarantined} failed_partitions={failed} wall_s={wall:.1f}",
+        flush=True,
+    )
+    return 1 if failed else 0
+
+
+def _search_setup():
+    from . import milvus_store
+    from .resources import EmbeddingModelResource
+
+    uri = settings.milvus_uri()
+    client = milvus_store.connect(uri, token=__import__("os").environ.get("VECTOR_ASSETS_MILVUS_TOKEN", ""), start_server=False)
+    model = EmbeddingModelResource(model=settings.model_name())
+    return client, milvus_store.collection_name(model.model_id), model
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from .search import SearchError, search
+
+    if args.queries is None and (not args.query or not args.query.strip()):
+        print("error: empty query", file=sys.stderr)
+        return 2
+    if args.queries is None and not args.tenant:
+        print("error: --tenant is required with a query", file=sys.stderr)
+        return 2
+    try:
+        client, collection, model = _search_setup()
+    except FileNotFoundError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.queries is None:
+        try:
+            hits = search(client, collection, model, args.tenant, [args.query], k=args.k)[0]
+        except SearchError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        if args.json:
+            print(json.dumps({"query": args.query, "tenant": args.tenant, "hits": [h.as_dict() for h in hits]}))
+        else:
+            for rank, hit in enumerate(hits, start=1):
+                print(f"{rank:>2}. {hit.score:.3f}  {hit.id}  {hit.day}  {hit.kind}  {hit.preview[:100]}")
+        return 0
+    return _search_file(args, client, collection, model)
+
+
+def _search_file(args, client, collection, model) -> int:
+    from .search import SearchError, search
+
+    queries_by_tenant: dict[str, list[dict]] = defaultdict(list)
+    errors = 0
+    try:
+        fh = open(args.queries, encoding="utf-8")
+    except OSError as err:
+        print(f"error: {args.queries}: {err.strerror}", file=sys.stderr)
+        return 2
+    with fh:
+        for number, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+                queries_by_tenant[item["tenant"]].append(item)
+                item["id"], item["text"]
+            except (ValueError, KeyError, TypeError) as err:
+                print(f"error: {args.queries}:{number}: not a query line {{id, tenant, text}} ({err})", file=sys.stderr)
+                errors += 1
+    out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
+    try:
+        for tenant, items in queries_by_tenant.items():
+            for i in range(0, len(items), 256):
+                batch = items[i : i + 256]
+                try:
+                    hits = search(client, collection, model, tenant, [q["text"] for q in batch], k=args.k, check_tenant=(i == 0))
+                except SearchError as err:
+                    print(f"error: tenant {tenant}: {err}", file=sys.stderr)
+                    errors += len(batch)
+                    break
+                for item, found in zip(batch, hits):
+                    out.write(json.dumps({"id": item["id"], "hits": [h.as_dict() for h in found]}) + "\n")
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    return 1 if errors else 0
+
+
+def cmd_server(args: argparse.Namespace) -> int:
+    from . import milvus_store
+
+    uri = settings.milvus_uri()
+    if not milvus_store.is_local_uri(uri):
+        print(f"error: {uri} is a server URI; nothing local to {args.action}", file=sys.stderr)
+        return 2
+    if args.action == "stop":
+        print("stopped" if milvus_store.stop_local_server(uri) else "no server was running")
+    elif args.action == "start":
+        print(milvus_store.ensure_local_server(uri))
+    else:
+        print(milvus_store.running_local_server(uri) or "not running")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vector-assets", description="Keep Milvus in step with operational records; search them by meaning.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    bf = sub.add_parser("backfill", help="register tenants and materialise tenant-days through Dagster")
+    bf.add_argument("--tenant", action="append", help="only this tenant (repeatable)")
+    bf.add_argument("--start", type=_date, help="first day (YYYY-MM-DD, inclusive)")
+    bf.add_argument("--end", type=_date, help="last day (YYYY-MM-DD, inclusive)")
+    bf.add_argument("--max-partitions-per-run", type=int, default=None, help="tenant-days per run (default: the backfill policy's)")
+    bf.set_defaults(func=cmd_backfill)
+    se = sub.add_parser("search", help="semantic search within one tenant")
+    se.add_argument("query", nargs="?", help="query text")
+    se.add_argument("--tenant", help="tenant to search")
+    se.add_argument("-k", type=int, default=10, help="hits per query (default 10)")
+    se.add_argument("--json", action="store_true", help="print one JSON object")
+    se.add_argument("--queries", help="JSONL file of {id, tenant, text}; writes one JSON line per query")
+    se.add_argument("--output", help="with --queries: write to this file instead of stdout")
+    se.set_defaults(func=cmd_search)
+    sv = sub.add_parser("server", help="the local milvus-lite server of the default database")
+    sv.add_argument("action", choices=["start", "stop", "status"])
+    sv.set_defaults(func=cmd_server)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.getLogger("dagster").setLevel(logging.WARNING)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

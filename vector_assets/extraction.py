@@ -1,0 +1,221 @@
+"""Text extraction per record kind: what of a record is embedded, and how it is normalised.
+
+Rules follow the seeds (``003_*`` §3.2, ``002_*``) as issue #2 settles them:
+
+* Jira / Bugzilla issue: summary, description, labels, affected versions, comments.
+* GitHub issue / pull request: title, body, labels, review comments.
+* Git commit: the full message and the changed file names.
+
+Markup is reduced to its text (Markdown links and images, HTML tags and comments, Jira wiki
+macros and headings) and whitespace is collapsed. Fields that are absent or empty are left
+out, so a record never gets a "Labels:" line with nothing after it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping
+
+from .records import (
+    BadRecord,
+    LocatedRecord,
+    RecordError,
+    content_hash,
+    primary_key,
+    record_id,
+    record_kind,
+    record_tenant,
+    record_timestamp,
+)
+
+_HTML_COMMENT = re.compile(r"<!--.*?-->", re.S)
+_HTML_TAG = re.compile(r"</?[A-Za-z][A-Za-z0-9-]*(?:\s[^<>]*)?/?>")
+_MD_IMAGE = re.compile(r"!\[([^\]]*)\]\([^)]*\)")
+_MD_LINK = re.compile(r"\[([^\]]+)\]\((?:[^()]|\([^)]*\))*\)")
+_MD_FENCE = re.compile(r"^\s*(```+|~~~+)[^\n]*$", re.M)
+_MD_HEADING = re.compile(r"^\s{0,3}#{1,6}\s+", re.M)
+_JIRA_MACRO = re.compile(r"\{(?:code|noformat|quote|panel|color)(?::[^}]*)?\}")
+_JIRA_LINK = re.compile(r"\[([^|\]\n]+)\|[^\]\n]+\]")
+_JIRA_HEADING = re.compile(r"^\s*(?:h[1-6]|bq)\.\s+", re.M)
+_SPACES = re.compile(r"[ \t\f\v\u00a0]+")
+_BLANK_LINES = re.compile(r"\n\s*\n+")
+
+
+def normalise_text(text: str | None) -> str:
+    """Reduce markup to text and collapse whitespace.
+
+    Removes HTML comments and tags, Markdown image/link syntax (keeping the link text), code
+    fences and heading marks, Jira ``{code}``/``{noformat}``/``{quote}`` macros, ``[text|url]``
+    links and ``h1.`` headings; collapses runs of spaces, and of blank lines into one newline.
+    Returns ``""`` for ``None``.
+    """
+    if not text:
+        return ""
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    text = _HTML_COMMENT.sub(" ", text)
+    text = _MD_IMAGE.sub(r"\1", text)
+    text = _MD_LINK.sub(r"\1", text)
+    text = _HTML_TAG.sub(" ", text)
+    text = _MD_FENCE.sub("", text)
+    text = _MD_HEADING.sub("", text)
+    text = _JIRA_MACRO.sub(" ", text)
+    text = _JIRA_LINK.sub(r"\1", text)
+    text = _JIRA_HEADING.sub("", text)
+    text = _SPACES.sub(" ", text)
+    text = "\n".join(line.strip() for line in text.split("\n"))
+    text = _BLANK_LINES.sub("\n", text)
+    return text.strip()
+
+
+def _join_list(values: Any) -> str:
+    if not values:
+        return ""
+    if isinstance(values, str):
+        return values.strip()
+    return ", ".join(str(v).strip() for v in values if str(v).strip())
+
+
+def _comments(values: Any) -> list[str]:
+    """Comment bodies from a list of strings or of objects with a ``body``/``text`` field."""
+    if not values:
+        return []
+    out = []
+    for item in values if isinstance(values, list) else [values]:
+        body = item.get("body") or item.get("text") if isinstance(item, Mapping) else item
+        body = normalise_text(str(body)) if body else ""
+        if body:
+            out.append(body)
+    return out
+
+
+def _sections(parts: Iterable[tuple[str, str]]) -> str:
+    lines = []
+    for label, value in parts:
+        if value:
+            lines.append(f"{label}{value}" if label else value)
+    return "\n".join(lines)
+
+
+def extract_issue_tracker(record: Mapping[str, Any]) -> str:
+    """Text of a Jira or Bugzilla issue: summary, description, labels, affected versions, comments."""
+    return _sections(
+        [
+            ("", normalise_text(record.get("summary"))),
+            ("", normalise_text(record.get("description"))),
+            ("Labels: ", _join_list(record.get("labels"))),
+            ("Affects versions: ", _join_list(record.get("affects_versions"))),
+            *[("Comment: ", c) for c in _comments(record.get("comments"))],
+        ]
+    )
+
+
+def extract_github(record: Mapping[str, Any]) -> str:
+    """Text of a GitHub issue or pull request: title, body, labels, review comments."""
+    return _sections(
+        [
+            ("", normalise_text(record.get("title"))),
+            ("", normalise_text(record.get("body"))),
+            ("Labels: ", _join_list(record.get("labels"))),
+            *[("Comment: ", c) for c in _comments(record.get("comments"))],
+            *[("Review comment: ", c) for c in _comments(record.get("review_comments"))],
+        ]
+    )
+
+
+def extract_commit(record: Mapping[str, Any]) -> str:
+    """Text of a git commit: its full message (else its subject) and its changed file names."""
+    message = normalise_text(record.get("message") or record.get("subject"))
+    return _sections([("", message), ("Files: ", _join_list(record.get("files")))])
+
+
+EXTRACTORS = {
+    "git_commit": extract_commit,
+    "github_issue": extract_github,
+    "github_pull_request": extract_github,
+    "jira_issue": extract_issue_tracker,
+    "bugzilla_issue": extract_issue_tracker,
+}
+
+
+@dataclass(frozen=True)
+class ExtractedText:
+    """One record's extracted text with its identity and provenance.
+
+    ``created_at``/``updated_at`` are Unix seconds (UTC); ``day`` is ``YYYY-MM-DD`` (UTC) of the
+    record's timestamp; ``pk`` is :func:`records.primary_key`.
+    """
+
+    pk: str
+    tenant: str
+    day: str
+    kind: str
+    record_id: str
+    text: str
+    timestamp: int
+    path: str
+    line: int
+
+    def hash_for(self, model_id: str) -> str:
+        """:func:`records.content_hash` of this text under ``model_id``."""
+        return content_hash(model_id, self.text)
+
+    @property
+    def preview(self) -> str:
+        """The first 200 characters of the text on one line."""
+        return " ".join(self.text.split())[:200]
+
+
+def extract_record(located: LocatedRecord) -> ExtractedText:
+    """Validate a record and extract its text.
+
+    Raises :class:`RecordError` when the record has no tenant, timestamp or id, is of an
+    unknown kind, or its extracted text is empty.
+    """
+    record = located.record
+    if not isinstance(record, dict):
+        raise RecordError("line is not a JSON object")
+    tenant = record_tenant(record)
+    stamp = record_timestamp(record)
+    kind = record_kind(record)
+    rid = record_id(record, tenant, kind)
+    text = EXTRACTORS[kind](record)
+    if not text.strip():
+        raise RecordError("extracted text is empty")
+    return ExtractedText(
+        pk=primary_key(tenant, kind, rid),
+        tenant=tenant,
+        day=stamp.date().isoformat(),
+        kind=kind,
+        record_id=rid,
+        text=text,
+        timestamp=int(stamp.timestamp()),
+        path=located.path,
+        line=located.line,
+    )
+
+
+def extract_records(
+    located: Iterable[LocatedRecord],
+) -> tuple[list[ExtractedText], list[BadRecord]]:
+    """Extract every record; bad ones are returned as :class:`BadRecord` with file, line, reason.
+
+    Duplicate primary keys within the input keep the last occurrence (a later export line is
+    the newer state) and quarantine the earlier one with reason ``duplicate record id``.
+    """
+    good: dict[str, ExtractedText] = {}
+    bad: list[BadRecord] = []
+    for item in located:
+        try:
+            text = extract_record(item)
+        except RecordError as err:
+            bad.append(BadRecord(item.path, item.line, err.reason, json.dumps(item.record)[:2000]))
+            continue
+        previous = good.pop(text.pk, None)
+        if previous is not None:
+            bad.append(
+                BadRecord(previous.path, previous.line, f"duplicate record id {previous.record_id!r} (superseded by line {text.line})", "")
+            )
+        good[text.pk] = text
+    return list(good.values()), bad

@@ -1,0 +1,259 @@
+"""Milvus storage: the collection schema, partition-scoped reads and writes, and the local server.
+
+One collection per embedding model (:func:`collection_name`). Rows are keyed by
+:func:`vector_assets.records.primary_key`, with ``tenant`` as the partition key, so a search
+filtered on one tenant touches only that tenant's data.
+
+**Milvus Lite and concurrency.** A Milvus Lite data directory admits one process at a time
+(a second gets "Open local milvus failed"). So a local path is never opened in-process:
+:func:`ensure_local_server` starts one ``milvus-lite server`` per data directory (detached,
+loopback only), records its port beside the data, and every process — overlapping backfill
+runs, sensors, ``vector-assets search`` — connects to it over gRPC, as to a Milvus server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+from pymilvus import DataType, MilvusClient
+
+#: Field lengths (bytes) of the VARCHAR fields.
+MAX_TENANT = 256
+MAX_RECORD_ID = 512
+MAX_PREVIEW = 1024
+
+ROW_FIELDS = ["pk", "tenant", "day", "kind", "record_id", "content_hash", "model", "created_at", "embedded_at", "preview"]
+
+
+def is_local_uri(uri: str) -> bool:
+    """True when ``uri`` is a Milvus Lite path rather than a server address."""
+    return not re.match(r"^[a-z][a-z0-9+.-]*://", uri)
+
+
+def collection_name(model_id: str, prefix: str = "records") -> str:
+    """Collection for one embedding model: ``<prefix>__<model slug>``, e.g.
+    ``records__all_minilm_l6_v2``. Milvus names allow letters, digits and underscores."""
+    slug = re.sub(r"[^0-9a-zA-Z]+", "_", model_id.rsplit("/", 1)[-1]).strip("_").lower()
+    return f"{prefix}__{slug}"[:255]
+
+
+# ---- the local Milvus Lite server ----------------------------------------------------------
+
+
+def _state_path(data_dir: Path) -> Path:
+    return data_dir.with_name(data_dir.name + ".server.json")
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def running_local_server(data_dir: str | Path) -> str | None:
+    """URI of the live server for ``data_dir``, or None when none is running."""
+    state = _state_path(Path(data_dir).resolve())
+    if not state.exists():
+        return None
+    try:
+        info = json.loads(state.read_text())
+    except ValueError:
+        return None
+    if _pid_alive(info["pid"]) and _port_open(info["port"]):
+        return f"http://127.0.0.1:{info['port']}"
+    return None
+
+
+def ensure_local_server(data_dir: str | Path, timeout_s: float = 60.0) -> str:
+    """Start (or find) the ``milvus-lite server`` for ``data_dir``; return its ``http://`` URI.
+
+    Safe to call from many processes at once: a file lock beside the data directory admits one
+    starter. The server is detached (its own session; output to ``<data_dir>.server.log``) and
+    outlives the caller; :func:`stop_local_server` ends it.
+
+    Raises RuntimeError with the tail of the server log when it does not come up in
+    ``timeout_s`` seconds.
+    """
+    data_dir = Path(data_dir).resolve()
+    with _locked(data_dir.with_name(data_dir.name + ".server.lock")):
+        uri = running_local_server(data_dir)
+        if uri:
+            return uri
+        port = _free_port()
+        log_path = data_dir.with_name(data_dir.name + ".server.log")
+        exe = Path(sys.executable).with_name("milvus-lite")
+        cmd = [str(exe)] if exe.exists() else [shutil.which("milvus-lite") or "milvus-lite"]
+        cmd += ["server", "--data-dir", str(data_dir), "--host", "127.0.0.1", "--port", str(port)]
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, close_fds=True)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                break
+            if _port_open(port):
+                _state_path(data_dir).write_text(json.dumps({"pid": proc.pid, "port": port}))
+                return f"http://127.0.0.1:{port}"
+            time.sleep(0.1)
+        with contextlib.suppress(Exception):
+            proc.kill()
+        tail = log_path.read_text(errors="replace")[-2000:] if log_path.exists() else ""
+        raise RuntimeError(f"milvus-lite server for {data_dir} did not start: {tail.strip().splitlines()[-1] if tail.strip() else 'no output'}")
+
+
+def stop_local_server(data_dir: str | Path) -> bool:
+    """Stop the server of ``data_dir`` if one runs; returns whether one was stopped."""
+    data_dir = Path(data_dir).resolve()
+    state = _state_path(data_dir)
+    if not state.exists():
+        return False
+    info = json.loads(state.read_text())
+    stopped = False
+    if _pid_alive(info["pid"]):
+        os.kill(info["pid"], signal.SIGTERM)
+        for _ in range(100):
+            if not _pid_alive(info["pid"]):
+                break
+            time.sleep(0.05)
+        else:
+            os.kill(info["pid"], signal.SIGKILL)
+        stopped = True
+    state.unlink(missing_ok=True)
+    return stopped
+
+
+def connect(uri: str, token: str = "", start_server: bool = True) -> MilvusClient:
+    """A :class:`MilvusClient` for ``uri``: a server address as given, or a local Milvus Lite
+    path through its shared local server (started when ``start_server``).
+
+    Raises FileNotFoundError when ``uri`` is a local path that does not exist and
+    ``start_server`` is False (a reader must not create an empty database).
+    """
+    if is_local_uri(uri):
+        path = Path(uri).expanduser()
+        if not start_server and not path.exists():
+            raise FileNotFoundError(f"no Milvus database at {path}; run `vector-assets backfill` first")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return MilvusClient(uri=ensure_local_server(path))
+    return MilvusClient(uri=uri, token=token or "")
+
+
+# ---- the collection --------------------------------------------------------------------------
+
+
+def create_collection(client: MilvusClient, name: str, dim: int, index_type: str = "HNSW", metric_type: str = "COSINE", index_params: dict | None = None) -> None:
+    """Create collection ``name`` for ``dim``-dimensional float32 vectors if it does not exist,
+    index it and load it.
+
+    Fields: pk (VARCHAR primary key), tenant (partition key), day (``YYYY-MM-DD``), kind,
+    record_id, content_hash (SHA-256 hex of model id + text), model, created_at and
+    embedded_at (Unix seconds), preview (first 200 characters), vector.
+    """
+    if not client.has_collection(name):
+        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field("pk", DataType.VARCHAR, max_length=64, is_primary=True)
+        schema.add_field("tenant", DataType.VARCHAR, max_length=MAX_TENANT, is_partition_key=True)
+        schema.add_field("day", DataType.VARCHAR, max_length=10)
+        schema.add_field("kind", DataType.VARCHAR, max_length=64)
+        schema.add_field("record_id", DataType.VARCHAR, max_length=MAX_RECORD_ID)
+        schema.add_field("content_hash", DataType.VARCHAR, max_length=64)
+        schema.add_field("model", DataType.VARCHAR, max_length=256)
+        schema.add_field("created_at", DataType.INT64)
+        schema.add_field("embedded_at", DataType.INT64)
+        schema.add_field("preview", DataType.VARCHAR, max_length=MAX_PREVIEW)
+        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
+        params = client.prepare_index_params()
+        params.add_index("vector", index_type=index_type, metric_type=metric_type, params=dict(index_params or {}))
+        client.create_collection(name, schema=schema, index_params=params, num_partitions=16)
+    client.load_collection(name)
+
+
+def collection_dimension(client: MilvusClient, name: str) -> int:
+    """Dimension of the ``vector`` field of collection ``name``."""
+    for fld in client.describe_collection(name)["fields"]:
+        if fld["name"] == "vector":
+            return int(fld["params"]["dim"])
+    raise ValueError(f"collection {name} has no vector field")
+
+
+def quote(value: str) -> str:
+    """A string literal for a Milvus filter expression."""
+    return json.dumps(value)
+
+
+def partition_filter(tenant: str, days: Sequence[str]) -> str:
+    """Filter expression selecting the rows of ``tenant`` on any of ``days``."""
+    return f"tenant == {quote(tenant)} and day in {json.dumps(list(days))}"
+
+
+def query_all(client: MilvusClient, name: str, expr: str, fields: list[str], batch: int = 4096) -> list[dict]:
+    """Every row matching ``expr`` (paged with a query iterator, so no 16,384-row limit)."""
+    it = client.query_iterator(name, filter=expr, output_fields=fields, batch_size=batch)
+    rows: list[dict] = []
+    try:
+        while True:
+            page = it.next()
+            if not page:
+                break
+            rows.extend(page)
+    finally:
+        it.close()
+    return rows
+
+
+def rows_by_pk(client: MilvusClient, name: str, pks: Iterable[str], fields: list[str], chunk: int = 1000) -> dict[str, dict]:
+    """Stored rows of the given primary keys, ``{pk: row}``; absent keys are left out."""
+    pks = list(pks)
+    out: dict[str, dict] = {}
+    for i in range(0, len(pks), chunk):
+        part = pks[i : i + chunk]
+        for row in client.query(name, filter=f"pk in {json.dumps(part)}", output_fields=fields, limit=len(part)):
+            out[row["pk"]] = row
+    return out
+
+
+def tenant_exists(client: MilvusClient, name: str, tenant: str) -> bool:
+    """Whether collection ``name`` holds at least one row of ``tenant``."""
+    return bool(client.query(name, filter=f"tenant == {quote(tenant)}", output_fields=["pk"], limit=1))
+
+
+def count_rows(client: MilvusClient, name: str, expr: str = "") -> int:
+    """Number of rows matching ``expr`` (all rows when empty)."""
+    res = client.query(name, filter=expr or 'pk != ""', output_fields=["count(*)"])
+    return int(res[0]["count(*)"])

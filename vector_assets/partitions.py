@@ -1,0 +1,49 @@
+"""Partitions: tenant (dynamic) x day (daily, UTC)."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from . import settings
+
+#: Name of the dynamic tenant dimension (``instance.add_dynamic_partitions(TENANTS, [...])``).
+TENANTS = "tenants"
+
+tenant_partitions = dg.DynamicPartitionsDefinition(name=TENANTS)
+
+#: Daily UTC partitions from ``$VECTOR_ASSETS_START_DATE`` (default 2009-01-01) to today;
+#: ``end_offset=1`` makes the current (incomplete) day a partition too, since records of today
+#: are searchable as soon as they land.
+day_partitions = dg.DailyPartitionsDefinition(start_date=settings.start_date(), timezone="UTC", end_offset=1)
+
+tenant_day_partitions = dg.MultiPartitionsDefinition({"tenant": tenant_partitions, "day": day_partitions})
+
+#: Tenant-days per run of a backfill (``BackfillPolicy.multi_run``): a UI backfill groups up to
+#: this many days of one tenant into one run, which loads the model once.
+MAX_PARTITIONS_PER_RUN = 200
+
+
+def split_key(key: dg.MultiPartitionKey | str) -> tuple[str, str]:
+    """``(tenant, day)`` of a tenant-day partition key.
+
+    Accepts a :class:`MultiPartitionKey` or its string form ``day|tenant`` (dimensions are
+    ordered by name in the string form).
+    """
+    if isinstance(key, dg.MultiPartitionKey):
+        dims = key.keys_by_dimension
+        return dims["tenant"], dims["day"]
+    day, tenant = str(key).split("|", 1)
+    return tenant, day
+
+
+def make_key(tenant: str, day: str) -> dg.MultiPartitionKey:
+    """The partition key of one tenant-day."""
+    return dg.MultiPartitionKey({"tenant": tenant, "day": day})
+
+
+def in_window(day: str, today: str | None = None) -> bool:
+    """Whether ``day`` (``YYYY-MM-DD``) is inside the daily partitions' window."""
+    import datetime as dt
+
+    last = today or (dt.datetime.now(dt.timezone.utc).date() + dt.timedelta(days=0)).isoformat()
+    return settings.start_date() <= day <= last

@@ -1,0 +1,25 @@
+"""Dagster resources: the landing directory, the embedding model and the Milvus store."""
+
+from .embedding_model import EmbeddingModelResource
+from .landing import LandingResource
+from .milvus import MilvusResource
+
+
+def default_resources() -> dict:
+    """The resources of the deployed definitions, configured from the environment
+    (see :mod:`vector_assets.settings`; the Milvus token through ``EnvVar``)."""
+    import os
+
+    import dagster as dg
+
+    from .. import settings
+
+    token = dg.EnvVar("VECTOR_ASSETS_MILVUS_TOKEN") if os.environ.get("VECTOR_ASSETS_MILVUS_TOKEN") else ""
+    return {
+        "landing": LandingResource(landing_dir=settings.landing_dir(), state_dir=str(settings.home_dir()), git_repos=settings.git_repos()),
+        "embedding_model": EmbeddingModelResource(model=settings.model_name()),
+        "milvus": MilvusResource(uri=settings.milvus_uri(), token=token),
+    }
+
+
+__all__ = ["EmbeddingModelResource", "LandingResource", "MilvusResource", "default_resources"]

@@ -1,0 +1,67 @@
+"""The Milvus vector store as a Dagster resource."""
+
+from __future__ import annotations
+
+import dagster as dg
+from pydantic import Field, PrivateAttr
+from pymilvus import MilvusClient
+
+from .. import milvus_store
+
+
+class MilvusResource(dg.ConfigurableResource):
+    """Milvus: an embedded Milvus Lite database (a local path, the default) or a server.
+
+    Attributes:
+        uri: a local path (Milvus Lite, served to all processes by one local
+            ``milvus-lite server``) or ``http://host:19530`` for a Milvus server or cluster.
+        token: server token (``user:password`` or an API key), through ``EnvVar``.
+        collection_prefix: collections are named ``<prefix>__<model slug>``.
+        index_type / metric_type / index_params: the vector index (default HNSW, COSINE,
+            M=16, efConstruction=200).
+        search_params: parameters of searches (default ``ef`` 64).
+
+    Owns one client per run (``setup_for_execution`` / ``teardown_after_execution``).
+    """
+
+    uri: str
+    token: str = ""
+    collection_prefix: str = "records"
+    index_type: str = "HNSW"
+    metric_type: str = "COSINE"
+    index_params: dict = Field(default_factory=lambda: {"M": 16, "efConstruction": 200})
+    search_params: dict = Field(default_factory=lambda: {"ef": 64})
+
+    _client: MilvusClient | None = PrivateAttr(default=None)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        self._client = None
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def get_client(self, create: bool = True) -> MilvusClient:
+        """The client (connected on first use). With ``create`` False, a missing local
+        database raises FileNotFoundError instead of being created."""
+        if self._client is None:
+            self._client = milvus_store.connect(self.uri, self.token, start_server=create)
+        return self._client
+
+    def collection_for(self, model_id: str) -> str:
+        """Name of the collection that holds ``model_id``'s vectors."""
+        return milvus_store.collection_name(model_id, self.collection_prefix)
+
+    def ensure_collection(self, model_id: str, dim: int) -> str:
+        """Create (if needed) and load the collection of ``model_id``; return its name.
+
+        Raises ValueError when the existing collection's dimension differs from ``dim``.
+        """
+        name = self.collection_for(model_id)
+        client = self.get_client()
+        milvus_store.create_collection(client, name, dim, self.index_type, self.metric_type, self.index_params)
+        have = milvus_store.collection_dimension(client, name)
+        if have != dim:
+            raise ValueError(f"collection {name} holds {have}-dimensional vectors but model {model_id} gives {dim}")
+        return name

