@@ -50,6 +50,8 @@ def load_model(model: str, device: str):
     Sets ``HF_HUB_OFFLINE=1`` first. Raises OSError when the model cannot be found locally.
     """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     from sentence_transformers import SentenceTransformer
 
     with _LOCK:

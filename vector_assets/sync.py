@@ -235,4 +235,8 @@ def sync_partitions(
         result.truncated = sum(1 for t in changed if t.pk in truncated)
         result.rows = len(result.texts)
         result.written = True
+    if any(r.embedded or r.moved or r.deleted for r in results.values()):
+        # Sealing the written segment keeps later filtered reads fast (an unflushed growing
+        # segment is scanned row by row: ~0.15 s a query at 3,000 rows, ~0.01 s once flushed).
+        client.flush(name)
     return results

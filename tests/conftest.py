@@ -1,0 +1,85 @@
+"""Shared fixtures: real records from the bundled sample, the real model, Milvus Lite, and a
+real Dagster instance."""
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from vector_assets import milvus_store
+from vector_assets.partitions import TENANTS
+from vector_assets.resources import EmbeddingModelResource, LandingResource, MilvusResource
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "data" / "sample"
+
+
+def sample_records(file: str, tenant: str, first_day: str, last_day: str) -> list[dict]:
+    """Records of the bundled sample file for one tenant and an inclusive day range."""
+    out = []
+    with open(SAMPLE / file, encoding="utf-8") as fh:
+        for line in fh:
+            record = json.loads(line)
+            if record["tenant"] == tenant and first_day <= record["day"] <= last_day:
+                out.append(record)
+    return out
+
+
+def write_jsonl(path: Path, records: list, raw_lines: list[str] = ()) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as fh:
+        for record in records:
+            fh.write(json.dumps(record) + "\n")
+        for line in raw_lines:
+            fh.write(line + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def embedding_model() -> EmbeddingModelResource:
+    resource = EmbeddingModelResource()
+    resource.get_model()
+    return resource
+
+
+@pytest.fixture
+def workspace(tmp_path, monkeypatch):
+    """A landing dir, state dir and Milvus Lite path under tmp_path; stops the local Milvus
+    server at the end."""
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    home = tmp_path / "home"
+    db = home / "milvus.db"
+    monkeypatch.setenv("VECTOR_ASSETS_HOME", str(home))
+    monkeypatch.setenv("VECTOR_ASSETS_LANDING_DIR", str(landing))
+    monkeypatch.setenv("VECTOR_ASSETS_MILVUS_URI", str(db))
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
+    yield {"landing": landing, "home": home, "db": db, "root": tmp_path}
+    milvus_store.stop_local_server(db)
+
+
+@pytest.fixture
+def resources(workspace, embedding_model):
+    milvus = MilvusResource(uri=str(workspace["db"]))
+    landing = LandingResource(landing_dir=str(workspace["landing"]), state_dir=str(workspace["home"]))
+    return {"landing": landing, "embedding_model": embedding_model, "milvus": milvus}
+
+
+@pytest.fixture
+def instance():
+    with dg.instance_for_test() as inst:
+        yield inst
+
+
+def register_tenants(instance, tenants):
+    instance.add_dynamic_partitions(TENANTS, list(tenants))
+
+
+@pytest.fixture
+def milvus_client(workspace):
+    client = milvus_store.connect(str(workspace["db"]))
+    yield client
+    client.close()
