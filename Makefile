@@ -1,0 +1,41 @@
+# vector_assets — every target sets itself up from nothing (a fresh machine needs Python 3.11).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# CPU build of PyTorch (already on disk here). GPU users: see README, "GPU".
+TORCH_SPEC ?= torch==2.13.0
+export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
+
+.PHONY: install demo test dev eval clean
+
+$(BIN)/vector-assets: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e ".[test]"
+	touch $@
+
+install: $(BIN)/vector-assets
+
+## demo: install, backfill the bundled sample into Milvus Lite, and search it.
+demo: install
+	$(BIN)/vector-assets backfill
+	$(BIN)/vector-assets search --tenant HADOOP -k 5 "NameNode runs out of memory and crashes"
+	$(BIN)/vector-assets search --tenant pallets/flask -k 5 "support async views"
+
+## test: install and run the test suite (real model, Milvus Lite, Dagster instance).
+test: install
+	$(BIN)/python -m pytest
+
+## dev: the Dagster UI (http://127.0.0.1:3000) with the daemon, for backfills and sensors.
+dev: install
+	$(BIN)/python -c "from vector_assets.settings import ensure_dagster_home; ensure_dagster_home()"
+	$(BIN)/dagster dev -w workspace.yaml
+
+## eval: search quality on ../shared/data/eval_pr_commits through the product (see README).
+eval: install
+	$(BIN)/python benchmarks/search_quality.py
+
+clean:
+	-$(BIN)/vector-assets server stop
+	rm -rf .vector_assets .dagster_home

@@ -1,0 +1,126 @@
+"""The command line on a small real slice: backfill, search, errors, and overlapping processes
+against the default (Milvus Lite) database."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from vector_assets import milvus_store
+
+from .conftest import sample_records, write_jsonl
+
+EXE = str(Path(sys.executable).with_name("vector-assets"))
+SUMMARY = re.compile(r"^backfill: (.*)$", re.M)
+
+
+def run_cli(*args, env, timeout=600):
+    return subprocess.run([EXE, *args], env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def summary(stdout: str) -> dict:
+    match = SUMMARY.search(stdout)
+    assert match, stdout[-2000:]
+    return {k: float(v) for k, v in (p.split("=") for p in match.group(1).split())}
+
+
+@pytest.fixture
+def cli_env(workspace):
+    return dict(os.environ)
+
+
+@pytest.fixture
+def slice_records(workspace):
+    jira = sample_records("jira_issues_hadoop.jsonl", "HADOOP", "2024-01-01", "2024-01-10")
+    commits = sample_records("git_commits.jsonl", "pallets/flask", "2023-01-01", "2023-02-10")
+    write_jsonl(workspace["landing"] / "jira_issues_hadoop.jsonl", jira)
+    write_jsonl(workspace["landing"] / "git_commits.jsonl", commits)
+    return jira, commits
+
+
+def test_backfill_then_search(cli_env, slice_records, workspace, tmp_path):
+    jira, commits = slice_records
+    first = run_cli("backfill", env=cli_env)
+    assert first.returncode == 0, first.stderr[-3000:]
+    stats = summary(first.stdout)
+    assert stats["records_read"] == len(jira) + len(commits)
+    assert stats["rows_written"] == stats["embedded"] == len(jira) + len(commits)
+    assert stats["quarantined"] == 0 and stats["failed_partitions"] == 0
+    assert stats["partitions"] == len({("H", r["day"]) for r in jira} | {("F", r["day"]) for r in commits})
+
+    client = milvus_store.connect(str(workspace["db"]))
+    assert milvus_store.count_rows(client, "records__all_minilm_l6_v2") == len(jira) + len(commits)
+
+    second = run_cli("backfill", env=cli_env)
+    assert second.returncode == 0
+    again = summary(second.stdout)
+    assert again["embedded"] == 0 and again["rows_written"] == 0 and again["skipped"] == len(jira) + len(commits)
+    assert milvus_store.count_rows(client, "records__all_minilm_l6_v2") == len(jira) + len(commits)
+
+    hit = run_cli("search", "--tenant", "pallets/flask", "-k", "3", "--json", commits[0]["message"], env=cli_env)
+    assert hit.returncode == 0, hit.stderr
+    hits = json.loads(hit.stdout)["hits"]
+    assert hits[0]["id"] == f"git:pallets/flask:{commits[0]['sha']}"
+    assert set(hits[0]) == {"id", "score", "day", "kind", "preview"}
+
+    text = run_cli("search", "--tenant", "HADOOP", jira[0]["summary"], env=cli_env)
+    assert text.returncode == 0 and jira[0]["id"] in text.stdout.splitlines()[0]
+
+    queries = write_jsonl(tmp_path / "q.jsonl", [{"id": "q1", "tenant": "HADOOP", "text": jira[1]["summary"]}, {"id": "q2", "tenant": "pallets/flask", "text": commits[1]["subject"]}])
+    batch = run_cli("search", "--queries", str(queries), "-k", "5", env=cli_env)
+    assert batch.returncode == 0, batch.stderr
+    lines = [json.loads(l) for l in batch.stdout.splitlines()]
+    assert [l["id"] for l in lines] == ["q1", "q2"] and all(len(l["hits"]) == 5 for l in lines)
+    assert jira[1]["id"] in [h["id"] for h in lines[0]["hits"]]
+    client.close()
+
+
+def test_cli_errors(cli_env, slice_records, workspace):
+    missing = run_cli("search", "--tenant", "HADOOP", "x", env=cli_env)
+    assert missing.returncode != 0 and "no Milvus database" in missing.stderr
+    assert run_cli("backfill", "--tenant", "HADOOP", env=cli_env).returncode == 0
+    unknown = run_cli("search", "--tenant", "nobody", "x", env=cli_env)
+    assert unknown.returncode != 0 and unknown.stderr.strip() == "error: unknown tenant 'nobody': no vectors stored for it"
+    empty = run_cli("search", "--tenant", "HADOOP", "  ", env=cli_env)
+    assert empty.returncode != 0 and empty.stderr.strip() == "error: empty query"
+    bad_tenant = run_cli("backfill", "--tenant", "nobody", env=cli_env)
+    assert bad_tenant.returncode != 0 and "unknown tenant(s) nobody" in bad_tenant.stderr
+
+
+def test_overlapping_backfills_and_a_concurrent_search(cli_env, workspace):
+    """Default configuration (a Milvus Lite path): two backfill processes run at once and a
+    search runs while they write; all succeed and every record lands exactly once."""
+    seamonkey = sample_records("bugzilla_seamonkey.jsonl", "SeaMonkey", "2023-01-01", "2023-03-31")
+    hadoop = sample_records("jira_issues_hadoop.jsonl", "HADOOP", "2024-01-01", "2024-02-15")
+    commits = sample_records("git_commits.jsonl", "BurntSushi/ripgrep", "2023-01-01", "2023-09-30")
+    write_jsonl(workspace["landing"] / "bugzilla.jsonl", seamonkey)
+    write_jsonl(workspace["landing"] / "jira.jsonl", hadoop)
+    write_jsonl(workspace["landing"] / "git.jsonl", commits)
+    assert run_cli("backfill", "--tenant", "SeaMonkey", env=cli_env).returncode == 0
+
+    procs = [
+        subprocess.Popen([EXE, "backfill", "--tenant", t, "--max-partitions-per-run", "5"], env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for t in ("HADOOP", "BurntSushi/ripgrep")
+    ]
+    time.sleep(8)
+    assert all(p.poll() is None for p in procs), "the backfills should still be running while we search"
+    search = run_cli("search", "--tenant", "SeaMonkey", "-k", "3", "--json", seamonkey[0]["summary"], env=cli_env)
+    still_running = [p.poll() is None for p in procs]
+    outputs = [p.communicate(timeout=600) for p in procs]
+    assert search.returncode == 0, search.stderr
+    assert json.loads(search.stdout)["hits"][0]["id"] == seamonkey[0]["id"]
+    assert any(still_running), "the search should overlap the backfills"
+    for proc, (out, err) in zip(procs, outputs):
+        assert proc.returncode == 0, err[-3000:]
+        assert summary(out)["failed_partitions"] == 0
+
+    client = milvus_store.connect(str(workspace["db"]))
+    name = "records__all_minilm_l6_v2"
+    for tenant, records in (("SeaMonkey", seamonkey), ("HADOOP", hadoop), ("BurntSushi/ripgrep", commits)):
+        assert milvus_store.count_rows(client, name, f'tenant == "{tenant}"') == len(records)
+    client.close()
