@@ -68,6 +68,60 @@ def _sum_metadata(result) -> dict[str, float]:
     return totals
 
 
+_JOB = None
+
+
+def _run_one(spec: tuple[str, str, str, int]) -> tuple[tuple, bool, str, dict, float]:
+    """Execute one run of the tenant-day vectors job over ``spec``'s day range (in this process)."""
+    global _JOB
+    import dagster as dg
+
+    if _JOB is None:
+        settings.ensure_dagster_home()
+        from .definitions import defs
+
+        _JOB = (defs.resolve_job_def("tenant_day_vectors_job"), dg.DagsterInstance.get())
+    job, instance = _JOB
+    tenant, first, last, _ = spec
+    started = time.perf_counter()
+    result = job.execute_in_process(
+        instance=instance,
+        tags={
+            "dagster/asset_partition_range_start": f"{first}|{tenant}",
+            "dagster/asset_partition_range_end": f"{last}|{tenant}",
+            "vector_assets/launched_by": "cli-backfill",
+        },
+        run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+        raise_on_error=False,
+    )
+    return spec, result.success, result.run_id, dict(_sum_metadata(result)), time.perf_counter() - started
+
+
+def _init_worker(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    logging.getLogger("dagster").setLevel(logging.WARNING)
+
+
+def _execute_runs(runs: list, workers: int):
+    """Yield each run's outcome as it finishes: in this process when ``workers`` is 1, else in a
+    pool of ``workers`` processes (each loads the model once and gets an equal share of the
+    CPU threads)."""
+    if workers == 1:
+        for spec in runs:
+            yield _run_one(spec)
+        return
+    import concurrent.futures
+    import multiprocessing
+    import os
+
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker, initargs=(threads,)) as pool:
+        for future in concurrent.futures.as_completed([pool.submit(_run_one, spec) for spec in runs]):
+            yield future.result()
+
+
 def cmd_backfill(args: argparse.Namespace) -> int:
     settings.ensure_dagster_home()
     import dagster as dg
@@ -104,44 +158,32 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     partitions = [p for p in partitions if in_window(p[1])]
     runs = plan_runs(partitions, args.max_partitions_per_run or MAX_PARTITIONS_PER_RUN)
     print(f"backfilling {len(partitions)} tenant-days in {len(runs)} runs", flush=True)
-    job = defs.resolve_job_def("tenant_day_vectors_job")
     totals: dict[str, float] = defaultdict(float)
     failed = 0
-    for i, (tenant, first, last, n_days) in enumerate(runs, start=1):
-        run_started = time.perf_counter()
-        result = job.execute_in_process(
-            instance=instance,
-            tags={
-                "dagster/asset_partition_range_start": f"{first}|{tenant}",
-                "dagster/asset_partition_range_end": f"{last}|{tenant}",
-                "vector_assets/launched_by": "cli-backfill",
-            },
-            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
-            raise_on_error=False,
-        )
-        sums = _sum_metadata(result)
+    workers = max(1, min(args.workers, len(runs)))
+    for i, (spec, ok, run_id, sums, seconds) in enumerate(_execute_runs(runs, workers), start=1):
+        tenant, first, last, n_days = spec
         for name, value in sums.items():
             totals[name] += value
-        if not result.success:
+        if not ok:
             failed += n_days
-            print(f"[{i}/{len(runs)}] {tenant} {first}..{last}: FAILED (run {result.run_id})", flush=True)
+            print(f"[{i}/{len(runs)}] {tenant} {first}..{last}: FAILED (run {run_id})", flush=True)
             continue
         print(
             f"[{i}/{len(runs)}] {tenant} {first}..{last}: {int(sums['milvus_vectors.partitions'])} partitions, "
             f"{int(sums['source_records.records_read'])} records, {int(sums['milvus_vectors.embedded'])} embedded, "
             f"{int(sums['milvus_vectors.skipped_unchanged'])} unchanged, {int(sums['milvus_vectors.deleted'])} deleted, "
-            f"{int(sums['source_records.quarantined'])} quarantined, {time.perf_counter() - run_started:.1f}s",
+            f"{int(sums['source_records.quarantined'])} quarantined, {seconds:.1f}s",
             flush=True,
         )
     wall = time.perf_counter() - started
-    from .embedding import load_model  # noqa: F401  (the model cache is per process)
-
     quarantined = int(totals["source_records.quarantined"]) + unattributed
     written = int(totals["milvus_vectors.embedded"] + totals["milvus_vectors.moved_in"])
     print(
         f"backfill: partitions={len(partitions)} runs={len(runs)} records_read={int(totals['source_records.records_read']) + unattributed} "
         f"rows_written={written} embedded={int(totals['milvus_vectors.embedded'])} skipped={int(totals['milvus_vectors.skipped_unchanged'])} "
-        f"deleted={int(totals['milvus_vectors.deleted'])} quarantined={quarantined} failed_partitions={failed} wall_s={wall:.1f}",
+        f"deleted={int(totals['milvus_vectors.deleted'])} quarantined={quarantined} failed_partitions={failed} "
+        f"encode_s={totals['milvus_vectors.encode_seconds_est']:.1f} wall_s={wall:.1f}",
         flush=True,
     )
     return 1 if failed else 0
@@ -250,6 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     bf.add_argument("--start", type=_date, help="first day (YYYY-MM-DD, inclusive)")
     bf.add_argument("--end", type=_date, help="last day (YYYY-MM-DD, inclusive)")
     bf.add_argument("--max-partitions-per-run", type=int, default=None, help="tenant-days per run (default: the backfill policy's)")
+    bf.add_argument("--workers", type=int, default=1, help="runs executed at once, each in its own process (default 1)")
     bf.set_defaults(func=cmd_backfill)
     se = sub.add_parser("search", help="semantic search within one tenant")
     se.add_argument("query", nargs="?", help="query text")
