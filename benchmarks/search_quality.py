@@ -79,7 +79,9 @@ def main() -> int:
             fh.write(json.dumps({"id": q["_id"], "tenant": q["tenant"], "text": q["text"]}) + "\n")
     started = time.perf_counter()
     out = work / "hits.jsonl"
-    search = subprocess.run([*exe, "search", "--queries", str(qfile), "-k", "10", "--output", str(out)], env=env, capture_output=True, text=True)
+    # The corpus of eval_pr_commits is the non-merge commits: merge commits (which quote the
+    # pull-request title) are left out with a kind filter, as the protocol's corpus does.
+    search = subprocess.run([*exe, "search", "--queries", str(qfile), "-k", "10", "--kind", "git_commit", "--output", str(out)], env=env, capture_output=True, text=True)
     search_s = time.perf_counter() - started
     if search.returncode != 0:
         print(search.stderr[-2000:])

@@ -55,13 +55,21 @@ def test_github_pull_request_includes_review_comments():
 
 
 def test_commit_gives_message_and_files_and_git_id():
-    record = first("git_commits.jsonl", lambda r: r["files"] and "\n" in r["message"])
+    record = first("git_commits.jsonl", lambda r: len(r["files"]) > 5 and "/" in r["files"][0] and "\n" in r["message"])
     text = extract_record(LocatedRecord("f", 1, record))
     assert text.kind == "git_commit"
     assert text.record_id == f"git:{record['tenant']}:{record['sha']}"
     assert text.text.startswith(record["subject"].strip())
-    assert text.text.endswith("Files: " + ", ".join(record["files"]))
+    names = ", ".join(f.rsplit("/", 1)[-1] for f in record["files"][:5])
+    assert text.text.endswith(f"Files: {names} (+{len(record['files']) - 5} more)")
     assert text.day == record["author_date_utc"][:10]
+
+
+def test_merge_commit_has_its_own_kind():
+    record = first("git_commits.jsonl", lambda r: r["is_merge"])
+    text = extract_record(LocatedRecord("f", 1, record))
+    assert text.kind == "git_merge_commit"
+    assert text.record_id == f"git:{record['tenant']}:{record['sha']}"
 
 
 def test_normalise_markup_and_whitespace():

@@ -124,14 +124,31 @@ def extract_github(record: Mapping[str, Any]) -> str:
     )
 
 
+#: Changed files named in a commit's text. File paths dilute the mean-pooled embedding: on
+#: eval_pr_commits (BurntSushi/ripgrep, exact search, non-trivial queries) full paths gave
+#: recall@10 0.727 against 0.758 for the reference document, the first 5 base names 0.758.
+MAX_COMMIT_FILES = 5
+
+
+def commit_files(files: Any) -> str:
+    """The base names of the first :data:`MAX_COMMIT_FILES` changed files, and how many more."""
+    if not files:
+        return ""
+    names = [str(f).rstrip("/").rsplit("/", 1)[-1] for f in files[:MAX_COMMIT_FILES]]
+    more = len(files) - len(names)
+    return ", ".join(names) + (f" (+{more} more)" if more > 0 else "")
+
+
 def extract_commit(record: Mapping[str, Any]) -> str:
-    """Text of a git commit: its full message (else its subject) and its changed file names."""
+    """Text of a git commit: its full message (else its subject) and its changed file names
+    (base names of the first five, see :data:`MAX_COMMIT_FILES`)."""
     message = normalise_text(record.get("message") or record.get("subject"))
-    return _sections([("", message), ("Files: ", _join_list(record.get("files")))])
+    return _sections([("", message), ("Files: ", commit_files(record.get("files")))])
 
 
 EXTRACTORS = {
     "git_commit": extract_commit,
+    "git_merge_commit": extract_commit,
     "github_issue": extract_github,
     "github_pull_request": extract_github,
     "jira_issue": extract_issue_tracker,
@@ -179,6 +196,8 @@ def extract_record(located: LocatedRecord) -> ExtractedText:
     tenant = record_tenant(record)
     stamp = record_timestamp(record)
     kind = record_kind(record)
+    if kind == "git_commit" and (record.get("is_merge") or len(record.get("parents") or []) > 1):
+        kind = "git_merge_commit"
     rid = record_id(record, tenant, kind)
     text = EXTRACTORS[kind](record)
     if not text.strip():

@@ -41,7 +41,10 @@ CREATE TABLE IF NOT EXISTS lines (
 );
 CREATE INDEX IF NOT EXISTS lines_by_partition ON lines (tenant, day);
 CREATE TABLE IF NOT EXISTS partitions_seen (tenant TEXT NOT NULL, day TEXT NOT NULL, PRIMARY KEY (tenant, day));
-CREATE TABLE IF NOT EXISTS git_heads (tenant TEXT PRIMARY KEY, repo TEXT NOT NULL, head TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS synced (
+    model TEXT NOT NULL, tenant TEXT NOT NULL, day TEXT NOT NULL, fingerprint TEXT NOT NULL, rows INTEGER NOT NULL,
+    PRIMARY KEY (model, tenant, day)
+);
 """
 
 
@@ -242,6 +245,38 @@ class LandingIndex:
             if handle:
                 handle.close()
         return out
+
+    def fingerprints(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], str]:
+        """A fingerprint of each tenant-day's current lines (BLAKE2b of their sorted digests;
+        ``""`` for a partition without lines). Equal fingerprints mean equal input."""
+        keys = list(keys)
+        digests: dict[tuple[str, str], list[str]] = {k: [] for k in keys}
+        with self._connect() as db:
+            db.execute("CREATE TEMP TABLE fp_wanted (tenant TEXT, day TEXT)")
+            db.executemany("INSERT INTO fp_wanted VALUES (?, ?)", keys)
+            for tenant, day, digest in db.execute(
+                "SELECT l.tenant, l.day, l.digest FROM lines l JOIN fp_wanted w ON l.tenant = w.tenant AND l.day = w.day"
+            ):
+                digests[(tenant, day)].append(digest)
+        return {k: hashlib.blake2b("".join(sorted(v)).encode(), digest_size=12).hexdigest() if v else "" for k, v in digests.items()}
+
+    def mark_synced(self, model: str, synced: dict[tuple[str, str], tuple[str, int]]) -> None:
+        """Record that Milvus holds ``model``'s rows of these tenant-days as of their
+        fingerprints: ``{(tenant, day): (fingerprint, rows)}``."""
+        with self._connect() as db:
+            db.executemany(
+                "INSERT OR REPLACE INTO synced VALUES (?, ?, ?, ?, ?)",
+                [(model, t, d, fp, rows) for (t, d), (fp, rows) in synced.items()],
+            )
+
+    def unsynced_partitions(self, model: str, start: str | None = None, end: str | None = None) -> list[tuple[str, str]]:
+        """Tenant-days (with lines now, or emptied since) in ``[start, end]`` whose ``model``
+        rows were never written or were written from other input than the current lines."""
+        keys = self.partitions(start=start, end=end)
+        current = self.fingerprints(keys)
+        with self._connect() as db:
+            done = {(t, d): fp for t, d, fp in db.execute("SELECT tenant, day, fingerprint FROM synced WHERE model=?", (model,))}
+        return [k for k in keys if done.get(k) != current[k]]
 
     def unattributed(self) -> list[tuple[str, int, str]]:
         """``(file, line, reason)`` of every line that cannot be placed in a tenant-day."""

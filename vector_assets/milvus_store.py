@@ -180,13 +180,14 @@ def connect(uri: str, token: str = "", start_server: bool = True) -> MilvusClien
 # ---- the collection --------------------------------------------------------------------------
 
 
-def create_collection(client: MilvusClient, name: str, dim: int, index_type: str = "HNSW", metric_type: str = "COSINE", index_params: dict | None = None) -> None:
+def create_collection(client: MilvusClient, name: str, dim: int, index_type: str = "HNSW", metric_type: str = "COSINE", index_params: dict | None = None, model_id: str = "") -> None:
     """Create collection ``name`` for ``dim``-dimensional float32 vectors if it does not exist,
     index it and load it.
 
     Fields: pk (VARCHAR primary key), tenant (partition key), day (``YYYY-MM-DD``), kind,
     record_id, content_hash (SHA-256 hex of model id + text), model, created_at and
-    embedded_at (Unix seconds), preview (first 200 characters), vector.
+    embedded_at (Unix seconds), preview (first 200 characters), vector. The collection's
+    description is ``{"model": model_id, "dim": dim}``: the collection belongs to that model.
     """
     if not client.has_collection(name):
         schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
@@ -206,7 +207,7 @@ def create_collection(client: MilvusClient, name: str, dim: int, index_type: str
         # Partition reads filter on tenant and day: inverted indexes keep those scans short.
         params.add_index("tenant", index_type="INVERTED")
         params.add_index("day", index_type="INVERTED")
-        client.create_collection(name, schema=schema, index_params=params, num_partitions=16)
+        client.create_collection(name, schema=schema, index_params=params, num_partitions=16, description=json.dumps({"model": model_id, "dim": dim}))
     client.load_collection(name)
 
 
@@ -267,3 +268,27 @@ def count_rows(client: MilvusClient, name: str, expr: str = "") -> int:
     """Number of rows matching ``expr`` (all rows when empty)."""
     res = client.query(name, filter=expr or 'pk != ""', output_fields=["count(*)"])
     return int(res[0]["count(*)"])
+
+
+def collection_model(client: MilvusClient, name: str) -> str | None:
+    """The model id a collection belongs to (from its description), or None if not recorded."""
+    try:
+        return json.loads(client.describe_collection(name).get("description") or "{}").get("model")
+    except ValueError:
+        return None
+
+
+def alias_target(client: MilvusClient, alias: str) -> str | None:
+    """The collection ``alias`` names, or None when the alias does not exist."""
+    for name in client.list_collections():
+        if alias in client.list_aliases(name).get("aliases", []):
+            return name
+    return None
+
+
+def point_alias(client: MilvusClient, alias: str, collection: str) -> None:
+    """Make ``alias`` name ``collection`` (create it, or switch it atomically)."""
+    if alias_target(client, alias) is None:
+        client.create_alias(collection, alias)
+    else:
+        client.alter_alias(collection, alias)

@@ -5,6 +5,8 @@ A *record* is one JSON object from a landing file (one line of JSONL), of one of
 ``git_commits.jsonl`` (source ``git``), ``github_issues.jsonl`` (``github_issue``),
 ``jira_issues_hadoop.jsonl`` (``jira``) and ``bugzilla_seamonkey.jsonl`` (``bugzilla``).
 Pull requests exported from GitHub use source ``github_pull_request`` with the issue fields.
+A commit with more than one parent gets the kind ``git_merge_commit`` (search can leave merges
+out with a kind filter).
 """
 
 from __future__ import annotations
@@ -95,7 +97,7 @@ def record_id(record: Mapping[str, Any], tenant: str, kind: str) -> str:
 
     Raises :class:`RecordError` when the record has neither.
     """
-    if kind == "git_commit":
+    if kind in ("git_commit", "git_merge_commit"):
         sha = record.get("sha")
         if not isinstance(sha, str) or not sha.strip():
             raise RecordError("commit has no sha")

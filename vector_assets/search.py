@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
 
 from pymilvus import MilvusClient
@@ -37,20 +38,24 @@ def search(
     k: int = 10,
     search_params: dict | None = None,
     check_tenant: bool = True,
+    kinds: list[str] | None = None,
 ) -> list[list[Hit]]:
     """The ``k`` nearest records of ``tenant`` for each query, best first.
 
     Args:
-        client / collection: where the vectors are.
+        client / collection: where the vectors are (``collection`` may be an alias).
         embedder: anything with ``encode(list[str]) -> (n, dim)`` (the same model that wrote them).
         tenant: only this tenant's rows are searched (Milvus partition key filter).
         queries: query texts.
         k: hits per query.
+        kinds: only these record kinds (e.g. ``["git_commit"]`` leaves merge commits out).
 
     Raises :class:`SearchError` for an empty query, a missing collection or an unknown tenant.
     """
     if not queries or any(not q or not q.strip() for q in queries):
         raise SearchError("empty query")
+    if not client.has_collection(collection):
+        collection = milvus_store.alias_target(client, collection) or collection
     if not client.has_collection(collection):
         raise SearchError(f"collection {collection} does not exist; run `vector-assets backfill` first")
     client.load_collection(collection)
@@ -60,7 +65,7 @@ def search(
     results = client.search(
         collection,
         data=[v.tolist() for v in vectors],
-        filter=f"tenant == {milvus_store.quote(tenant)}",
+        filter=f"tenant == {milvus_store.quote(tenant)}" + (f" and kind in {json.dumps(list(kinds))}" if kinds else ""),
         limit=k,
         output_fields=["record_id", "day", "kind", "preview"],
         search_params={"params": dict(search_params or {"ef": max(64, k)})},

@@ -235,8 +235,35 @@ def sync_partitions(
         result.truncated = sum(1 for t in changed if t.pk in truncated)
         result.rows = len(result.texts)
         result.written = True
+    written = [k for k, r in results.items() if r.written]
+    if written:
+        fingerprints = index.fingerprints(written)
+        index.mark_synced(model_id, {k: (fingerprints[k], results[k].rows) for k in written})
     if any(r.embedded or r.moved or r.deleted for r in results.values()):
         # Sealing the written segment keeps later filtered reads fast (an unflushed growing
         # segment is scanned row by row: ~0.15 s a query at 3,000 rows, ~0.01 s once flushed).
         client.flush(name)
     return results
+
+
+def cut_over_search_alias(index: LandingIndex, milvus, model_id: str, start: str | None = None, end: str | None = None) -> str | None:
+    """Point the search alias at ``model_id``'s collection once that collection is complete.
+
+    Complete means every tenant-day of the landing data in ``[start, end]`` was written for
+    this model from its current input (:meth:`LandingIndex.unsynced_partitions` is empty). Until
+    then search keeps answering from the collection the alias names (the previous model's).
+    With no alias yet, the first model's collection gets it at once. Returns a message when the
+    alias moved, else None.
+    """
+    client = milvus.get_client()
+    name = milvus.collection_for(model_id)
+    if not client.has_collection(name):
+        return None
+    alias = milvus.search_alias
+    target = milvus_store.alias_target(client, alias)
+    if target == name:
+        return None
+    if target is not None and index.unsynced_partitions(model_id, start, end):
+        return None
+    milvus_store.point_alias(client, alias, name)
+    return f"search alias {alias} now names {name} (was {target or 'unset'})"

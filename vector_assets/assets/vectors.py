@@ -12,9 +12,11 @@ import time
 import dagster as dg
 
 from .. import settings
+import datetime as dt
+
 from ..partitions import MAX_PARTITIONS_PER_RUN, split_key, tenant_day_partitions
 from ..resources import EmbeddingModelResource, LandingResource, MilvusResource
-from ..sync import PartitionResult, sync_partitions
+from ..sync import PartitionResult, cut_over_search_alias, sync_partitions
 
 #: Bumped when extraction or row layout changes (part of every asset's code_version).
 PIPELINE_VERSION = "1"
@@ -117,7 +119,13 @@ def tenant_day_vectors(
     stats = embedding_model.stats
     per_text = stats.seconds / stats.texts if stats.texts else 0.0
     total = {"records": 0, "embedded": 0, "skipped": 0, "deleted": 0, "quarantined": 0}
+    empty = 0
     for key, result in results.items():
+        if not result.records_read and not result.deleted:
+            # A day inside the run's range with no records and no rows: nothing to materialise
+            # (and each event costs the instance a write).
+            empty += 1
+            continue
         mk = dg.MultiPartitionKey({"tenant": key[0], "day": key[1]})
         for asset_key, metadata in partition_metadata(result, embedding_model.model_id, per_text).items():
             yield dg.AssetMaterialization(asset_key=asset_key, partition=mk, metadata=metadata, tags={"dagster/code_version": _CODE_VERSION[asset_key]})
@@ -126,9 +134,12 @@ def tenant_day_vectors(
         total["skipped"] += result.skipped
         total["deleted"] += result.deleted
         total["quarantined"] += len(result.quarantined)
+    moved = cut_over_search_alias(index, milvus, embedding_model.model_id, settings.start_date(), dt.datetime.now(dt.timezone.utc).date().isoformat())
+    if moved:
+        context.log.info(moved)
     wall = time.perf_counter() - started
     context.log.info(
-        f"{len(results)} tenant-days: {total['records']} records, {total['embedded']} embedded, "
+        f"{len(results)} tenant-days ({empty} without records or rows, not materialised): {total['records']} records, {total['embedded']} embedded, "
         f"{total['skipped']} unchanged, {total['deleted']} deleted, {total['quarantined']} quarantined; "
         f"encode {stats.seconds:.1f}s of {wall:.1f}s ({stats.texts / stats.seconds if stats.seconds else 0:.0f} texts/s), "
         f"{stats.truncated} texts truncated at {embedding_model.max_seq_length if stats.texts else '-'} tokens, model load {stats.load_seconds:.1f}s"

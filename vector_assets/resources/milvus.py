@@ -53,6 +53,11 @@ class MilvusResource(dg.ConfigurableResource):
         """Name of the collection that holds ``model_id``'s vectors."""
         return milvus_store.collection_name(model_id, self.collection_prefix)
 
+    @property
+    def search_alias(self) -> str:
+        """The Milvus alias naming the collection that search answers from: ``<prefix>_search``."""
+        return f"{self.collection_prefix}_search"
+
     def ensure_collection(self, model_id: str, dim: int) -> str:
         """Create (if needed) and load the collection of ``model_id``; return its name.
 
@@ -60,7 +65,7 @@ class MilvusResource(dg.ConfigurableResource):
         """
         name = self.collection_for(model_id)
         client = self.get_client()
-        milvus_store.create_collection(client, name, dim, self.index_type, self.metric_type, self.index_params)
+        milvus_store.create_collection(client, name, dim, self.index_type, self.metric_type, self.index_params, model_id=model_id)
         have = milvus_store.collection_dimension(client, name)
         if have != dim:
             raise ValueError(f"collection {name} holds {have}-dimensional vectors but model {model_id} gives {dim}")

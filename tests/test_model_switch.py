@@ -1,0 +1,87 @@
+"""Vectors bound to their model: a model switch writes a new collection, search keeps
+answering from the old one until the new one is complete, and switching back embeds nothing."""
+
+import dagster as dg
+import pytest
+
+from vector_assets import milvus_store
+from vector_assets.resources import EmbeddingModelResource
+from vector_assets.search import search
+
+from .conftest import sample_records, write_jsonl
+from .test_pipeline import materialize_days, materialize_index
+
+OLD = "records__all_minilm_l6_v2"
+
+
+@pytest.fixture(scope="module")
+def projected_model(tmp_path_factory, embedding_model):
+    """A second, real sentence-transformers model: all-MiniLM-L6-v2 followed by a fixed random
+    384->128 projection (another vector space, another dimension), saved to a folder."""
+    import torch
+    from sentence_transformers import SentenceTransformer, models
+
+    base = embedding_model.get_model()
+    torch.manual_seed(0)
+    dense = models.Dense(384, 128, activation_function=torch.nn.Identity())
+    model = SentenceTransformer(modules=[base[0], base[1], dense, models.Normalize()], device="cpu")
+    path = tmp_path_factory.mktemp("models") / "minilm-proj128"
+    model.save(str(path))
+    return EmbeddingModelResource(model=str(path))
+
+
+def days_of(records):
+    return sorted({r["day"] for r in records})
+
+
+def test_model_switch_uses_new_collection_and_cuts_over_when_complete(resources, instance, workspace, milvus_client, projected_model, embedding_model):
+    jira = sample_records("jira_issues_hadoop.jsonl", "HADOOP", "2024-01-01", "2024-01-06")
+    bugs = sample_records("bugzilla_seamonkey.jsonl", "SeaMonkey", "2023-01-01", "2023-01-20")
+    write_jsonl(workspace["landing"] / "jira.jsonl", jira)
+    write_jsonl(workspace["landing"] / "bugs.jsonl", bugs)
+    materialize_index(resources, instance)
+    materialize_days(resources, instance, "HADOOP", days_of(jira)[0], days_of(jira)[-1])
+    materialize_days(resources, instance, "SeaMonkey", days_of(bugs)[0], days_of(bugs)[-1])
+    alias = resources["milvus"].search_alias
+    assert milvus_store.alias_target(milvus_client, alias) == OLD
+
+    switched = {**resources, "embedding_model": projected_model}
+    new = resources["milvus"].collection_for(projected_model.model_id)
+    assert new != OLD
+    out = materialize_days(switched, instance, "HADOOP", days_of(jira)[0], days_of(jira)[-1])
+    assert sum(m["embedded"] for (a, _), m in out.items() if a == "milvus_vectors") == len(jira)
+    assert milvus_store.collection_dimension(milvus_client, new) == 128
+    assert milvus_store.collection_model(milvus_client, new) == projected_model.model_id
+    # Incomplete (SeaMonkey not yet re-embedded): search still answers from the old collection,
+    # which is untouched.
+    assert milvus_store.alias_target(milvus_client, alias) == OLD
+    assert milvus_store.count_rows(milvus_client, OLD) == len(jira) + len(bugs)
+    hits = search(milvus_client, alias, embedding_model, "SeaMonkey", [bugs[0]["summary"]], k=1)[0]
+    assert hits[0].id == bugs[0]["id"]
+
+    materialize_days(switched, instance, "SeaMonkey", days_of(bugs)[0], days_of(bugs)[-1])
+    assert milvus_store.alias_target(milvus_client, alias) == new
+    assert milvus_store.count_rows(milvus_client, new) == len(jira) + len(bugs)
+    hits = search(milvus_client, alias, projected_model, "HADOOP", [jira[0]["summary"]], k=1)[0]
+    assert hits[0].id == jira[0]["id"]
+
+    # Back to the first model: its collection is complete and current, nothing is embedded.
+    back = materialize_days(resources, instance, "HADOOP", days_of(jira)[0], days_of(jira)[-1])
+    back.update(materialize_days(resources, instance, "SeaMonkey", days_of(bugs)[0], days_of(bugs)[-1]))
+    vec = [m for (a, _), m in back.items() if a == "milvus_vectors"]
+    assert sum(m["embedded"] for m in vec) == 0 and sum(m["skipped_unchanged"] for m in vec) == len(jira) + len(bugs)
+    assert milvus_store.alias_target(milvus_client, alias) == OLD
+
+
+def test_unchanged_rematerialisation_loads_no_model(resources, instance, workspace):
+    jira = sample_records("jira_issues_hadoop.jsonl", "HADOOP", "2024-01-01", "2024-01-04")
+    write_jsonl(workspace["landing"] / "jira.jsonl", jira)
+    materialize_index(resources, instance)
+    materialize_days(resources, instance, "HADOOP", days_of(jira)[0], days_of(jira)[-1])
+    fresh = EmbeddingModelResource()  # a resource whose model would have to be loaded
+    from vector_assets import embedding
+
+    embedding.load_model.cache_clear()
+    out = materialize_days({**resources, "embedding_model": fresh}, instance, "HADOOP", days_of(jira)[0], days_of(jira)[-1])
+    assert sum(m["embedded"] for (a, _), m in out.items() if a == "milvus_vectors") == 0
+    assert embedding.load_model.cache_info().currsize == 0, "no model may be loaded when nothing changed"

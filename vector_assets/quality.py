@@ -1,0 +1,128 @@
+"""Quality rules for vectors and coverage, as plain functions (issue #3).
+
+Every threshold lives in :class:`QualityThresholds`, with its source:
+
+* ``000_*`` §5.2 (seed): raw model-output norm in (0.1, 10); zero-value ratio of a vector below
+  50%; coherence (re-embedded vs stored cosine) >= 0.95; processing time per vector < 100 ms.
+* ``001_*`` §5.2 (seed) alert thresholds: coherence below 0.90 WARN, below 0.85 ERROR;
+  processing time above 150 ms WARN, above 250 ms ERROR; failure rate below 1%, above 2% WARN,
+  above 5% ERROR.
+* ``003_*`` (seed) success metrics: quality score ``1 - zero_rate - duplicate_rate > 0.85``
+  (duplicates: distinct texts whose vectors agree to within cosine 0.9999); 100% coverage.
+* Retrievability (issue #3): a stored vector searched within its tenant finds itself first,
+  recall@1 >= 0.99.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class QualityThresholds:
+    """All check thresholds, in one place (see the module docstring for each source)."""
+
+    raw_norm_min: float = 0.1
+    raw_norm_max: float = 10.0
+    max_zero_value_ratio: float = 0.5
+    duplicate_cosine: float = 0.9999
+    min_quality_score: float = 0.85
+    min_text_chars: int = 1
+    max_text_chars: int = 1_000_000
+    coherence_pass: float = 0.95
+    coherence_warn: float = 0.90
+    coherence_error: float = 0.85
+    coherence_sample: int = 8
+    min_recall_at_1: float = 0.99
+    retrievability_sample: int = 8
+    ms_per_vector_pass: float = 100.0
+    ms_per_vector_warn: float = 150.0
+    ms_per_vector_error: float = 250.0
+    failure_rate_pass: float = 0.01
+    failure_rate_warn: float = 0.02
+    failure_rate_error: float = 0.05
+
+
+@dataclass
+class Verdict:
+    """One rule's outcome: ``passed``; ``severity`` (``ERROR`` or ``WARN``) of a failure;
+    ``metadata`` with the figures."""
+
+    passed: bool
+    severity: str = "ERROR"
+    metadata: dict = field(default_factory=dict)
+
+
+def vector_quality(raw: np.ndarray, normalised: np.ndarray, dims: dict[str, int], t: QualityThresholds = QualityThresholds()) -> Verdict:
+    """Pre-write rules on one partition's vectors.
+
+    Args:
+        raw: ``(n, d)`` float32 model output before L2 normalisation.
+        normalised: ``(n, d)`` float32 vectors about to be written.
+        dims: ``{"model": ..., "collection": ...}`` expected dimensions (collection may be absent
+            before the collection exists).
+
+    Fails (ERROR) on any NaN/Inf, a dimension mismatch, a raw norm outside
+    ``(raw_norm_min, raw_norm_max)``, a vector with zero-value ratio >= ``max_zero_value_ratio``,
+    a zero vector, or a quality score ``1 - zero_rate - duplicate_rate`` <= ``min_quality_score``.
+    """
+    n = int(normalised.shape[0]) if normalised.ndim == 2 else 0
+    dim = int(normalised.shape[1]) if normalised.ndim == 2 and n else 0
+    meta: dict = {"vectors": n, "dimension": dim, **{f"{k}_dimension": v for k, v in dims.items()}}
+    if n == 0:
+        return Verdict(True, metadata=meta)
+    finite = np.isfinite(raw).all(axis=1) & np.isfinite(normalised).all(axis=1)
+    norms = np.linalg.norm(np.nan_to_num(raw), axis=1)
+    zero_ratio = (normalised == 0).mean(axis=1)
+    zero_vectors = norms < 1e-12
+    safe = np.nan_to_num(normalised)
+    unit = safe / np.maximum(np.linalg.norm(safe, axis=1, keepdims=True), 1e-12)
+    sims = unit @ unit.T
+    np.fill_diagonal(sims, -1.0)
+    duplicates = (sims >= t.duplicate_cosine).any(axis=1) & ~zero_vectors
+    zero_rate = float(zero_vectors.mean())
+    duplicate_rate = float(duplicates.mean())
+    score = 1.0 - zero_rate - duplicate_rate
+    meta.update(
+        nan_or_inf=int((~finite).sum()),
+        raw_norm_min=round(float(norms.min()), 4),
+        raw_norm_max=round(float(norms.max()), 4),
+        raw_norm_out_of_range=int(((norms <= t.raw_norm_min) | (norms >= t.raw_norm_max)).sum()),
+        max_zero_value_ratio=round(float(zero_ratio.max()), 4),
+        vectors_mostly_zero=int((zero_ratio >= t.max_zero_value_ratio).sum()),
+        zero_vectors=int(zero_vectors.sum()),
+        duplicate_rate=round(duplicate_rate, 4),
+        quality_score=round(score, 4),
+    )
+    failures = []
+    if meta["nan_or_inf"]:
+        failures.append("NaN/Inf values")
+    if any(v != dim for v in dims.values()):
+        failures.append(f"dimension {dim} != {dims}")
+    if meta["raw_norm_out_of_range"]:
+        failures.append(f"raw norm outside ({t.raw_norm_min}, {t.raw_norm_max})")
+    if meta["vectors_mostly_zero"]:
+        failures.append(f"zero-value ratio >= {t.max_zero_value_ratio}")
+    if meta["zero_vectors"]:
+        failures.append("zero vectors")
+    if score <= t.min_quality_score:
+        failures.append(f"quality score {score:.3f} <= {t.min_quality_score}")
+    meta["failures"] = "; ".join(failures) or "none"
+    return Verdict(not failures, metadata=meta)
+
+
+def graded(value: float, pass_at: float, warn_at: float, error_at: float, higher_is_better: bool) -> Verdict:
+    """Grade a figure against pass / WARN / ERROR thresholds (``001_*`` §5.2 style).
+
+    ``higher_is_better``: passes at ``value >= pass_at``; ERROR below ``error_at``; WARN below
+    ``warn_at``; between ``warn_at`` and ``pass_at`` a WARN too. Otherwise mirrored.
+    """
+    if higher_is_better:
+        if value >= pass_at:
+            return Verdict(True)
+        return Verdict(False, "ERROR" if value < error_at else "WARN")
+    if value < pass_at:
+        return Verdict(True)
+    return Verdict(False, "ERROR" if value > error_at else "WARN")
