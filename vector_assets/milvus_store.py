@@ -34,6 +34,9 @@ MAX_TENANT = 256
 MAX_RECORD_ID = 512
 MAX_PREVIEW = 1024
 
+#: Collection property naming the model whose vectors the collection holds.
+MODEL_PROPERTY = "vector_assets.model"
+
 #: Milvus's largest ``limit`` for one query.
 QUERY_LIMIT = 16384
 
@@ -207,7 +210,8 @@ def create_collection(client: MilvusClient, name: str, dim: int, index_type: str
         # Partition reads filter on tenant and day: inverted indexes keep those scans short.
         params.add_index("tenant", index_type="INVERTED")
         params.add_index("day", index_type="INVERTED")
-        client.create_collection(name, schema=schema, index_params=params, num_partitions=16, description=json.dumps({"model": model_id, "dim": dim}))
+        client.create_collection(name, schema=schema, index_params=params, num_partitions=16)
+        client.alter_collection_properties(name, properties={MODEL_PROPERTY: model_id, "vector_assets.dim": str(dim)})
     client.load_collection(name)
 
 
@@ -271,11 +275,8 @@ def count_rows(client: MilvusClient, name: str, expr: str = "") -> int:
 
 
 def collection_model(client: MilvusClient, name: str) -> str | None:
-    """The model id a collection belongs to (from its description), or None if not recorded."""
-    try:
-        return json.loads(client.describe_collection(name).get("description") or "{}").get("model")
-    except ValueError:
-        return None
+    """The model id a collection belongs to (its ``vector_assets.model`` property), or None."""
+    return (client.describe_collection(name).get("properties") or {}).get(MODEL_PROPERTY)
 
 
 def alias_target(client: MilvusClient, alias: str) -> str | None:
