@@ -11,6 +11,7 @@ import pytest
 
 from vector_assets import milvus_store
 from vector_assets.partitions import TENANTS
+from vector_assets.quality import QualityThresholds
 from vector_assets.resources import EmbeddingModelResource, LandingResource, MilvusResource
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,7 +66,7 @@ def workspace(tmp_path, monkeypatch):
 def resources(workspace, embedding_model):
     milvus = MilvusResource(uri=str(workspace["db"]))
     landing = LandingResource(landing_dir=str(workspace["landing"]), state_dir=str(workspace["home"]))
-    return {"landing": landing, "embedding_model": embedding_model, "milvus": milvus}
+    return {"landing": landing, "embedding_model": embedding_model, "milvus": milvus, "quality": QualityThresholds()}
 
 
 @pytest.fixture

@@ -80,6 +80,41 @@ def truncated_flags(model, texts: list[str]) -> list[bool]:
     return [n > limit for n in lengths]
 
 
+@functools.lru_cache(maxsize=4)
+def _raw_view(model):
+    """The model without its final ``Normalize`` module (same weights), or the model itself."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.models import Normalize
+
+    modules = list(model)
+    if modules and isinstance(modules[-1], Normalize):
+        view = SentenceTransformer(modules=modules[:-1], device=str(model.device))
+        view.max_seq_length = model.max_seq_length
+        return view
+    return model
+
+
+def encode_with_raw(model, texts: list[str], batch_size: int, stats: EncodeStats | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(raw, normalised)``, both ``(len(texts), dim)`` float32: the model output before L2
+    normalisation (the quality checks judge its norm, seed ``000_*`` §5.2) and the
+    L2-normalised vectors that are stored. A zero raw vector stays zero.
+    """
+    dim = model.get_embedding_dimension()
+    if not texts:
+        empty = np.zeros((0, dim), dtype=np.float32)
+        return empty, empty
+    started = time.perf_counter()
+    raw = _raw_view(model).encode(texts, batch_size=batch_size, normalize_embeddings=False, convert_to_numpy=True, show_progress_bar=False)
+    raw = np.asarray(raw, dtype=np.float32)
+    norms = np.linalg.norm(raw, axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        normalised = np.where(norms > 0, raw / np.where(norms > 0, norms, 1.0), 0.0).astype(np.float32)
+    if stats is not None:
+        stats.seconds += time.perf_counter() - started
+        stats.texts += len(texts)
+    return raw, normalised
+
+
 def encode(model, texts: list[str], batch_size: int, stats: EncodeStats | None = None) -> np.ndarray:
     """L2-normalised embeddings of ``texts``: ``(len(texts), dim)`` float32.
 

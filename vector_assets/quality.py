@@ -17,12 +17,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import dagster as dg
 import numpy as np
 
 
-@dataclass(frozen=True)
-class QualityThresholds:
-    """All check thresholds, in one place (see the module docstring for each source)."""
+class QualityThresholds(dg.ConfigurableResource):
+    """All check thresholds, in one place (see the module docstring for each source).
+
+    A Dagster resource (``quality``), so a deployment or a launch can override any of them;
+    the plain functions below take it as an argument with these defaults.
+    ``coherence_sample`` stored rows per run are re-embedded to judge coherence (0: none, and a
+    run that embeds nothing then loads no model).
+    """
 
     raw_norm_min: float = 0.1
     raw_norm_max: float = 10.0
@@ -40,6 +46,7 @@ class QualityThresholds:
     ms_per_vector_pass: float = 100.0
     ms_per_vector_warn: float = 150.0
     ms_per_vector_error: float = 250.0
+    min_vectors_for_timing: int = 32
     failure_rate_pass: float = 0.01
     failure_rate_warn: float = 0.02
     failure_rate_error: float = 0.05
@@ -55,7 +62,7 @@ class Verdict:
     metadata: dict = field(default_factory=dict)
 
 
-def vector_quality(raw: np.ndarray, normalised: np.ndarray, dims: dict[str, int], t: QualityThresholds = QualityThresholds()) -> Verdict:
+def vector_quality(raw: np.ndarray, normalised: np.ndarray, dims: dict[str, int], t: QualityThresholds | None = None) -> Verdict:
     """Pre-write rules on one partition's vectors.
 
     Args:
@@ -68,6 +75,7 @@ def vector_quality(raw: np.ndarray, normalised: np.ndarray, dims: dict[str, int]
     ``(raw_norm_min, raw_norm_max)``, a vector with zero-value ratio >= ``max_zero_value_ratio``,
     a zero vector, or a quality score ``1 - zero_rate - duplicate_rate`` <= ``min_quality_score``.
     """
+    t = t or QualityThresholds()
     n = int(normalised.shape[0]) if normalised.ndim == 2 else 0
     dim = int(normalised.shape[1]) if normalised.ndim == 2 and n else 0
     meta: dict = {"vectors": n, "dimension": dim, **{f"{k}_dimension": v for k, v in dims.items()}}

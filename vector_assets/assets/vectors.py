@@ -15,16 +15,17 @@ from .. import settings
 import datetime as dt
 
 from ..partitions import MAX_PARTITIONS_PER_RUN, split_key, tenant_day_partitions
+from .. import milvus_store
+from ..checks import evaluate
+from ..checks.specs import CHECK_SPECS, CHECKS
+from ..quality import QualityThresholds, Verdict, vector_quality
+from ..keys import ASSET_KEYS, EXTRACTED_TEXT, MILVUS_VECTORS, SOURCE_RECORDS
 from ..resources import EmbeddingModelResource, LandingResource, MilvusResource
 from ..sync import PartitionResult, cut_over_search_alias, sync_partitions
 
 #: Bumped when extraction or row layout changes (part of every asset's code_version).
 PIPELINE_VERSION = "1"
 
-SOURCE_RECORDS = dg.AssetKey("source_records")
-EXTRACTED_TEXT = dg.AssetKey("extracted_text")
-MILVUS_VECTORS = dg.AssetKey("milvus_vectors")
-ASSET_KEYS = [SOURCE_RECORDS, EXTRACTED_TEXT, MILVUS_VECTORS]
 
 _CODE_VERSION = {
     SOURCE_RECORDS: PIPELINE_VERSION,
@@ -98,6 +99,7 @@ def partition_metadata(result: PartitionResult, model_id: str, seconds_per_text:
             skippable=True,
         ),
     ],
+    check_specs=CHECK_SPECS,
     name="tenant_day_vectors",
     partitions_def=tenant_day_partitions,
     backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=MAX_PARTITIONS_PER_RUN),
@@ -109,17 +111,60 @@ def tenant_day_vectors(
     landing: LandingResource,
     embedding_model: EmbeddingModelResource,
     milvus: MilvusResource,
+    quality: QualityThresholds,
 ):
-    """Materialise each tenant-day of the run: read, extract, embed what changed, write."""
+    """Materialise each tenant-day of the run: read, extract, check, embed what changed, write,
+    check again; one materialisation and one evaluation of each check per tenant-day."""
     started = time.perf_counter()
     keys = [split_key(k) for k in context.partition_keys]
-    index = landing.index()
     landing.refresh()
-    results = sync_partitions(keys, index, embedding_model, milvus, landing.quarantine_dir(), log=context.log.info)
+    index = landing.index()
+    model_id = embedding_model.model_id
+    verdicts: dict[str, dict] = {name: {} for name in CHECKS}
+
+    def validate_texts(results):
+        verdicts["text_frame_valid"] = evaluate.text_frame_verdicts(evaluate.text_frame(results), quality)
+
+    def gate(result, changed, raw, normalised) -> bool:
+        key = (result.tenant, result.day)
+        dims = {}
+        if changed:
+            dims["model"] = embedding_model.dimension
+            client = milvus.get_client()
+            name = milvus.collection_for(model_id)
+            if client.has_collection(name):
+                dims["collection"] = milvus_store.collection_dimension(client, name)
+        verdicts["vector_quality"][key] = vector_quality(raw, normalised, dims, quality)
+        frame_ok = verdicts["text_frame_valid"].get(key, Verdict(True)).passed
+        ok = verdicts["vector_quality"][key].passed and frame_ok
+        if not ok:
+            context.log.error(f"{result.tenant}|{result.day}: blocking check failed, partition not written ({verdicts['vector_quality'][key].metadata.get('failures')})")
+        return ok
+
+    timings: dict[str, float] = {}
+    results = sync_partitions(keys, index, embedding_model, milvus, landing.quarantine_dir(), before_write=gate, log=context.log.info, after_extract=validate_texts, timings=timings)
     stats = embedding_model.stats
     per_text = stats.seconds / stats.texts if stats.texts else 0.0
+
+    # Checks after the write.
+    written = {k: r for k, r in results.items() if r.written and (r.records_read or r.deleted)}
+    if written:
+        client = milvus.get_client()
+        name = milvus.collection_for(model_id)
+        stored = evaluate.stored_hashes(client, name, list(written)) if client.has_collection(name) else {}
+        verdicts["coverage"] = evaluate.coverage_verdicts(written, stored, model_id)
+        sample = evaluate.sample_vectors(client, name, written, quality) if client.has_collection(name) else {}
+        reembed = lambda texts: embedding_model.encode(texts)  # noqa: E731
+        verdicts["coherence"] = evaluate.coherence_verdicts(written, sample, reembed, quality)
+        if sample:
+            verdicts["retrievability"] = evaluate.retrievability_verdicts(client, name, written, sample, quality, milvus.search_params)
+        embedded = sum(r.embedded for r in written.values())
+        ms = 1000.0 * (timings.get("encode_s", 0.0) + timings.get("write_s", 0.0)) / embedded if embedded else 0.0
+        verdicts["processing_time"] = {k: evaluate.processing_time_verdict(ms, embedded, quality) for k in written if written[k].embedded}
+        verdicts["failure_rate"] = {k: evaluate.failure_rate_verdict(r, quality) for k, r in written.items()}
+
     total = {"records": 0, "embedded": 0, "skipped": 0, "deleted": 0, "quarantined": 0}
-    empty = 0
+    empty = failed_checks = 0
     for key, result in results.items():
         if not result.records_read and not result.deleted:
             # A day inside the run's range with no records and no rows: nothing to materialise
@@ -127,20 +172,38 @@ def tenant_day_vectors(
             empty += 1
             continue
         mk = dg.MultiPartitionKey({"tenant": key[0], "day": key[1]})
-        for asset_key, metadata in partition_metadata(result, embedding_model.model_id, per_text).items():
-            yield dg.AssetMaterialization(asset_key=asset_key, partition=mk, metadata=metadata, tags={"dagster/code_version": _CODE_VERSION[asset_key]})
+        if result.written:
+            for asset_key, metadata in partition_metadata(result, model_id, per_text).items():
+                yield dg.AssetMaterialization(asset_key=asset_key, partition=mk, metadata=metadata, tags={"dagster/code_version": _CODE_VERSION[asset_key]})
+        for check_name, (asset_key, blocking, _) in CHECKS.items():
+            verdict = verdicts[check_name].get(key)
+            if verdict is None:
+                continue
+            failed_checks += not verdict.passed
+            yield dg.AssetCheckEvaluation(
+                asset_key=asset_key,
+                check_name=check_name,
+                passed=verdict.passed,
+                metadata=verdict.metadata,
+                severity=dg.AssetCheckSeverity.ERROR if verdict.severity == "ERROR" else dg.AssetCheckSeverity.WARN,
+                blocking=blocking,
+                partition=mk,
+            )
         total["records"] += result.records_read
         total["embedded"] += result.embedded
         total["skipped"] += result.skipped
         total["deleted"] += result.deleted
         total["quarantined"] += len(result.quarantined)
-    moved = cut_over_search_alias(index, milvus, embedding_model.model_id, settings.start_date(), dt.datetime.now(dt.timezone.utc).date().isoformat())
+    # The evaluations above are per partition; the step's check outputs carry no value.
+    for output_name in context.assets_def.check_specs_by_output_name:
+        yield dg.Output(None, output_name=output_name)
+    moved = cut_over_search_alias(index, milvus, model_id, settings.start_date(), dt.datetime.now(dt.timezone.utc).date().isoformat())
     if moved:
         context.log.info(moved)
     wall = time.perf_counter() - started
     context.log.info(
-        f"{len(results)} tenant-days ({empty} without records or rows, not materialised): {total['records']} records, {total['embedded']} embedded, "
-        f"{total['skipped']} unchanged, {total['deleted']} deleted, {total['quarantined']} quarantined; "
-        f"encode {stats.seconds:.1f}s of {wall:.1f}s ({stats.texts / stats.seconds if stats.seconds else 0:.0f} texts/s), "
-        f"{stats.truncated} texts truncated at {embedding_model.max_seq_length if stats.texts else '-'} tokens, model load {stats.load_seconds:.1f}s"
+        f"{len(results)} tenant-days ({empty} without records or rows, not materialised): {total['records']} records, "
+        f"{total['embedded']} embedded, {total['skipped']} unchanged, {total['deleted']} deleted, {total['quarantined']} quarantined, "
+        f"{failed_checks} check evaluations failed; encode {stats.seconds:.1f}s of {wall:.1f}s "
+        f"({stats.texts / stats.seconds if stats.seconds else 0:.0f} texts/s), {stats.truncated} texts truncated, model load {stats.load_seconds:.1f}s"
     )

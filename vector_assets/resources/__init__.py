@@ -13,12 +13,14 @@ def default_resources() -> dict:
     import dagster as dg
 
     from .. import settings
+    from ..quality import QualityThresholds
 
     token = dg.EnvVar("VECTOR_ASSETS_MILVUS_TOKEN") if os.environ.get("VECTOR_ASSETS_MILVUS_TOKEN") else ""
     return {
         "landing": LandingResource(landing_dir=settings.landing_dir(), state_dir=str(settings.home_dir()), git_repos=settings.git_repos()),
         "embedding_model": EmbeddingModelResource(model=settings.model_name()),
         "milvus": MilvusResource(uri=settings.milvus_uri(), token=token),
+        "quality": QualityThresholds(),
     }
 
 

@@ -63,6 +63,11 @@ class EmbeddingModelResource(dg.ConfigurableResource):
         self._stats.truncated += sum(flags)
         return flags
 
+    def encode_with_raw(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """``(raw, normalised)`` ``(len(texts), dimension)`` float32: model output before and
+        after L2 normalisation (see :func:`vector_assets.embedding.encode_with_raw`)."""
+        return embedding.encode_with_raw(self.get_model(), texts, self.batch_size, self._stats)
+
     def encode(self, texts: list[str]) -> np.ndarray:
         """L2-normalised embeddings, ``(len(texts), dimension)`` float32."""
         if not texts:

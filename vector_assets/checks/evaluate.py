@@ -1,0 +1,247 @@
+"""Per-partition evaluation of the checks, as plain functions over a run's sync results.
+
+Each function returns ``{(tenant, day): Verdict}`` for the partitions it judged.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import random
+from typing import Callable
+
+import numpy as np
+
+from .. import milvus_store
+from ..quality import QualityThresholds, Verdict, graded
+from ..sync import PartitionKey, PartitionResult
+
+
+@functools.lru_cache(maxsize=1)
+def _gx_suite(max_chars: int, min_chars: int):
+    """An ephemeral Great Expectations context with the extracted-text suite (built once)."""
+    import great_expectations as gx
+
+    context = gx.get_context(mode="ephemeral")
+    try:
+        context.variables.progress_bars = {"globally": False, "metric_calculations": False}
+    except Exception:  # older/newer GX without that variable: bars only, no effect on results
+        pass
+    batch_definition = context.data_sources.add_pandas("frames").add_dataframe_asset("extracted_text").add_batch_definition_whole_dataframe("run")
+    suite = gx.ExpectationSuite("extracted_text")
+    suite.add_expectation(gx.expectations.ExpectColumnValuesToNotBeNull(column="record_id"))
+    suite.add_expectation(gx.expectations.ExpectColumnValuesToBeUnique(column="record_id"))
+    suite.add_expectation(gx.expectations.ExpectColumnPairValuesToBeEqual(column_A="tenant", column_B="partition_tenant"))
+    suite.add_expectation(gx.expectations.ExpectColumnPairValuesToBeEqual(column_A="day", column_B="partition_day"))
+    suite.add_expectation(gx.expectations.ExpectColumnValuesToBeBetween(column="text_chars", min_value=min_chars, max_value=max_chars))
+    return batch_definition, suite
+
+
+def text_frame(results: dict[PartitionKey, PartitionResult], extra_rows: list[dict] | None = None):
+    """The extracted-text frame of a run: one row per text with its partition's tenant and day."""
+    import pandas as pd
+
+    rows = [
+        {"record_id": t.record_id, "tenant": t.tenant, "day": t.day, "partition_tenant": key[0], "partition_day": key[1], "text_chars": len(t.text)}
+        for key, result in results.items()
+        for t in result.texts
+    ]
+    return pd.DataFrame(rows + list(extra_rows or []), columns=["record_id", "tenant", "day", "partition_tenant", "partition_day", "text_chars"])
+
+
+def text_frame_verdicts(frame, t: QualityThresholds | None = None) -> dict[PartitionKey, Verdict]:
+    """Validate the run's extracted-text frame with Great Expectations, once, and judge each
+    partition by the rows of it that failed an expectation. Metadata: the GX summary."""
+    t = t or QualityThresholds()
+    if frame.empty:
+        return {}
+    batch_definition, suite = _gx_suite(t.max_text_chars, t.min_text_chars)
+    frame = frame.reset_index(drop=True)
+    result = batch_definition.get_batch(batch_parameters={"dataframe": frame}).validate(suite, result_format={"result_format": "COMPLETE"})
+    failed_rows: dict[str, set[int]] = {}
+    for item in result.results:
+        name = item.expectation_config.type
+        failed_rows[name] = set(item.result.get("unexpected_index_list") or [])
+        if not item.success and not failed_rows[name]:
+            failed_rows[name] = set(range(len(frame)))  # failed without row detail: all rows
+    stats = result.statistics
+    verdicts: dict[PartitionKey, Verdict] = {}
+    for key, rows in frame.groupby(["partition_tenant", "partition_day"]).groups.items():
+        rows = set(int(i) for i in rows)
+        bad = {name: len(rows & idx) for name, idx in failed_rows.items() if rows & idx}
+        verdicts[tuple(key)] = Verdict(
+            not bad,
+            metadata={
+                "rows": len(rows),
+                "failed_expectations": json.dumps(bad) if bad else "none",
+                "gx_evaluated_expectations": int(stats["evaluated_expectations"]),
+                "gx_successful_expectations_run": int(stats["successful_expectations"]),
+                "gx_success_percent_run": round(float(stats["success_percent"] or 0.0), 1),
+            },
+        )
+    return verdicts
+
+
+def coverage_verdicts(results: dict[PartitionKey, PartitionResult], stored: dict[PartitionKey, dict[str, str]], model_id: str) -> dict[PartitionKey, Verdict]:
+    """Reconciliation per written partition: ``records_read == texts + quarantined ==
+    rows in Milvus`` and every stored content hash equals the hash of its current text.
+
+    ``stored``: ``{(tenant, day): {pk: content_hash}}`` read from Milvus after the write.
+    """
+    verdicts = {}
+    for key, result in results.items():
+        if not result.written:
+            continue
+        rows = stored.get(key, {})
+        expected = {t.pk: t.hash_for(model_id) for t in result.texts}
+        missing = [pk for pk in expected if pk not in rows]
+        extra = [pk for pk in rows if pk not in expected]
+        mismatched = [pk for pk, h in expected.items() if pk in rows and rows[pk] != h]
+        balanced = result.records_read == len(result.texts) + len(result.quarantined)
+        ok = balanced and not missing and not extra and not mismatched
+        verdicts[key] = Verdict(
+            ok,
+            metadata={
+                "records_read": result.records_read,
+                "texts": len(result.texts),
+                "quarantined": len(result.quarantined),
+                "milvus_rows": len(rows),
+                "missing_rows": len(missing),
+                "extra_rows": len(extra),
+                "hash_mismatches": len(mismatched),
+                "coverage": round((len(expected) - len(missing) - len(mismatched)) / len(expected), 4) if expected else 1.0,
+            },
+        )
+    return verdicts
+
+
+def coherence_verdicts(
+    results: dict[PartitionKey, PartitionResult],
+    stored_vectors: dict[str, np.ndarray],
+    reembed: Callable[[list[str]], np.ndarray],
+    t: QualityThresholds | None = None,
+    seed: int = 0,
+) -> dict[PartitionKey, Verdict]:
+    """Stored vectors against the model now, per written partition.
+
+    ``stored_vectors``: ``{pk: vector}`` read back from Milvus for a sample of rows. Rows
+    embedded in this run are compared with the vectors computed for them (the round trip through
+    Milvus, no extra encode); of the rows that were already stored, ``coherence_sample`` per run
+    are re-embedded now with ``reembed``. Mean cosine graded by ``coherence_pass/warn/error``.
+    """
+    t = t or QualityThresholds()
+    rng = random.Random(seed)
+    cosines: dict[PartitionKey, list[float]] = {}
+    old: list[tuple[PartitionKey, str, str]] = []
+    for key, result in results.items():
+        if not result.written:
+            continue
+        cosines[key] = []
+        for x in result.texts:
+            if x.pk not in stored_vectors:
+                continue
+            if x.pk in result.vectors:
+                cosines[key].append(float(np.dot(result.vectors[x.pk], stored_vectors[x.pk])))
+            else:
+                old.append((key, x.pk, x.text))
+    todo = rng.sample(old, min(len(old), t.coherence_sample))
+    if todo:
+        now = reembed([text for _, _, text in todo])
+        for (key, pk, _), vec in zip(todo, now):
+            cosines[key].append(float(np.dot(vec, stored_vectors[pk])))
+    verdicts = {}
+    for key, values in cosines.items():
+        mean = float(np.mean(values)) if values else 1.0
+        verdict = graded(mean, t.coherence_pass, t.coherence_warn, t.coherence_error, higher_is_better=True)
+        verdict.metadata = {
+            "mean_cosine": round(mean, 5),
+            "min_cosine": round(min(values), 5) if values else 1.0,
+            "compared": len(values),
+            "reembedded": sum(1 for k, _, _ in todo if k == key),
+        }
+        verdicts[key] = verdict
+    return verdicts
+
+
+def retrievability_verdicts(client, collection: str, results: dict[PartitionKey, PartitionResult], stored_vectors: dict[str, np.ndarray], t: QualityThresholds | None = None, search_params: dict | None = None, seed: int = 0) -> dict[PartitionKey, Verdict]:
+    """Up to ``retrievability_sample`` stored vectors per written partition, searched within
+    their tenant: recall@1 (the row itself first, or a row of identical score) >= 0.99."""
+    t = t or QualityThresholds()
+    rng = random.Random(seed)
+    by_tenant: dict[str, list[tuple[PartitionKey, str]]] = {}
+    for key, result in results.items():
+        if not result.written:
+            continue
+        pks = [x.pk for x in result.texts if x.pk in stored_vectors]
+        for pk in rng.sample(pks, min(len(pks), t.retrievability_sample)):
+            by_tenant.setdefault(key[0], []).append((key, pk))
+    found: dict[PartitionKey, list[bool]] = {k: [] for k, r in results.items() if r.written}
+    for tenant, items in by_tenant.items():
+        for i in range(0, len(items), 256):
+            chunk = items[i : i + 256]
+            hits = client.search(
+                collection,
+                data=[stored_vectors[pk].tolist() for _, pk in chunk],
+                filter=f"tenant == {milvus_store.quote(tenant)}",
+                limit=1,
+                output_fields=["pk"],
+                search_params={"params": dict(search_params or {"ef": 64})},
+            )
+            for (key, pk), top in zip(chunk, hits):
+                ok = bool(top) and (top[0]["entity"]["pk"] == pk or float(top[0]["distance"]) >= float(np.dot(stored_vectors[pk], stored_vectors[pk])) - 1e-5)
+                found[key].append(ok)
+    verdicts = {}
+    for key, values in found.items():
+        recall = sum(values) / len(values) if values else 1.0
+        verdicts[key] = Verdict(recall >= t.min_recall_at_1, metadata={"recall_at_1": round(recall, 4), "sampled": len(values)})
+    return verdicts
+
+
+def processing_time_verdict(ms_per_vector: float, vectors: int, t: QualityThresholds | None = None) -> Verdict:
+    """Embedding + write milliseconds per vector of the run, graded 100 / 150 / 250 ms.
+
+    A run that embedded fewer than ``min_vectors_for_timing`` vectors is not graded (it passes,
+    with the figure in metadata): its time per vector is the fixed cost of one encode call and
+    one flush divided by a handful of vectors, not a throughput.
+    """
+    t = t or QualityThresholds()
+    verdict = graded(ms_per_vector, t.ms_per_vector_pass, t.ms_per_vector_warn, t.ms_per_vector_error, higher_is_better=False)
+    if vectors < t.min_vectors_for_timing:
+        verdict = Verdict(True)
+    verdict.metadata = {"ms_per_vector": round(ms_per_vector, 2), "vectors_in_run": vectors, "graded": vectors >= t.min_vectors_for_timing}
+    return verdict
+
+
+def failure_rate_verdict(result: PartitionResult, t: QualityThresholds | None = None) -> Verdict:
+    """Quarantined / records read of one partition, graded 1% / 2% / 5%."""
+    t = t or QualityThresholds()
+    rate = len(result.quarantined) / result.records_read if result.records_read else 0.0
+    verdict = graded(rate, t.failure_rate_pass, t.failure_rate_warn, t.failure_rate_error, higher_is_better=False)
+    verdict.metadata = {"failure_rate": round(rate, 4), "quarantined": len(result.quarantined), "records_read": result.records_read}
+    return verdict
+
+
+def stored_hashes(client, collection: str, keys: list[PartitionKey]) -> dict[PartitionKey, dict[str, str]]:
+    """``{(tenant, day): {pk: content_hash}}`` of the rows Milvus holds for ``keys`` now."""
+    by_tenant: dict[str, list[str]] = {}
+    for tenant, day in keys:
+        by_tenant.setdefault(tenant, []).append(day)
+    out: dict[PartitionKey, dict[str, str]] = {k: {} for k in keys}
+    for tenant, days in by_tenant.items():
+        for i in range(0, len(days), 500):
+            for row in milvus_store.query_all(client, collection, milvus_store.partition_filter(tenant, days[i : i + 500]), ["pk", "day", "content_hash"]):
+                out.setdefault((tenant, row["day"]), {})[row["pk"]] = row["content_hash"]
+    return out
+
+
+def sample_vectors(client, collection: str, results: dict[PartitionKey, PartitionResult], t: QualityThresholds | None = None, seed: int = 0) -> dict[str, np.ndarray]:
+    """Stored vectors of up to ``retrievability_sample`` rows per partition (``{pk: vector}``),
+    read back from Milvus."""
+    t = t or QualityThresholds()
+    rng = random.Random(seed)
+    pks = []
+    for result in results.values():
+        ids = [x.pk for x in result.texts]
+        pks += rng.sample(ids, min(len(ids), max(t.retrievability_sample, 1)))
+    rows = milvus_store.rows_by_pk(client, collection, pks, ["pk", "vector"])
+    return {pk: np.asarray(row["vector"], dtype=np.float32) for pk, row in rows.items()}

@@ -1,0 +1,8 @@
+"""Asset keys of the tenant-day assets (shared by assets, checks and sensors)."""
+
+import dagster as dg
+
+SOURCE_RECORDS = dg.AssetKey("source_records")
+EXTRACTED_TEXT = dg.AssetKey("extracted_text")
+MILVUS_VECTORS = dg.AssetKey("milvus_vectors")
+ASSET_KEYS = [SOURCE_RECORDS, EXTRACTED_TEXT, MILVUS_VECTORS]
