@@ -278,6 +278,11 @@ class LandingIndex:
             done = {(t, d): fp for t, d, fp in db.execute("SELECT tenant, day, fingerprint FROM synced WHERE model=?", (model,))}
         return [k for k in keys if done.get(k) != current[k]]
 
+    def synced_partitions(self, model: str) -> list[tuple[str, str]]:
+        """Tenant-days whose ``model`` rows were written (so Milvus is expected to hold them)."""
+        with self._connect() as db:
+            return sorted((t, d) for t, d in db.execute("SELECT tenant, day FROM synced WHERE model=?", (model,)))
+
     def unattributed(self) -> list[tuple[str, int, str]]:
         """``(file, line, reason)`` of every line that cannot be placed in a tenant-day."""
         with self._connect() as db:

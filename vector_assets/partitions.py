@@ -1,6 +1,9 @@
-"""Partitions: tenant (dynamic) x day (daily, UTC)."""
+"""Partitions: tenant (dynamic) x day (daily, UTC), and how backfills group them into runs."""
 
 from __future__ import annotations
+
+import datetime as dt
+from collections import defaultdict
 
 import dagster as dg
 
@@ -47,3 +50,35 @@ def in_window(day: str, today: str | None = None) -> bool:
 
     last = today or (dt.datetime.now(dt.timezone.utc).date() + dt.timedelta(days=0)).isoformat()
     return settings.start_date() <= day <= last
+
+
+#: A run's range of days stops at a gap longer than this. A day without records inside a range
+#: still costs its planned-materialisation events (about 20 ms with SQLite storage); a new run
+#: costs about 0.4 s; so ranges bridge gaps of up to two weeks.
+MAX_GAP_DAYS = 14
+
+
+def plan_runs(partitions: list[tuple[str, str]], max_per_run: int, max_gap_days: int = MAX_GAP_DAYS) -> list[tuple[str, str, str, int]]:
+    """Group tenant-days into runs as ``BackfillPolicy.multi_run`` does: consecutive days of one
+    tenant, at most ``max_per_run`` days with records per run, and a new run after a gap of
+    more than ``max_gap_days`` days.
+
+    Returns ``[(tenant, first_day, last_day, days_with_records)]``.
+    """
+    days_by_tenant: dict[str, list[str]] = defaultdict(list)
+    for tenant, day in sorted(partitions):
+        days_by_tenant[tenant].append(day)
+    runs = []
+    for tenant, days in days_by_tenant.items():
+        chunk: list[str] = []
+        for day in days:
+            if chunk:
+                gap = (dt.date.fromisoformat(day) - dt.date.fromisoformat(chunk[-1])).days
+                span = (dt.date.fromisoformat(day) - dt.date.fromisoformat(chunk[0])).days + 1
+                if len(chunk) >= max_per_run or gap > max_gap_days or span > max_per_run:
+                    runs.append((tenant, chunk[0], chunk[-1], len(chunk)))
+                    chunk = []
+            chunk.append(day)
+        if chunk:
+            runs.append((tenant, chunk[0], chunk[-1], len(chunk)))
+    return runs

@@ -60,7 +60,9 @@ def text_frame_verdicts(frame, t: QualityThresholds | None = None) -> dict[Parti
     result = batch_definition.get_batch(batch_parameters={"dataframe": frame}).validate(suite, result_format={"result_format": "COMPLETE"})
     failed_rows: dict[str, set[int]] = {}
     for item in result.results:
-        name = item.expectation_config.type
+        kwargs = item.expectation_config.kwargs
+        columns = ",".join(str(kwargs[c]) for c in ("column", "column_A", "column_B") if c in kwargs)
+        name = f"{item.expectation_config.type}({columns})"
         failed_rows[name] = set(item.result.get("unexpected_index_list") or [])
         if not item.success and not failed_rows[name]:
             failed_rows[name] = set(range(len(frame)))  # failed without row detail: all rows

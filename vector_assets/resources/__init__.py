@@ -1,5 +1,6 @@
 """Dagster resources: the landing directory, the embedding model and the Milvus store."""
 
+from .alerts import AlertResource
 from .embedding_model import EmbeddingModelResource
 from .landing import LandingResource
 from .milvus import MilvusResource
@@ -21,7 +22,8 @@ def default_resources() -> dict:
         "embedding_model": EmbeddingModelResource(model=settings.model_name()),
         "milvus": MilvusResource(uri=settings.milvus_uri(), token=token),
         "quality": QualityThresholds(),
+        "alerts": AlertResource(webhook_url=dg.EnvVar("VECTOR_ASSETS_ALERT_WEBHOOK") if os.environ.get("VECTOR_ASSETS_ALERT_WEBHOOK") else ""),
     }
 
 
-__all__ = ["EmbeddingModelResource", "LandingResource", "MilvusResource", "default_resources"]
+__all__ = ["AlertResource", "EmbeddingModelResource", "LandingResource", "MilvusResource", "default_resources"]

@@ -1,4 +1,10 @@
-"""Sensors and schedules (issue #3). None are defined yet."""
+"""Sensors and schedules: alert-driven re-materialisation, new data, the daily run."""
 
-all_sensors: list = []
-all_schedules: list = []
+from .alerts import check_alert_sensor
+from .new_data import new_data_sensor
+from .schedules import audit_schedule, daily_schedule
+
+all_sensors = [check_alert_sensor, new_data_sensor]
+all_schedules = [daily_schedule, audit_schedule]
+
+__all__ = ["all_schedules", "all_sensors", "audit_schedule", "check_alert_sensor", "daily_schedule", "new_data_sensor"]

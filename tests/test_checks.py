@@ -1,0 +1,322 @@
+"""Asset checks, the audit job, the alert and new-data sensors and the schedule: each check
+passes on real records and fails on crafted bad input."""
+
+import datetime as dt
+import http.server
+import json
+import threading
+
+import dagster as dg
+import numpy as np
+import pytest
+
+from vector_assets import milvus_store
+from vector_assets.checks import evaluate
+from vector_assets.checks.audit import audit_job
+from vector_assets.assets import tenant_day_vectors
+from vector_assets.quality import QualityThresholds, vector_quality
+from vector_assets.resources import AlertResource, EmbeddingModelResource
+from vector_assets.sensors import check_alert_sensor, daily_schedule, new_data_sensor
+from vector_assets.settings import DEFAULT_MODEL
+
+from .conftest import register_tenants, sample_records, write_jsonl
+from .test_pipeline import COLLECTION, materialize_index, rows_of
+
+# ---- vector quality on real embeddings ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def real_vectors(embedding_model):
+    texts = [r["summary"] + "\n" + r["description"] for r in sample_records("jira_issues_hadoop.jsonl", "HADOOP", "2024-01-01", "2024-01-31")][:20]
+    raw, normalised = embedding_model.encode_with_raw(texts)
+    return raw, normalised
+
+
+def test_vector_quality_passes_on_real_embeddings(real_vectors):
+    raw, normalised = real_vectors
+    verdict = vector_quality(raw, normalised, {"model": 384, "collection": 384})
+    assert verdict.passed, verdict.metadata
+    assert 0.1 < verdict.metadata["raw_norm_min"] <= verdict.metadata["raw_norm_max"] < 10
+    assert np.allclose(np.linalg.norm(normalised, axis=1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("corruption, expected", [
+    ("nan", "NaN/Inf values"),
+    ("zero", "zero vectors"),
+    ("dim", "dimension"),
+    ("duplicate", "quality score"),
+    ("norm", "raw norm outside"),
+])
+def test_vector_quality_fails_on_crafted_input(real_vectors, corruption, expected):
+    raw, normalised = (a.copy() for a in real_vectors)
+    dims = {"model": 384, "collection": 384}
+    if corruption == "nan":
+        raw[3, 5] = normalised[3, 5] = np.nan
+    elif corruption == "zero":
+        raw[2] = normalised[2] = 0.0
+    elif corruption == "dim":
+        dims["collection"] = 512
+    elif corruption == "duplicate":
+        raw[:5] = raw[0]
+        normalised[:5] = normalised[0]
+    elif corruption == "norm":
+        raw[1] *= 50.0
+    verdict = vector_quality(raw, normalised, dims)
+    assert not verdict.passed and verdict.severity == "ERROR"
+    assert expected in verdict.metadata["failures"]
+
+
+def test_text_frame_check_flags_the_partition_with_bad_rows():
+    import pandas as pd
+
+    frame = pd.DataFrame(
+        [
+            {"record_id": "a", "tenant": "T", "day": "2024-01-01", "partition_tenant": "T", "partition_day": "2024-01-01", "text_chars": 40},
+            {"record_id": "b", "tenant": "T", "day": "2024-01-02", "partition_tenant": "T", "partition_day": "2024-01-02", "text_chars": 30},
+            {"record_id": "b", "tenant": "U", "day": "2024-01-03", "partition_tenant": "T", "partition_day": "2024-01-03", "text_chars": 0},
+        ]
+    )
+    verdicts = evaluate.text_frame_verdicts(frame)
+    assert verdicts[("T", "2024-01-01")].passed
+    assert not verdicts[("T", "2024-01-03")].passed
+    failed = json.loads(verdicts[("T", "2024-01-03")].metadata["failed_expectations"])
+    assert set(failed) == {
+        "expect_column_values_to_be_unique(record_id)",
+        "expect_column_pair_values_to_be_equal(tenant,partition_tenant)",
+        "expect_column_values_to_be_between(text_chars)",
+    }
+    assert not verdicts[("T", "2024-01-02")].passed  # shares the duplicated id
+
+
+# ---- through Dagster -------------------------------------------------------------------------
+
+
+class NaNModel(EmbeddingModelResource):
+    """The real model, whose output for texts containing ``poison`` is NaN (a forced failure)."""
+
+    poison: str = "__never__"
+
+    def encode_with_raw(self, texts):
+        raw, normalised = super().encode_with_raw(texts)
+        for i, text in enumerate(texts):
+            if self.poison in text:
+                raw[i] = normalised[i] = np.nan
+        return raw, normalised
+
+
+class SwappedModel(EmbeddingModelResource):
+    """Another model's weights under the default model's id (a model swapped behind the id)."""
+
+    @property
+    def model_id(self) -> str:
+        return DEFAULT_MODEL
+
+
+def run_days(resources, instance, tenant, first, last=None):
+    tags = {"dagster/asset_partition_range_start": f"{first}|{tenant}", "dagster/asset_partition_range_end": f"{last or first}|{tenant}"}
+    return dg.materialize([tenant_day_vectors], resources=resources, instance=instance, tags=tags, raise_on_error=False)
+
+
+def evaluations(result) -> dict[tuple[str, str], dg.AssetCheckEvaluation]:
+    out = {}
+    for event in result.all_events:
+        if event.event_type_value == "ASSET_CHECK_EVALUATION":
+            ev = event.event_specific_data
+            out[(ev.check_name, ev.partition)] = ev
+    return out
+
+
+def test_checks_pass_on_real_records(resources, instance, workspace):
+    jira = sample_records("jira_issues_hadoop.jsonl", "HADOOP", "2024-01-01", "2024-01-10")
+    write_jsonl(workspace["landing"] / "jira.jsonl", jira)
+    materialize_index(resources, instance)
+    result = run_days(resources, instance, "HADOOP", "2024-01-01", "2024-01-10")
+    assert result.success
+    evs = evaluations(result)
+    days = {r["day"] for r in jira}
+    assert {name for name, _ in evs} >= {"text_frame_valid", "vector_quality", "coverage", "coherence", "retrievability", "failure_rate", "processing_time"}
+    for name in ("text_frame_valid", "vector_quality", "coverage", "coherence", "retrievability", "failure_rate"):
+        for day in days:
+            ev = evs[(name, f"{day}|HADOOP")]
+            assert ev.passed, (name, day, ev.metadata)
+    cov = evs[("coverage", f"{jira[0]['day']}|HADOOP")].metadata
+    assert cov["coverage"].value == 1.0 and cov["missing_rows"].value == 0
+
+
+def test_blocking_check_stops_only_its_partition(resources, instance, workspace):
+    jira = sample_records("jira_issues_hadoop.jsonl", "HADOOP", "2024-01-01", "2024-01-10")
+    poisoned = jira[0]
+    write_jsonl(workspace["landing"] / "jira.jsonl", jira)
+    materialize_index(resources, instance)
+    bad = {**resources, "embedding_model": NaNModel(poison=poisoned["summary"])}
+    result = run_days(bad, instance, "HADOOP", "2024-01-01", "2024-01-10")
+    assert not result.success  # a blocking ERROR fails the step after all partitions ran
+    ev = evaluations(result)[("vector_quality", f"{poisoned['day']}|HADOOP")]
+    assert not ev.passed and ev.severity == dg.AssetCheckSeverity.ERROR and "NaN" in ev.metadata["failures"].value
+    client = resources["milvus"].get_client()
+    assert rows_of(client, "HADOOP", poisoned["day"]) == []
+    others = [r for r in jira if r["day"] != poisoned["day"]]
+    assert len(rows_of(client, "HADOOP")) == len(others)
+
+
+def test_too_many_quarantined_records_fail_the_failure_rate(resources, instance, workspace):
+    good = sample_records("bugzilla_seamonkey.jsonl", "SeaMonkey", "2023-01-01", "2023-01-31")[:3]
+    day = good[0]["day"]
+    bad = dict(good[0], id="bugzilla:SeaMonkey:bad", source="trello")
+    write_jsonl(workspace["landing"] / "bugs.jsonl", [g for g in good if g["day"] == day] + [bad])
+    materialize_index(resources, instance)
+    ev = evaluations(run_days(resources, instance, "SeaMonkey", day))[("failure_rate", f"{day}|SeaMonkey")]
+    assert not ev.passed and ev.severity == dg.AssetCheckSeverity.ERROR and ev.metadata["failure_rate"].value > 0.05
+
+
+class Webhook:
+    def __init__(self):
+        self.received = []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                outer.received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/alerts"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+
+
+def audit(resources, instance, **config):
+    result = audit_job.execute_in_process(instance=instance, resources=resources, run_config={"ops": {"audit_tenant_days": {"config": config}}} if config else None)
+    assert result.success
+    return evaluations(result)
+
+
+def test_deleted_rows_fail_coverage_and_the_sensor_heals_them(resources, instance, workspace, monkeypatch):
+    monkeypatch.setenv("VECTOR_ASSETS_RETRY_BASE_DELAY_S", "0")
+    jira = sample_records("jira_issues_hadoop.jsonl", "HADOOP", "2024-01-01", "2024-01-10")
+    write_jsonl(workspace["landing"] / "jira.jsonl", jira)
+    materialize_index(resources, instance)
+    assert run_days(resources, instance, "HADOOP", "2024-01-01", "2024-01-10").success
+    day = max({r["day"] for r in jira}, key=lambda d: sum(r["day"] == d for r in jira))
+    client = resources["milvus"].get_client()
+    victims = [r["pk"] for r in rows_of(client, "HADOOP", day)][:2]
+    client.delete(COLLECTION, filter=f"pk in {json.dumps(victims)}")
+    client.flush(COLLECTION)
+
+    evs = audit(resources, instance)
+    cov = evs[("coverage", f"{day}|HADOOP")]
+    assert not cov.passed and cov.severity == dg.AssetCheckSeverity.ERROR and cov.metadata["missing_rows"].value == len(victims)
+    assert all(ev.passed for (name, key), ev in evs.items() if key != f"{day}|HADOOP")
+
+    alerts = AlertResource()
+    ctx = dg.build_sensor_context(instance=instance, resources={"alerts": alerts})
+    result = check_alert_sensor(ctx)
+    assert [r.partition_key for r in result.run_requests] == [f"{day}|HADOOP"]
+    request = result.run_requests[0]
+    healed = dg.materialize([tenant_day_vectors], resources=resources, instance=instance, partition_key=request.partition_key, tags=request.tags)
+    assert healed.success
+    assert len(rows_of(client, "HADOOP", day)) == sum(r["day"] == day for r in jira)
+    assert evaluations(healed)[("coverage", f"{day}|HADOOP")].passed
+    again = check_alert_sensor(dg.build_sensor_context(instance=instance, cursor=result.cursor, resources={"alerts": alerts}))
+    assert again.run_requests == [] and json.loads(again.cursor)["partitions"] == {}
+
+
+def test_swapped_model_fails_coherence(resources, instance, workspace, tmp_path):
+    import torch
+    from sentence_transformers import SentenceTransformer, models
+
+    jira = sample_records("jira_issues_hadoop.jsonl", "HADOOP", "2024-01-01", "2024-01-05")
+    write_jsonl(workspace["landing"] / "jira.jsonl", jira)
+    materialize_index(resources, instance)
+    assert run_days(resources, instance, "HADOOP", "2024-01-01", "2024-01-05").success
+    base = resources["embedding_model"].get_model()
+    torch.manual_seed(1)
+    other = SentenceTransformer(modules=[base[0], base[1], models.Dense(384, 384, activation_function=torch.nn.Identity()), models.Normalize()], device="cpu")
+    other.save(str(tmp_path / "swapped"))
+    swapped = {**resources, "embedding_model": SwappedModel(model=str(tmp_path / "swapped")), "quality": QualityThresholds(coherence_sample=50)}
+    evs = audit(swapped, instance)
+    failures = [ev for (name, _), ev in evs.items() if name == "coherence" and not ev.passed]
+    assert failures and all(ev.severity == dg.AssetCheckSeverity.ERROR and ev.metadata["mean_cosine"].value < 0.85 for ev in failures)
+    assert all(ev.passed for (name, _), ev in evs.items() if name == "coverage")
+
+
+def test_alert_sensor_respects_the_attempt_budget_then_alerts(resources, instance, workspace, monkeypatch):
+    monkeypatch.setenv("VECTOR_ASSETS_RETRY_BASE_DELAY_S", "0")
+    monkeypatch.setenv("VECTOR_ASSETS_RETRY_MAX_ATTEMPTS", "2")
+    jira = sample_records("jira_issues_hadoop.jsonl", "HADOOP", "2024-01-01", "2024-01-03")
+    write_jsonl(workspace["landing"] / "jira.jsonl", jira)
+    materialize_index(resources, instance)
+    poisoned = jira[0]
+    key = f"{poisoned['day']}|HADOOP"
+    bad = {**resources, "embedding_model": NaNModel(poison=poisoned["summary"])}
+    hook = Webhook()
+    alerts = AlertResource(webhook_url=hook.url)
+    try:
+        assert not run_days(bad, instance, "HADOOP", poisoned["day"]).success
+        cursor = None
+        attempts = []
+        for _ in range(4):
+            result = check_alert_sensor(dg.build_sensor_context(instance=instance, cursor=cursor, resources={"alerts": alerts}))
+            cursor = result.cursor
+            attempts.append([r.partition_key for r in result.run_requests])
+            for request in result.run_requests:  # the re-run fails again: the model still yields NaN
+                assert not run_days(bad, instance, "HADOOP", poisoned["day"]).success
+            if result.asset_events:
+                break
+        assert attempts[:2] == [[key], [key]] and attempts[2] == []
+        obs = result.asset_events[0]
+        assert obs.partition == key and obs.metadata["exhausted"].value is True
+        assert hook.received and hook.received[0]["partition"] == key and "vector_quality" in hook.received[0]["failing_checks"]
+        quiet = check_alert_sensor(dg.build_sensor_context(instance=instance, cursor=cursor, resources={"alerts": alerts}))
+        assert quiet.run_requests == [] and not quiet.asset_events
+    finally:
+        hook.close()
+
+
+def test_new_data_sensor_registers_tenants_and_requests_only_changed_days(resources, instance, workspace):
+    landing = resources["landing"]
+    jira = sample_records("jira_issues_hadoop.jsonl", "HADOOP", "2024-01-01", "2024-01-10")
+    write_jsonl(workspace["landing"] / "jira.jsonl", jira)
+
+    def tick(cursor):
+        return new_data_sensor(dg.build_sensor_context(instance=instance, cursor=cursor, resources={"landing": landing}))
+
+    first = tick(None)
+    assert first.dynamic_partitions_requests[0].partition_keys == ["HADOOP"]
+    requested = {(r.tags["dagster/asset_partition_range_start"], r.tags["dagster/asset_partition_range_end"]) for r in first.run_requests}
+    covered = set()
+    for start, end in requested:
+        d0, d1 = dt.date.fromisoformat(start.split("|")[0]), dt.date.fromisoformat(end.split("|")[0])
+        covered |= {(d0 + dt.timedelta(days=i)).isoformat() for i in range((d1 - d0).days + 1)}
+    assert covered == {r["day"] for r in jira}
+    instance.add_dynamic_partitions("tenants", ["HADOOP"])
+
+    assert isinstance(tick(first.cursor), dg.SkipReason)
+
+    bugs = sample_records("bugzilla_seamonkey.jsonl", "SeaMonkey", "2023-01-01", "2023-01-05")
+    write_jsonl(workspace["landing"] / "bugs.jsonl", bugs)
+    third = tick(first.cursor)
+    assert third.dynamic_partitions_requests[0].partition_keys == ["SeaMonkey"]
+    assert {r.tags["dagster/asset_partition_range_start"].split("|")[1] for r in third.run_requests} == {"SeaMonkey"}
+    instance.add_dynamic_partitions("tenants", ["SeaMonkey"])
+
+    edited = [dict(jira[0], summary=jira[0]["summary"] + " (edited)")] + jira[1:]
+    write_jsonl(workspace["landing"] / "jira.jsonl", edited)
+    fourth = tick(third.cursor)
+    assert not fourth.dynamic_partitions_requests
+    assert [(r.tags["dagster/asset_partition_range_start"], r.tags["dagster/asset_partition_range_end"]) for r in fourth.run_requests] == [(f"{jira[0]['day']}|HADOOP", f"{jira[0]['day']}|HADOOP")]
+
+
+def test_daily_schedule_yields_yesterday_for_every_tenant(instance):
+    register_tenants(instance, ["HADOOP", "pallets/flask", "SeaMonkey"])
+    ctx = dg.build_schedule_context(instance=instance, scheduled_execution_time=dt.datetime(2024, 3, 2, 0, 15, tzinfo=dt.timezone.utc))
+    requests = daily_schedule(ctx)
+    assert sorted(r.partition_key for r in requests) == sorted(f"2024-03-01|{t}" for t in ["HADOOP", "pallets/flask", "SeaMonkey"])
+    with dg.instance_for_test() as empty:
+        assert isinstance(daily_schedule(dg.build_schedule_context(instance=empty, scheduled_execution_time=dt.datetime(2024, 3, 2, 0, 15, tzinfo=dt.timezone.utc))), dg.SkipReason)
