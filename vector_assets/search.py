@@ -10,6 +10,11 @@ from pymilvus import MilvusClient
 from . import milvus_store
 
 
+#: HNSW ``ef`` of a search. On eval_pr_commits (four tenants, 20,465 commits, kind filter)
+#: ef 64 gave recall@10 0.755 on all queries and ef 512 0.771, against 0.801 for exact search.
+DEFAULT_EF = 256
+
+
 class SearchError(ValueError):
     """A search that cannot be answered (empty query, unknown tenant, missing collection)."""
 
@@ -68,7 +73,7 @@ def search(
         filter=f"tenant == {milvus_store.quote(tenant)}" + (f" and kind in {json.dumps(list(kinds))}" if kinds else ""),
         limit=k,
         output_fields=["record_id", "day", "kind", "preview"],
-        search_params={"params": dict(search_params or {"ef": max(64, k)})},
+        search_params={"params": dict(search_params or {"ef": max(DEFAULT_EF, k)})},
     )
     return [
         [Hit(h["entity"]["record_id"], round(float(h["distance"]), 6), h["entity"]["day"], h["entity"]["kind"], h["entity"]["preview"]) for h in hits]

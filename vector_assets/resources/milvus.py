@@ -19,7 +19,8 @@ class MilvusResource(dg.ConfigurableResource):
         collection_prefix: collections are named ``<prefix>__<model slug>``.
         index_type / metric_type / index_params: the vector index (default HNSW, COSINE,
             M=16, efConstruction=200).
-        search_params: parameters of searches (default ``ef`` 64).
+        search_params: parameters of the checks' self-searches (default ``ef`` 64); user
+            searches use :data:`vector_assets.search.DEFAULT_EF`.
 
     Owns one client per run (``setup_for_execution`` / ``teardown_after_execution``).
     """
@@ -30,7 +31,7 @@ class MilvusResource(dg.ConfigurableResource):
     index_type: str = "HNSW"
     metric_type: str = "COSINE"
     index_params: dict = Field(default_factory=lambda: {"M": 16, "efConstruction": 200})
-    search_params: dict = Field(default_factory=lambda: {"ef": 64})
+    search_params: dict = Field(default_factory=lambda: {"ef": 64})  # checks' self-searches
 
     _client: MilvusClient | None = PrivateAttr(default=None)
 

@@ -1,0 +1,241 @@
+"""Pipeline benchmarks (issue #4): prints a table and writes results/benchmarks.json.
+
+Each figure compares, inside one run on this machine, the pipeline with the library it wraps:
+
+* ``encode``: texts/s of records -> Milvus rows through the Dagster assets (fresh Milvus Lite,
+  one materialisation of the tenant-days that hold the texts) against
+  ``SentenceTransformer.encode`` on the same texts with the same batch size.
+* ``backfill``: ``vector-assets backfill`` over a landing directory (default: the four files of
+  ../shared/data, 27,144 records), its wall time against the raw encode time of the same
+  texts; runs and per-run overhead; then the same backfill again, unchanged: the ratio and the
+  number of texts re-embedded.
+* ``milvus``: insert rows/s, single-query search latency p50/p95 at N vectors in one tenant
+  (real embeddings of the shared records; beyond their count, copies with small Gaussian noise,
+  re-normalised) and recall@10 of the HNSW index against exact (brute-force) search.
+* ``memory``: peak RSS (ru_maxrss) of the processes of the above.
+* ``gpu``: only with ``--gpu`` on a machine with CUDA: texts/s fp16 on the GPU vs fp32 on CPU.
+
+Usage: python benchmarks/pipeline.py [encode] [backfill] [milvus] [gpu] [--limit N]
+"""
+
+import argparse
+import json
+import os
+import re
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
+FILES = ["git_commits.jsonl", "github_issues.jsonl", "jira_issues_hadoop.jsonl", "bugzilla_seamonkey.jsonl"]
+sys.path.insert(0, str(REPO))
+
+
+def peak_rss_mib(children: bool = False) -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF)
+    return usage.ru_maxrss / 1024
+
+
+def load_texts(files, limit=None):
+    from vector_assets.extraction import extract_records
+    from vector_assets.records import LocatedRecord
+
+    located = []
+    for name in files:
+        with open(SHARED / name, encoding="utf-8") as fh:
+            located += [LocatedRecord(name, i, json.loads(line)) for i, line in enumerate(fh, 1)]
+    texts, bad = extract_records(located)
+    texts.sort(key=lambda t: (t.tenant, t.day))
+    return texts[:limit] if limit else texts
+
+
+def raw_encode(texts: list[str], batch_size: int = 64) -> float:
+    from vector_assets.embedding import load_model
+
+    model = load_model("sentence-transformers/all-MiniLM-L6-v2", "cpu")
+    model.encode(texts[:64], batch_size=batch_size)  # warm-up
+    started = time.perf_counter()
+    model.encode(texts, batch_size=batch_size, normalize_embeddings=True, show_progress_bar=False)
+    return time.perf_counter() - started
+
+
+def bench_encode(limit: int) -> dict:
+    """Pipeline texts/s through Dagster vs raw encode on the same texts."""
+    import dagster as dg
+
+    from vector_assets import milvus_store
+    from vector_assets.assets import landing_index, tenant_day_vectors
+    from vector_assets.quality import QualityThresholds
+    from vector_assets.resources import EmbeddingModelResource, LandingResource, MilvusResource
+
+    texts = [t for t in load_texts(["git_commits.jsonl"]) if t.tenant == "pallets/flask"][:limit]
+    first, last = texts[0].day, texts[-1].day
+    raw_s = raw_encode([t.text for t in texts])
+    work = Path(tempfile.mkdtemp(prefix="va-bench-"))
+    (work / "landing").mkdir()
+    with open(SHARED / "git_commits.jsonl", encoding="utf-8") as src, open(work / "landing" / "git.jsonl", "w") as dst:
+        for line in src:
+            r = json.loads(line)
+            if r["tenant"] == "pallets/flask" and first <= r["author_date_utc"][:10] <= last:
+                dst.write(line)
+    model = EmbeddingModelResource()
+    model.get_model()
+    resources = {
+        "landing": LandingResource(landing_dir=str(work / "landing"), state_dir=str(work / "home")),
+        "embedding_model": model,
+        "milvus": MilvusResource(uri=str(work / "home" / "milvus.db")),
+        "quality": QualityThresholds(),
+    }
+    with dg.instance_for_test() as instance:
+        dg.materialize([landing_index], resources=resources, instance=instance)
+        started = time.perf_counter()
+        result = dg.materialize(
+            [tenant_day_vectors], resources=resources, instance=instance,
+            tags={"dagster/asset_partition_range_start": f"{first}|pallets/flask", "dagster/asset_partition_range_end": f"{last}|pallets/flask"},
+        )
+        pipe_s = time.perf_counter() - started
+    n = sum(1 for e in result.get_asset_materialization_events() if e.asset_key.to_user_string() == "milvus_vectors")
+    embedded = sum(e.event_specific_data.materialization.metadata["embedded"].value for e in result.get_asset_materialization_events() if e.asset_key.to_user_string() == "milvus_vectors")
+    milvus_store.stop_local_server(work / "home" / "milvus.db")
+    shutil.rmtree(work, ignore_errors=True)
+    return {
+        "texts": len(texts), "embedded_by_pipeline": int(embedded), "tenant_days": n,
+        "raw_encode_s": round(raw_s, 2), "raw_texts_per_s": round(len(texts) / raw_s, 1),
+        "pipeline_s": round(pipe_s, 2), "pipeline_texts_per_s": round(embedded / pipe_s, 1),
+        "ratio": round((embedded / pipe_s) / (len(texts) / raw_s), 3),
+    }
+
+
+def bench_backfill(files: list[str], workers: int) -> dict:
+    """Full backfill through `vector-assets backfill`, then again unchanged; raw encode of the same texts."""
+    texts = load_texts(files)
+    raw_s = raw_encode([t.text for t in texts])
+    work = REPO / "results" / "bench_backfill"
+    env = {**os.environ, "VECTOR_ASSETS_LANDING_DIR": str(work / "landing"), "VECTOR_ASSETS_HOME": str(work / "home"), "VECTOR_ASSETS_MILVUS_URI": str(work / "home" / "milvus.db"), "DAGSTER_HOME": str(work / "dagster_home")}
+    subprocess.run([sys.executable, "-m", "vector_assets.cli", "server", "stop"], env=env, capture_output=True)
+    shutil.rmtree(work, ignore_errors=True)
+    (work / "landing").mkdir(parents=True)
+    for name in files:
+        (work / "landing" / name).symlink_to(SHARED / name)
+    out = {"records": len(texts), "raw_encode_s": round(raw_s, 1)}
+    for label in ("first", "unchanged"):
+        started = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-m", "vector_assets.cli", "backfill", "--workers", str(workers)], env=env, capture_output=True, text=True)
+        wall = time.perf_counter() - started
+        line = re.search(r"^backfill: (.*)$", proc.stdout, re.M)
+        stats = {k: float(v) for k, v in (p.split("=") for p in line.group(1).split())} if line else {}
+        out[label] = {"wall_s": round(wall, 1), "summary": line.group(0) if line else proc.stderr[-500:], **{k: stats.get(k) for k in ("runs", "embedded", "skipped", "encode_s")}}
+    out["first_vs_raw_encode"] = round(out["first"]["wall_s"] / raw_s, 2)
+    out["unchanged_vs_first"] = round(out["unchanged"]["wall_s"] / out["first"]["wall_s"], 3)
+    runs = out["first"]["runs"] or 1
+    out["per_run_overhead_s"] = round((out["first"]["wall_s"] - raw_s / workers) / runs, 2)
+    out["peak_rss_children_mib"] = round(peak_rss_mib(children=True), 1)
+    return out
+
+
+def bench_milvus(n: int, queries: int = 200) -> dict:
+    """Insert rows/s, search p50/p95 at n vectors in one tenant, HNSW recall@10 vs exact."""
+    from vector_assets import milvus_store
+    from vector_assets.embedding import load_model
+
+    texts = [t.text for t in load_texts(["git_commits.jsonl", "jira_issues_hadoop.jsonl", "bugzilla_seamonkey.jsonl"])]
+    model = load_model("sentence-transformers/all-MiniLM-L6-v2", "cpu")
+    cache = REPO / "results" / "real_vectors.npy"
+    if cache.exists() and np.load(cache).shape[0] == len(texts):
+        base = np.load(cache)
+    else:
+        base = model.encode(texts, batch_size=64, normalize_embeddings=True, show_progress_bar=False).astype(np.float32)
+        cache.parent.mkdir(exist_ok=True)
+        np.save(cache, base)
+    rng = np.random.default_rng(0)
+    reps = [base]
+    while sum(len(r) for r in reps) < n:
+        noisy = base + rng.normal(0, 0.02, base.shape).astype(np.float32)
+        reps.append(noisy / np.linalg.norm(noisy, axis=1, keepdims=True))
+    vectors = np.concatenate(reps)[:n]
+    work = Path(tempfile.mkdtemp(prefix="va-milvus-"))
+    db = work / "milvus.db"
+    client = milvus_store.connect(str(db))
+    name = "bench"
+    milvus_store.create_collection(client, name, vectors.shape[1], "HNSW", "COSINE", {"M": 16, "efConstruction": 200}, model_id="bench")
+    started = time.perf_counter()
+    for i in range(0, n, 2000):
+        client.insert(name, [{"pk": f"{j:08d}", "tenant": "bench", "day": "2024-01-01", "kind": "x", "record_id": str(j), "content_hash": "", "model": "m", "created_at": 0, "embedded_at": 0, "preview": "", "vector": vectors[j].tolist()} for j in range(i, min(n, i + 2000))])
+    client.flush(name)
+    insert_s = time.perf_counter() - started
+    client.release_collection(name)
+    client.load_collection(name)
+    qv = model.encode(texts[: queries * 7 : 7], batch_size=64, normalize_embeddings=True).astype(np.float32)
+    exact = np.argsort(-(qv @ vectors.T), axis=1)[:, :10]
+    out = {"vectors": n, "insert_rows_per_s": round(n / insert_s, 1)}
+    for ef in (64, 256):
+        latencies, recall = [], []
+        for i, q in enumerate(qv):
+            t0 = time.perf_counter()
+            hits = client.search(name, data=[q.tolist()], filter='tenant == "bench"', limit=10, output_fields=["pk"], search_params={"params": {"ef": ef}})[0]
+            latencies.append((time.perf_counter() - t0) * 1000)
+            got = {int(h["entity"]["pk"]) for h in hits}
+            recall.append(len(got & set(exact[i].tolist())) / 10)
+        out[f"ef{ef}"] = {"p50_ms": round(float(np.percentile(latencies, 50)), 2), "p95_ms": round(float(np.percentile(latencies, 95)), 2), "recall@10_vs_exact": round(float(np.mean(recall)), 4)}
+    client.close()
+    milvus_store.stop_local_server(db)
+    shutil.rmtree(work, ignore_errors=True)
+    out["peak_rss_mib"] = round(peak_rss_mib(), 1)
+    return out
+
+
+def bench_gpu(limit: int) -> dict:
+    import torch
+
+    if not torch.cuda.is_available():
+        return {"skipped": "no CUDA device on this machine"}
+    from sentence_transformers import SentenceTransformer
+
+    from vector_assets.embedding import resolve_model_path
+
+    texts = [t.text for t in load_texts(["git_commits.jsonl", "jira_issues_hadoop.jsonl"])][:limit]
+    out = {"texts": len(texts), "device": torch.cuda.get_device_name(0)}
+    for device, half in (("cuda", True), ("cpu", False)):
+        model = SentenceTransformer(resolve_model_path("sentence-transformers/all-MiniLM-L6-v2"), device=device)
+        if half:
+            model.half()
+        model.encode(texts[:256], batch_size=256 if device == "cuda" else 64)
+        started = time.perf_counter()
+        model.encode(texts, batch_size=256 if device == "cuda" else 64, show_progress_bar=False)
+        out[f"{device}_texts_per_s"] = round(len(texts) / (time.perf_counter() - started), 1)
+    out["gpu_vs_cpu"] = round(out["cuda_texts_per_s"] / out["cpu_texts_per_s"], 1)
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("what", nargs="*", default=["encode", "milvus"], choices=["encode", "backfill", "milvus", "gpu"])
+    parser.add_argument("--limit", type=int, default=1500, help="texts of the encode benchmark")
+    parser.add_argument("--vectors", type=int, default=100_000)
+    parser.add_argument("--files", nargs="*", default=FILES)
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    results = {"machine": f"{os.cpu_count()} CPU cores, {os.uname().machine}"}
+    path = REPO / "results" / "benchmarks.json"
+    if path.exists():
+        results = {**json.loads(path.read_text()), **results}
+    for what in args.what:
+        print(f"running {what} ...", flush=True)
+        results[what] = {"encode": lambda: bench_encode(args.limit), "backfill": lambda: bench_backfill(args.files, args.workers), "milvus": lambda: bench_milvus(args.vectors), "gpu": lambda: bench_gpu(20000)}[what]()
+        print(json.dumps(results[what], indent=2), flush=True)
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps(results, indent=2))
+    print(f"\nwritten {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
