@@ -16,9 +16,9 @@ SRC = Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).resolve().parent
 OUT = Path(__file__).resolve().parents[1] / "data" / "sample"
 
 SELECT = {
-    "git_commits.jsonl": lambda r: r["day"] >= "2023-01-01",
-    "jira_issues_hadoop.jsonl": lambda r: r["day"] >= "2024-01-01",
-    "bugzilla_seamonkey.jsonl": lambda r: r["day"] >= "2023-01-01",
+    "git_commits.jsonl": lambda r: r["day"] >= "2024-01-01",
+    "jira_issues_hadoop.jsonl": lambda r: r["day"] >= "2024-07-01",
+    "bugzilla_seamonkey.jsonl": lambda r: r["day"] >= "2024-01-01",
     "github_issues.jsonl": lambda r: r.get("dataset", "").startswith("gitbugs/"),
 }
 

@@ -27,7 +27,7 @@ from .test_pipeline import COLLECTION, materialize_index, rows_of
 
 @pytest.fixture(scope="module")
 def real_vectors(embedding_model):
-    texts = [r["summary"] + "\n" + r["description"] for r in sample_records("jira_issues_hadoop.jsonl", "HADOOP", "2024-01-01", "2024-01-31")][:20]
+    texts = [r["summary"] + "\n" + r["description"] for r in sample_records("jira_issues_hadoop.jsonl", "HADOOP", "2024-07-01", "2024-07-31")][:20]
     raw, normalised = embedding_model.encode_with_raw(texts)
     return raw, normalised
 
@@ -64,6 +64,14 @@ def test_vector_quality_fails_on_crafted_input(real_vectors, corruption, expecte
     verdict = vector_quality(raw, normalised, dims)
     assert not verdict.passed and verdict.severity == "ERROR"
     assert expected in verdict.metadata["failures"]
+
+
+def test_identical_texts_are_not_duplicates(real_vectors):
+    raw, normalised = (a.copy() for a in real_vectors)
+    raw[:5] = raw[0]
+    normalised[:5] = normalised[0]
+    texts = ["same"] * 5 + [f"t{i}" for i in range(5, len(raw))]
+    assert vector_quality(raw, normalised, {"model": 384}, texts=texts).passed
 
 
 def test_text_frame_check_flags_the_partition_with_bad_rows():
@@ -127,10 +135,10 @@ def evaluations(result) -> dict[tuple[str, str], dg.AssetCheckEvaluation]:
 
 
 def test_checks_pass_on_real_records(resources, instance, workspace):
-    jira = sample_records("jira_issues_hadoop.jsonl", "HADOOP", "2024-01-01", "2024-01-10")
+    jira = sample_records("jira_issues_hadoop.jsonl", "HADOOP", "2024-07-01", "2024-07-10")
     write_jsonl(workspace["landing"] / "jira.jsonl", jira)
     materialize_index(resources, instance)
-    result = run_days(resources, instance, "HADOOP", "2024-01-01", "2024-01-10")
+    result = run_days(resources, instance, "HADOOP", "2024-07-01", "2024-07-10")
     assert result.success
     evs = evaluations(result)
     days = {r["day"] for r in jira}
@@ -144,12 +152,12 @@ def test_checks_pass_on_real_records(resources, instance, workspace):
 
 
 def test_blocking_check_stops_only_its_partition(resources, instance, workspace):
-    jira = sample_records("jira_issues_hadoop.jsonl", "HADOOP", "2024-01-01", "2024-01-10")
+    jira = sample_records("jira_issues_hadoop.jsonl", "HADOOP", "2024-07-01", "2024-07-10")
     poisoned = jira[0]
     write_jsonl(workspace["landing"] / "jira.jsonl", jira)
     materialize_index(resources, instance)
     bad = {**resources, "embedding_model": NaNModel(poison=poisoned["summary"])}
-    result = run_days(bad, instance, "HADOOP", "2024-01-01", "2024-01-10")
+    result = run_days(bad, instance, "HADOOP", "2024-07-01", "2024-07-10")
     assert not result.success  # a blocking ERROR fails the step after all partitions ran
     ev = evaluations(result)[("vector_quality", f"{poisoned['day']}|HADOOP")]
     assert not ev.passed and ev.severity == dg.AssetCheckSeverity.ERROR and "NaN" in ev.metadata["failures"].value
@@ -160,7 +168,7 @@ def test_blocking_check_stops_only_its_partition(resources, instance, workspace)
 
 
 def test_too_many_quarantined_records_fail_the_failure_rate(resources, instance, workspace):
-    good = sample_records("bugzilla_seamonkey.jsonl", "SeaMonkey", "2023-01-01", "2023-01-31")[:3]
+    good = sample_records("bugzilla_seamonkey.jsonl", "SeaMonkey", "2024-01-01", "2024-01-31")[:3]
     day = good[0]["day"]
     bad = dict(good[0], id="bugzilla:SeaMonkey:bad", source="trello")
     write_jsonl(workspace["landing"] / "bugs.jsonl", [g for g in good if g["day"] == day] + [bad])
@@ -199,10 +207,10 @@ def audit(resources, instance, **config):
 
 def test_deleted_rows_fail_coverage_and_the_sensor_heals_them(resources, instance, workspace, monkeypatch):
     monkeypatch.setenv("VECTOR_ASSETS_RETRY_BASE_DELAY_S", "0")
-    jira = sample_records("jira_issues_hadoop.jsonl", "HADOOP", "2024-01-01", "2024-01-10")
+    jira = sample_records("jira_issues_hadoop.jsonl", "HADOOP", "2024-07-01", "2024-07-10")
     write_jsonl(workspace["landing"] / "jira.jsonl", jira)
     materialize_index(resources, instance)
-    assert run_days(resources, instance, "HADOOP", "2024-01-01", "2024-01-10").success
+    assert run_days(resources, instance, "HADOOP", "2024-07-01", "2024-07-10").success
     day = max({r["day"] for r in jira}, key=lambda d: sum(r["day"] == d for r in jira))
     client = resources["milvus"].get_client()
     victims = [r["pk"] for r in rows_of(client, "HADOOP", day)][:2]
@@ -231,10 +239,10 @@ def test_swapped_model_fails_coherence(resources, instance, workspace, tmp_path)
     import torch
     from sentence_transformers import SentenceTransformer, models
 
-    jira = sample_records("jira_issues_hadoop.jsonl", "HADOOP", "2024-01-01", "2024-01-05")
+    jira = sample_records("jira_issues_hadoop.jsonl", "HADOOP", "2024-07-01", "2024-07-05")
     write_jsonl(workspace["landing"] / "jira.jsonl", jira)
     materialize_index(resources, instance)
-    assert run_days(resources, instance, "HADOOP", "2024-01-01", "2024-01-05").success
+    assert run_days(resources, instance, "HADOOP", "2024-07-01", "2024-07-05").success
     base = resources["embedding_model"].get_model()
     torch.manual_seed(1)
     other = SentenceTransformer(modules=[base[0], base[1], models.Dense(384, 384, activation_function=torch.nn.Identity()), models.Normalize()], device="cpu")
@@ -249,7 +257,7 @@ def test_swapped_model_fails_coherence(resources, instance, workspace, tmp_path)
 def test_alert_sensor_respects_the_attempt_budget_then_alerts(resources, instance, workspace, monkeypatch):
     monkeypatch.setenv("VECTOR_ASSETS_RETRY_BASE_DELAY_S", "0")
     monkeypatch.setenv("VECTOR_ASSETS_RETRY_MAX_ATTEMPTS", "2")
-    jira = sample_records("jira_issues_hadoop.jsonl", "HADOOP", "2024-01-01", "2024-01-03")
+    jira = sample_records("jira_issues_hadoop.jsonl", "HADOOP", "2024-07-01", "2024-07-03")
     write_jsonl(workspace["landing"] / "jira.jsonl", jira)
     materialize_index(resources, instance)
     poisoned = jira[0]
@@ -281,7 +289,7 @@ def test_alert_sensor_respects_the_attempt_budget_then_alerts(resources, instanc
 
 def test_new_data_sensor_registers_tenants_and_requests_only_changed_days(resources, instance, workspace):
     landing = resources["landing"]
-    jira = sample_records("jira_issues_hadoop.jsonl", "HADOOP", "2024-01-01", "2024-01-10")
+    jira = sample_records("jira_issues_hadoop.jsonl", "HADOOP", "2024-07-01", "2024-07-10")
     write_jsonl(workspace["landing"] / "jira.jsonl", jira)
 
     def tick(cursor):
@@ -299,7 +307,7 @@ def test_new_data_sensor_registers_tenants_and_requests_only_changed_days(resour
 
     assert isinstance(tick(first.cursor), dg.SkipReason)
 
-    bugs = sample_records("bugzilla_seamonkey.jsonl", "SeaMonkey", "2023-01-01", "2023-01-05")
+    bugs = sample_records("bugzilla_seamonkey.jsonl", "SeaMonkey", "2024-01-01", "2024-01-05")
     write_jsonl(workspace["landing"] / "bugs.jsonl", bugs)
     third = tick(first.cursor)
     assert third.dynamic_partitions_requests[0].partition_keys == ["SeaMonkey"]

@@ -36,8 +36,8 @@ def cli_env(workspace):
 
 @pytest.fixture
 def slice_records(workspace):
-    jira = sample_records("jira_issues_hadoop.jsonl", "HADOOP", "2024-01-01", "2024-01-10")
-    commits = sample_records("git_commits.jsonl", "pallets/flask", "2023-01-01", "2023-02-10")
+    jira = sample_records("jira_issues_hadoop.jsonl", "HADOOP", "2024-07-01", "2024-07-10")
+    commits = sample_records("git_commits.jsonl", "pallets/flask", "2024-01-01", "2024-02-10")
     write_jsonl(workspace["landing"] / "jira_issues_hadoop.jsonl", jira)
     write_jsonl(workspace["landing"] / "git_commits.jsonl", commits)
     return jira, commits
@@ -95,9 +95,9 @@ def test_cli_errors(cli_env, slice_records, workspace):
 def test_overlapping_backfills_and_a_concurrent_search(cli_env, workspace):
     """Default configuration (a Milvus Lite path): two backfill processes run at once and a
     search runs while they write; all succeed and every record lands exactly once."""
-    seamonkey = sample_records("bugzilla_seamonkey.jsonl", "SeaMonkey", "2023-01-01", "2023-03-31")
-    hadoop = sample_records("jira_issues_hadoop.jsonl", "HADOOP", "2024-01-01", "2024-02-15")
-    commits = sample_records("git_commits.jsonl", "BurntSushi/ripgrep", "2023-01-01", "2023-09-30")
+    seamonkey = sample_records("bugzilla_seamonkey.jsonl", "SeaMonkey", "2024-01-01", "2024-03-31")
+    hadoop = sample_records("jira_issues_hadoop.jsonl", "HADOOP", "2024-07-01", "2024-08-15")
+    commits = sample_records("git_commits.jsonl", "BurntSushi/ripgrep", "2024-01-01", "2024-09-30")
     write_jsonl(workspace["landing"] / "bugzilla.jsonl", seamonkey)
     write_jsonl(workspace["landing"] / "jira.jsonl", hadoop)
     write_jsonl(workspace["landing"] / "git.jsonl", commits)

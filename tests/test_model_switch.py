@@ -35,8 +35,8 @@ def days_of(records):
 
 
 def test_model_switch_uses_new_collection_and_cuts_over_when_complete(resources, instance, workspace, milvus_client, projected_model, embedding_model):
-    jira = sample_records("jira_issues_hadoop.jsonl", "HADOOP", "2024-01-01", "2024-01-06")
-    bugs = sample_records("bugzilla_seamonkey.jsonl", "SeaMonkey", "2023-01-01", "2023-01-20")
+    jira = sample_records("jira_issues_hadoop.jsonl", "HADOOP", "2024-07-01", "2024-07-06")
+    bugs = sample_records("bugzilla_seamonkey.jsonl", "SeaMonkey", "2024-01-01", "2024-01-20")
     write_jsonl(workspace["landing"] / "jira.jsonl", jira)
     write_jsonl(workspace["landing"] / "bugs.jsonl", bugs)
     materialize_index(resources, instance)
@@ -74,7 +74,7 @@ def test_model_switch_uses_new_collection_and_cuts_over_when_complete(resources,
 
 
 def test_unchanged_rematerialisation_loads_no_model(resources, instance, workspace):
-    jira = sample_records("jira_issues_hadoop.jsonl", "HADOOP", "2024-01-01", "2024-01-04")
+    jira = sample_records("jira_issues_hadoop.jsonl", "HADOOP", "2024-07-01", "2024-07-04")
     write_jsonl(workspace["landing"] / "jira.jsonl", jira)
     materialize_index(resources, instance)
     materialize_days(resources, instance, "HADOOP", days_of(jira)[0], days_of(jira)[-1])

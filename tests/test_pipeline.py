@@ -39,7 +39,7 @@ def rows_of(client, tenant, day=None):
 
 @pytest.fixture
 def hadoop_days(workspace):
-    records = sample_records("jira_issues_hadoop.jsonl", "HADOOP", "2024-01-01", "2024-01-12")
+    records = sample_records("jira_issues_hadoop.jsonl", "HADOOP", "2024-07-01", "2024-07-12")
     write_jsonl(workspace["landing"] / "jira.jsonl", records)
     return records
 
@@ -86,21 +86,23 @@ def test_rematerialisation_is_idempotent_and_moves_records(resources, instance, 
     assert len(rows_of(milvus_client, "HADOOP")) == len(hadoop_days)
 
 
-def test_deleted_and_edited_records_propagate(resources, instance, hadoop_days, workspace, milvus_client):
+def test_deleted_and_edited_records_propagate(resources, instance, workspace, milvus_client):
+    bugs = sample_records("bugzilla_seamonkey.jsonl", "SeaMonkey", "2024-01-01", "2024-01-31")
+    write_jsonl(workspace["landing"] / "bugs.jsonl", bugs)
     materialize_index(resources, instance)
-    day = max({r["day"] for r in hadoop_days}, key=lambda d: sum(r["day"] == d for r in hadoop_days))
-    same_day = [r for r in hadoop_days if r["day"] == day]
-    assert len(same_day) >= 3, "the slice needs a day with two records"
-    materialize_days(resources, instance, "HADOOP", day)
+    day = max({r["day"] for r in bugs}, key=lambda d: sum(r["day"] == d for r in bugs))
+    same_day = [r for r in bugs if r["day"] == day]
+    assert len(same_day) >= 3, "the slice needs a day with three records"
+    materialize_days(resources, instance, "SeaMonkey", day)
     edited = dict(same_day[1], summary=same_day[1]["summary"] + " (edited)")
-    rest = [r for r in hadoop_days if r["day"] != day]
-    write_jsonl(workspace["landing"] / "jira.jsonl", [edited] + same_day[2:] + rest)  # same_day[0] deleted
+    rest = [r for r in bugs if r["day"] != day]
+    write_jsonl(workspace["landing"] / "bugs.jsonl", [edited] + same_day[2:] + rest)  # same_day[0] deleted
     materialize_index(resources, instance)
-    out = materialize_days(resources, instance, "HADOOP", day)[("milvus_vectors", f"{day}|HADOOP")]
+    out = materialize_days(resources, instance, "SeaMonkey", day)[("milvus_vectors", f"{day}|SeaMonkey")]
     assert out["embedded"] == 1
     assert out["deleted"] == 1
     assert out["skipped_unchanged"] == len(same_day) - 2
-    assert {r["record_id"] for r in rows_of(milvus_client, "HADOOP", day)} == {r["id"] for r in same_day[1:]}
+    assert {r["record_id"] for r in rows_of(milvus_client, "SeaMonkey", day)} == {r["id"] for r in same_day[1:]}
 
 
 def test_dimension_comes_from_the_model(resources, instance, hadoop_days, milvus_client, embedding_model):
@@ -113,7 +115,7 @@ def test_dimension_comes_from_the_model(resources, instance, hadoop_days, milvus
 
 
 def test_bad_input_is_quarantined_and_good_records_land(resources, instance, workspace, milvus_client):
-    good = sample_records("bugzilla_seamonkey.jsonl", "SeaMonkey", "2023-01-01", "2023-01-31")
+    good = sample_records("bugzilla_seamonkey.jsonl", "SeaMonkey", "2024-01-01", "2024-01-31")
     day = good[0]["day"]
     no_id = {k: v for k, v in good[0].items() if k != "id"}
     unknown = dict(good[0], id="bugzilla:SeaMonkey:x1", source="trello")
@@ -141,13 +143,13 @@ def test_bad_input_is_quarantined_and_good_records_land(resources, instance, wor
 
 
 def test_search_is_isolated_per_tenant(resources, instance, workspace, milvus_client, embedding_model):
-    jira = sample_records("jira_issues_hadoop.jsonl", "HADOOP", "2024-01-01", "2024-01-05")
-    commits = sample_records("git_commits.jsonl", "pallets/flask", "2023-01-01", "2023-01-10")
+    jira = sample_records("jira_issues_hadoop.jsonl", "HADOOP", "2024-07-01", "2024-07-05")
+    commits = sample_records("git_commits.jsonl", "pallets/flask", "2024-01-01", "2024-01-10")
     write_jsonl(workspace["landing"] / "jira.jsonl", jira)
     write_jsonl(workspace["landing"] / "git.jsonl", commits)
     materialize_index(resources, instance)
-    materialize_days(resources, instance, "HADOOP", "2024-01-01", "2024-01-05")
-    materialize_days(resources, instance, "pallets/flask", "2023-01-01", "2023-01-10")
+    materialize_days(resources, instance, "HADOOP", "2024-07-01", "2024-07-05")
+    materialize_days(resources, instance, "pallets/flask", "2024-01-01", "2024-01-10")
     # A query that is about Flask, asked within HADOOP, must return only HADOOP records.
     hits = search(milvus_client, COLLECTION, embedding_model, "HADOOP", [commits[0]["subject"]], k=50)[0]
     assert hits and all(h.id.startswith("jira:HADOOP:") for h in hits)

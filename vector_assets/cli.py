@@ -125,8 +125,25 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     if outside:
         print(f"warning: {len(outside)} tenant-days fall outside the partition window (start {settings.start_date()}) and are not materialised; first: {outside[0]}", flush=True)
     partitions = [p for p in partitions if in_window(p[1])]
-    runs = plan_runs(partitions, args.max_partitions_per_run or MAX_PARTITIONS_PER_RUN)
-    print(f"backfilling {len(partitions)} tenant-days in {len(runs)} runs", flush=True)
+    # Incremental: a tenant-day whose input is unchanged since its rows were written for this
+    # model is not run at all (--all runs every one; the audit job and the coverage check catch
+    # rows lost behind the pipeline's back).
+    model_id = defs.resources["embedding_model"].model_id
+    unchanged_rows = 0
+    if not args.all:
+        todo = set(index.unsynced_partitions(model_id, args.start, args.end))
+        unchanged = [p for p in partitions if p not in todo]
+        unchanged_rows = index.synced_rows(model_id, unchanged)
+        partitions_to_run = [p for p in partitions if p in todo]
+    else:
+        unchanged = []
+        partitions_to_run = partitions
+    runs = plan_runs(partitions_to_run, args.max_partitions_per_run or MAX_PARTITIONS_PER_RUN)
+    print(
+        f"{len(partitions)} tenant-days: {len(unchanged)} unchanged since written for {model_id} ({unchanged_rows} rows, not re-run), "
+        f"{len(partitions_to_run)} to materialise in {len(runs)} runs",
+        flush=True,
+    )
     totals: dict[str, float] = defaultdict(float)
     failed = 0
     workers = max(1, min(args.workers, len(runs)))
@@ -149,8 +166,8 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     quarantined = int(totals["source_records.quarantined"]) + unattributed
     written = int(totals["milvus_vectors.embedded"] + totals["milvus_vectors.moved_in"])
     print(
-        f"backfill: partitions={len(partitions)} runs={len(runs)} records_read={int(totals['source_records.records_read']) + unattributed} "
-        f"rows_written={written} embedded={int(totals['milvus_vectors.embedded'])} skipped={int(totals['milvus_vectors.skipped_unchanged'])} "
+        f"backfill: partitions={len(partitions)} unchanged_partitions={len(unchanged)} runs={len(runs)} records_read={int(totals['source_records.records_read']) + unattributed} "
+        f"rows_written={written} embedded={int(totals['milvus_vectors.embedded'])} skipped={int(totals['milvus_vectors.skipped_unchanged']) + unchanged_rows} "
         f"deleted={int(totals['milvus_vectors.deleted'])} quarantined={quarantined} failed_partitions={failed} "
         f"encode_s={totals['milvus_vectors.encode_seconds_est']:.1f} wall_s={wall:.1f}",
         flush=True,
@@ -268,6 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     bf.add_argument("--start", type=_date, help="first day (YYYY-MM-DD, inclusive)")
     bf.add_argument("--end", type=_date, help="last day (YYYY-MM-DD, inclusive)")
     bf.add_argument("--max-partitions-per-run", type=int, default=None, help="tenant-days per run (default: the backfill policy's)")
+    bf.add_argument("--all", action="store_true", help="re-run every tenant-day, also those unchanged since they were written")
     bf.add_argument("--workers", type=int, default=1, help="runs executed at once, each in its own process (default 1)")
     bf.set_defaults(func=cmd_backfill)
     se = sub.add_parser("search", help="semantic search within one tenant")

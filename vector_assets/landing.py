@@ -278,6 +278,12 @@ class LandingIndex:
             done = {(t, d): fp for t, d, fp in db.execute("SELECT tenant, day, fingerprint FROM synced WHERE model=?", (model,))}
         return [k for k in keys if done.get(k) != current[k]]
 
+    def synced_rows(self, model: str, keys: Iterable[tuple[str, str]]) -> int:
+        """Rows written for ``model`` in these tenant-days (as recorded at their last write)."""
+        wanted = set(keys)
+        with self._connect() as db:
+            return sum(rows for t, d, rows in db.execute("SELECT tenant, day, rows FROM synced WHERE model=?", (model,)) if (t, d) in wanted)
+
     def synced_partitions(self, model: str) -> list[tuple[str, str]]:
         """Tenant-days whose ``model`` rows were written (so Milvus is expected to hold them)."""
         with self._connect() as db:

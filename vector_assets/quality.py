@@ -62,7 +62,7 @@ class Verdict:
     metadata: dict = field(default_factory=dict)
 
 
-def vector_quality(raw: np.ndarray, normalised: np.ndarray, dims: dict[str, int], t: QualityThresholds | None = None) -> Verdict:
+def vector_quality(raw: np.ndarray, normalised: np.ndarray, dims: dict[str, int], t: QualityThresholds | None = None, texts: list[str] | None = None) -> Verdict:
     """Pre-write rules on one partition's vectors.
 
     Args:
@@ -70,6 +70,9 @@ def vector_quality(raw: np.ndarray, normalised: np.ndarray, dims: dict[str, int]
         normalised: ``(n, d)`` float32 vectors about to be written.
         dims: ``{"model": ..., "collection": ...}`` expected dimensions (collection may be absent
             before the collection exists).
+        texts: the texts of the rows; identical texts (a cherry-picked commit, a re-filed
+            issue) legitimately share a vector and do not count as duplicates, which are
+            *distinct* texts with the same vector.
 
     Fails (ERROR) on any NaN/Inf, a dimension mismatch, a raw norm outside
     ``(raw_norm_min, raw_norm_max)``, a vector with zero-value ratio >= ``max_zero_value_ratio``,
@@ -89,6 +92,9 @@ def vector_quality(raw: np.ndarray, normalised: np.ndarray, dims: dict[str, int]
     unit = safe / np.maximum(np.linalg.norm(safe, axis=1, keepdims=True), 1e-12)
     sims = unit @ unit.T
     np.fill_diagonal(sims, -1.0)
+    if texts is not None:
+        same = np.array([[a == b for b in texts] for a in texts], dtype=bool)
+        sims[same] = -1.0
     duplicates = (sims >= t.duplicate_cosine).any(axis=1) & ~zero_vectors
     zero_rate = float(zero_vectors.mean())
     duplicate_rate = float(duplicates.mean())

@@ -123,13 +123,14 @@ def coherence_verdicts(
     reembed: Callable[[list[str]], np.ndarray],
     t: QualityThresholds | None = None,
     seed: int = 0,
+    sample: int | None = None,
 ) -> dict[PartitionKey, Verdict]:
     """Stored vectors against the model now, per written partition.
 
     ``stored_vectors``: ``{pk: vector}`` read back from Milvus for a sample of rows. Rows
     embedded in this run are compared with the vectors computed for them (the round trip through
     Milvus, no extra encode); of the rows that were already stored, ``coherence_sample`` per run
-    are re-embedded now with ``reembed``. Mean cosine graded by ``coherence_pass/warn/error``.
+    are re-embedded now with ``reembed`` (``sample`` overrides that number). Mean cosine graded by ``coherence_pass/warn/error``.
     """
     t = t or QualityThresholds()
     rng = random.Random(seed)
@@ -146,7 +147,7 @@ def coherence_verdicts(
                 cosines[key].append(float(np.dot(result.vectors[x.pk], stored_vectors[x.pk])))
             else:
                 old.append((key, x.pk, x.text))
-    todo = rng.sample(old, min(len(old), t.coherence_sample))
+    todo = rng.sample(old, min(len(old), t.coherence_sample if sample is None else sample))
     if todo:
         now = reembed([text for _, _, text in todo])
         for (key, pk, _), vec in zip(todo, now):
