@@ -252,6 +252,21 @@ def query_all(client: MilvusClient, name: str, expr: str, fields: list[str], bat
     return rows
 
 
+def partition_rows(client: MilvusClient, name: str, keys: Iterable[tuple[str, str]], fields: list[str]) -> dict[tuple[str, str], dict[str, dict]]:
+    """Rows of each ``(tenant, day)`` in ``keys``: ``{(tenant, day): {pk: row}}`` with
+    ``fields`` (``pk`` and ``day`` are always read). One query per tenant and 500 days."""
+    by_tenant: dict[str, list[str]] = {}
+    for tenant, day in keys:
+        by_tenant.setdefault(tenant, []).append(day)
+    out: dict[tuple[str, str], dict[str, dict]] = {}
+    wanted = sorted({"pk", "day", *fields})
+    for tenant, days in by_tenant.items():
+        for i in range(0, len(days), 500):
+            for row in query_all(client, name, partition_filter(tenant, days[i : i + 500]), wanted):
+                out.setdefault((tenant, row["day"]), {})[row["pk"]] = row
+    return out
+
+
 def rows_by_pk(client: MilvusClient, name: str, pks: Iterable[str], fields: list[str], chunk: int = 1000) -> dict[str, dict]:
     """Stored rows of the given primary keys, ``{pk: row}``; absent keys are left out."""
     pks = list(pks)

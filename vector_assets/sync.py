@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Protocol
@@ -171,16 +170,7 @@ def sync_partitions(
         client.load_collection(name)
 
     # What Milvus holds for these partitions, one query per tenant.
-    stored: dict[PartitionKey, dict[str, dict]] = defaultdict(dict)
-    by_tenant: dict[str, list[str]] = defaultdict(list)
-    for tenant, day in keys:
-        by_tenant[tenant].append(day)
-    if exists:
-        for tenant, days in by_tenant.items():
-            for i in range(0, len(days), 500):
-                expr = milvus_store.partition_filter(tenant, days[i : i + 500])
-                for row in milvus_store.query_all(client, name, expr, ["pk", "day", "content_hash"]):
-                    stored[(tenant, row["day"])][row["pk"]] = row
+    stored = milvus_store.partition_rows(client, name, keys, ["content_hash"]) if exists else {}
 
     # Classify texts: unchanged (skip), moved from another day with the same text (reuse the
     # vector), new or changed (embed).

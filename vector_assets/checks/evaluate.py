@@ -226,15 +226,8 @@ def failure_rate_verdict(result: PartitionResult, t: QualityThresholds | None = 
 
 def stored_hashes(client, collection: str, keys: list[PartitionKey]) -> dict[PartitionKey, dict[str, str]]:
     """``{(tenant, day): {pk: content_hash}}`` of the rows Milvus holds for ``keys`` now."""
-    by_tenant: dict[str, list[str]] = {}
-    for tenant, day in keys:
-        by_tenant.setdefault(tenant, []).append(day)
-    out: dict[PartitionKey, dict[str, str]] = {k: {} for k in keys}
-    for tenant, days in by_tenant.items():
-        for i in range(0, len(days), 500):
-            for row in milvus_store.query_all(client, collection, milvus_store.partition_filter(tenant, days[i : i + 500]), ["pk", "day", "content_hash"]):
-                out.setdefault((tenant, row["day"]), {})[row["pk"]] = row["content_hash"]
-    return out
+    rows = milvus_store.partition_rows(client, collection, keys, ["content_hash"])
+    return {k: {pk: row["content_hash"] for pk, row in rows.get(k, {}).items()} for k in keys}
 
 
 def sample_vectors(client, collection: str, results: dict[PartitionKey, PartitionResult], t: QualityThresholds | None = None, seed: int = 0) -> dict[str, np.ndarray]:
