@@ -19,8 +19,8 @@ install: $(BIN)/vector-assets
 
 ## demo: install, backfill the bundled sample into Milvus Lite, and search it.
 demo: install
-	$(BIN)/vector-assets backfill
-	$(BIN)/vector-assets search --tenant HADOOP -k 5 "NameNode runs out of memory and crashes"
+	$(BIN)/vector-assets backfill --workers 2
+	$(BIN)/vector-assets search --tenant HADOOP -k 5 "multipart upload to S3 fails and cannot recover"
 	$(BIN)/vector-assets search --tenant pallets/flask -k 5 "support async views"
 
 ## test: install and run the test suite (real model, Milvus Lite, Dagster instance).
