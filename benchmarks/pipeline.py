@@ -153,6 +153,7 @@ def bench_milvus(n: int, queries: int = 200) -> dict:
         base = np.load(cache)
     elif eval_db.exists():  # the 20,465 commit vectors written by benchmarks/search_quality.py
         src = milvus_store.connect(str(eval_db))
+        src.load_collection("records__all_minilm_l6_v2")
         rows = milvus_store.query_all(src, "records__all_minilm_l6_v2", 'pk != ""', ["vector"])
         base = np.asarray([r["vector"] for r in rows], dtype=np.float32)
         np.save(cache, base)
