@@ -1,0 +1,32 @@
+"""The code location loads as the UI and `dg` load it."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+
+from vector_assets.definitions import defs
+from vector_assets.partitions import MAX_PARTITIONS_PER_RUN
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_workspace_validates(tmp_path):
+    exe = Path(sys.executable).with_name("dagster")
+    proc = subprocess.run([str(exe), "definitions", "validate", "-w", "workspace.yaml"], cwd=REPO, capture_output=True, text=True, env={**__import__("os").environ, "DAGSTER_HOME": str(tmp_path)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "All code locations passed validation" in proc.stderr + proc.stdout
+
+
+def test_graph_partitions_policy_and_automation():
+    graph = defs.resolve_asset_graph()
+    keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
+    assert keys == {"landing_index", "source_records", "extracted_text", "milvus_vectors"}
+    vectors = defs.resolve_assets_def("milvus_vectors")
+    assert isinstance(vectors.partitions_def, dg.MultiPartitionsDefinition)
+    assert {d.name for d in vectors.partitions_def.partitions_defs} == {"tenant", "day"}
+    assert vectors.backfill_policy == dg.BackfillPolicy.multi_run(MAX_PARTITIONS_PER_RUN)
+    assert {c.name for c in vectors.check_specs} == {"text_frame_valid", "vector_quality", "coverage", "coherence", "retrievability", "processing_time", "failure_rate"}
+    assert {s.name for s in defs.sensors} == {"check_alert_sensor", "new_data_sensor"}
+    assert {s.name for s in defs.schedules} == {"daily_schedule", "audit_schedule"}
