@@ -40,7 +40,6 @@ MODEL_PROPERTY = "vector_assets.model"
 #: Milvus's largest ``limit`` for one query.
 QUERY_LIMIT = 16384
 
-ROW_FIELDS = ["pk", "tenant", "day", "kind", "record_id", "content_hash", "model", "created_at", "embedded_at", "preview"]
 
 
 def is_local_uri(uri: str) -> bool:

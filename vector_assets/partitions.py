@@ -46,9 +46,7 @@ def make_key(tenant: str, day: str) -> dg.MultiPartitionKey:
 
 def in_window(day: str, today: str | None = None) -> bool:
     """Whether ``day`` (``YYYY-MM-DD``) is inside the daily partitions' window."""
-    import datetime as dt
-
-    last = today or (dt.datetime.now(dt.timezone.utc).date() + dt.timedelta(days=0)).isoformat()
+    last = today or dt.datetime.now(dt.timezone.utc).date().isoformat()
     return settings.start_date() <= day <= last
 
 

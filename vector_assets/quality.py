@@ -38,17 +38,14 @@ class QualityThresholds(dg.ConfigurableResource):
     min_text_chars: int = 1
     max_text_chars: int = 1_000_000
     coherence_pass: float = 0.95
-    coherence_warn: float = 0.90
     coherence_error: float = 0.85
     coherence_sample: int = 8
     min_recall_at_1: float = 0.99
     retrievability_sample: int = 8
     ms_per_vector_pass: float = 100.0
-    ms_per_vector_warn: float = 150.0
     ms_per_vector_error: float = 250.0
     min_vectors_for_timing: int = 32
     failure_rate_pass: float = 0.01
-    failure_rate_warn: float = 0.02
     failure_rate_error: float = 0.05
 
 
@@ -127,11 +124,11 @@ def vector_quality(raw: np.ndarray, normalised: np.ndarray, dims: dict[str, int]
     return Verdict(not failures, metadata=meta)
 
 
-def graded(value: float, pass_at: float, warn_at: float, error_at: float, higher_is_better: bool) -> Verdict:
-    """Grade a figure against pass / WARN / ERROR thresholds (``001_*`` §5.2 style).
+def graded(value: float, pass_at: float, error_at: float, higher_is_better: bool) -> Verdict:
+    """Grade a figure: pass at ``pass_at`` or better, ERROR beyond ``error_at``, WARN between.
 
-    ``higher_is_better``: passes at ``value >= pass_at``; ERROR below ``error_at``; WARN below
-    ``warn_at``; between ``warn_at`` and ``pass_at`` a WARN too. Otherwise mirrored.
+    The seeds' WARN line (``001_*`` §5.2: coherence 0.90, 150 ms, 2%) lies inside the WARN
+    band, so it does not change the outcome and is not a parameter.
     """
     if higher_is_better:
         if value >= pass_at:

@@ -101,7 +101,7 @@ def _rows(texts: list[ExtractedText], vectors: np.ndarray, model_id: str, now: i
     ]
 
 
-def extract_partitions(index: LandingIndex, keys: Iterable[PartitionKey], window_start: str | None = None) -> dict[PartitionKey, PartitionResult]:
+def extract_partitions(index: LandingIndex, keys: Iterable[PartitionKey]) -> dict[PartitionKey, PartitionResult]:
     """Read and extract the records of each tenant-day (no Milvus, no model).
 
     A record whose day differs from its partition's (it cannot, unless the index is stale) is

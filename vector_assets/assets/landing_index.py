@@ -49,6 +49,7 @@ def landing_index(context: dg.AssetExecutionContext, landing: LandingResource) -
         metadata={
             "files": len(index.files()),
             "files_rescanned": len(report.files_scanned),
+            "lines_rescanned": report.lines_scanned,
             "lines_indexed": index.count_lines(),
             "tenants": len(tenants),
             "tenants_registered": len(new),

@@ -14,7 +14,7 @@ import dagster as dg
 from .. import settings
 import datetime as dt
 
-from ..partitions import MAX_PARTITIONS_PER_RUN, split_key, tenant_day_partitions
+from ..partitions import MAX_PARTITIONS_PER_RUN, make_key, split_key, tenant_day_partitions
 from .. import milvus_store
 from ..checks import evaluate
 from ..checks.specs import CHECK_SPECS, CHECKS
@@ -125,15 +125,19 @@ def tenant_day_vectors(
     def validate_texts(results):
         verdicts["text_frame_valid"] = evaluate.text_frame_verdicts(evaluate.text_frame(results), quality)
 
+    collection_dim: dict[str, int | None] = {}  # read from Milvus once per run
+
     def gate(result, changed, raw, normalised) -> bool:
         key = (result.tenant, result.day)
         dims = {}
         if changed:
             dims["model"] = embedding_model.dimension
-            client = milvus.get_client()
-            name = milvus.collection_for(model_id)
-            if client.has_collection(name):
-                dims["collection"] = milvus_store.collection_dimension(client, name)
+            if "collection" not in collection_dim:
+                client = milvus.get_client()
+                name = milvus.collection_for(model_id)
+                collection_dim["collection"] = milvus_store.collection_dimension(client, name) if client.has_collection(name) else None
+            if collection_dim["collection"] is not None:
+                dims["collection"] = collection_dim["collection"]
         verdicts["vector_quality"][key] = vector_quality(raw, normalised, dims, quality, texts=[t.text for t in changed])
         frame_ok = verdicts["text_frame_valid"].get(key, Verdict(True)).passed
         ok = verdicts["vector_quality"][key].passed and frame_ok
@@ -173,7 +177,7 @@ def tenant_day_vectors(
             # (and each event costs the instance a write).
             empty += 1
             continue
-        mk = dg.MultiPartitionKey({"tenant": key[0], "day": key[1]})
+        mk = make_key(*key)
         if result.written:
             for asset_key, metadata in partition_metadata(result, model_id, per_text).items():
                 yield dg.AssetMaterialization(asset_key=asset_key, partition=mk, metadata=metadata, tags={"dagster/code_version": _CODE_VERSION[asset_key]})

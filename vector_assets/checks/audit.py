@@ -8,6 +8,7 @@ vectors that no longer agree with the model (coherence) or cannot be retrieved
 import dagster as dg
 
 from ..keys import MILVUS_VECTORS
+from ..partitions import make_key
 from ..quality import QualityThresholds
 from ..resources import EmbeddingModelResource, LandingResource, MilvusResource
 from ..sync import extract_partitions
@@ -63,7 +64,7 @@ def audit_tenant_days(
                     passed=verdict.passed,
                     metadata={**verdict.metadata, "source": "audit"},
                     severity=dg.AssetCheckSeverity.ERROR if verdict.severity == "ERROR" else dg.AssetCheckSeverity.WARN,
-                    partition=dg.MultiPartitionKey({"tenant": tenant, "day": day}),
+                    partition=make_key(tenant, day),
                 )
     context.log.info(f"audited {len(keys)} tenant-days: {failed} check evaluations failed")
     yield dg.Output(len(keys))

@@ -130,7 +130,7 @@ def coherence_verdicts(
     ``stored_vectors``: ``{pk: vector}`` read back from Milvus for a sample of rows. Rows
     embedded in this run are compared with the vectors computed for them (the round trip through
     Milvus, no extra encode); of the rows that were already stored, ``coherence_sample`` per run
-    are re-embedded now with ``reembed`` (``sample`` overrides that number). Mean cosine graded by ``coherence_pass/warn/error``.
+    are re-embedded now with ``reembed`` (``sample`` overrides that number). Mean cosine graded by ``coherence_pass`` / ``coherence_error``.
     """
     t = t or QualityThresholds()
     rng = random.Random(seed)
@@ -155,7 +155,7 @@ def coherence_verdicts(
     verdicts = {}
     for key, values in cosines.items():
         mean = float(np.mean(values)) if values else 1.0
-        verdict = graded(mean, t.coherence_pass, t.coherence_warn, t.coherence_error, higher_is_better=True)
+        verdict = graded(mean, t.coherence_pass, t.coherence_error, higher_is_better=True)
         verdict.metadata = {
             "mean_cosine": round(mean, 5),
             "min_cosine": round(min(values), 5) if values else 1.0,
@@ -201,14 +201,14 @@ def retrievability_verdicts(client, collection: str, results: dict[PartitionKey,
 
 
 def processing_time_verdict(ms_per_vector: float, vectors: int, t: QualityThresholds | None = None) -> Verdict:
-    """Embedding + write milliseconds per vector of the run, graded 100 / 150 / 250 ms.
+    """Embedding + write milliseconds per vector of the run: pass < 100 ms, ERROR > 250 ms, WARN between.
 
     A run that embedded fewer than ``min_vectors_for_timing`` vectors is not graded (it passes,
     with the figure in metadata): its time per vector is the fixed cost of one encode call and
     one flush divided by a handful of vectors, not a throughput.
     """
     t = t or QualityThresholds()
-    verdict = graded(ms_per_vector, t.ms_per_vector_pass, t.ms_per_vector_warn, t.ms_per_vector_error, higher_is_better=False)
+    verdict = graded(ms_per_vector, t.ms_per_vector_pass, t.ms_per_vector_error, higher_is_better=False)
     if vectors < t.min_vectors_for_timing:
         verdict = Verdict(True)
     verdict.metadata = {"ms_per_vector": round(ms_per_vector, 2), "vectors_in_run": vectors, "graded": vectors >= t.min_vectors_for_timing}
@@ -216,10 +216,10 @@ def processing_time_verdict(ms_per_vector: float, vectors: int, t: QualityThresh
 
 
 def failure_rate_verdict(result: PartitionResult, t: QualityThresholds | None = None) -> Verdict:
-    """Quarantined / records read of one partition, graded 1% / 2% / 5%."""
+    """Quarantined / records read of one partition: pass < 1%, ERROR > 5%, WARN between."""
     t = t or QualityThresholds()
     rate = len(result.quarantined) / result.records_read if result.records_read else 0.0
-    verdict = graded(rate, t.failure_rate_pass, t.failure_rate_warn, t.failure_rate_error, higher_is_better=False)
+    verdict = graded(rate, t.failure_rate_pass, t.failure_rate_error, higher_is_better=False)
     verdict.metadata = {"failure_rate": round(rate, 4), "quarantined": len(result.quarantined), "records_read": result.records_read}
     return verdict
 

@@ -21,6 +21,7 @@ import dagster as dg
 from ..checks.specs import CHECKS
 from ..jobs import vectors_job
 from ..keys import MILVUS_VECTORS
+from ..partitions import make_key, split_key
 from ..resources import AlertResource
 
 
@@ -75,7 +76,7 @@ def check_alert_sensor(context: dg.SensorEvaluationContext, alerts: AlertResourc
     for key, entry in sorted(partitions.items()):
         if entry["exhausted"] or entry["awaiting"]:
             continue
-        mk = dg.MultiPartitionKey({"tenant": key.split("|", 1)[1], "day": key.split("|", 1)[0]})
+        mk = make_key(*split_key(key))
         if entry["attempts"] >= max_attempts:
             entry["exhausted"] = True
             observations.append(dg.AssetObservation(asset_key=MILVUS_VECTORS, partition=mk, metadata={"exhausted": True, "attempts": entry["attempts"], "failing_checks": ", ".join(entry["failing"])}))

@@ -6,7 +6,7 @@ import dagster as dg
 
 from ..checks.audit import audit_job
 from ..jobs import vectors_job
-from ..partitions import TENANTS
+from ..partitions import TENANTS, make_key
 
 
 @dg.schedule(job=vectors_job, cron_schedule="15 0 * * *", execution_timezone="UTC", description="Shortly after midnight UTC: yesterday's tenant-day of every tenant, one run per tenant (the fewest the backfill policy allows: a run covers one tenant).")
@@ -16,7 +16,7 @@ def daily_schedule(context: dg.ScheduleEvaluationContext):
     if not tenants:
         return dg.SkipReason("no tenants registered yet: materialise landing_index or run `vector-assets backfill`")
     return [
-        dg.RunRequest(run_key=f"{tenant}|{yesterday}", partition_key=dg.MultiPartitionKey({"tenant": tenant, "day": yesterday}))
+        dg.RunRequest(run_key=f"{tenant}|{yesterday}", partition_key=make_key(tenant, yesterday))
         for tenant in sorted(tenants)
     ]
 
