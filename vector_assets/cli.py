@@ -277,6 +277,43 @@ def cmd_server(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_checks(args: argparse.Namespace) -> int:
+    """Print, per check, how many tenant-days' latest evaluation passed, failed at WARN and failed
+    at ERROR, then the failures (at most ``--limit``). Exit 1 when any latest evaluation failed
+    at ERROR, else 0."""
+    settings.ensure_dagster_home()
+    import dagster as dg
+
+    from .checks.specs import CHECKS
+    from .partitions import split_key
+    from .sensors.alerts import new_check_evaluations
+
+    latest = {}
+    for _, evaluation in new_check_evaluations(dg.DagsterInstance.get(), 0):
+        if evaluation.partition is None:
+            continue
+        if args.tenant and split_key(evaluation.partition)[0] not in args.tenant:
+            continue
+        latest[(evaluation.check_name, evaluation.partition)] = evaluation
+    counts = {name: {"passed": 0, "WARN": 0, "ERROR": 0} for name in CHECKS}
+    failures = []
+    for (name, _), evaluation in sorted(latest.items()):
+        if evaluation.passed:
+            counts[name]["passed"] += 1
+        else:
+            counts[name][evaluation.severity.value] += 1
+            failures.append(evaluation)
+    print(f"{'check':<20} {'tenant-days':>11} {'passed':>7} {'WARN':>5} {'ERROR':>6}")
+    for name, c in counts.items():
+        print(f"{name:<20} {sum(c.values()):>11} {c['passed']:>7} {c['WARN']:>5} {c['ERROR']:>6}")
+    for evaluation in failures[: args.limit]:
+        figures = ", ".join(f"{k}={getattr(v, 'value', v)}" for k, v in list(evaluation.metadata.items())[:4])
+        print(f"{evaluation.severity.value:<5} {evaluation.check_name} {evaluation.partition}: {figures}")
+    if len(failures) > args.limit:
+        print(f"... and {len(failures) - args.limit} more failures")
+    return 1 if any(c["ERROR"] for c in counts.values()) else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vector-assets", description="Keep Milvus in step with operational records; search them by meaning.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -297,6 +334,10 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--kind", action="append", help="only records of this kind (repeatable), e.g. git_commit, jira_issue")
     se.add_argument("--output", help="with --queries: write to this file instead of stdout")
     se.set_defaults(func=cmd_search)
+    ch = sub.add_parser("checks", help="latest check results per tenant-day, by check")
+    ch.add_argument("--tenant", action="append", help="only this tenant (repeatable)")
+    ch.add_argument("--limit", type=int, default=20, help="failures to list (default 20)")
+    ch.set_defaults(func=cmd_checks)
     sv = sub.add_parser("server", help="the local milvus-lite server of the default database")
     sv.add_argument("action", choices=["start", "stop", "status"])
     sv.set_defaults(func=cmd_server)
