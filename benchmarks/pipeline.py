@@ -137,7 +137,26 @@ def bench_backfill(files: list[str], workers: int) -> dict:
     runs = out["first"]["runs"] or 1
     out["per_run_overhead_s"] = round((out["first"]["wall_s"] - raw_s / workers) / runs, 2)
     out["peak_rss_children_mib"] = round(peak_rss_mib(children=True), 1)
+    out["largest_partition"] = largest_partition_rss(texts, env)
     return out
+
+
+def largest_partition_rss(texts, env: dict) -> dict:
+    """Peak RSS of one process that materialises the busiest tenant-day alone (``--all``, one
+    worker, the model loaded in that process; the milvus-lite server is another process)."""
+    from collections import Counter
+
+    (tenant, day), records = Counter((t.tenant, t.day) for t in texts).most_common(1)[0]
+    code = (
+        "import resource, sys\n"
+        "from vector_assets.cli import main\n"
+        f"rc = main(['backfill', '--all', '--workers', '1', '--tenant', {tenant!r}, '--start', {day!r}, '--end', {day!r}])\n"
+        "print('PEAK_RSS_KIB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+        "sys.exit(rc)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    peak = re.search(r"PEAK_RSS_KIB (\d+)", proc.stdout)
+    return {"tenant": tenant, "day": day, "records": records, "exit": proc.returncode, "peak_rss_mib": round(int(peak.group(1)) / 1024, 1) if peak else None}
 
 
 def bench_milvus(n: int, queries: int = 200) -> dict:

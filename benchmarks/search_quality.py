@@ -9,7 +9,7 @@ and for all 2,548. Prints a table and writes results/search_quality.json.
 Reference (exact search, all-MiniLM-L6-v2, ../shared/data/README.md): recall@10 0.607 /
 nDCG@10 0.553 on non-trivial queries, 0.801 / 0.765 on all.
 
-Usage: python benchmarks/search_quality.py [--shared ../shared/data] [--workers 2] [--keep]
+Usage: python benchmarks/search_quality.py [--shared ../shared/data] [--workers 2] [--keep] [--work DIR]
 """
 
 import argparse
@@ -45,10 +45,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shared", default=str(REPO.parent / "shared" / "data"))
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--keep", action="store_true", help="reuse an existing index under results/eval")
+    parser.add_argument("--keep", action="store_true", help="reuse the existing index in the work directory (the backfill then writes only what changed)")
+    parser.add_argument("--work", default=str(REPO / "results" / "eval"), help="work directory (default results/eval); e.g. results/bench_backfill with --keep to search the full-dataset backfill of benchmarks/pipeline.py")
     args = parser.parse_args()
     shared = Path(args.shared).resolve()
-    work = REPO / "results" / "eval"
+    work = Path(args.work).resolve()
     if work.exists() and not args.keep:
         subprocess.run([sys.executable, "-m", "vector_assets.cli", "server", "stop"], env={**os.environ, "VECTOR_ASSETS_MILVUS_URI": str(work / "home" / "milvus.db")})
         shutil.rmtree(work)
