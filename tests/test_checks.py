@@ -74,6 +74,25 @@ def test_identical_texts_are_not_duplicates(real_vectors):
     assert vector_quality(raw, normalised, {"model": 384}, texts=texts).passed
 
 
+def test_texts_the_model_reads_alike_are_not_duplicates(embedding_model):
+    """Seen on the full shared dataset: commits "Fix bug 2540" / "fix bug 2540" (the model is
+    uncased) and issues that differ only past the 256-token window got identical vectors."""
+    records = sample_records("jira_issues_hadoop.jsonl", "HADOOP", "2024-07-01", "2024-12-31")
+    long_text = next(r["summary"] + "\n" + r["description"] for r in records if len((r["description"] or "").split()) > 400)
+    texts = [
+        long_text, long_text + "\nComment: the same issue, filed again",  # differ past the window
+        records[0]["summary"], records[0]["summary"].upper(),  # differ in case only
+        *[r["summary"] for r in records[1:4]],
+    ]
+    raw, normalised = embedding_model.encode_with_raw(texts)
+    dims = {"model": 384}
+    assert not vector_quality(raw, normalised, dims, texts=texts).passed  # distinct strings, same vectors
+    inputs = embedding_model.model_inputs(texts)
+    assert inputs[0] == inputs[1] and inputs[2] == inputs[3] and inputs[0] != inputs[2]
+    verdict = vector_quality(raw, normalised, dims, texts=inputs)
+    assert verdict.passed and verdict.metadata["duplicate_rate"] == 0.0, verdict.metadata
+
+
 def test_text_frame_check_flags_the_partition_with_bad_rows():
     import pandas as pd
 

@@ -56,6 +56,12 @@ def test_backfill_then_search(cli_env, slice_records, workspace, tmp_path):
     client = milvus_store.connect(str(workspace["db"]))
     assert milvus_store.count_rows(client, "records__all_minilm_l6_v2") == len(jira) + len(commits)
 
+    checks = run_cli("checks", env=cli_env)
+    assert checks.returncode == 0, checks.stdout + checks.stderr[-2000:]
+    table = {line.split()[0]: [int(x) for x in line.split()[1:]] for line in checks.stdout.splitlines()[1:8]}
+    for name in ("text_frame_valid", "vector_quality", "coverage", "retrievability", "failure_rate"):
+        assert table[name] == [stats["partitions"], stats["partitions"], 0, 0], (name, checks.stdout)
+
     second = run_cli("backfill", env=cli_env)
     assert second.returncode == 0
     again = summary(second.stdout)

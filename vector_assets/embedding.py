@@ -85,6 +85,17 @@ def truncated_flags(model, texts: list[str]) -> list[bool]:
     return [n > limit for n in lengths]
 
 
+def model_inputs(model, texts: list[str]) -> list[tuple[int, ...]]:
+    """For each of ``texts``, the token ids the model actually reads: the tokenizer's output
+    cut at ``max_seq_length`` (special tokens included). Texts that differ only in case (an
+    uncased model such as all-MiniLM-L6-v2) or only after the cut give equal tuples, and
+    necessarily the same vector."""
+    if not texts:
+        return []
+    ids = model.tokenizer(texts, add_special_tokens=True, truncation=True, max_length=model.max_seq_length, verbose=False)["input_ids"]
+    return [tuple(x) for x in ids]
+
+
 @functools.lru_cache(maxsize=4)
 def _raw_view(model):
     """The model without its final ``Normalize`` module (same weights), or the model itself."""

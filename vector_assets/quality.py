@@ -59,7 +59,7 @@ class Verdict:
     metadata: dict = field(default_factory=dict)
 
 
-def vector_quality(raw: np.ndarray, normalised: np.ndarray, dims: dict[str, int], t: QualityThresholds | None = None, texts: list[str] | None = None) -> Verdict:
+def vector_quality(raw: np.ndarray, normalised: np.ndarray, dims: dict[str, int], t: QualityThresholds | None = None, texts: list | None = None) -> Verdict:
     """Pre-write rules on one partition's vectors.
 
     Args:
@@ -67,9 +67,13 @@ def vector_quality(raw: np.ndarray, normalised: np.ndarray, dims: dict[str, int]
         normalised: ``(n, d)`` float32 vectors about to be written.
         dims: ``{"model": ..., "collection": ...}`` expected dimensions (collection may be absent
             before the collection exists).
-        texts: the texts of the rows; identical texts (a cherry-picked commit, a re-filed
-            issue) legitimately share a vector and do not count as duplicates, which are
-            *distinct* texts with the same vector.
+        texts: per row, what the model read (its text, or better the token ids within the
+            model's window, :func:`vector_assets.embedding.model_inputs`); rows with equal
+            inputs (a cherry-picked commit, an issue filed three times, texts differing only
+            in case for an uncased model or only past ``max_seq_length``) legitimately share a
+            vector and do not count as duplicates, which are *distinct* inputs with the same
+            vector (seen on the full shared dataset: 5 of 9,124 tenant-days failed when
+            distinct texts were compared instead).
 
     Fails (ERROR) on any NaN/Inf, a dimension mismatch, a raw norm outside
     ``(raw_norm_min, raw_norm_max)``, a vector with zero-value ratio >= ``max_zero_value_ratio``,

@@ -63,6 +63,10 @@ class EmbeddingModelResource(dg.ConfigurableResource):
         self._stats.truncated += sum(flags)
         return flags
 
+    def model_inputs(self, texts: list[str]) -> list[tuple[int, ...]]:
+        """Per text, the token ids the model reads (see :func:`vector_assets.embedding.model_inputs`)."""
+        return embedding.model_inputs(self.get_model(), texts)
+
     def encode_with_raw(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """``(raw, normalised)`` ``(len(texts), dimension)`` float32: model output before and
         after L2 normalisation (see :func:`vector_assets.embedding.encode_with_raw`)."""
