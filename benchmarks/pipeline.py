@@ -84,10 +84,40 @@ def bench_encode(limit: int) -> dict:
     return {
         "consecutive": _encode_through_dagster("pallets/flask", flask),
         "busiest": _encode_through_dagster("psf/requests", [t for t in requests if t.day in busiest]),
+        "consecutive_profile": _encode_through_dagster("pallets/flask", flask, profile=True)["profile"],
     }
 
 
-def _encode_through_dagster(tenant: str, texts: list) -> dict:
+#: Where a profiled run's time goes: (label, substring of "file:function" in cProfile's stats).
+PROFILE_PARTS = [
+    ("dagster event storage (store_event)", "event_log.py:store_event"),
+    ("SentenceTransformer.encode", "sentence_transformer/model.py:encode"),
+    ("pymilvus calls (gRPC to milvus-lite)", "milvus_client.py:"),
+    ("Great Expectations validation", "evaluate.py:text_frame_verdicts"),
+]
+
+
+def _profile_shares(profiler, wall_s: float) -> dict:
+    """Cumulative seconds of each :data:`PROFILE_PARTS` entry (outermost calls only) as a share
+    of the profiled wall time."""
+    import pstats
+
+    stats = pstats.Stats(profiler).stats
+    out = {"profiled_wall_s": round(wall_s, 1)}
+    for label, pattern in PROFILE_PARTS:
+        matching = {k for k in stats if pattern in f"{k[0]}:{k[2]}"}
+        # Leave out calls made from another matching function (recursion, wrappers).
+        seconds = sum(
+            ct_caller
+            for k in matching
+            for caller, (_, _, _, ct_caller) in stats[k][4].items()
+            if caller not in matching
+        )
+        out[label] = round(seconds / wall_s, 3)
+    return out
+
+
+def _encode_through_dagster(tenant: str, texts: list, profile: bool = False) -> dict:
     import dagster as dg
 
     from vector_assets import milvus_store
@@ -115,12 +145,20 @@ def _encode_through_dagster(tenant: str, texts: list) -> dict:
     }
     with dg.instance_for_test() as instance:
         dg.materialize([landing_index], resources=resources, instance=instance)
+        profiler = None
+        if profile:
+            import cProfile
+
+            profiler = cProfile.Profile()
+            profiler.enable()
         started = time.perf_counter()
         result = dg.materialize(
             [tenant_day_vectors], resources=resources, instance=instance,
             tags={"dagster/asset_partition_range_start": f"{first}|{tenant}", "dagster/asset_partition_range_end": f"{last}|{tenant}"},
         )
         pipe_s = time.perf_counter() - started
+        if profiler is not None:
+            profiler.disable()
         events = len(instance.all_logs(result.run_id))
     mats = [e.event_specific_data.materialization for e in result.get_asset_materialization_events() if e.asset_key.to_user_string() == "milvus_vectors"]
     embedded = sum(m.metadata["embedded"].value for m in mats)
@@ -134,6 +172,7 @@ def _encode_through_dagster(tenant: str, texts: list) -> dict:
         "ratio": round((embedded / pipe_s) / (len(texts) / raw_s), 3),
         "encode_share_of_pipeline": round(encode_s / pipe_s, 3),
         "dagster_events": events, "events_per_tenant_day": round(events / max(1, len(mats)), 1),
+        **({"profile": _profile_shares(profiler, pipe_s)} if profiler is not None else {}),
     }
 
 
