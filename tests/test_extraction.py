@@ -63,6 +63,7 @@ def test_commit_gives_message_and_files_and_git_id():
     # The subject line, then the whole message (which starts with the subject again).
     assert text.text.startswith(f"{subject}\n{subject}")
     assert record["message"].strip().split("\n")[-1].strip() in text.text
+    assert text.preview.startswith(subject) and not text.preview.startswith(f"{subject} {subject}")
     names = ", ".join(f.rsplit("/", 1)[-1] for f in record["files"][:5])
     assert text.text.endswith(f"Files: {names} (+{len(record['files']) - 5} more)")
     assert text.day == record["author_date_utc"][:10]

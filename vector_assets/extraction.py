@@ -188,8 +188,12 @@ class ExtractedText:
 
     @property
     def preview(self) -> str:
-        """The first 200 characters of the text on one line."""
-        return " ".join(self.text.split())[:200]
+        """The first 200 characters of the text on one line, without a first line that the
+        next line repeats (a commit's subject, which its text carries twice; see
+        :func:`extract_commit`)."""
+        first, _, rest = self.text.partition("\n")
+        body = rest if first and rest.startswith(first) else self.text
+        return " ".join(body.split())[:200]
 
 
 def extract_record(located: LocatedRecord) -> ExtractedText:
