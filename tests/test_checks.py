@@ -71,7 +71,7 @@ def test_identical_texts_are_not_duplicates(real_vectors):
     raw[:5] = raw[0]
     normalised[:5] = normalised[0]
     texts = ["same"] * 5 + [f"t{i}" for i in range(5, len(raw))]
-    assert vector_quality(raw, normalised, {"model": 384}, texts=texts).passed
+    assert vector_quality(raw, normalised, {"model": 384}, inputs=texts).passed
 
 
 def test_texts_the_model_reads_alike_are_not_duplicates(embedding_model):
@@ -86,10 +86,10 @@ def test_texts_the_model_reads_alike_are_not_duplicates(embedding_model):
     ]
     raw, normalised = embedding_model.encode_with_raw(texts)
     dims = {"model": 384}
-    assert not vector_quality(raw, normalised, dims, texts=texts).passed  # distinct strings, same vectors
+    assert not vector_quality(raw, normalised, dims, inputs=texts).passed  # distinct strings, same vectors
     inputs = embedding_model.model_inputs(texts)
     assert inputs[0] == inputs[1] and inputs[2] == inputs[3] and inputs[0] != inputs[2]
-    verdict = vector_quality(raw, normalised, dims, texts=inputs)
+    verdict = vector_quality(raw, normalised, dims, inputs=inputs)
     assert verdict.passed and verdict.metadata["duplicate_rate"] == 0.0, verdict.metadata
 
 

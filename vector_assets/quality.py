@@ -59,7 +59,7 @@ class Verdict:
     metadata: dict = field(default_factory=dict)
 
 
-def vector_quality(raw: np.ndarray, normalised: np.ndarray, dims: dict[str, int], t: QualityThresholds | None = None, texts: list | None = None) -> Verdict:
+def vector_quality(raw: np.ndarray, normalised: np.ndarray, dims: dict[str, int], t: QualityThresholds | None = None, inputs: list | None = None) -> Verdict:
     """Pre-write rules on one partition's vectors.
 
     Args:
@@ -67,7 +67,7 @@ def vector_quality(raw: np.ndarray, normalised: np.ndarray, dims: dict[str, int]
         normalised: ``(n, d)`` float32 vectors about to be written.
         dims: ``{"model": ..., "collection": ...}`` expected dimensions (collection may be absent
             before the collection exists).
-        texts: per row, what the model read (its text, or better the token ids within the
+        inputs: per row, what the model read (its text, or better the token ids within the
             model's window, :func:`vector_assets.embedding.model_inputs`); rows with equal
             inputs (a cherry-picked commit, an issue filed three times, texts differing only
             in case for an uncased model or only past ``max_seq_length``) legitimately share a
@@ -93,8 +93,8 @@ def vector_quality(raw: np.ndarray, normalised: np.ndarray, dims: dict[str, int]
     unit = safe / np.maximum(np.linalg.norm(safe, axis=1, keepdims=True), 1e-12)
     sims = unit @ unit.T
     np.fill_diagonal(sims, -1.0)
-    if texts is not None:
-        same = np.array([[a == b for b in texts] for a in texts], dtype=bool)
+    if inputs is not None:
+        same = np.array([[a == b for b in inputs] for a in inputs], dtype=bool)
         sims[same] = -1.0
     duplicates = (sims >= t.duplicate_cosine).any(axis=1) & ~zero_vectors
     zero_rate = float(zero_vectors.mean())

@@ -138,7 +138,7 @@ def tenant_day_vectors(
                 collection_dim["collection"] = milvus_store.collection_dimension(client, name) if client.has_collection(name) else None
             if collection_dim["collection"] is not None:
                 dims["collection"] = collection_dim["collection"]
-        verdicts["vector_quality"][key] = vector_quality(raw, normalised, dims, quality, texts=embedding_model.model_inputs([t.text for t in changed]) if changed else [])
+        verdicts["vector_quality"][key] = vector_quality(raw, normalised, dims, quality, inputs=embedding_model.model_inputs([t.text for t in changed]) if changed else [])
         frame_ok = verdicts["text_frame_valid"].get(key, Verdict(True)).passed
         ok = verdicts["vector_quality"][key].passed and frame_ok
         if not ok:
