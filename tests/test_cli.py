@@ -4,11 +4,13 @@ against the default (Milvus Lite) database."""
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import dagster as dg
 import pytest
 
 from vector_assets import milvus_store
@@ -34,6 +36,25 @@ def cli_env(workspace):
     return dict(os.environ)
 
 
+LOCAL_POSTGRES = Path(__file__).resolve().parent.parent / "scripts" / "local_postgres.sh"
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def storage_env(request, workspace, monkeypatch):
+    """The environment of a command-line run, with Dagster's storage in SQLite (the default)
+    or in a fresh Postgres database of the local cluster (``scripts/local_postgres.sh``; CI
+    runs as root, which the script needs)."""
+    if request.param == "postgres":
+        if os.geteuid() != 0 and not shutil.which("pg_ctlcluster"):
+            pytest.skip("Postgres storage test: needs root to install/start the local cluster (scripts/local_postgres.sh)")
+        out = subprocess.run([str(LOCAL_POSTGRES), "--fresh", "va_test_cli"], capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, out.stderr
+        for pair in out.stdout.split()[1:]:
+            name, value = pair.split("=", 1)
+            monkeypatch.setenv(name, value)
+    return request.param, dict(os.environ)
+
+
 @pytest.fixture
 def slice_records(workspace):
     jira = sample_records("jira_issues_hadoop.jsonl", "HADOOP", "2024-07-01", "2024-07-10")
@@ -43,11 +64,15 @@ def slice_records(workspace):
     return jira, commits
 
 
-def test_backfill_then_search(cli_env, slice_records, workspace, tmp_path):
+def test_backfill_then_search(storage_env, slice_records, workspace, tmp_path):
+    storage, cli_env = storage_env
     jira, commits = slice_records
     first = run_cli("backfill", env=cli_env)
     assert first.returncode == 0, first.stderr[-3000:]
     stats = summary(first.stdout)
+    with dg.DagsterInstance.get() as instance:
+        assert type(instance.event_log_storage).__name__ == {"sqlite": "SqliteEventLogStorage", "postgres": "PostgresEventLogStorage"}[storage]
+        assert len(instance.get_materialized_partitions(dg.AssetKey("milvus_vectors"))) == stats["partitions"]
     assert stats["records_read"] == len(jira) + len(commits)
     assert stats["rows_written"] == stats["embedded"] == len(jira) + len(commits)
     assert stats["quarantined"] == 0 and stats["failed_partitions"] == 0

@@ -43,13 +43,11 @@ _JOB = None
 def _run_one(spec: tuple[str, str, str, int]) -> tuple[tuple, bool, str, dict, float]:
     """Execute one run of the tenant-day vectors job over ``spec``'s day range (in this process)."""
     global _JOB
-    import dagster as dg
-
     if _JOB is None:
-        settings.ensure_dagster_home()
+        instance = settings.dagster_instance()
         from .definitions import defs
 
-        _JOB = (defs.resolve_job_def("tenant_day_vectors_job"), dg.DagsterInstance.get())
+        _JOB = (defs.resolve_job_def("tenant_day_vectors_job"), instance)
     job, instance = _JOB
     tenant, first, last, _ = spec
     started = time.perf_counter()
@@ -92,14 +90,11 @@ def _execute_runs(runs: list, workers: int):
 
 
 def cmd_backfill(args: argparse.Namespace) -> int:
-    settings.ensure_dagster_home()
-    import dagster as dg
-
     from .definitions import defs
     from .partitions import MAX_PARTITIONS_PER_RUN, TENANTS, in_window
 
     started = time.perf_counter()
-    instance = dg.DagsterInstance.get()
+    instance = settings.dagster_instance()
     print(f"landing: {settings.landing_dir()}  milvus: {settings.milvus_uri()}  DAGSTER_HOME: {instance.root_directory}", flush=True)
     index_result = defs.resolve_job_def("landing_index_job").execute_in_process(instance=instance, raise_on_error=False)
     if not index_result.success:
@@ -281,15 +276,12 @@ def cmd_checks(args: argparse.Namespace) -> int:
     """Print, per check, how many tenant-days' latest evaluation passed, failed at WARN and failed
     at ERROR, then the failures (at most ``--limit``). Exit 1 when any latest evaluation failed
     at ERROR, else 0."""
-    settings.ensure_dagster_home()
-    import dagster as dg
-
     from .checks.specs import CHECKS
     from .partitions import split_key
     from .sensors.alerts import new_check_evaluations
 
     latest = {}
-    for _, evaluation in new_check_evaluations(dg.DagsterInstance.get(), 0):
+    for _, evaluation in new_check_evaluations(settings.dagster_instance(), 0):
         if evaluation.partition is None:
             continue
         if args.tenant and split_key(evaluation.partition)[0] not in args.tenant:
