@@ -15,10 +15,16 @@ Each figure compares, inside one run on this machine, the pipeline with the libr
 * ``memory``: peak RSS (ru_maxrss) of the processes of the above.
 * ``gpu``: only with ``--gpu`` on a machine with CUDA: texts/s fp16 on the GPU vs fp32 on CPU.
 
-Usage: python benchmarks/pipeline.py [encode] [backfill] [milvus] [gpu] [--limit N]
+``--storage postgres`` runs ``encode`` and ``backfill`` with Dagster's storage in a fresh
+database of the local Postgres cluster (``scripts/local_postgres.sh``, as root; the instance
+configured from ``dagster.postgres.yaml`` and holding a pooled connection, as the CLI does);
+their results are kept under ``encode_postgres`` / ``backfill_postgres``. Default: SQLite.
+
+Usage: python benchmarks/pipeline.py [encode] [backfill] [milvus] [gpu] [--limit N] [--storage S]
 """
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -36,6 +42,33 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
 FILES = ["git_commits.jsonl", "github_issues.jsonl", "jira_issues_hadoop.jsonl", "bugzilla_seamonkey.jsonl"]
 sys.path.insert(0, str(REPO))
+
+
+def postgres_env(database: str) -> dict:
+    """``DAGSTER_PG_*`` of a fresh (dropped and created) database of the local cluster, from
+    ``scripts/local_postgres.sh``. Raises CalledProcessError when the script fails."""
+    out = subprocess.run([str(REPO / "scripts" / "local_postgres.sh"), "--fresh", database], capture_output=True, text=True, check=True)
+    return dict(pair.split("=", 1) for pair in out.stdout.split()[1:])
+
+
+@contextlib.contextmanager
+def bench_instance(storage: str):
+    """A throw-away Dagster instance: SQLite (``instance_for_test``) or, for ``postgres``, the
+    storage section of ``dagster.postgres.yaml`` on a fresh database, pooled like the CLI's."""
+    import dagster as dg
+    import yaml
+
+    from vector_assets.settings import pool_storage_connections
+
+    if storage == "sqlite":
+        with dg.instance_for_test() as instance:
+            yield instance
+        return
+    os.environ.update(postgres_env("va_bench_encode"))
+    overrides = {"storage": yaml.safe_load((REPO / "dagster.postgres.yaml").read_text())["storage"]}
+    with dg.instance_for_test(overrides=overrides) as instance:
+        pool_storage_connections(instance)  # as the CLI's processes do
+        yield instance
 
 
 def peak_rss_mib(children: bool = False) -> float:
@@ -66,7 +99,7 @@ def raw_encode(texts: list[str], batch_size: int = 64) -> float:
     return time.perf_counter() - started
 
 
-def bench_encode(limit: int) -> dict:
+def bench_encode(limit: int, storage: str = "sqlite") -> dict:
     """Pipeline texts/s through Dagster vs raw encode on the same texts, on two selections of
     real commits: ``consecutive`` (pallets/flask's first ``limit`` commits, the usual 1-3
     records a tenant-day) and ``busiest`` (psf/requests' busiest tenant-days, ``limit`` texts
@@ -82,9 +115,10 @@ def bench_encode(limit: int) -> dict:
         busiest.add(day)
         count += n
     return {
-        "consecutive": _encode_through_dagster("pallets/flask", flask),
-        "busiest": _encode_through_dagster("psf/requests", [t for t in requests if t.day in busiest]),
-        "consecutive_profile": _encode_through_dagster("pallets/flask", flask, profile=True)["profile"],
+        "storage": storage,
+        "consecutive": _encode_through_dagster("pallets/flask", flask, storage),
+        "busiest": _encode_through_dagster("psf/requests", [t for t in requests if t.day in busiest], storage),
+        "consecutive_profile": _encode_through_dagster("pallets/flask", flask, storage, profile=True)["profile"],
     }
 
 
@@ -117,7 +151,7 @@ def _profile_shares(profiler, wall_s: float) -> dict:
     return out
 
 
-def _encode_through_dagster(tenant: str, texts: list, profile: bool = False) -> dict:
+def _encode_through_dagster(tenant: str, texts: list, storage: str, profile: bool = False) -> dict:
     import dagster as dg
 
     from vector_assets import milvus_store
@@ -143,7 +177,7 @@ def _encode_through_dagster(tenant: str, texts: list, profile: bool = False) -> 
         "milvus": MilvusResource(uri=str(work / "home" / "milvus.db")),
         "quality": QualityThresholds(),
     }
-    with dg.instance_for_test() as instance:
+    with bench_instance(storage) as instance:
         dg.materialize([landing_index], resources=resources, instance=instance)
         profiler = None
         if profile:
@@ -182,18 +216,19 @@ def _encode_through_dagster(tenant: str, texts: list, profile: bool = False) -> 
     }
 
 
-def bench_backfill(files: list[str], workers: int) -> dict:
+def bench_backfill(files: list[str], workers: int, storage: str = "sqlite") -> dict:
     """Full backfill through `vector-assets backfill`, then again unchanged; raw encode of the same texts."""
     texts = load_texts(files)
     raw_s = raw_encode([t.text for t in texts])
-    work = REPO / "results" / "bench_backfill"
-    env = {**os.environ, "VECTOR_ASSETS_LANDING_DIR": str(work / "landing"), "VECTOR_ASSETS_HOME": str(work / "home"), "VECTOR_ASSETS_MILVUS_URI": str(work / "home" / "milvus.db"), "DAGSTER_HOME": str(work / "dagster_home")}
+    work = REPO / "results" / ("bench_backfill" if storage == "sqlite" else f"bench_backfill_{storage}")
+    pg = postgres_env("va_bench_backfill") if storage == "postgres" else {}
+    env = {**os.environ, **pg, "VECTOR_ASSETS_LANDING_DIR": str(work / "landing"), "VECTOR_ASSETS_HOME": str(work / "home"), "VECTOR_ASSETS_MILVUS_URI": str(work / "home" / "milvus.db"), "DAGSTER_HOME": str(work / "dagster_home")}
     subprocess.run([sys.executable, "-m", "vector_assets.cli", "server", "stop"], env=env, capture_output=True)
     shutil.rmtree(work, ignore_errors=True)
     (work / "landing").mkdir(parents=True)
     for name in files:
         (work / "landing" / name).symlink_to(SHARED / name)
-    out = {"records": len(texts), "raw_encode_s": round(raw_s, 1)}
+    out = {"storage": storage, "records": len(texts), "raw_encode_s": round(raw_s, 1)}
     for label in ("first", "unchanged"):
         started = time.perf_counter()
         proc = subprocess.run([sys.executable, "-m", "vector_assets.cli", "backfill", "--workers", str(workers)], env=env, capture_output=True, text=True)
@@ -351,6 +386,7 @@ def main() -> int:
     parser.add_argument("--vectors", type=int, default=100_000)
     parser.add_argument("--files", nargs="*", default=FILES)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--storage", choices=["sqlite", "postgres"], default="sqlite", help="Dagster storage of encode and backfill")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     results = {"machine": f"{os.cpu_count()} CPU cores, {os.uname().machine}"}
@@ -359,8 +395,9 @@ def main() -> int:
         results = {**json.loads(path.read_text()), **results}
     for what in args.what:
         print(f"running {what} ...", flush=True)
-        results[what] = {"encode": lambda: bench_encode(args.limit), "backfill": lambda: bench_backfill(args.files, args.workers), "milvus": lambda: bench_milvus(args.vectors), "gpu": lambda: bench_gpu(20000)}[what]()
-        print(json.dumps(results[what], indent=2), flush=True)
+        key = f"{what}_{args.storage}" if args.storage != "sqlite" and what in ("encode", "backfill") else what
+        results[key] = {"encode": lambda: bench_encode(args.limit, args.storage), "backfill": lambda: bench_backfill(args.files, args.workers, args.storage), "milvus": lambda: bench_milvus(args.vectors), "gpu": lambda: bench_gpu(20000)}[what]()
+        print(json.dumps(results[key], indent=2), flush=True)
     path.parent.mkdir(exist_ok=True)
     path.write_text(json.dumps(results, indent=2))
     print(f"\nwritten {path}")

@@ -24,7 +24,7 @@ pg_lsclusters -h | awk -v v="$version" '$1 == v && $2 == "main" {print $4}' | gr
 port="$(pg_lsclusters -h | awk -v v="$version" '$1 == v && $2 == "main" {print $3}')"
 psql_() { su postgres -c "psql -p $port -v ON_ERROR_STOP=1 -qtAc \"$1\""; }
 [[ "$(psql_ "select 1 from pg_roles where rolname = 'vector_assets'")" == 1 ]] || psql_ "create role vector_assets login password 'vector_assets'" >&2
-if (( fresh )); then psql_ "drop database if exists $db" >&2; fi
+if (( fresh )); then psql_ "drop database if exists $db with (force)" >&2; fi
 [[ "$(psql_ "select 1 from pg_database where datname = '$db'")" == 1 ]] || psql_ "create database $db owner vector_assets" >&2
 cat <<OUT
 export DAGSTER_PG_HOST=localhost DAGSTER_PG_PORT=$port DAGSTER_PG_USER=vector_assets DAGSTER_PG_PASSWORD=vector_assets DAGSTER_PG_DB=$db

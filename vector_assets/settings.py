@@ -16,6 +16,7 @@ variable                       meaning                                          
 from __future__ import annotations
 
 import os
+import weakref
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -74,17 +75,33 @@ def ensure_dagster_home() -> Path:
     return home
 
 
-def dagster_instance():
-    """The Dagster instance of ``$DAGSTER_HOME`` (made by :func:`ensure_dagster_home`), set up
-    for a process that writes many events: a command-line backfill worker.
+_POOLED = weakref.WeakSet()
 
-    With Postgres storage (dagster-postgres), the instance holds one pooled connection for the
-    life of the process, as ``dagster-webserver`` does (``DagsterInstance.optimize_for_webserver``;
-    no statement timeout), instead of dagster-postgres' default of a new connection for each
-    event. Measured on the flask encode benchmark (300 commits, 48 tenant-days, 716 events): the
-    pipeline took 24.1 s with a connection per event, 7.7 s pooled, 13.0 s on SQLite
-    (``benchmarks/pipeline.py encode --storage``, README "Performance"). With SQLite storage this
-    changes nothing (Dagster's SQLite storages have no pool to set).
+
+def pool_storage_connections(instance) -> None:
+    """Make ``instance`` hold one pooled connection to its storage for the life of this process,
+    as ``dagster-webserver`` does (``DagsterInstance.optimize_for_webserver``; no statement
+    timeout), instead of dagster-postgres' default of a new connection for each event. Once per
+    instance; a no-op on SQLite storage (Dagster's SQLite storages have no pool to set).
+
+    Called by the ``vector-assets`` processes and at the start of the tenant-day step, so that
+    runs launched from the Dagster UI or the daemon (each in a process of its own) write their
+    per-partition events over one connection too. Measured on the flask encode benchmark (300
+    commits, 48 tenant-days, 716 events): 24.1 s with a connection per event, 7.7 s pooled,
+    13.0 s on SQLite (README, "Performance").
+
+    Args:
+        instance: a ``dagster.DagsterInstance``.
+    """
+    if instance in _POOLED:
+        return
+    instance.optimize_for_webserver(statement_timeout=0, pool_recycle=3600, max_overflow=2)
+    _POOLED.add(instance)
+
+
+def dagster_instance():
+    """The Dagster instance of ``$DAGSTER_HOME`` (made by :func:`ensure_dagster_home`), with
+    its storage connections pooled (:func:`pool_storage_connections`).
 
     Returns:
         ``dagster.DagsterInstance``.
@@ -93,5 +110,5 @@ def dagster_instance():
     import dagster as dg
 
     instance = dg.DagsterInstance.get()
-    instance.optimize_for_webserver(statement_timeout=0, pool_recycle=3600, max_overflow=2)
+    pool_storage_connections(instance)
     return instance

@@ -116,6 +116,7 @@ def tenant_day_vectors(
     """Materialise each tenant-day of the run: read, extract, check, embed what changed, write,
     check again; one materialisation and one evaluation of each check per tenant-day."""
     started = time.perf_counter()
+    settings.pool_storage_connections(context.instance)  # this step writes many events
     keys = [split_key(k) for k in context.partition_keys]
     landing.refresh()
     index = landing.index()
