@@ -125,6 +125,9 @@ def bench_encode(limit: int, storage: str = "sqlite") -> dict:
 #: Where a profiled run's time goes: (label, substring of "file:function" in cProfile's stats).
 PROFILE_PARTS = [
     ("dagster event storage (store_event)", "event_log.py:store_event"),
+    ("psycopg2 executing statements (all callers)", "extensions.cursor' objects>"),
+    ("sqlite3 executing statements (all callers)", "'sqlite3.Cursor' objects>"),
+    ("dagster event serialisation (serdes, all callers)", "serdes.py:serialize_value"),
     ("SentenceTransformer.encode", "sentence_transformer/model.py:encode"),
     ("pymilvus calls (gRPC to milvus-lite)", "milvus_client.py:"),
     ("Great Expectations validation", "evaluate.py:text_frame_verdicts"),
