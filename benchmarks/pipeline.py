@@ -19,6 +19,8 @@ Each figure compares, inside one run on this machine, the pipeline with the libr
 database of the local Postgres cluster (``scripts/local_postgres.sh``, as root; the instance
 configured from ``dagster.postgres.yaml`` and holding a pooled connection, as the CLI does);
 their results are kept under ``encode_postgres`` / ``backfill_postgres``. Default: SQLite.
+``--storage postgres-unpooled`` (encode only) switches the pooling off: dagster-postgres'
+default of a new connection for each event.
 
 Usage: python benchmarks/pipeline.py [encode] [backfill] [milvus] [gpu] [--limit N] [--storage S]
 """
@@ -58,7 +60,7 @@ def bench_instance(storage: str):
     import dagster as dg
     import yaml
 
-    from vector_assets.settings import pool_storage_connections
+    from vector_assets import settings
 
     if storage == "sqlite":
         with dg.instance_for_test() as instance:
@@ -66,8 +68,13 @@ def bench_instance(storage: str):
         return
     os.environ.update(postgres_env("va_bench_encode"))
     overrides = {"storage": yaml.safe_load((REPO / "dagster.postgres.yaml").read_text())["storage"]}
+    if storage == "postgres-unpooled":
+        # dagster-postgres' default, a connection per event: the step's pooling switched off.
+        import vector_assets.settings
+
+        vector_assets.settings.pool_storage_connections = lambda instance: None
     with dg.instance_for_test(overrides=overrides) as instance:
-        pool_storage_connections(instance)  # as the CLI's processes do
+        settings.pool_storage_connections(instance)  # as the CLI's processes do
         yield instance
 
 
@@ -389,7 +396,7 @@ def main() -> int:
     parser.add_argument("--vectors", type=int, default=100_000)
     parser.add_argument("--files", nargs="*", default=FILES)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--storage", choices=["sqlite", "postgres"], default="sqlite", help="Dagster storage of encode and backfill")
+    parser.add_argument("--storage", choices=["sqlite", "postgres", "postgres-unpooled"], default="sqlite", help="Dagster storage of encode and backfill (postgres-unpooled: encode only, dagster-postgres' default of a connection per event)")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     results = {"machine": f"{os.cpu_count()} CPU cores, {os.uname().machine}"}
@@ -398,7 +405,9 @@ def main() -> int:
         results = {**json.loads(path.read_text()), **results}
     for what in args.what:
         print(f"running {what} ...", flush=True)
-        key = f"{what}_{args.storage}" if args.storage != "sqlite" and what in ("encode", "backfill") else what
+        if args.storage == "postgres-unpooled" and what == "backfill":
+            parser.error("--storage postgres-unpooled is for encode only")
+        key = f"{what}_{args.storage.replace('-', '_')}" if args.storage != "sqlite" and what in ("encode", "backfill") else what
         results[key] = {"encode": lambda: bench_encode(args.limit, args.storage), "backfill": lambda: bench_backfill(args.files, args.workers, args.storage), "milvus": lambda: bench_milvus(args.vectors), "gpu": lambda: bench_gpu(20000)}[what]()
         print(json.dumps(results[key], indent=2), flush=True)
     path.parent.mkdir(exist_ok=True)

@@ -86,11 +86,9 @@ def pool_storage_connections(instance) -> None:
 
     Called by the ``vector-assets`` processes and at the start of the tenant-day step, so that
     runs launched from the Dagster UI or the daemon (each in a process of its own) write their
-    per-partition events over one connection too. Measured (2 cores, one run of 300 flask
-    commits over 70 days, 716 events): 24.1 s with a connection per event, 7.7 s pooled, 13.0 s
-    on SQLite; a run in a process of its own, as the UI launches one (201 days of flask in the
-    sample, 93 materialisations): 39 s unpooled, 27 s pooled by the step. The benchmark figures
-    are in the README, "Performance".
+    per-partition events over one connection too. Measured on 2 cores by
+    ``benchmarks/pipeline.py encode`` (1,500 flask commits, 7,091 events): 237.1 s with a
+    connection per event, 61.5 s pooled, 109.3 s on SQLite (README, "Performance").
 
     Args:
         instance: a ``dagster.DagsterInstance``.
