@@ -37,6 +37,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 
@@ -68,12 +69,12 @@ def bench_instance(storage: str):
         return
     os.environ.update(postgres_env("va_bench_encode"))
     overrides = {"storage": yaml.safe_load((REPO / "dagster.postgres.yaml").read_text())["storage"]}
-    if storage == "postgres-unpooled":
-        # dagster-postgres' default, a connection per event: the step's pooling switched off.
-        import vector_assets.settings
-
-        vector_assets.settings.pool_storage_connections = lambda instance: None
-    with dg.instance_for_test(overrides=overrides) as instance:
+    with contextlib.ExitStack() as stack:
+        if storage == "postgres-unpooled":
+            # dagster-postgres' default, a connection per event: the pooling switched off
+            # (here and in the tenant-day step) for the life of this instance only.
+            stack.enter_context(mock.patch.object(settings, "pool_storage_connections", lambda instance: None))
+        instance = stack.enter_context(dg.instance_for_test(overrides=overrides))
         settings.pool_storage_connections(instance)  # as the CLI's processes do
         yield instance
 
