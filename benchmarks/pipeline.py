@@ -278,6 +278,7 @@ def bench_milvus(n: int, queries: int = 200) -> dict:
     """Insert rows/s, search p50/p95 at n vectors in one tenant, HNSW recall@10 vs exact."""
     from vector_assets import milvus_store
     from vector_assets.embedding import load_model
+    from vector_assets.settings import DEFAULT_MODEL
 
     texts = [t.text for t in load_texts(["git_commits.jsonl"])]
     model = load_model("sentence-transformers/all-MiniLM-L6-v2", "cpu")
@@ -287,8 +288,8 @@ def bench_milvus(n: int, queries: int = 200) -> dict:
         base = np.load(cache)
     elif eval_db.exists():  # the 20,465 commit vectors written by benchmarks/search_quality.py
         src = milvus_store.connect(str(eval_db))
-        src.load_collection("records__all_minilm_l6_v2")
-        rows = milvus_store.query_all(src, "records__all_minilm_l6_v2", 'pk != ""', ["vector"])
+        src.load_collection(milvus_store.collection_name(DEFAULT_MODEL))
+        rows = milvus_store.query_all(src, milvus_store.collection_name(DEFAULT_MODEL), 'pk != ""', ["vector"])
         base = np.asarray([r["vector"] for r in rows], dtype=np.float32)
         np.save(cache, base)
     else:

@@ -13,6 +13,7 @@ import dagster as dg
 import pytest
 
 from vector_assets import milvus_store
+from vector_assets.settings import DEFAULT_MODEL
 
 from .conftest import sample_records, write_jsonl
 
@@ -78,7 +79,7 @@ def test_backfill_then_search(storage_env, slice_records, workspace, tmp_path):
     assert stats["partitions"] == len({("H", r["day"]) for r in jira} | {("F", r["day"]) for r in commits})
 
     client = milvus_store.connect(str(workspace["db"]))
-    assert milvus_store.count_rows(client, "records__all_minilm_l6_v2") == len(jira) + len(commits)
+    assert milvus_store.count_rows(client, milvus_store.collection_name(DEFAULT_MODEL)) == len(jira) + len(commits)
 
     checks = run_cli("checks", env=cli_env)
     assert checks.returncode == 0, checks.stdout + checks.stderr[-2000:]
@@ -90,7 +91,7 @@ def test_backfill_then_search(storage_env, slice_records, workspace, tmp_path):
     assert second.returncode == 0
     again = summary(second.stdout)
     assert again["embedded"] == 0 and again["rows_written"] == 0 and again["skipped"] == len(jira) + len(commits)
-    assert milvus_store.count_rows(client, "records__all_minilm_l6_v2") == len(jira) + len(commits)
+    assert milvus_store.count_rows(client, milvus_store.collection_name(DEFAULT_MODEL)) == len(jira) + len(commits)
 
     hit = run_cli("search", "--tenant", "pallets/flask", "-k", "3", "--json", commits[0]["message"], env=cli_env)
     assert hit.returncode == 0, hit.stderr
@@ -150,7 +151,7 @@ def test_overlapping_backfills_and_a_concurrent_search(cli_env, workspace):
         assert summary(out)["failed_partitions"] == 0
 
     client = milvus_store.connect(str(workspace["db"]))
-    name = "records__all_minilm_l6_v2"
+    name = milvus_store.collection_name(DEFAULT_MODEL)
     for tenant, records in (("SeaMonkey", seamonkey), ("HADOOP", hadoop), ("BurntSushi/ripgrep", commits)):
         assert milvus_store.count_rows(client, name, f'tenant == "{tenant}"') == len(records)
     client.close()

@@ -5,13 +5,14 @@ import dagster as dg
 import pytest
 
 from vector_assets import milvus_store
+from vector_assets.settings import DEFAULT_MODEL
 from vector_assets.resources import EmbeddingModelResource
 from vector_assets.search import search
 
 from .conftest import sample_records, write_jsonl
 from .test_pipeline import materialize_days, materialize_index
 
-OLD = "records__all_minilm_l6_v2"
+OLD = milvus_store.collection_name(DEFAULT_MODEL)
 
 
 @pytest.fixture(scope="module")

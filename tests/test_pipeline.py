@@ -6,13 +6,15 @@ import dagster as dg
 import pytest
 
 from vector_assets import milvus_store
+from vector_assets.settings import DEFAULT_MODEL
 from vector_assets.assets import landing_index, tenant_day_vectors
 from vector_assets.records import primary_key
 from vector_assets.search import SearchError, search
+from vector_assets.sync import quarantine_path
 
 from .conftest import sample_records, write_jsonl
 
-COLLECTION = "records__all_minilm_l6_v2"
+COLLECTION = milvus_store.collection_name(DEFAULT_MODEL)
 
 
 def materialize_index(resources, instance):
@@ -135,7 +137,7 @@ def test_bad_input_is_quarantined_and_good_records_land(resources, instance, wor
     src = out[("source_records", f"{day}|SeaMonkey")]
     assert src["quarantined"] == 3
     assert "record has no id" in src["quarantine"] and "unknown record kind" in src["quarantine"]
-    qfile = workspace["home"] / "quarantine" / "SeaMonkey" / f"{day}.jsonl"
+    qfile = quarantine_path(workspace["home"] / "quarantine", "SeaMonkey", day)
     bad = [json.loads(l) for l in open(qfile)]
     assert sorted(b["line"] for b in bad) == [len(good) + 1, len(good) + 2, len(good) + 3]
     assert {b["reason"] for b in bad} >= {"record has no id", "extracted text is empty"}

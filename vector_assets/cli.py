@@ -8,6 +8,7 @@ and ``VECTOR_ASSETS_MILVUS_URI`` (default: the embedded database); see
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -40,9 +41,25 @@ def _sum_metadata(result) -> dict[str, float]:
 _JOB = None
 
 
-def _run_one(spec: tuple[str, str, str, int]) -> tuple[tuple, bool, str, dict, float]:
-    """Execute one run of the tenant-day vectors job over ``spec``'s day range (in this process)."""
+def _check_errors(result) -> list[tuple[str, str]]:
+    """``(check name, tenant-day)`` of every check evaluation of a run that failed at ERROR."""
+    import dagster as dg
+
+    return [
+        (e.check_name, str(e.partition))
+        for e in result.get_asset_check_evaluations()
+        if not e.passed and e.severity == dg.AssetCheckSeverity.ERROR
+    ]
+
+
+def _run_one(spec: tuple[str, str, str, int], delete_vanished: bool = False) -> tuple[tuple, bool, str, dict, float, list, str]:
+    """Execute one run of the tenant-day vectors job over ``spec``'s day range (in this process).
+
+    Returns ``(spec, success, run id, summed metadata, seconds, check errors, failure message)``.
+    """
     global _JOB
+    from . import runs
+
     if _JOB is None:
         instance = settings.dagster_instance()
         from .definitions import defs
@@ -57,48 +74,124 @@ def _run_one(spec: tuple[str, str, str, int]) -> tuple[tuple, bool, str, dict, f
             "dagster/asset_partition_range_start": f"{first}|{tenant}",
             "dagster/asset_partition_range_end": f"{last}|{tenant}",
             "vector_assets/launched_by": "cli-backfill",
+            **runs.process_tags(),
         },
-        run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+        run_config={
+            "loggers": {"console": {"config": {"log_level": "WARNING"}}},
+            "ops": {"tenant_day_vectors": {"config": {"delete_vanished_tenants": delete_vanished}}},
+        },
         raise_on_error=False,
     )
-    return spec, result.success, result.run_id, dict(_sum_metadata(result)), time.perf_counter() - started
+    message = ""
+    if not result.success:
+        for event in result.all_events:
+            if event.is_step_failure and event.step_failure_data.error is not None:
+                message = event.step_failure_data.error.message.strip().splitlines()[0][:300]
+                break
+    return spec, result.success, result.run_id, dict(_sum_metadata(result)), time.perf_counter() - started, _check_errors(result), message
 
 
 def _init_worker(threads: int) -> None:
+    import signal
+
     import torch
 
+    # Ctrl-C reaches every process of the terminal's group: the parent decides (it interrupts
+    # the runs in progress and stops), a worker between runs ignores it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(threads)
     logging.getLogger("dagster").setLevel(logging.WARNING)
 
 
-def _execute_runs(runs: list, workers: int):
-    """Yield each run's outcome as it finishes: in this process when ``workers`` is 1, else in a
-    pool of ``workers`` processes (each loads the model once and gets an equal share of the
-    CPU threads)."""
-    if workers == 1:
-        for spec in runs:
-            yield _run_one(spec)
-        return
+class _Stop:
+    """Set by SIGINT/SIGTERM in the parent: no further run starts."""
+
+    signal: str | None = None
+
+
+def _execute_runs(runs: list, workers: int, delete_vanished: bool, on_worker_lost):
+    """Yield each run's outcome (see :func:`_run_one`) as it finishes, executed in a pool of
+    ``workers`` processes (each loads the model once and gets an equal share of the CPU
+    threads).
+
+    A worker that dies (killed, out of memory) breaks the pool: ``on_worker_lost()`` is called
+    (it fails the dead runs and frees their pool slots), and the runs not finished are submitted
+    again to a new pool, twice at most; after that they are yielded as failed. After SIGINT or
+    SIGTERM (:class:`_Stop`), runs not started are not started, and the workers are
+    interrupted (their runs fail as interrupted).
+    """
     import concurrent.futures
     import multiprocessing
     import os
+    import signal
+    from concurrent.futures.process import BrokenProcessPool
 
     threads = max(1, (os.cpu_count() or 1) // workers)
-    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker, initargs=(threads,)) as pool:
-        for future in concurrent.futures.as_completed([pool.submit(_run_one, spec) for spec in runs]):
-            yield future.result()
+    pending = list(runs)
+    for attempt in range(3):
+        if not pending or _Stop.signal:
+            break
+        lost = []
+        pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker, initargs=(threads,))
+        try:
+            futures = {pool.submit(_run_one, spec, delete_vanished): spec for spec in pending}
+            waiting = set(futures)
+            interrupted = False
+            while waiting:
+                done, waiting = concurrent.futures.wait(waiting, timeout=1.0, return_when=concurrent.futures.FIRST_COMPLETED)
+                for future in done:
+                    if future.cancelled():
+                        continue
+                    try:
+                        yield future.result()
+                    except BrokenProcessPool:
+                        lost.append(futures[future])
+                if _Stop.signal and not interrupted:
+                    interrupted = True
+                    for future in waiting:
+                        future.cancel()
+                    for process in list(getattr(pool, "_processes", {}).values()):
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(process.pid, signal.SIGINT)
+                    waiting = {f for f in waiting if not f.cancelled()}
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+        if not lost:
+            break
+        on_worker_lost(len(lost), attempt)
+        pending = lost
+    else:
+        for spec in pending:
+            yield spec, False, "", {}, 0.0, [], "a worker process died three times running this run"
+
+
+def _milvus():
+    """The Milvus resource of the CLI (URI and token from the environment)."""
+    import os
+
+    from .resources import MilvusResource
+
+    return MilvusResource(uri=settings.milvus_uri(), token=os.environ.get("VECTOR_ASSETS_MILVUS_TOKEN", ""))
 
 
 def cmd_backfill(args: argparse.Namespace) -> int:
+    import signal
+
+    from . import runs as run_state
     from .definitions import defs
-    from .partitions import MAX_PARTITIONS_PER_RUN, TENANTS, in_window
+    from .keys import MILVUS_VECTORS
+    from .partitions import MAX_PARTITIONS_PER_RUN, TENANTS, in_window, make_key
 
     started = time.perf_counter()
     instance = settings.dagster_instance()
     print(f"landing: {settings.landing_dir()}  milvus: {settings.milvus_uri()}  DAGSTER_HOME: {instance.root_directory}", flush=True)
+    dead = run_state.fail_dead_runs(instance)
+    if dead:
+        print(f"marked {len(dead)} runs failed whose process is gone (their pool slots are free again): {', '.join(dead)}", flush=True)
     index_result = defs.resolve_job_def("landing_index_job").execute_in_process(instance=instance, raise_on_error=False)
     if not index_result.success:
-        print("error: indexing the landing directory failed; see the run in the Dagster UI", file=sys.stderr)
+        failure = next((e.step_failure_data.error for e in index_result.all_events if e.is_step_failure), None)
+        print(f"error: indexing the landing directory failed: {failure.message.strip().splitlines()[0] if failure else 'see the run in the Dagster UI'}", file=sys.stderr)
         return 1
     meta = index_result.get_asset_materialization_events()[0].event_specific_data.materialization.metadata
     unattributed = int(meta["unattributed_lines"].value)
@@ -108,6 +201,8 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         + (f" (see {meta['quarantine_file'].value})" if unattributed else ""),
         flush=True,
     )
+    if int(meta["unsupported_files"].value):
+        print(f"warning: {meta['unsupported_files'].value} compressed files are not read (decompress them into the landing directory): {meta['unsupported'].value}", flush=True)
     landing = defs.resources["landing"]
     index = landing.index()
     known = set(instance.get_dynamic_partitions(TENANTS))
@@ -118,56 +213,108 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     partitions = index.partitions(args.tenant, args.start, args.end)
     outside = [p for p in partitions if not in_window(p[1])]
     if outside:
-        print(f"warning: {len(outside)} tenant-days fall outside the partition window (start {settings.start_date()}) and are not materialised; first: {outside[0]}", flush=True)
+        first = index.lines_outside(settings.start_date(), dt.datetime.now(dt.timezone.utc).date().isoformat())[:1]
+        where = f"; first line: {first[0][0]}:{first[0][1]} ({first[0][2]}|{first[0][3]})" if first else ""
+        print(f"warning: {len(outside)} tenant-days fall outside the partition window (start {settings.start_date()}) and are not materialised{where}", flush=True)
     partitions = [p for p in partitions if in_window(p[1])]
-    # Incremental: a tenant-day whose input is unchanged since its rows were written for this
-    # model is not run at all (--all runs every one; the audit job and the coverage check catch
-    # rows lost behind the pipeline's back).
     model_id = defs.resources["embedding_model"].model_id
+    milvus = _milvus()
+    store = milvus.store_key(model_id)
+    # Incremental: a tenant-day is not run when its rows in this very collection (URI and
+    # collection identity) were written from its current lines and Dagster recorded that
+    # materialisation (--all runs every one; the audit job and the coverage check catch rows
+    # lost behind the pipeline's back).
     unchanged_rows = 0
     if not args.all:
-        todo = set(index.unsynced_partitions(model_id, args.start, args.end))
-        unchanged = [p for p in partitions if p not in todo]
-        unchanged_rows = index.synced_rows(model_id, unchanged)
-        partitions_to_run = [p for p in partitions if p in todo]
+        todo = set(index.unsynced_partitions(store, args.start, args.end))
+        fingerprints = index.fingerprints([p for p in partitions if p not in todo])
+        materialised = instance.get_materialized_partitions(MILVUS_VECTORS) if fingerprints else set()
+        unchanged = [p for p in partitions if p not in todo and (not fingerprints[p] or str(make_key(*p)) in materialised)]
+        unchanged_rows = index.synced_rows(store, unchanged)
+        partitions_to_run = [p for p in partitions if p not in set(unchanged)]
     else:
         unchanged = []
         partitions_to_run = partitions
-    runs = plan_runs(partitions_to_run, args.max_partitions_per_run or MAX_PARTITIONS_PER_RUN)
+    refused = []
+    vanished = set(index.vanished_tenants()) & {t for t, _ in partitions_to_run}
+    if vanished and not args.delete_vanished_tenants:
+        for tenant in sorted(vanished):
+            days = [p for p in partitions_to_run if p[0] == tenant]
+            rows = index.synced_rows(store, days)
+            print(
+                f"refusing: tenant {tenant} has no line in the landing data any more (its files were removed, or the landing "
+                f"directory is empty or not mounted); its {len(days)} tenant-days ({rows} rows) are kept, not deleted. "
+                "Delete them with --delete-vanished-tenants.",
+                file=sys.stderr, flush=True,
+            )
+            refused += days
+        partitions_to_run = [p for p in partitions_to_run if p[0] not in vanished]
+    plan = plan_runs(partitions_to_run, args.max_partitions_per_run or MAX_PARTITIONS_PER_RUN)
     print(
         f"{len(partitions)} tenant-days: {len(unchanged)} unchanged since written for {model_id} ({unchanged_rows} rows, not re-run), "
-        f"{len(partitions_to_run)} to materialise in {len(runs)} runs",
+        f"{len(partitions_to_run)} to materialise in {len(plan)} runs",
         flush=True,
     )
     totals: dict[str, float] = defaultdict(float)
     failed = 0
-    workers = max(1, min(args.workers, len(runs)))
-    for i, (spec, ok, run_id, sums, seconds) in enumerate(_execute_runs(runs, workers), start=1):
-        tenant, first, last, n_days = spec
-        for name, value in sums.items():
-            totals[name] += value
-        if not ok:
-            failed += n_days
-            print(f"[{i}/{len(runs)}] {tenant} {first}..{last}: FAILED (run {run_id})", flush=True)
-            continue
-        print(
-            f"[{i}/{len(runs)}] {tenant} {first}..{last}: {int(sums['milvus_vectors.partitions'])} partitions, "
-            f"{int(sums['source_records.records_read'])} records, {int(sums['milvus_vectors.embedded'])} embedded, "
-            f"{int(sums['milvus_vectors.skipped_unchanged'])} unchanged, {int(sums['milvus_vectors.deleted'])} deleted, "
-            f"{int(sums['source_records.quarantined'])} quarantined, {seconds:.1f}s",
-            flush=True,
-        )
+    check_errors: list[tuple[str, str]] = []
+    finished = 0
+
+    def stop(signum, frame):
+        _Stop.signal = signal.Signals(signum).name
+        print(f"{_Stop.signal}: stopping; runs in progress are interrupted, no further run starts", file=sys.stderr, flush=True)
+
+    def worker_lost(count: int, attempt: int) -> None:
+        failed_runs = run_state.fail_dead_runs(instance)
+        again = "submitted again" if attempt < 2 else "given up"
+        print(f"a worker process died: {count} runs not finished ({again}); {len(failed_runs)} dead runs marked failed", file=sys.stderr, flush=True)
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        workers = max(1, min(args.workers, len(plan)))
+        for spec, ok, run_id, sums, seconds, errors, message in _execute_runs(plan, workers, args.delete_vanished_tenants, worker_lost):
+            finished += 1
+            tenant, first, last, n_days = spec
+            for name, value in sums.items():
+                totals[name] += value
+            check_errors += errors
+            if not ok:
+                failed += n_days
+                print(f"[{finished}/{len(plan)}] {tenant} {first}..{last}: FAILED (run {run_id or 'none'}): {message or 'see the run in the Dagster UI'}", flush=True)
+                continue
+            print(
+                f"[{finished}/{len(plan)}] {tenant} {first}..{last}: {int(sums.get('milvus_vectors.partitions', 0))} partitions, "
+                f"{int(sums.get('source_records.records_read', 0))} records, {int(sums.get('milvus_vectors.embedded', 0))} embedded, "
+                f"{int(sums.get('milvus_vectors.skipped_unchanged', 0))} unchanged, {int(sums.get('milvus_vectors.deleted', 0))} deleted, "
+                f"{int(sums.get('source_records.quarantined', 0))} quarantined, {seconds:.1f}s",
+                flush=True,
+            )
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
     wall = time.perf_counter() - started
-    quarantined = int(totals["source_records.quarantined"]) + unattributed
+    # Lines that fit no tenant-day belong to no tenant: counted only when no --tenant narrows the backfill.
+    unplaced = 0 if args.tenant else unattributed
+    quarantined = int(totals["source_records.quarantined"]) + unplaced
     written = int(totals["milvus_vectors.embedded"] + totals["milvus_vectors.moved_in"])
     print(
-        f"backfill: partitions={len(partitions)} unchanged_partitions={len(unchanged)} runs={len(runs)} records_read={int(totals['source_records.records_read']) + unattributed} "
+        f"backfill: partitions={len(partitions)} unchanged_partitions={len(unchanged)} runs={len(plan)} records_read={int(totals['source_records.records_read']) + unplaced} "
         f"rows_written={written} embedded={int(totals['milvus_vectors.embedded'])} skipped={int(totals['milvus_vectors.skipped_unchanged']) + unchanged_rows} "
         f"deleted={int(totals['milvus_vectors.deleted'])} quarantined={quarantined} failed_partitions={failed} "
+        f"refused_partitions={len(refused)} check_errors={len(check_errors)} "
         f"encode_s={totals['milvus_vectors.encode_seconds_est']:.1f} wall_s={wall:.1f}",
         flush=True,
     )
-    return 1 if failed else 0
+    if check_errors:
+        by_check: dict[str, list[str]] = defaultdict(list)
+        for name, partition in check_errors:
+            by_check[name].append(partition)
+        for name, keys in sorted(by_check.items()):
+            print(f"check ERROR: {name} on {len(keys)} tenant-days: {', '.join(sorted(keys)[:10])}{' ...' if len(keys) > 10 else ''}", file=sys.stderr)
+    if _Stop.signal:
+        print(f"stopped by {_Stop.signal} after {finished} of {len(plan)} runs", file=sys.stderr, flush=True)
+        return 130 if _Stop.signal == "SIGINT" else 143
+    return 1 if failed or refused or check_errors else 0
 
 
 def _search_setup():
@@ -316,6 +463,7 @@ def build_parser() -> argparse.ArgumentParser:
     bf.add_argument("--max-partitions-per-run", type=int, default=None, help="tenant-days per run (default: the backfill policy's)")
     bf.add_argument("--all", action="store_true", help="re-run every tenant-day, also those unchanged since they were written")
     bf.add_argument("--workers", type=int, default=1, help="runs executed at once, each in its own process (default 1)")
+    bf.add_argument("--delete-vanished-tenants", action="store_true", help="delete the rows of tenants that have no line in the landing data any more (refused by default)")
     bf.set_defaults(func=cmd_backfill)
     se = sub.add_parser("search", help="semantic search within one tenant")
     se.add_argument("query", nargs="?", help="query text")

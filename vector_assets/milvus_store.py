@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import re
@@ -24,6 +25,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -37,6 +39,10 @@ MAX_PREVIEW = 1024
 #: Collection property naming the model whose vectors the collection holds.
 MODEL_PROPERTY = "vector_assets.model"
 
+#: Collection property holding a random id given at creation: a collection dropped and
+#: re-created under the same name is another collection (Milvus Lite reports collection_id 0).
+UID_PROPERTY = "vector_assets.collection_uid"
+
 #: Milvus's largest ``limit`` for one query.
 QUERY_LIMIT = 16384
 
@@ -48,10 +54,20 @@ def is_local_uri(uri: str) -> bool:
 
 
 def collection_name(model_id: str, prefix: str = "records") -> str:
-    """Collection for one embedding model: ``<prefix>__<model slug>``, e.g.
-    ``records__all_minilm_l6_v2``. Milvus names allow letters, digits and underscores."""
-    slug = re.sub(r"[^0-9a-zA-Z]+", "_", model_id.rsplit("/", 1)[-1]).strip("_").lower()
-    return f"{prefix}__{slug}"[:255]
+    """Collection for one embedding model: ``<prefix>__<model slug>__<hash>``, e.g.
+    ``records__all_minilm_l6_v2__7d1c4d2a``.
+
+    The hash (8 hex characters of SHA-256 of the full model id: a hub name or a local path) keys
+    the collection by the whole identity, so ``acme/all-MiniLM-L6-v2`` or a local folder of
+    another model named ``all-MiniLM-L6-v2`` never shares the default model's collection; the
+    slug (the id's last segment, at most 40 characters) keeps the name readable. The dimension
+    is recorded on the collection and checked on every write
+    (:meth:`vector_assets.resources.MilvusResource.ensure_collection`). Milvus names allow
+    letters, digits and underscores.
+    """
+    slug = re.sub(r"[^0-9a-zA-Z]+", "_", model_id.rstrip("/").rsplit("/", 1)[-1]).strip("_").lower()[:40]
+    digest = hashlib.sha256(model_id.encode("utf-8")).hexdigest()[:8]
+    return f"{prefix}__{slug}__{digest}"
 
 
 # ---- the local Milvus Lite server ----------------------------------------------------------
@@ -210,8 +226,32 @@ def create_collection(client: MilvusClient, name: str, dim: int, index_type: str
         params.add_index("tenant", index_type="INVERTED")
         params.add_index("day", index_type="INVERTED")
         client.create_collection(name, schema=schema, index_params=params, num_partitions=16)
-        client.alter_collection_properties(name, properties={MODEL_PROPERTY: model_id, "vector_assets.dim": str(dim)})
+        client.alter_collection_properties(name, properties={MODEL_PROPERTY: model_id, "vector_assets.dim": str(dim), UID_PROPERTY: uuid.uuid4().hex})
     client.load_collection(name)
+
+
+def collection_uid(client: MilvusClient, name: str) -> str | None:
+    """The collection's :data:`UID_PROPERTY` (given one now if it was created without it), or
+    None when the collection does not exist."""
+    if not client.has_collection(name):
+        return None
+    uid = (client.describe_collection(name).get("properties") or {}).get(UID_PROPERTY)
+    if not uid:
+        uid = uuid.uuid4().hex
+        client.alter_collection_properties(name, properties={UID_PROPERTY: uid})
+    return uid
+
+
+def store_key(uri: str, client: MilvusClient, name: str) -> str | None:
+    """The identity of one collection in one Milvus: ``<uri>|<collection>|<uid>`` (a local
+    path resolved), or None when the collection does not exist. What was written is recorded
+    against it (:meth:`vector_assets.landing.LandingIndex.mark_synced`), so another database,
+    or a collection dropped and re-created, is never taken to hold rows it does not."""
+    uid = collection_uid(client, name)
+    if uid is None:
+        return None
+    where = str(Path(uri).expanduser().resolve()) if is_local_uri(uri) else uri.rstrip("/")
+    return f"{where}|{name}|{uid}"
 
 
 def collection_dimension(client: MilvusClient, name: str) -> int:
@@ -223,13 +263,21 @@ def collection_dimension(client: MilvusClient, name: str) -> int:
 
 
 def quote(value: str) -> str:
-    """A string literal for a Milvus filter expression."""
-    return json.dumps(value)
+    """A string literal for a Milvus filter expression: in double quotes, with ``\\`` and ``"``
+    escaped and every other character as it is. (JSON quoting writes ``\\u00e9`` for ``é``,
+    which Milvus's expression grammar does not read: tenants ``café`` and ``日本語`` matched
+    nothing.)"""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def quote_list(values: Iterable[str]) -> str:
+    """A list literal of strings for a Milvus ``in`` expression (see :func:`quote`)."""
+    return "[" + ", ".join(quote(v) for v in values) + "]"
 
 
 def partition_filter(tenant: str, days: Sequence[str]) -> str:
     """Filter expression selecting the rows of ``tenant`` on any of ``days``."""
-    return f"tenant == {quote(tenant)} and day in {json.dumps(list(days))}"
+    return f"tenant == {quote(tenant)} and day in {quote_list(days)}"
 
 
 def query_all(client: MilvusClient, name: str, expr: str, fields: list[str], batch: int = 4096) -> list[dict]:
@@ -272,7 +320,7 @@ def rows_by_pk(client: MilvusClient, name: str, pks: Iterable[str], fields: list
     out: dict[str, dict] = {}
     for i in range(0, len(pks), chunk):
         part = pks[i : i + chunk]
-        for row in client.query(name, filter=f"pk in {json.dumps(part)}", output_fields=fields, limit=len(part)):
+        for row in client.query(name, filter=f"pk in {quote_list(part)}", output_fields=fields, limit=len(part)):
             out[row["pk"]] = row
     return out
 

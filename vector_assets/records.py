@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import re
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -27,6 +28,11 @@ KINDS: dict[str, str] = {
 
 #: Characters Dagster forbids in a multi-partition dimension key (checked on Dagster 1.13).
 FORBIDDEN_TENANT_CHARS = set("|[],")
+
+#: Longest tenant name, in UTF-8 bytes (the Milvus ``tenant`` field's ``max_length``).
+MAX_TENANT_BYTES = 256
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 #: Timestamp fields, in order of preference: the update time when the record has one, else
 #: its creation / author time (issue #2, "Sources").
@@ -47,16 +53,19 @@ def parse_timestamp(value: Any) -> dt.datetime:
     Naive timestamps (Jira and Bugzilla exports carry no zone) are taken as UTC.
     Raises :class:`RecordError` when the value is missing or unparseable.
     """
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        raise RecordError(f"timestamp {str(value)[:40]} is a number, not an ISO-8601 string")
     if not isinstance(value, str) or not value.strip():
         raise RecordError("timestamp is missing")
     text = value.strip().replace("Z", "+00:00")
     try:
         stamp = dt.datetime.fromisoformat(text)
-    except ValueError:
-        raise RecordError(f"timestamp {value!r} is not ISO-8601") from None
-    if stamp.tzinfo is None:
-        stamp = stamp.replace(tzinfo=dt.timezone.utc)
-    return stamp.astimezone(dt.timezone.utc)
+        if stamp.tzinfo is None:
+            stamp = stamp.replace(tzinfo=dt.timezone.utc)
+        # 9999-12-31T23:00:00-05:00 is valid ISO-8601 but past datetime's range in UTC.
+        return stamp.astimezone(dt.timezone.utc)
+    except (ValueError, OverflowError):
+        raise RecordError(f"timestamp {value[:60]!r} is not an ISO-8601 time within years 1-9999 UTC") from None
 
 
 def record_timestamp(record: Mapping[str, Any]) -> dt.datetime:
@@ -78,6 +87,10 @@ def record_tenant(record: Mapping[str, Any]) -> str:
     tenant = record.get("tenant")
     if not isinstance(tenant, str) or not tenant.strip():
         raise RecordError("record has no tenant")
+    if _SURROGATE.search(tenant):
+        raise RecordError(f"tenant {tenant[:60]!r} holds an unpaired UTF-16 surrogate (not valid Unicode text)")
+    if len(tenant.strip().encode("utf-8")) > MAX_TENANT_BYTES:
+        raise RecordError(f"tenant is longer than {MAX_TENANT_BYTES} bytes (UTF-8)")
     bad = FORBIDDEN_TENANT_CHARS.intersection(tenant)
     if bad:
         raise RecordError(f"tenant {tenant!r} contains characters not allowed in a partition key: {''.join(sorted(bad))}")
@@ -105,7 +118,30 @@ def record_id(record: Mapping[str, Any], tenant: str, kind: str) -> str:
     rid = record.get("id")
     if rid is None or (isinstance(rid, str) and not rid.strip()):
         raise RecordError("record has no id")
-    return str(rid).strip()
+    if not isinstance(rid, (str, int)) or isinstance(rid, bool):
+        raise RecordError(f"record id is a {type(rid).__name__}, not a string or integer")
+    rid = str(rid).strip()
+    if _SURROGATE.search(rid):
+        raise RecordError(f"record id {rid[:60]!r} holds an unpaired UTF-16 surrogate (not valid Unicode text)")
+    return rid
+
+
+def record_identity(record: Mapping[str, Any]) -> tuple[str, str, str, str, dt.datetime]:
+    """``(tenant, kind, record id, primary key, UTC timestamp)`` of a record: everything that
+    places it, without extracting its text. A commit with more than one parent is of kind
+    ``git_merge_commit``.
+
+    Raises :class:`RecordError` when any of them is missing or invalid.
+    """
+    if not isinstance(record, Mapping):
+        raise RecordError("line is not a JSON object")
+    tenant = record_tenant(record)
+    stamp = record_timestamp(record)
+    kind = record_kind(record)
+    if kind == "git_commit" and (record.get("is_merge") or len(record.get("parents") or []) > 1):
+        kind = "git_merge_commit"
+    rid = record_id(record, tenant, kind)
+    return tenant, kind, rid, primary_key(tenant, kind, rid), stamp
 
 
 def primary_key(tenant: str, kind: str, rid: str) -> str:
@@ -148,3 +184,14 @@ class BadRecord:
     def as_dict(self) -> dict:
         """JSON-serialisable form, as written to the quarantine file."""
         return {"file": self.path, "line": self.line, "reason": self.reason, "raw": self.raw}
+
+
+def safe_name(value: str, limit: int = 60) -> str:
+    """A file name for ``value`` (a tenant): its letters, digits, ``.``, ``_`` and ``-`` (others
+    as ``_``), at most ``limit`` characters, then ``-`` and 8 hex characters of its BLAKE2b hash.
+
+    Bounded (no "File name too long" for a 300-character tenant), never ``.`` or ``..`` or a
+    path (``../x`` cannot leave its folder), and distinct tenants get distinct names.
+    """
+    slug = re.sub(r"[^0-9A-Za-z._-]+", "_", value)[:limit].strip(".") or "_"
+    return f"{slug}-{hashlib.blake2b(value.encode('utf-8', 'surrogatepass'), digest_size=4).hexdigest()}"

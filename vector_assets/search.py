@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 
 from pymilvus import MilvusClient
@@ -70,7 +69,7 @@ def search(
     results = client.search(
         collection,
         data=[v.tolist() for v in vectors],
-        filter=f"tenant == {milvus_store.quote(tenant)}" + (f" and kind in {json.dumps(list(kinds))}" if kinds else ""),
+        filter=f"tenant == {milvus_store.quote(tenant)}" + (f" and kind in {milvus_store.quote_list(kinds)}" if kinds else ""),
         limit=k,
         output_fields=["record_id", "day", "kind", "preview"],
         search_params={"params": dict(search_params or {"ef": max(DEFAULT_EF, k)})},

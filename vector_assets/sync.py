@@ -21,7 +21,7 @@ import numpy as np
 from . import milvus_store
 from .extraction import ExtractedText, extract_records
 from .landing import LandingIndex
-from .records import BadRecord
+from .records import BadRecord, safe_name
 
 PartitionKey = tuple[str, str]  # (tenant, day)
 
@@ -47,7 +47,11 @@ class PartitionResult:
     came from another day (vector reused); ``vectors``: ``{pk: (dim,) float32}`` written now;
     ``deleted``: stale rows removed; ``truncated``: embedded texts longer than the model's
     ``max_seq_length`` (the model embeds their start only); ``rows``: rows the
-    partition holds afterwards.
+    partition holds afterwards; ``superseded``: lines whose record id has a newer version
+    elsewhere (counted in ``records_read`` and listed in ``quarantined``); ``fingerprint``: of
+    the lines read (:attr:`vector_assets.landing.PartitionInput.fingerprint`), what the write
+    is recorded against; ``refused``: why the partition was not written although its checks
+    allowed it (its tenant vanished from the landing data), else None.
     """
 
     tenant: str
@@ -61,17 +65,26 @@ class PartitionResult:
     deleted: int = 0
     truncated: int = 0
     rows: int = 0
+    superseded: int = 0
+    fingerprint: str = ""
+    refused: str | None = None
     written: bool = False
     vectors: dict = field(default_factory=dict)
+
+
+def quarantine_path(directory: Path, tenant: str, day: str) -> Path:
+    """The quarantine file of one tenant-day (see :func:`write_quarantine`)."""
+    return Path(directory) / safe_name(tenant) / f"{day}.jsonl"
 
 
 def write_quarantine(directory: Path, tenant: str, day: str, bad: list[BadRecord]) -> Path | None:
     """Write (replace) the quarantine file of one tenant-day; remove it when nothing is bad.
 
-    Path: ``<directory>/<tenant with / as __>/<day>.jsonl``, one JSON object per bad record
-    with ``file``, ``line``, ``reason`` and ``raw``. Returns the path, or None if removed.
+    Path: ``<directory>/<safe_name(tenant)>/<day>.jsonl`` (:func:`vector_assets.records.safe_name`:
+    bounded, never outside ``directory``), one JSON object per bad record with ``file``,
+    ``line``, ``reason`` and ``raw``. Returns the path, or None if removed.
     """
-    path = directory / tenant.replace("/", "__") / f"{day}.jsonl"
+    path = quarantine_path(directory, tenant, day)
     if not bad:
         path.unlink(missing_ok=True)
         return None
@@ -105,15 +118,20 @@ def extract_partitions(index: LandingIndex, keys: Iterable[PartitionKey]) -> dic
     """Read and extract the records of each tenant-day (no Milvus, no model).
 
     A record whose day differs from its partition's (it cannot, unless the index is stale) is
-    quarantined rather than written to the wrong partition.
+    quarantined rather than written to the wrong partition. Superseded versions of a record id
+    (:class:`vector_assets.landing.LandingIndex`) are quarantined with their reason.
     """
     keys = list(keys)
     located = index.read_partitions(keys)
     results: dict[PartitionKey, PartitionResult] = {}
     for key in keys:
         tenant, day = key
-        good, bad = extract_records(located[key])
-        result = PartitionResult(tenant, day, records_read=len(located[key]), quarantined=bad)
+        item = located[key]
+        good, bad = extract_records(item.records)
+        result = PartitionResult(
+            tenant, day, records_read=len(item.records) + len(item.superseded), quarantined=item.superseded + bad,
+            superseded=len(item.superseded), fingerprint=item.fingerprint,
+        )
         for text in good:
             if text.tenant != tenant or text.day != day:
                 result.quarantined.append(BadRecord(text.path, text.line, f"record belongs to {text.tenant}|{text.day}, not {tenant}|{day}", ""))
@@ -133,6 +151,7 @@ def sync_partitions(
     log: Callable[[str], None] = lambda msg: None,
     after_extract: Callable[[dict[PartitionKey, PartitionResult]], None] | None = None,
     timings: dict[str, float] | None = None,
+    delete_vanished: bool = False,
 ) -> dict[PartitionKey, PartitionResult]:
     """Materialise tenant-days into Milvus incrementally.
 
@@ -150,12 +169,20 @@ def sync_partitions(
         after_extract: called once with all partitions' extracted texts, before any Milvus work
             (the run-wide text validation).
         timings: if given, ``encode_s`` and ``write_s`` (seconds) are added to it.
+        delete_vanished: delete the rows of tenants that have no line in the landing data any
+            more. Off by default: a tenant whose files all vanished (removed, an empty or
+            unmounted landing directory) keeps its rows and its partitions are *refused*
+            (``PartitionResult.refused`` says why and how many rows would go).
 
     Returns ``{(tenant, day): PartitionResult}``. Raises whatever Milvus raises on a failed
-    write (the partition is then not in sync and the run fails).
+    write (the partition is then not in sync and the run fails). What was written is not yet
+    recorded as synced: the caller does that with :func:`record_synced` once the write is
+    recorded where it must be (the Dagster materialisations), so a crash in between leaves the
+    partition to be run again.
     """
     keys = list(keys)
     results = extract_partitions(index, keys)
+    vanished = set() if delete_vanished else set(index.vanished_tenants())
     for result in results.values():
         write_quarantine(quarantine_dir, result.tenant, result.day, result.quarantined)
     if after_extract is not None:
@@ -234,18 +261,27 @@ def sync_partitions(
         changed = [t for t in result.texts if t.pk in vectors]
         mat = np.stack([vectors[t.pk] for t in changed]) if changed else np.zeros((0, 0), dtype=np.float32)
         raw_mat = np.stack([raw_vectors.get(t.pk, vectors[t.pk]) for t in changed]) if changed else mat
+        current = {t.pk for t in result.texts}
+        stale = [pk for pk in held if pk not in current]
+        if tenant in vanished and stale:
+            result.refused = (
+                f"tenant {tenant} has no line in the landing data any more (files removed, or the landing "
+                f"directory empty or not mounted); its {len(stale)} rows of {day} are kept. Delete them with "
+                "`vector-assets backfill --delete-vanished-tenants` (run config delete_vanished_tenants)"
+            )
+            log(result.refused)
+            continue
         if before_write is not None and not before_write(result, changed, raw_mat, mat):
             continue
         write_started = time.perf_counter()
-        current = {t.pk for t in result.texts}
-        stale = [pk for pk in held if pk not in current]
         if changed:
             rows = _rows(changed, mat, model_id, now)
             for i in range(0, len(rows), 2000):
                 client.upsert(name, rows[i : i + 2000])
         if stale:
             # Filtering on the day too: a row whose record moved on to another day since must stay.
-            client.delete(name, filter=f"pk in {json.dumps(stale)} and day == {json.dumps(day)} and tenant == {json.dumps(tenant)}")
+            q = milvus_store.quote
+            client.delete(name, filter=f"pk in {milvus_store.quote_list(stale)} and day == {q(day)} and tenant == {q(tenant)}")
         result.embedded = sum(1 for t in changed if t.pk not in reuse)
         result.moved = sum(1 for t in changed if t.pk in reuse)
         result.deleted = len(stale)
@@ -254,10 +290,6 @@ def sync_partitions(
         result.written = True
         result.vectors = {t.pk: vectors[t.pk] for t in changed}
         timings["write_s"] = timings.get("write_s", 0.0) + time.perf_counter() - write_started
-    written = [k for k, r in results.items() if r.written]
-    if written:
-        fingerprints = index.fingerprints(written)
-        index.mark_synced(model_id, {k: (fingerprints[k], results[k].rows) for k in written})
     if any(r.embedded or r.moved or r.deleted for r in results.values()):
         # Sealing the written segment keeps later filtered reads fast (an unflushed growing
         # segment is scanned row by row: ~0.15 s a query at 3,000 rows, ~0.01 s once flushed).
@@ -268,6 +300,21 @@ def sync_partitions(
             # builds its indexes: a one-time cost, not per-vector processing time.
             timings["write_s"] = timings.get("write_s", 0.0) + time.perf_counter() - flush_started
     return results
+
+
+def record_synced(index: LandingIndex, milvus, model_id: str, results: dict[PartitionKey, PartitionResult]) -> int:
+    """Record the written partitions of ``results`` as synced to ``model_id``'s collection in
+    ``milvus`` (:func:`vector_assets.milvus_store.store_key`), each against the fingerprint of
+    the lines it was read from: an edit made while the run encoded changes the fingerprint, so
+    the next backfill runs that partition again. Returns the number recorded."""
+    written = {k: r for k, r in results.items() if r.written}
+    if not written:
+        return 0
+    store = milvus.store_key(model_id)
+    if store is None:
+        return 0
+    index.mark_synced(store, {k: (r.fingerprint, r.rows) for k, r in written.items()})
+    return len(written)
 
 
 def cut_over_search_alias(index: LandingIndex, milvus, model_id: str, start: str | None = None, end: str | None = None) -> str | None:
@@ -287,7 +334,7 @@ def cut_over_search_alias(index: LandingIndex, milvus, model_id: str, start: str
     target = milvus_store.alias_target(client, alias)
     if target == name:
         return None
-    if target is not None and index.unsynced_partitions(model_id, start, end):
+    if target is not None and index.unsynced_partitions(milvus.store_key(model_id), start, end):
         return None
     milvus_store.point_alias(client, alias, name)
     return f"search alias {alias} now names {name} (was {target or 'unset'})"

@@ -1,10 +1,12 @@
 """The landing index asset: what the landing directory holds, and which tenants exist."""
 
 
+import datetime as dt
 import json
 
 import dagster as dg
 
+from .. import settings
 from ..partitions import TENANTS, in_window
 from ..resources import LandingResource
 
@@ -37,6 +39,13 @@ def landing_index(context: dg.AssetExecutionContext, landing: LandingResource) -
         context.instance.add_dynamic_partitions(TENANTS, new)
     partitions = index.partitions(include_emptied=False)
     outside = [(t, d) for t, d in partitions if not in_window(d)]
+    outside_lines = index.lines_outside(settings.start_date(), dt.datetime.now(dt.timezone.utc).date().isoformat()) if outside else []
+    unsupported = index.unsupported_files()
+    for path in unsupported:
+        context.log.warning(f"{path}: compressed files are not read; decompress it into the landing directory")
+    vanished = index.vanished_tenants()
+    for tenant in vanished:
+        context.log.warning(f"tenant {tenant} has no line in the landing data any more; its rows are kept unless a backfill deletes them (delete_vanished_tenants)")
     unattributed = index.unattributed()
     qdir = landing.quarantine_dir()
     qdir.mkdir(parents=True, exist_ok=True)
@@ -56,6 +65,11 @@ def landing_index(context: dg.AssetExecutionContext, landing: LandingResource) -
             "tenant_days": len(partitions),
             "tenant_days_changed": len(report.changed_partitions),
             "tenant_days_outside_window": len(outside),
+            "lines_outside_window": len(outside_lines),
+            "outside_window": dg.MetadataValue.md(_bad_lines_table([(p, n, f"{t}|{d} is outside the partition window (start {settings.start_date()})") for p, n, t, d in outside_lines])) if outside_lines else "none",
+            "unsupported_files": len(unsupported),
+            "unsupported": ", ".join(str(p) for p in unsupported[:20]) or "none",
+            "vanished_tenants": ", ".join(vanished) or "none",
             "unattributed_lines": len(unattributed),
             "unattributed": dg.MetadataValue.md(_bad_lines_table(unattributed)) if unattributed else "none",
             "quarantine_file": str(qdir / "_unattributed.jsonl"),

@@ -11,7 +11,7 @@ import time
 
 import dagster as dg
 
-from .. import settings
+from .. import runs, settings
 import datetime as dt
 
 from ..partitions import MAX_PARTITIONS_PER_RUN, make_key, split_key, tenant_day_partitions
@@ -21,7 +21,20 @@ from ..checks.specs import CHECK_SPECS, CHECKS
 from ..quality import QualityThresholds, Verdict, vector_quality
 from ..keys import ASSET_KEYS, EXTRACTED_TEXT, MILVUS_VECTORS, SOURCE_RECORDS
 from ..resources import EmbeddingModelResource, LandingResource, MilvusResource
-from ..sync import PartitionResult, cut_over_search_alias, sync_partitions
+from ..sync import PartitionResult, cut_over_search_alias, record_synced, sync_partitions
+
+
+class TenantDayConfig(dg.Config):
+    """Run configuration of the tenant-day step.
+
+    Attributes:
+        delete_vanished_tenants: delete the rows of tenants that no longer have any line in the
+            landing data. Off by default, so that an empty or unmounted landing directory
+            never deletes a tenant's vectors: such partitions are refused and the run fails,
+            naming them and the rows that would be deleted.
+    """
+
+    delete_vanished_tenants: bool = False
 
 #: Bumped when extraction or row layout changes (part of every asset's code_version).
 PIPELINE_VERSION = "1"
@@ -108,6 +121,7 @@ def partition_metadata(result: PartitionResult, model_id: str, seconds_per_text:
 )
 def tenant_day_vectors(
     context: dg.AssetExecutionContext,
+    config: TenantDayConfig,
     landing: LandingResource,
     embedding_model: EmbeddingModelResource,
     milvus: MilvusResource,
@@ -117,7 +131,13 @@ def tenant_day_vectors(
     check again; one materialisation and one evaluation of each check per tenant-day."""
     started = time.perf_counter()
     settings.pool_storage_connections(context.instance)  # this step writes many events
+    # Which process holds this run's pool slot: a run whose process dies is failed and its slot
+    # freed by vector_assets.runs.fail_dead_runs.
+    context.instance.add_run_tags(context.run_id, runs.process_tags())
     keys = [split_key(k) for k in context.partition_keys]
+    # A retry of this step must not reuse a client whose server went away (a restarted local
+    # Milvus Lite server listens on another port).
+    milvus.reset_client()
     landing.refresh()
     index = landing.index()
     model_id = embedding_model.model_id
@@ -147,7 +167,10 @@ def tenant_day_vectors(
         return ok
 
     timings: dict[str, float] = {}
-    results = sync_partitions(keys, index, embedding_model, milvus, landing.quarantine_dir(), before_write=gate, log=context.log.info, after_extract=validate_texts, timings=timings)
+    results = sync_partitions(
+        keys, index, embedding_model, milvus, landing.quarantine_dir(), before_write=gate, log=context.log.info,
+        after_extract=validate_texts, timings=timings, delete_vanished=config.delete_vanished_tenants,
+    )
     stats = embedding_model.stats
     per_text = stats.seconds / stats.texts if stats.texts else 0.0
 
@@ -204,10 +227,20 @@ def tenant_day_vectors(
     # The evaluations above are per partition; the step's check outputs carry no value.
     for output_name in context.assets_def.check_specs_by_output_name:
         yield dg.Output(None, output_name=output_name)
+    # Only now, with the materialisations stored, are the written partitions recorded as synced:
+    # a crash before this line leaves them to be run again, never skipped unmaterialised.
+    record_synced(index, milvus, model_id, results)
     moved = cut_over_search_alias(index, milvus, model_id, settings.start_date(), dt.datetime.now(dt.timezone.utc).date().isoformat())
     if moved:
         context.log.info(moved)
     wall = time.perf_counter() - started
+    refused = [r for r in results.values() if r.refused]
+    if refused:
+        raise dg.Failure(
+            description=f"{len(refused)} tenant-days refused: {refused[0].refused}",
+            metadata={"refused": dg.MetadataValue.md("\n".join(f"- {r.tenant}|{r.day}: {r.refused}" for r in refused[:50]))},
+            allow_retries=False,
+        )
     context.log.info(
         f"{len(results)} tenant-days ({empty} without records or rows, not materialised): {total['records']} records, "
         f"{total['embedded']} embedded, {total['skipped']} unchanged, {total['deleted']} deleted, {total['quarantined']} quarantined, "

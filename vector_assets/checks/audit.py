@@ -36,7 +36,7 @@ def audit_tenant_days(
     model_id = embedding_model.model_id
     keys = [
         k
-        for k in index.synced_partitions(model_id)
+        for k in index.synced_partitions(milvus.store_key(model_id))
         if (not config.tenants or k[0] in config.tenants) and (not config.start or k[1] >= config.start) and (not config.end or k[1] <= config.end)
     ]
     client = milvus.get_client()

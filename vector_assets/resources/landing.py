@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import re
+import hashlib
 from pathlib import Path
 
 import dagster as dg
 from pydantic import Field
 
+from ..records import safe_name
 from ..landing import LandingIndex, RefreshReport, export_git_repository, git_head
 
 
@@ -33,13 +34,19 @@ class LandingResource(dg.ConfigurableResource):
             if "=" not in entry:
                 raise ValueError(f"git_repos entry {entry!r} is not tenant=path")
             tenant, path = entry.split("=", 1)
-            slug = re.sub(r"[^0-9A-Za-z._-]+", "_", tenant.strip())
-            out.append((tenant.strip(), Path(path.strip()).expanduser(), Path(self.state_dir) / "git_exports" / f"{slug}.jsonl"))
+            out.append((tenant.strip(), Path(path.strip()).expanduser(), Path(self.state_dir) / "git_exports" / f"{safe_name(tenant.strip())}.jsonl"))
         return out
 
     def index(self) -> LandingIndex:
-        """The :class:`LandingIndex` over the landing directory and the git exports."""
-        return LandingIndex(self.landing_dir, Path(self.state_dir) / "landing_index.sqlite", [e[2] for e in self._git_exports()])
+        """The :class:`LandingIndex` over the landing directory and the git exports.
+
+        Each landing directory has its own index file,
+        ``landing_index-<BLAKE2b of its resolved path>.sqlite``: pointing
+        ``VECTOR_ASSETS_LANDING_DIR`` elsewhere never plans or deletes the old directory's
+        tenant-days."""
+        resolved = str(Path(self.landing_dir).expanduser().resolve())
+        name = f"landing_index-{hashlib.blake2b(resolved.encode(), digest_size=6).hexdigest()}.sqlite"
+        return LandingIndex(self.landing_dir, Path(self.state_dir) / name, [e[2] for e in self._git_exports()])
 
     def refresh(self) -> RefreshReport:
         """Export git repositories whose HEAD moved, then refresh the index (only changed files

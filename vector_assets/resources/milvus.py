@@ -53,6 +53,20 @@ class MilvusResource(dg.ConfigurableResource):
             self._client = milvus_store.connect(self.uri, self.token, start_server=create)
         return self._client
 
+    def reset_client(self) -> None:
+        """Close the client (if any); the next :meth:`get_client` connects anew."""
+        if self._client is not None:
+            try:
+                self._client.close()
+            except Exception:  # noqa: BLE001 - a client of a dead server may fail to close
+                pass
+            self._client = None
+
+    def store_key(self, model_id: str) -> str | None:
+        """Identity of ``model_id``'s collection in this Milvus
+        (:func:`vector_assets.milvus_store.store_key`), None when it does not exist."""
+        return milvus_store.store_key(self.uri, self.get_client(), self.collection_for(model_id))
+
     def collection_for(self, model_id: str) -> str:
         """Name of the collection that holds ``model_id``'s vectors."""
         return milvus_store.collection_name(model_id, self.collection_prefix)

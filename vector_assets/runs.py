@@ -1,0 +1,66 @@
+"""Runs whose process is gone: found and failed, so that their pool slots are freed.
+
+A run executing the tenant-day step holds a slot of the ``milvus_writes`` pool. When its
+process is killed (``kill -9``, an out-of-memory kill, a crashed worker), Dagster leaves the
+run STARTED and the slot claimed, and every later run waits for that slot for ever (seen: a
+backfill printing its plan, then nothing for 12 minutes). Each run that writes records the
+process that executes it in its tags (:data:`PID_TAG`, :data:`HOST_TAG`); :func:`fail_dead_runs`
+(called by ``vector-assets backfill`` on start and after a worker dies, and by the new-data
+sensor on every tick) marks the runs of this host whose process is gone as failed and frees
+their slots.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import dagster as dg
+
+#: Run tags naming the process that executes the run's tenant-day step, and its host.
+PID_TAG = "vector_assets/pid"
+HOST_TAG = "vector_assets/host"
+
+#: The pool of runs that write to Milvus (the tenant-day step's ``pool``).
+POOL = "milvus_writes"
+
+
+def process_tags() -> dict[str, str]:
+    """``{PID_TAG: this process's pid, HOST_TAG: this host's name}``."""
+    return {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def fail_dead_runs(instance: dg.DagsterInstance) -> list[str]:
+    """Mark as failed every unfinished run of this host whose recorded process is gone, and
+    free the pool slots it holds. Returns the run ids failed (empty when none)."""
+    host = socket.gethostname()
+    statuses = [dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.CANCELING]
+    failed = []
+    for run in instance.get_runs(dg.RunsFilter(statuses=statuses)):
+        pid = run.tags.get(PID_TAG, "")
+        if run.tags.get(HOST_TAG) != host or not pid.isdigit() or _alive(int(pid)):
+            continue
+        instance.report_run_failed(run, message=f"the process that executed this run (pid {pid} on {host}) is gone; marked failed by vector_assets")
+        instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
+        failed.append(run.run_id)
+    return failed
+
+
+def pool_holders(instance: dg.DagsterInstance, pool: str = POOL) -> list[tuple[str, str]]:
+    """``(run id, status)`` of the runs holding slots of ``pool`` now."""
+    info = instance.event_log_storage.get_concurrency_info(pool)
+    out = []
+    for run_id in sorted(info.active_run_ids):
+        run = instance.get_run_by_id(run_id)
+        out.append((run_id, run.status.value if run else "unknown"))
+    return out
