@@ -485,9 +485,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pymilvus.exceptions import MilvusException
+
     args = build_parser().parse_args(argv)
     logging.getLogger("dagster").setLevel(logging.WARNING)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except MilvusException as err:
+        # One line with the cause, not a page of gRPC traceback (a stopped server, a refused
+        # connection, a collection that went away).
+        reason = (getattr(err, "message", "") or str(err)).strip().splitlines()
+        print(f"error: Milvus at {settings.milvus_uri()}: {reason[0] if reason else type(err).__name__}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -1,0 +1,171 @@
+"""The command line after faults (issue #9): another database, a fresh Dagster instance,
+vanished files, kill -9, SIGTERM, a killed worker, an unreachable server. Real model, Milvus
+Lite, real records, the ``vector-assets`` executable."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from vector_assets import milvus_store
+from vector_assets.settings import DEFAULT_MODEL
+
+from .conftest import sample_records, write_jsonl
+from .test_cli import EXE, run_cli, summary
+
+NAME = milvus_store.collection_name(DEFAULT_MODEL)
+
+
+@pytest.fixture
+def env(workspace):
+    return dict(os.environ)
+
+
+@pytest.fixture
+def hadoop(workspace):
+    records = sample_records("jira_issues_hadoop.jsonl", "HADOOP", "2024-07-01", "2024-07-12")
+    write_jsonl(workspace["landing"] / "jira.jsonl", records)
+    return records
+
+
+def count(uri, expr=""):
+    client = milvus_store.connect(str(uri))
+    try:
+        return milvus_store.count_rows(client, NAME, expr)
+    finally:
+        client.close()
+
+
+def test_another_database_and_a_fresh_dagster_instance_get_every_row(env, hadoop, workspace, tmp_path):
+    """Items 1 and 10: a backfill into an empty database B after one into A writes every
+    record to B; a fresh DAGSTER_HOME (no materialisation recorded) runs every tenant-day again."""
+    first = run_cli("backfill", env=env)
+    assert first.returncode == 0, first.stderr[-2000:]
+    other = tmp_path / "b" / "milvus.db"
+    try:
+        second = run_cli("backfill", env=dict(env, VECTOR_ASSETS_MILVUS_URI=str(other)))
+        assert second.returncode == 0, second.stderr[-2000:]
+        stats = summary(second.stdout)
+        assert stats["unchanged_partitions"] == 0 and stats["rows_written"] == len(hadoop)
+        assert count(other) == len(hadoop)
+    finally:
+        milvus_store.stop_local_server(other)
+
+    fresh = dict(env, DAGSTER_HOME=str(tmp_path / "fresh_dagster_home"))
+    third = run_cli("backfill", env=fresh)
+    assert third.returncode == 0, third.stderr[-2000:]
+    stats = summary(third.stdout)
+    assert stats["unchanged_partitions"] == 0 and stats["embedded"] == 0 and stats["skipped"] == len(hadoop)
+    os.environ["DAGSTER_HOME"] = fresh["DAGSTER_HOME"]
+    with dg.DagsterInstance.get() as instance:
+        assert len(instance.get_materialized_partitions(dg.AssetKey("milvus_vectors"))) == stats["partitions"]
+
+
+def test_vanished_files_do_not_delete_a_tenant_unless_asked(env, hadoop, workspace):
+    """Item 5: files gone (an unmounted disk): the backfill refuses, says what it would delete,
+    exits non-zero and deletes nothing; with --delete-vanished-tenants it deletes."""
+    assert run_cli("backfill", env=env).returncode == 0
+    (workspace["landing"] / "jira.jsonl").unlink()
+    refused = run_cli("backfill", env=env)
+    assert refused.returncode == 1
+    assert f"refusing: tenant HADOOP has no line in the landing data any more" in refused.stderr
+    assert f"({len(hadoop)} rows)" in refused.stderr
+    assert count(workspace["db"]) == len(hadoop)
+    deleted = run_cli("backfill", "--delete-vanished-tenants", env=env)
+    assert deleted.returncode == 0, deleted.stderr[-2000:]
+    assert summary(deleted.stdout)["deleted"] == len(hadoop)
+    assert count(workspace["db"]) == 0
+
+
+def _spawn(env, *args):
+    return subprocess.Popen([EXE, "backfill", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def _wait_for_line(proc, prefix, timeout=300):
+    deadline = time.monotonic() + timeout
+    lines = []
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if line.startswith(prefix):
+            return lines
+    raise AssertionError(f"no line starting {prefix!r}: {''.join(lines)[-2000:]}")
+
+
+def _started_runs(dagster_home):
+    if not (Path(dagster_home) / "dagster.yaml").exists():
+        return []
+    os.environ["DAGSTER_HOME"] = dagster_home
+    with dg.DagsterInstance.get() as instance:
+        return instance.get_runs(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))
+
+
+def test_a_killed_backfill_does_not_hang_the_next(env, hadoop, workspace):
+    """Item 7: kill -9 a backfill twice while its runs hold the pool's slots; the next backfill
+    fails the dead runs, frees their slots and completes on its own."""
+    killed = set()
+    for _ in range(2):
+        proc = _spawn(env, "--max-partitions-per-run", "2", "--all")
+        _wait_for_line(proc, "indexed ")  # the instance's storage exists by now
+        deadline = time.monotonic() + 300
+        while not ({r.run_id for r in _started_runs(env["DAGSTER_HOME"])} - killed) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        time.sleep(2)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        killed |= {r.run_id for r in _started_runs(env["DAGSTER_HOME"])}
+    assert len(_started_runs(env["DAGSTER_HOME"])) >= 1
+    done = run_cli("backfill", env=env, timeout=400)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "runs failed whose process is gone" in done.stdout
+    assert _started_runs(env["DAGSTER_HOME"]) == []
+    assert count(workspace["db"]) == len(hadoop)
+
+
+def test_sigterm_stops_the_backfill_and_reports(env, hadoop, workspace):
+    """Item 8: SIGTERM stops a backfill: no further run starts, the summary is printed and the
+    exit status says it was stopped."""
+    proc = _spawn(env, "--max-partitions-per-run", "1")
+    _wait_for_line(proc, "[1/")
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 143, err[-2000:]
+    assert "stopped by SIGTERM after" in err
+    stats = summary(out)
+    finished = int(err.split("stopped by SIGTERM after ")[1].split()[0])
+    assert finished < stats["runs"]
+
+
+def test_a_killed_worker_does_not_abandon_the_backfill(env, hadoop, workspace):
+    """Item 9: one of two worker processes killed: its runs go to a new pool, the backfill ends
+    with a summary and every record lands."""
+    proc = _spawn(env, "--max-partitions-per-run", "1", "--workers", "2")
+    _wait_for_line(proc, "[1/")
+    children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    cmdlines = {int(c): Path(f"/proc/{c}/cmdline").read_text(errors="replace") for c in children}
+    workers = [pid for pid, cmd in cmdlines.items() if "spawn_main" in cmd and "resource_tracker" not in cmd]
+    assert workers, children
+    os.kill(workers[0], signal.SIGKILL)
+    out, err = proc.communicate(timeout=400)
+    assert "a worker process died" in err
+    assert proc.returncode == 0, err[-2000:]
+    assert summary(out)["failed_partitions"] == 0
+    assert count(workspace["db"]) == len(hadoop)
+
+
+def test_an_unreachable_milvus_is_a_one_line_error(env, workspace):
+    """Item 9: search against a server that is not there: one line naming the cause."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    out = run_cli("search", "--tenant", "HADOOP", "x", env=dict(env, VECTOR_ASSETS_MILVUS_URI=f"http://127.0.0.1:{port}"), timeout=120)
+    assert out.returncode == 2
+    assert len(out.stderr.strip().splitlines()) == 1 and out.stderr.startswith(f"error: Milvus at http://127.0.0.1:{port}: "), out.stderr
