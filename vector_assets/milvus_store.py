@@ -195,6 +195,65 @@ def connect(uri: str, token: str = "", start_server: bool = True) -> MilvusClien
     return MilvusClient(uri=uri, token=token or "")
 
 
+# ---- what the server can do -------------------------------------------------------------------
+
+#: Oldest Milvus server version driven: 2.3 (the ``milvus`` 2.3.5 package on PyPI runs one).
+MIN_SERVER_VERSION = (2, 3)
+
+#: From this version on, ``upsert`` into a partition-key collection and ``INVERTED`` scalar
+#: indexes are used; before it (2.3.x) rows are written by delete + insert and VARCHAR fields get
+#: a ``Trie`` index. Measured on milvus 2.3.5: upserting 100 rows of one tenant, then
+#: ``query(filter='tenant == "HADOOP"')`` counted 1 row (insert: 100); ``INVERTED`` was refused
+#: ("index type not match: expected=Trie actual=INVERTED").
+UPSERT_SAFE_VERSION = (2, 4)
+
+
+class UnsupportedServerError(RuntimeError):
+    """A Milvus server older than :data:`MIN_SERVER_VERSION`."""
+
+
+def server_version(client: MilvusClient) -> tuple[int, int, int] | None:
+    """``(major, minor, patch)`` of a Milvus server, or None for Milvus Lite (which reports
+    ``milvus_lite-<version>`` and supports everything used here). Cached on the client.
+
+    Raises :class:`UnsupportedServerError` (one line naming the version) for a server older
+    than :data:`MIN_SERVER_VERSION`.
+    """
+    cached = getattr(client, "_vector_assets_version", "unset")
+    if cached != "unset":
+        return cached
+    raw = str(client.get_server_version())
+    version = None
+    # Milvus Lite says "milvus_lite-3.2.2"; the standalone server of the ``milvus`` package "v2.3.5-lite".
+    if not raw.lower().startswith("milvus_lite"):
+        match = re.search(r"(\d+)\.(\d+)\.(\d+)", raw)
+        if match:
+            version = tuple(int(x) for x in match.groups())
+            if version[:2] < MIN_SERVER_VERSION:
+                raise UnsupportedServerError(f"Milvus server {raw} is older than {'.'.join(map(str, MIN_SERVER_VERSION))}, the oldest vector_assets drives")
+    client._vector_assets_version = version
+    return version
+
+
+def upsert_is_safe(client: MilvusClient) -> bool:
+    """Whether ``upsert`` keeps rows in their partition-key partition on this server."""
+    version = server_version(client)
+    return version is None or version[:2] >= UPSERT_SAFE_VERSION
+
+
+def write_rows(client: MilvusClient, name: str, rows: list[dict], batch: int = 2000) -> None:
+    """Write ``rows`` (replacing rows of the same primary keys): ``upsert`` where it is safe,
+    else delete the keys, then insert (:data:`UPSERT_SAFE_VERSION`)."""
+    safe = upsert_is_safe(client)
+    for i in range(0, len(rows), batch):
+        chunk = rows[i : i + batch]
+        if safe:
+            client.upsert(name, chunk)
+        else:
+            client.delete(name, filter=f"pk in {quote_list([r['pk'] for r in chunk])}")
+            client.insert(name, chunk)
+
+
 # ---- the collection --------------------------------------------------------------------------
 
 
@@ -222,10 +281,14 @@ def create_collection(client: MilvusClient, name: str, dim: int, index_type: str
         schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
         params = client.prepare_index_params()
         params.add_index("vector", index_type=index_type, metric_type=metric_type, params=dict(index_params or {}))
-        # Partition reads filter on tenant and day: inverted indexes keep those scans short.
-        params.add_index("tenant", index_type="INVERTED")
-        params.add_index("day", index_type="INVERTED")
-        client.create_collection(name, schema=schema, index_params=params, num_partitions=16)
+        # Partition reads filter on tenant and day: scalar indexes keep those scans short
+        # (INVERTED where the server has it, Trie on 2.3).
+        scalar = "INVERTED" if upsert_is_safe(client) else "Trie"
+        params.add_index("tenant", index_type=scalar)
+        params.add_index("day", index_type=scalar)
+        # Strong consistency: the checks read what the step has just written (a 2.3 server's
+        # default, Bounded, let coverage read 0 rows of a tenant-day written a moment before).
+        client.create_collection(name, schema=schema, index_params=params, num_partitions=16, consistency_level="Strong")
         client.alter_collection_properties(name, properties={MODEL_PROPERTY: model_id, "vector_assets.dim": str(dim), UID_PROPERTY: uuid.uuid4().hex})
     client.load_collection(name)
 

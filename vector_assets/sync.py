@@ -275,9 +275,7 @@ def sync_partitions(
             continue
         write_started = time.perf_counter()
         if changed:
-            rows = _rows(changed, mat, model_id, now)
-            for i in range(0, len(rows), 2000):
-                client.upsert(name, rows[i : i + 2000])
+            milvus_store.write_rows(client, name, _rows(changed, mat, model_id, now))
         if stale:
             # Filtering on the day too: a row whose record moved on to another day since must stay.
             q = milvus_store.quote
