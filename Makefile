@@ -23,9 +23,11 @@ demo: install
 	$(BIN)/vector-assets search --tenant HADOOP -k 5 "multipart upload to S3 fails and cannot recover"
 	$(BIN)/vector-assets search --tenant pallets/flask -k 5 "support async views"
 
-## test: install and run the test suite (real model, Milvus Lite, Dagster instance).
+## test: install and run the test suite (real model, Milvus Lite, Dagster instance), then the
+## end-to-end tests again against a real Milvus 2.3.5 server on loopback (scripts/server_tests.sh).
 test: install
 	$(BIN)/python -m pytest
+	scripts/server_tests.sh $(BIN)/python
 
 ## dev: the Dagster UI (http://127.0.0.1:3000) with the daemon, for backfills and sensors.
 dev: install

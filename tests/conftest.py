@@ -3,7 +3,6 @@ real Dagster instance."""
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import dagster as dg
@@ -15,6 +14,10 @@ from vector_assets.quality import QualityThresholds
 from vector_assets.resources import EmbeddingModelResource, LandingResource, MilvusResource
 
 REPO = Path(__file__).resolve().parents[1]
+
+#: A Milvus server to run the suite against instead of Milvus Lite (``scripts/server_tests.sh``
+#: starts the ``milvus`` 2.3.5 standalone server in a private network namespace and sets it).
+SERVER_URI = os.environ.get("VECTOR_ASSETS_TEST_MILVUS_URI", "")
 SAMPLE = REPO / "data" / "sample"
 
 
@@ -53,7 +56,15 @@ def workspace(tmp_path, monkeypatch):
     landing = tmp_path / "landing"
     landing.mkdir()
     home = tmp_path / "home"
-    db = home / "milvus.db"
+    db = SERVER_URI or home / "milvus.db"
+    if SERVER_URI:
+        # One server for the whole session: every test starts from an empty database.
+        client = milvus_store.connect(SERVER_URI)
+        for name in client.list_collections():
+            for alias in client.list_aliases(name).get("aliases", []):
+                client.drop_alias(alias)
+            client.drop_collection(name)
+        client.close()
     monkeypatch.setenv("VECTOR_ASSETS_HOME", str(home))
     monkeypatch.setenv("VECTOR_ASSETS_LANDING_DIR", str(landing))
     monkeypatch.setenv("VECTOR_ASSETS_MILVUS_URI", str(db))
