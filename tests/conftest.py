@@ -74,6 +74,14 @@ def workspace(tmp_path, monkeypatch):
 
 
 @pytest.fixture
+def hadoop_days(workspace):
+    """HADOOP's Jira issues of 2024-07-01..12 from the bundled sample, as the landing file ``jira.jsonl``."""
+    records = sample_records("jira_issues_hadoop.jsonl", "HADOOP", "2024-07-01", "2024-07-12")
+    write_jsonl(workspace["landing"] / "jira.jsonl", records)
+    return records
+
+
+@pytest.fixture
 def resources(workspace, embedding_model):
     milvus = MilvusResource(uri=str(workspace["db"]))
     landing = LandingResource(landing_dir=str(workspace["landing"]), state_dir=str(workspace["home"]))

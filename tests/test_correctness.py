@@ -8,7 +8,6 @@ import subprocess
 import threading
 import time
 
-import dagster as dg
 import pytest
 
 from vector_assets import milvus_store
@@ -28,18 +27,11 @@ def days_of(records):
     return sorted({r["day"] for r in records})
 
 
-@pytest.fixture
-def hadoop(workspace):
-    records = sample_records("jira_issues_hadoop.jsonl", "HADOOP", "2024-07-01", "2024-07-12")
-    write_jsonl(workspace["landing"] / "jira.jsonl", records)
-    return records
-
-
-def test_sync_state_belongs_to_the_collection_it_was_written_to(resources, instance, hadoop, workspace):
+def test_sync_state_belongs_to_the_collection_it_was_written_to(resources, instance, hadoop_days, workspace):
     """Item 1: what was written to database A (or to a collection since dropped) never makes a
     write to B (or to the re-created collection) skip."""
     materialize_index(resources, instance)
-    first, last = days_of(hadoop)[0], days_of(hadoop)[-1]
+    first, last = days_of(hadoop_days)[0], days_of(hadoop_days)[-1]
     materialize_days(resources, instance, "HADOOP", first, last)
     index = resources["landing"].index()
     a = resources["milvus"].store_key(DEFAULT_MODEL)
@@ -50,7 +42,7 @@ def test_sync_state_belongs_to_the_collection_it_was_written_to(resources, insta
         assert other.store_key(DEFAULT_MODEL) is None
         assert index.unsynced_partitions(other.store_key(DEFAULT_MODEL)) == index.partitions()
         out = materialize_days({**resources, "milvus": other}, instance, "HADOOP", first, last)
-        assert sum(m["embedded"] for (asset, _), m in out.items() if asset == "milvus_vectors") == len(hadoop)
+        assert sum(m["embedded"] for (asset, _), m in out.items() if asset == "milvus_vectors") == len(hadoop_days)
         assert index.unsynced_partitions(other.store_key(DEFAULT_MODEL)) == []
     finally:
         other.reset_client()
@@ -65,7 +57,7 @@ def test_sync_state_belongs_to_the_collection_it_was_written_to(resources, insta
     resources["milvus"].reset_client()
 
 
-def test_landing_index_belongs_to_its_landing_directory(resources, workspace, hadoop, tmp_path):
+def test_landing_index_belongs_to_its_landing_directory(resources, workspace, hadoop_days, tmp_path):
     """Item 1: another landing directory has an index of its own; an index file opened for a
     directory it does not belong to is refused."""
     index = resources["landing"].index()
@@ -81,17 +73,17 @@ def test_landing_index_belongs_to_its_landing_directory(resources, workspace, ha
         LandingIndex(elsewhere, index.index_path)
 
 
-def test_an_edit_made_while_a_run_encodes_is_not_lost(resources, hadoop, workspace, embedding_model):
+def test_an_edit_made_while_a_run_encodes_is_not_lost(resources, hadoop_days, workspace, embedding_model):
     """Item 2: the write is recorded against the lines that were read, so an edit made after
     the read leaves the partition unsynced and the next sync writes the new text."""
     landing, milvus = resources["landing"], resources["milvus"]
     landing.refresh()
     index = landing.index()
-    day = days_of(hadoop)[0]
+    day = days_of(hadoop_days)[0]
     path = workspace["landing"] / "jira.jsonl"
 
     def edit_after_read(results):
-        edited = [dict(r, summary=r["summary"] + " EDITED WHILE ENCODING") if r["day"] == day else r for r in hadoop]
+        edited = [dict(r, summary=r["summary"] + " EDITED WHILE ENCODING") if r["day"] == day else r for r in hadoop_days]
         write_jsonl(path, edited)
         index.refresh()  # another backfill refreshing the index meanwhile
 
@@ -101,36 +93,36 @@ def test_an_edit_made_while_a_run_encodes_is_not_lost(resources, hadoop, workspa
     assert ("HADOOP", day) in index.unsynced_partitions(store)
     again = sync_partitions([("HADOOP", day)], index, embedding_model, milvus, landing.quarantine_dir())
     record_synced(index, milvus, DEFAULT_MODEL, again)
-    assert again[("HADOOP", day)].embedded == sum(r["day"] == day for r in hadoop)
+    assert again[("HADOOP", day)].embedded == sum(r["day"] == day for r in hadoop_days)
     assert ("HADOOP", day) not in index.unsynced_partitions(store)
     previews = {r["preview"] for r in milvus.get_client().query(COLLECTION, filter=f'day == "{day}"', output_fields=["preview"])}
     assert all("EDITED WHILE ENCODING" in p for p in previews)
     milvus.reset_client()
 
 
-def test_the_latest_version_of_a_record_id_wins_across_days(resources, instance, hadoop, workspace, milvus_client, embedding_model):
+def test_the_latest_version_of_a_record_id_wins_across_days(resources, instance, hadoop_days, workspace, milvus_client, embedding_model):
     """Item 3: a record id exported again with a later timestamp and new text lives on its new
     day only, with the new text; the old line is reported as superseded."""
-    old = hadoop[0]
+    old = hadoop_days[0]
     old_day = old["day"]
     newer = dict(old, updated_at="2024-07-20T10:00:00Z", summary="Kerberos ticket renewal thread dies silently after clock skew")
-    write_jsonl(workspace["landing"] / "jira.jsonl", hadoop + [newer])
+    write_jsonl(workspace["landing"] / "jira.jsonl", hadoop_days + [newer])
     register_tenants(instance, ["HADOOP"])
     meta = materialize_index(resources, instance)
-    assert meta["tenant_days"].value == len(days_of(hadoop)) + 1
-    out = materialize_days(resources, instance, "HADOOP", days_of(hadoop)[0], "2024-07-20")
+    assert meta["tenant_days"].value == len(days_of(hadoop_days)) + 1
+    out = materialize_days(resources, instance, "HADOOP", days_of(hadoop_days)[0], "2024-07-20")
     pk = primary_key("HADOOP", "jira_issue", old["id"])
     rows = milvus_client.query(COLLECTION, filter=f'pk == "{pk}"', output_fields=["day", "preview"])
     assert [(r["day"], "clock skew" in r["preview"]) for r in rows] == [("2024-07-20", True)]
-    assert len(rows_of(milvus_client, "HADOOP", old_day)) == sum(r["day"] == old_day for r in hadoop) - 1
-    assert len(rows_of(milvus_client, "HADOOP")) == len(hadoop)
+    assert len(rows_of(milvus_client, "HADOOP", old_day)) == sum(r["day"] == old_day for r in hadoop_days) - 1
+    assert len(rows_of(milvus_client, "HADOOP")) == len(hadoop_days)
     src = out[("source_records", f"{old_day}|HADOOP")]
     assert src["quarantined"] == 1 and "superseded" in src["quarantine"] and "(day 2024-07-20)" in src["quarantine"]
     hits = search(milvus_client, COLLECTION, embedding_model, "HADOOP", ["kerberos ticket renewal dies after clock skew"], k=3)[0]
     assert hits[0].id == old["id"] and hits[0].day == "2024-07-20"
 
     # The newer version removed again: the record returns to its old day.
-    write_jsonl(workspace["landing"] / "jira.jsonl", hadoop)
+    write_jsonl(workspace["landing"] / "jira.jsonl", hadoop_days)
     report = resources["landing"].refresh()
     assert {("HADOOP", old_day), ("HADOOP", "2024-07-20")} <= report.changed_partitions
     materialize_days(resources, instance, "HADOOP", old_day, "2024-07-20")
@@ -147,7 +139,7 @@ def test_collections_are_keyed_by_the_full_model_identity():
     assert milvus_store.collection_name(DEFAULT_MODEL) == default
 
 
-def test_files_edited_keeping_size_and_mtime_are_seen(resources, hadoop, workspace):
+def test_files_edited_keeping_size_and_mtime_are_seen(resources, hadoop_days, workspace):
     """Item 6: change detection by content, and never a line read from a stale offset."""
     landing = resources["landing"]
     landing.refresh()
@@ -155,7 +147,7 @@ def test_files_edited_keeping_size_and_mtime_are_seen(resources, hadoop, workspa
     path = workspace["landing"] / "jira.jsonl"
     stat = path.stat()
     raw = path.read_bytes()
-    target = hadoop[0]["summary"]
+    target = hadoop_days[0]["summary"]
     replacement = "X" * len(target.encode())
     edited = raw.replace(json.dumps(target).encode(), json.dumps(replacement).encode(), 1)
     assert edited != raw and len(edited) == len(raw)
@@ -163,10 +155,10 @@ def test_files_edited_keeping_size_and_mtime_are_seen(resources, hadoop, workspa
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert path.stat().st_size == stat.st_size and path.stat().st_mtime_ns == stat.st_mtime_ns
     report = index.refresh()
-    assert ("HADOOP", hadoop[0]["day"]) in report.changed_partitions
+    assert ("HADOOP", hadoop_days[0]["day"]) in report.changed_partitions
     # Edited again without a refresh, lines shifting: the read notices and re-indexes.
     path.write_bytes(b'{"tenant": "HADOOP", "source": "jira", "id": "jira:HADOOP:new", "summary": "new first line", "created": "2024-07-01T00:00:00"}\n' + raw)
-    read = index.read_partitions([("HADOOP", hadoop[0]["day"])])[("HADOOP", hadoop[0]["day"])]
+    read = index.read_partitions([("HADOOP", hadoop_days[0]["day"])])[("HADOOP", hadoop_days[0]["day"])]
     summaries = [r.record.get("summary") for r in read.records]
     assert target in summaries and replacement not in summaries
 
@@ -186,7 +178,7 @@ def test_bad_lines_are_quarantined_alone(resources, instance, workspace, milvus_
         json.dumps(dict(base, id="bz:surrogate", summary="crash \ud83d in the mail pane")),
         json.dumps(dict(base, id="bz:huge", description="word " * 1_100_000)),
     ]
-    path = write_jsonl(workspace["landing"] / "bugs.jsonl", good, raw_lines=lines)
+    write_jsonl(workspace["landing"] / "bugs.jsonl", good, raw_lines=lines)
     meta = materialize_index(resources, instance)
     reasons = {u["line"]: u["reason"] for u in map(json.loads, open(workspace["home"] / "quarantine" / "_unattributed.jsonl"))}
     n = len(good)

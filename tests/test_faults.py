@@ -2,7 +2,6 @@
 vanished files, kill -9, SIGTERM, a killed worker, an unreachable server. Real model, Milvus
 Lite, real records, the ``vector-assets`` executable."""
 
-import json
 import os
 import signal
 import socket
@@ -16,7 +15,6 @@ import pytest
 from vector_assets import milvus_store
 from vector_assets.settings import DEFAULT_MODEL
 
-from .conftest import sample_records, write_jsonl
 from .test_cli import EXE, run_cli, summary
 
 NAME = milvus_store.collection_name(DEFAULT_MODEL)
@@ -27,13 +25,6 @@ def env(workspace):
     return dict(os.environ)
 
 
-@pytest.fixture
-def hadoop(workspace):
-    records = sample_records("jira_issues_hadoop.jsonl", "HADOOP", "2024-07-01", "2024-07-12")
-    write_jsonl(workspace["landing"] / "jira.jsonl", records)
-    return records
-
-
 def count(uri, expr=""):
     client = milvus_store.connect(str(uri))
     try:
@@ -42,7 +33,7 @@ def count(uri, expr=""):
         client.close()
 
 
-def test_another_database_and_a_fresh_dagster_instance_get_every_row(env, hadoop, workspace, tmp_path):
+def test_another_database_and_a_fresh_dagster_instance_get_every_row(env, hadoop_days, workspace, tmp_path):
     """Items 1 and 10: a backfill into an empty database B after one into A writes every
     record to B; a fresh DAGSTER_HOME (no materialisation recorded) runs every tenant-day again."""
     first = run_cli("backfill", env=env)
@@ -52,8 +43,8 @@ def test_another_database_and_a_fresh_dagster_instance_get_every_row(env, hadoop
         second = run_cli("backfill", env=dict(env, VECTOR_ASSETS_MILVUS_URI=str(other)))
         assert second.returncode == 0, second.stderr[-2000:]
         stats = summary(second.stdout)
-        assert stats["unchanged_partitions"] == 0 and stats["rows_written"] == len(hadoop)
-        assert count(other) == len(hadoop)
+        assert stats["unchanged_partitions"] == 0 and stats["rows_written"] == len(hadoop_days)
+        assert count(other) == len(hadoop_days)
     finally:
         milvus_store.stop_local_server(other)
 
@@ -61,25 +52,25 @@ def test_another_database_and_a_fresh_dagster_instance_get_every_row(env, hadoop
     third = run_cli("backfill", env=fresh)
     assert third.returncode == 0, third.stderr[-2000:]
     stats = summary(third.stdout)
-    assert stats["unchanged_partitions"] == 0 and stats["embedded"] == 0 and stats["skipped"] == len(hadoop)
+    assert stats["unchanged_partitions"] == 0 and stats["embedded"] == 0 and stats["skipped"] == len(hadoop_days)
     os.environ["DAGSTER_HOME"] = fresh["DAGSTER_HOME"]
     with dg.DagsterInstance.get() as instance:
         assert len(instance.get_materialized_partitions(dg.AssetKey("milvus_vectors"))) == stats["partitions"]
 
 
-def test_vanished_files_do_not_delete_a_tenant_unless_asked(env, hadoop, workspace):
+def test_vanished_files_do_not_delete_a_tenant_unless_asked(env, hadoop_days, workspace):
     """Item 5: files gone (an unmounted disk): the backfill refuses, says what it would delete,
     exits non-zero and deletes nothing; with --delete-vanished-tenants it deletes."""
     assert run_cli("backfill", env=env).returncode == 0
     (workspace["landing"] / "jira.jsonl").unlink()
     refused = run_cli("backfill", env=env)
     assert refused.returncode == 1
-    assert f"refusing: tenant HADOOP has no line in the landing data any more" in refused.stderr
-    assert f"({len(hadoop)} rows)" in refused.stderr
-    assert count(workspace["db"]) == len(hadoop)
+    assert "refusing: tenant HADOOP has no line in the landing data any more" in refused.stderr
+    assert f"({len(hadoop_days)} rows)" in refused.stderr
+    assert count(workspace["db"]) == len(hadoop_days)
     deleted = run_cli("backfill", "--delete-vanished-tenants", env=env)
     assert deleted.returncode == 0, deleted.stderr[-2000:]
-    assert summary(deleted.stdout)["deleted"] == len(hadoop)
+    assert summary(deleted.stdout)["deleted"] == len(hadoop_days)
     assert count(workspace["db"]) == 0
 
 
@@ -108,7 +99,7 @@ def _started_runs(dagster_home):
         return instance.get_runs(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))
 
 
-def test_a_killed_backfill_does_not_hang_the_next(env, hadoop, workspace):
+def test_a_killed_backfill_does_not_hang_the_next(env, hadoop_days, workspace):
     """Item 7: kill -9 a backfill twice while its runs hold the pool's slots; the next backfill
     fails the dead runs, frees their slots and completes on its own."""
     killed = set()
@@ -127,10 +118,10 @@ def test_a_killed_backfill_does_not_hang_the_next(env, hadoop, workspace):
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "runs failed whose process is gone" in done.stdout
     assert _started_runs(env["DAGSTER_HOME"]) == []
-    assert count(workspace["db"]) == len(hadoop)
+    assert count(workspace["db"]) == len(hadoop_days)
 
 
-def test_sigterm_stops_the_backfill_and_reports(env, hadoop, workspace):
+def test_sigterm_stops_the_backfill_and_reports(env, hadoop_days, workspace):
     """Item 8: SIGTERM stops a backfill: no further run starts, the summary is printed and the
     exit status says it was stopped."""
     proc = _spawn(env, "--max-partitions-per-run", "1")
@@ -144,7 +135,7 @@ def test_sigterm_stops_the_backfill_and_reports(env, hadoop, workspace):
     assert finished < stats["runs"]
 
 
-def test_a_killed_worker_does_not_abandon_the_backfill(env, hadoop, workspace):
+def test_a_killed_worker_does_not_abandon_the_backfill(env, hadoop_days, workspace):
     """Item 9: one of two worker processes killed: its runs go to a new pool, the backfill ends
     with a summary and every record lands."""
     proc = _spawn(env, "--max-partitions-per-run", "1", "--workers", "2")
@@ -158,7 +149,7 @@ def test_a_killed_worker_does_not_abandon_the_backfill(env, hadoop, workspace):
     assert "a worker process died" in err
     assert proc.returncode == 0, err[-2000:]
     assert summary(out)["failed_partitions"] == 0
-    assert count(workspace["db"]) == len(hadoop)
+    assert count(workspace["db"]) == len(hadoop_days)
 
 
 def test_an_unreachable_milvus_is_a_one_line_error(env, workspace):

@@ -39,13 +39,6 @@ def rows_of(client, tenant, day=None):
     return client.query(COLLECTION, filter=expr, output_fields=["pk", "day", "record_id", "content_hash", "model"], limit=16384)
 
 
-@pytest.fixture
-def hadoop_days(workspace):
-    records = sample_records("jira_issues_hadoop.jsonl", "HADOOP", "2024-07-01", "2024-07-12")
-    write_jsonl(workspace["landing"] / "jira.jsonl", records)
-    return records
-
-
 def test_one_partition_end_to_end(resources, instance, hadoop_days, milvus_client):
     meta = materialize_index(resources, instance)
     assert meta["tenants_registered"].value == 1
