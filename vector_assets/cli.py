@@ -109,7 +109,7 @@ class _Stop:
     signal: str | None = None
 
 
-def _execute_runs(runs: list, workers: int, delete_vanished: bool, on_worker_lost):
+def _execute_runs(runs: list, workers: int, delete_vanished: bool, on_worker_lost, on_wait=lambda seconds: None):
     """Yield each run's outcome (see :func:`_run_one`) as it finishes, executed in a pool of
     ``workers`` processes (each loads the model once and gets an equal share of the CPU
     threads).
@@ -118,7 +118,8 @@ def _execute_runs(runs: list, workers: int, delete_vanished: bool, on_worker_los
     (it fails the dead runs and frees their pool slots), and the runs not finished are submitted
     again to a new pool, twice at most; after that they are yielded as failed. After SIGINT or
     SIGTERM (:class:`_Stop`), runs not started are not started, and the workers are
-    interrupted (their runs fail as interrupted).
+    interrupted (their runs fail as interrupted). ``on_wait(seconds)`` is called each minute
+    in which no run finished (to say what the backfill waits for).
     """
     import concurrent.futures
     import multiprocessing
@@ -137,8 +138,14 @@ def _execute_runs(runs: list, workers: int, delete_vanished: bool, on_worker_los
             futures = {pool.submit(_run_one, spec, delete_vanished): spec for spec in pending}
             waiting = set(futures)
             interrupted = False
+            last_progress = time.monotonic()
             while waiting:
                 done, waiting = concurrent.futures.wait(waiting, timeout=1.0, return_when=concurrent.futures.FIRST_COMPLETED)
+                if done:
+                    last_progress = time.monotonic()
+                elif time.monotonic() - last_progress >= 60:
+                    on_wait(time.monotonic() - last_progress)
+                    last_progress = time.monotonic()
                 for future in done:
                     if future.cancelled():
                         continue
@@ -269,10 +276,15 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         again = "submitted again" if attempt < 2 else "given up"
         print(f"a worker process died: {count} runs not finished ({again}); {len(failed_runs)} dead runs marked failed", file=sys.stderr, flush=True)
 
+    def waiting(seconds: float) -> None:
+        holders = run_state.pool_holders(instance)
+        held = ", ".join(f"{run_id} ({status})" for run_id, status in holders) or "none"
+        print(f"waiting: no run finished for {seconds:.0f}s; pool {run_state.POOL} slots held by runs: {held}", flush=True)
+
     previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         workers = max(1, min(args.workers, len(plan)))
-        for spec, ok, run_id, sums, seconds, errors, message in _execute_runs(plan, workers, args.delete_vanished_tenants, worker_lost):
+        for spec, ok, run_id, sums, seconds, errors, message in _execute_runs(plan, workers, args.delete_vanished_tenants, worker_lost, waiting):
             finished += 1
             tenant, first, last, n_days = spec
             for name, value in sums.items():
