@@ -60,9 +60,9 @@ def workspace(tmp_path, monkeypatch):
     if SERVER_URI:
         # One server for the whole session: every test starts from an empty database.
         client = milvus_store.connect(SERVER_URI)
+        if milvus_store.alias_target(client, "records_search"):
+            client.drop_alias("records_search")
         for name in client.list_collections():
-            for alias in client.list_aliases(name).get("aliases", []):
-                client.drop_alias(alias)
             client.drop_collection(name)
         client.close()
     monkeypatch.setenv("VECTOR_ASSETS_HOME", str(home))

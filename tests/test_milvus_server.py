@@ -2,6 +2,9 @@
 server, run by ``scripts/server_tests.sh`` in a private network namespace (loopback only),
 which also runs the end-to-end suites against it. Skipped when no server is given."""
 
+import json
+import os
+
 import pytest
 
 from vector_assets import milvus_store
@@ -19,7 +22,7 @@ def test_the_hadoop_sample_on_a_milvus_23_server(workspace):
     records = sample_records("jira_issues_hadoop.jsonl", "HADOOP", "2000-01-01", "2100-01-01")
     assert len(records) == 165
     write_jsonl(workspace["landing"] / "jira_issues_hadoop.jsonl", records)
-    env = dict(__import__("os").environ)
+    env = dict(os.environ)
     client = milvus_store.connect(SERVER_URI)
     assert milvus_store.server_version(client)[:2] == (2, 3) and not milvus_store.upsert_is_safe(client)
 
@@ -36,7 +39,7 @@ def test_the_hadoop_sample_on_a_milvus_23_server(workspace):
 
     hit = run_cli("search", "--tenant", "HADOOP", "-k", "3", "--json", "multipart upload to S3 fails and cannot recover", env=env)
     assert hit.returncode == 0, hit.stderr
-    assert __import__("json").loads(hit.stdout)["hits"][0]["id"] == "jira:HADOOP:13585039"
+    assert json.loads(hit.stdout)["hits"][0]["id"] == "jira:HADOOP:13585039"
 
     second = run_cli("backfill", "--all", env=env)
     stats = summary(second.stdout)

@@ -332,14 +332,11 @@ def cmd_backfill(args: argparse.Namespace) -> int:
 def _search_setup():
     """Client, collection and model that search uses: the collection the search alias names
     (with the model it belongs to), else the configured model's collection."""
-    import os
-
     from . import milvus_store
-    from .resources import EmbeddingModelResource, MilvusResource
+    from .resources import EmbeddingModelResource
 
-    uri = settings.milvus_uri()
-    client = milvus_store.connect(uri, token=os.environ.get("VECTOR_ASSETS_MILVUS_TOKEN", ""), start_server=False)
-    resource = MilvusResource(uri=uri)
+    resource = _milvus()
+    client = resource.get_client(create=False)
     collection = milvus_store.alias_target(client, resource.search_alias)
     model_id = (collection and milvus_store.collection_model(client, collection)) or settings.model_name()
     collection = collection or milvus_store.collection_name(model_id)

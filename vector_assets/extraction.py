@@ -21,14 +21,15 @@ from typing import Any, Iterable, Mapping
 from .records import (
     BadRecord,
     LocatedRecord,
+    SURROGATE,
     RecordError,
     content_hash,
     record_identity,
 )
 
 #: Longest extracted text of one record, in characters. The bounded-text rule of the
-#: text-frame check (``QualityThresholds.max_text_chars``) is the same figure: a longer record
-#: is quarantined on its own instead of failing its tenant-day's blocking check.
+#: text-frame check (``QualityThresholds.max_text_chars``) defaults to it, so a longer record is
+#: quarantined on its own instead of failing its tenant-day's blocking check.
 MAX_TEXT_CHARS = 1_000_000
 
 _HTML_TAG = re.compile(r"</?[A-Za-z][A-Za-z0-9-]*(?:\s[^<>]*)?/?>")
@@ -43,7 +44,6 @@ _JIRA_LINK = re.compile(r"\[([^|\[\]\n]{1,1000})\|[^\[\]\n]{1,2000}\]")
 _JIRA_HEADING = re.compile(r"^\s*(?:h[1-6]|bq)\.\s+", re.M)
 _SPACES = re.compile(r"[ \t\f\v\u00a0]+")
 _BLANK_LINES = re.compile(r"\n\s*\n+")
-_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _strip_html_comments(text: str) -> str:
@@ -70,7 +70,7 @@ def normalise_text(text: str | None) -> str:
     if not text:
         return ""
     # An unpaired UTF-16 surrogate (JSON "\\ud83d") cannot be encoded as UTF-8: U+FFFD instead.
-    text = _SURROGATE.sub("\ufffd", text)
+    text = SURROGATE.sub("\ufffd", text)
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     text = _strip_html_comments(text)
     text = _MD_IMAGE.sub(r"\1", text)

@@ -204,6 +204,11 @@ class LandingIndex:
         found = sorted(p.resolve() for p in self.landing_dir.rglob("*.jsonl") if p.is_file())
         return found + [p.resolve() for p in self.extra_files if p.is_file()]
 
+    def content_state(self) -> str:
+        """``path:hash`` of every indexed file, one per line, as the last :meth:`refresh` recorded."""
+        with self._connect() as db:
+            return "\n".join(f"{p}:{d}" for p, d in db.execute("SELECT path, digest FROM files ORDER BY path"))
+
     def unsupported_files(self) -> list[Path]:
         """Compressed exports under the landing directory (``*.jsonl.gz`` ...), which are not read."""
         if not self.landing_dir.is_dir():

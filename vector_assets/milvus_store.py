@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 from pymilvus import DataType, MilvusClient
+from pymilvus.exceptions import MilvusException
 
 #: Field lengths (bytes) of the VARCHAR fields.
 MAX_TENANT = 256
@@ -200,8 +201,8 @@ def connect(uri: str, token: str = "", start_server: bool = True) -> MilvusClien
 #: Oldest Milvus server version driven: 2.3 (the ``milvus`` 2.3.5 package on PyPI runs one).
 MIN_SERVER_VERSION = (2, 3)
 
-#: From this version on, ``upsert`` into a partition-key collection and ``INVERTED`` scalar
-#: indexes are used; before it (2.3.x) rows are written by delete + insert and VARCHAR fields get
+#: From this version on (and on Milvus Lite), ``upsert`` into a partition-key collection and
+#: ``INVERTED`` scalar indexes are used; before it (2.3.x) rows are written by delete + insert and VARCHAR fields get
 #: a ``Trie`` index. Measured on milvus 2.3.5: upserting 100 rows of one tenant, then
 #: ``query(filter='tenant == "HADOOP"')`` counted 1 row (insert: 100); ``INVERTED`` was refused
 #: ("index type not match: expected=Trie actual=INVERTED").
@@ -239,6 +240,13 @@ def upsert_is_safe(client: MilvusClient) -> bool:
     """Whether ``upsert`` keeps rows in their partition-key partition on this server."""
     version = server_version(client)
     return version is None or version[:2] >= UPSERT_SAFE_VERSION
+
+
+def scalar_index_type(client: MilvusClient) -> str:
+    """The index type of the ``tenant`` and ``day`` VARCHAR fields: ``INVERTED``, or ``Trie``
+    on servers before :data:`UPSERT_SAFE_VERSION` (2.3 refuses ``INVERTED``)."""
+    version = server_version(client)
+    return "INVERTED" if version is None or version[:2] >= UPSERT_SAFE_VERSION else "Trie"
 
 
 def write_rows(client: MilvusClient, name: str, rows: list[dict], batch: int = 2000) -> None:
@@ -283,9 +291,8 @@ def create_collection(client: MilvusClient, name: str, dim: int, index_type: str
         params.add_index("vector", index_type=index_type, metric_type=metric_type, params=dict(index_params or {}))
         # Partition reads filter on tenant and day: scalar indexes keep those scans short
         # (INVERTED where the server has it, Trie on 2.3).
-        scalar = "INVERTED" if upsert_is_safe(client) else "Trie"
-        params.add_index("tenant", index_type=scalar)
-        params.add_index("day", index_type=scalar)
+        params.add_index("tenant", index_type=scalar_index_type(client))
+        params.add_index("day", index_type=scalar_index_type(client))
         # Strong consistency: the checks read what the step has just written (a 2.3 server's
         # default, Bounded, let coverage read 0 rows of a tenant-day written a moment before).
         client.create_collection(name, schema=schema, index_params=params, num_partitions=16, consistency_level="Strong")
@@ -405,22 +412,24 @@ def collection_model(client: MilvusClient, name: str) -> str | None:
 
 
 def alias_target(client: MilvusClient, alias: str) -> str | None:
-    """The collection ``alias`` names, or None when the alias does not exist."""
-    for name in client.list_collections():
-        if alias in client.list_aliases(name).get("aliases", []):
-            return name
-    return None
+    """The collection ``alias`` names, or None when the alias does not exist.
+
+    Asks for the alias itself (``describe_alias``), one call: listing each collection's aliases
+    misses an alias whose collection was dropped behind the pipeline's back, which a 2.3 server
+    keeps (its ``create_alias`` then fails with "alias already exist").
+    """
+    try:
+        return client.describe_alias(alias).get("collection_name") or None
+    except MilvusException as err:
+        # Milvus Lite: "alias 'x' does not exist" (code 100); 2.3 server: "alias not found" (1600).
+        if "does not exist" in str(err) or "not found" in str(err):
+            return None
+        raise
 
 
 def point_alias(client: MilvusClient, alias: str, collection: str) -> None:
     """Make ``alias`` name ``collection`` (create it, or switch it atomically)."""
     if alias_target(client, alias) is None:
-        try:
-            client.create_alias(collection, alias)
-        except Exception as err:  # noqa: BLE001 - pymilvus raises MilvusException
-            # A 2.3 server lists no aliases through list_aliases, yet holds this one.
-            if "already exist" not in str(err):
-                raise
-            client.alter_alias(collection, alias)
+        client.create_alias(collection, alias)
     else:
         client.alter_alias(collection, alias)

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 import dagster as dg
 import numpy as np
 
+from .extraction import MAX_TEXT_CHARS
+
 
 class QualityThresholds(dg.ConfigurableResource):
     """All check thresholds, in one place (see the module docstring for each source).
@@ -36,7 +38,7 @@ class QualityThresholds(dg.ConfigurableResource):
     duplicate_cosine: float = 0.9999
     min_quality_score: float = 0.85
     min_text_chars: int = 1
-    max_text_chars: int = 1_000_000
+    max_text_chars: int = MAX_TEXT_CHARS  # extraction quarantines longer records alone
     coherence_pass: float = 0.95
     coherence_error: float = 0.85
     coherence_sample: int = 8

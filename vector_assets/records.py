@@ -32,7 +32,8 @@ FORBIDDEN_TENANT_CHARS = set("|[],")
 #: Longest tenant name, in UTF-8 bytes (the Milvus ``tenant`` field's ``max_length``).
 MAX_TENANT_BYTES = 256
 
-_SURROGATE = re.compile("[\ud800-\udfff]")
+#: An unpaired UTF-16 surrogate (JSON ``"\\ud83d"`` decodes to one): not encodable as UTF-8.
+SURROGATE = re.compile("[\ud800-\udfff]")
 
 #: Timestamp fields, in order of preference: the update time when the record has one, else
 #: its creation / author time (issue #2, "Sources").
@@ -87,7 +88,7 @@ def record_tenant(record: Mapping[str, Any]) -> str:
     tenant = record.get("tenant")
     if not isinstance(tenant, str) or not tenant.strip():
         raise RecordError("record has no tenant")
-    if _SURROGATE.search(tenant):
+    if SURROGATE.search(tenant):
         raise RecordError(f"tenant {tenant[:60]!r} holds an unpaired UTF-16 surrogate (not valid Unicode text)")
     if len(tenant.strip().encode("utf-8")) > MAX_TENANT_BYTES:
         raise RecordError(f"tenant is longer than {MAX_TENANT_BYTES} bytes (UTF-8)")
@@ -121,7 +122,7 @@ def record_id(record: Mapping[str, Any], tenant: str, kind: str) -> str:
     if not isinstance(rid, (str, int)) or isinstance(rid, bool):
         raise RecordError(f"record id is a {type(rid).__name__}, not a string or integer")
     rid = str(rid).strip()
-    if _SURROGATE.search(rid):
+    if SURROGATE.search(rid):
         raise RecordError(f"record id {rid[:60]!r} holds an unpaired UTF-16 surrogate (not valid Unicode text)")
     return rid
 

@@ -62,7 +62,7 @@ def partition_metadata(result: PartitionResult, model_id: str, seconds_per_text:
         quarantine["quarantine"] = dg.MetadataValue.md(_quarantine_table(result))
     texts = result.texts
     return {
-        SOURCE_RECORDS: {"records_read": result.records_read, **quarantine},
+        SOURCE_RECORDS: {"records_read": result.records_read, "superseded": result.superseded, **quarantine},
         EXTRACTED_TEXT: {
             "texts": len(texts),
             "mean_chars": round(sum(len(t.text) for t in texts) / len(texts), 1) if texts else 0.0,

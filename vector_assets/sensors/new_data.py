@@ -12,13 +12,9 @@ from ..runs import fail_dead_runs
 
 
 def landing_state(landing: LandingResource) -> str:
-    """Digest of the landing files' paths and contents (an edit that keeps size and modification
-    time changes it too), and of the git repositories' HEADs: equal digests mean nothing to look at."""
-    from ..landing import file_digest, git_head
-
-    parts = [f"{p}:{file_digest(p)}" for p in landing.index().files()]
-    parts += [f"{entry}:{git_head(entry.split('=', 1)[1])}" for entry in landing.git_repos]
-    return hashlib.blake2b("\n".join(parts).encode(), digest_size=16).hexdigest()
+    """Digest of the indexed files' content hashes (as the last refresh recorded them; git
+    exports follow their repository's HEAD): equal digests mean nothing to look at."""
+    return hashlib.blake2b(landing.index().content_state().encode(), digest_size=16).hexdigest()
 
 
 @dg.sensor(job=vectors_job, minimum_interval_seconds=60, description="New or changed landing files and new commits in configured repositories: registers new tenants and requests runs for the tenant-days that changed, nothing else.")
@@ -27,10 +23,12 @@ def new_data_sensor(context: dg.SensorEvaluationContext, landing: LandingResourc
     if dead:
         context.log.warning(f"marked {len(dead)} runs failed whose process is gone (pool slots freed): {', '.join(dead)}")
     cursor = json.loads(context.cursor) if context.cursor else {}
+    # One pass over the files: the refresh hashes each (and re-parses only those that changed);
+    # the state is read from the hashes it recorded.
+    report = landing.refresh()
     state = landing_state(landing)
     if cursor.get("state") == state:
         return dg.SkipReason("landing data unchanged")
-    report = landing.refresh()  # re-parses only the files whose content changed
     known = set(context.instance.get_dynamic_partitions(TENANTS))
     found = sorted({t for t, _ in report.changed_partitions} - known)
     changed = sorted(p for p in report.changed_partitions if in_window(p[1]))
