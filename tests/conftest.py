@@ -60,8 +60,10 @@ def workspace(tmp_path, monkeypatch):
     if SERVER_URI:
         # One server for the whole session: every test starts from an empty database.
         client = milvus_store.connect(SERVER_URI)
-        if milvus_store.alias_target(client, "records_search"):
+        try:  # also the alias a 2.3 server keeps unreported after its collection was dropped
             client.drop_alias("records_search")
+        except Exception:  # noqa: BLE001 - no such alias
+            pass
         for name in client.list_collections():
             client.drop_collection(name)
         client.close()
