@@ -23,12 +23,13 @@ demo: install
 	$(BIN)/vector-assets search --tenant HADOOP -k 5 "multipart upload to S3 fails and cannot recover"
 	$(BIN)/vector-assets search --tenant pallets/flask -k 5 "support async views"
 
-## test: install and run the test suite (real model, Milvus Lite, Dagster instance).
+## test: install and run the test suite (real model, Milvus Lite, Dagster instance), then the
+## end-to-end tests again against a real Milvus 2.3.5 server on loopback (make test-server).
 test: install
 	$(BIN)/python -m pytest
+	scripts/server_tests.sh $(BIN)/python
 
-## test-server: the end-to-end tests against a real Milvus 2.3.5 server on loopback
-## (scripts/server_tests.sh; not yet green: see README, "A Milvus server or cluster").
+## test-server: only the end-to-end tests against the Milvus 2.3.5 server (scripts/server_tests.sh).
 test-server: install
 	scripts/server_tests.sh $(BIN)/python
 

@@ -24,7 +24,9 @@ DATA=$(mktemp -d /tmp/va-milvus-server.XXXXXX)
 PORT=19530
 "$(dirname "$PYTHON")/milvus-server" --data "$DATA" --proxy-port $PORT > "$DATA/server.out" 2>&1 &
 SERVER=$!
-trap 'kill $SERVER 2>/dev/null; wait $SERVER 2>/dev/null; rm -rf "$DATA"' EXIT
+# The exit status is pytest's: the trap's own commands must not replace it (a killed server's
+# `wait` returns 143).
+trap 'status=$?; kill $SERVER 2>/dev/null; wait $SERVER 2>/dev/null || true; rm -rf "$DATA"; exit $status' EXIT
 for _ in $(seq 120); do
     (echo > /dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break
     kill -0 $SERVER 2>/dev/null || { tail -20 "$DATA/server.out"; exit 1; }
