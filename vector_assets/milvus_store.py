@@ -30,6 +30,8 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 from pymilvus import DataType, MilvusClient
+
+from .runs import pid_alive
 from pymilvus.exceptions import MilvusException
 
 #: Field lengths (bytes) of the VARCHAR fields.
@@ -84,14 +86,6 @@ def _port_open(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    return True
-
-
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -118,7 +112,7 @@ def running_local_server(data_dir: str | Path) -> str | None:
         info = json.loads(state.read_text())
     except ValueError:
         return None
-    if _pid_alive(info["pid"]) and _port_open(info["port"]):
+    if pid_alive(info["pid"]) and _port_open(info["port"]):
         return f"http://127.0.0.1:{info['port']}"
     return None
 
@@ -167,10 +161,10 @@ def stop_local_server(data_dir: str | Path) -> bool:
         return False
     info = json.loads(state.read_text())
     stopped = False
-    if _pid_alive(info["pid"]):
+    if pid_alive(info["pid"]):
         os.kill(info["pid"], signal.SIGTERM)
         for _ in range(100):
-            if not _pid_alive(info["pid"]):
+            if not pid_alive(info["pid"]):
                 break
             time.sleep(0.05)
         else:
@@ -414,17 +408,15 @@ def collection_model(client: MilvusClient, name: str) -> str | None:
 def alias_target(client: MilvusClient, alias: str) -> str | None:
     """The collection ``alias`` names, or None when the alias does not exist.
 
-    Asks for the alias itself (``describe_alias``), one call: listing each collection's aliases
-    misses an alias whose collection was dropped behind the pipeline's back, which a 2.3 server
-    keeps (its ``create_alias`` then fails with "alias already exist").
+    Lists each collection's aliases (one call per collection: a collection per model). Not
+    ``describe_alias``: pymilvus logs every missing alias as an RPC error on stderr, which
+    ``vector-assets backfill`` then printed on every run. An alias a 2.3 server keeps for a
+    dropped collection is not listed; :func:`point_alias` handles it.
     """
-    try:
-        return client.describe_alias(alias).get("collection_name") or None
-    except MilvusException as err:
-        # Milvus Lite: "alias 'x' does not exist" (code 100); 2.3 server: "alias not found" (1600).
-        if "does not exist" in str(err) or "not found" in str(err):
-            return None
-        raise
+    for name in client.list_collections():
+        if alias in client.list_aliases(name).get("aliases", []):
+            return name
+    return None
 
 
 def point_alias(client: MilvusClient, alias: str, collection: str) -> None:

@@ -30,14 +30,21 @@ def process_tags() -> dict[str, str]:
     return {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs. A zombie counts as gone: a killed process whose parent
+    died too stays a zombie where PID 1 does not reap orphans (containers), and ``kill(pid, 0)``
+    still succeeds for it (seen: a killed backfill's run was never failed in CI)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True  # no /proc: what kill said
 
 
 def fail_dead_runs(instance: dg.DagsterInstance) -> list[str]:
@@ -48,7 +55,7 @@ def fail_dead_runs(instance: dg.DagsterInstance) -> list[str]:
     failed = []
     for run in instance.get_runs(dg.RunsFilter(statuses=statuses)):
         pid = run.tags.get(PID_TAG, "")
-        if run.tags.get(HOST_TAG) != host or not pid.isdigit() or _alive(int(pid)):
+        if run.tags.get(HOST_TAG) != host or not pid.isdigit() or pid_alive(int(pid)):
             continue
         instance.report_run_failed(run, message=f"the process that executed this run (pid {pid} on {host}) is gone; marked failed by vector_assets")
         instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
