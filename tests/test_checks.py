@@ -144,13 +144,32 @@ def run_days(resources, instance, tenant, first, last=None):
     return dg.materialize([tenant_day_vectors], resources=resources, instance=instance, tags=tags, raise_on_error=False)
 
 
-def evaluations(result) -> dict[tuple[str, str], dg.AssetCheckEvaluation]:
+class Outcome:
+    """One tenant-day's outcome of one check, read back from a run's check evaluation."""
+
+    def __init__(self, passed: bool, severity: str, figures: dict):
+        self.passed = passed
+        self.severity = dg.AssetCheckSeverity(severity) if severity else None
+        self.metadata = figures
+
+
+def evaluations(result) -> dict[tuple[str, str], Outcome]:
+    """``{(check name, "day|tenant"): Outcome}`` of every tenant-day a run's checks judged."""
     out = {}
     for event in result.all_events:
         if event.event_type_value == "ASSET_CHECK_EVALUATION":
             ev = event.event_specific_data
-            out[(ev.check_name, ev.partition)] = ev
+            assert ev.partition is None  # one evaluation per check and run, not per tenant-day
+            for tenant, day, passed, severity, figures in evaluate.tenant_day_outcomes(ev):
+                out[(ev.check_name, f"{day}|{tenant}")] = Outcome(passed, severity, figures)
     return out
+
+
+def run_evaluations(result) -> dict[str, dg.AssetCheckEvaluation]:
+    """``{check name: evaluation}`` of a run (one each)."""
+    evs = [e.event_specific_data for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"]
+    assert len(evs) == len({e.check_name for e in evs})
+    return {e.check_name: e for e in evs}
 
 
 def test_checks_pass_on_real_records(resources, instance, workspace):
@@ -166,8 +185,25 @@ def test_checks_pass_on_real_records(resources, instance, workspace):
         for day in days:
             ev = evs[(name, f"{day}|HADOOP")]
             assert ev.passed, (name, day, ev.metadata)
-    cov = evs[("coverage", f"{jira[0]['day']}|HADOOP")].metadata
-    assert cov["coverage"].value == 1.0 and cov["missing_rows"].value == 0
+    runs = run_evaluations(result)
+    assert set(runs) == {"text_frame_valid", "vector_quality", "coverage", "coherence", "retrievability", "failure_rate", "processing_time"}
+    assert all(e.passed for e in runs.values()), {n: e.metadata for n, e in runs.items() if not e.passed}
+    assert runs["coverage"].metadata["tenant_days_evaluated"].value == len(days)
+    assert runs["coverage"].metadata["failing_tenant_days"].value == {}
+    # Every tenant-day of the range is materialised, days without records too (in sync, empty);
+    # the days with records carry their own figures.
+    mats = {}
+    for event in result.get_asset_materialization_events():
+        m = event.event_specific_data.materialization
+        mats[(m.asset_key.to_user_string(), str(m.partition))] = m
+    range_days = [f"2024-07-{d:02d}" for d in range(1, 11)]
+    for asset in ("source_records", "extracted_text", "milvus_vectors"):
+        assert {p for a, p in mats if a == asset} == {f"{d}|HADOOP" for d in range_days}
+    for day in days:
+        figures = mats[("source_records", f"{day}|HADOOP")].metadata
+        assert figures["records_read"].value == sum(r["day"] == day for r in jira)
+    empty = next(d for d in range_days if d not in days)
+    assert "records_read" not in mats[("source_records", f"{empty}|HADOOP")].metadata
 
 
 def test_blocking_check_stops_only_its_partition(resources, instance, workspace):
@@ -179,11 +215,16 @@ def test_blocking_check_stops_only_its_partition(resources, instance, workspace)
     result = run_days(bad, instance, "HADOOP", "2024-07-01", "2024-07-10")
     assert not result.success  # a blocking ERROR fails the step after all partitions ran
     ev = evaluations(result)[("vector_quality", f"{poisoned['day']}|HADOOP")]
-    assert not ev.passed and ev.severity == dg.AssetCheckSeverity.ERROR and "NaN" in ev.metadata["failures"].value
+    assert not ev.passed and ev.severity == dg.AssetCheckSeverity.ERROR and "NaN" in ev.metadata["failures"]
     client = resources["milvus"].get_client()
     assert rows_of(client, "HADOOP", poisoned["day"]) == []
     others = [r for r in jira if r["day"] != poisoned["day"]]
     assert len(rows_of(client, "HADOOP")) == len(others)
+    # The run's evaluation names the blocked tenant-day; only the written tenant-days are recorded.
+    run_ev = run_evaluations(result)["vector_quality"]
+    assert not run_ev.passed and list(run_ev.metadata["failing_tenant_days"].value) == [f"HADOOP|{poisoned['day']}"]
+    materialised = instance.get_materialized_partitions(dg.AssetKey("milvus_vectors"))
+    assert f"{poisoned['day']}|HADOOP" not in materialised and {f"{r['day']}|HADOOP" for r in others} <= materialised
 
 
 def test_too_many_quarantined_records_fail_the_failure_rate(resources, instance, workspace):
@@ -193,7 +234,7 @@ def test_too_many_quarantined_records_fail_the_failure_rate(resources, instance,
     write_jsonl(workspace["landing"] / "bugs.jsonl", [g for g in good if g["day"] == day] + [bad])
     materialize_index(resources, instance)
     ev = evaluations(run_days(resources, instance, "SeaMonkey", day))[("failure_rate", f"{day}|SeaMonkey")]
-    assert not ev.passed and ev.severity == dg.AssetCheckSeverity.ERROR and ev.metadata["failure_rate"].value > 0.05
+    assert not ev.passed and ev.severity == dg.AssetCheckSeverity.ERROR and ev.metadata["failure_rate"] > 0.05
 
 
 class Webhook:
@@ -238,7 +279,7 @@ def test_deleted_rows_fail_coverage_and_the_sensor_heals_them(resources, instanc
 
     evs = audit(resources, instance)
     cov = evs[("coverage", f"{day}|HADOOP")]
-    assert not cov.passed and cov.severity == dg.AssetCheckSeverity.ERROR and cov.metadata["missing_rows"].value == len(victims)
+    assert not cov.passed and cov.severity == dg.AssetCheckSeverity.ERROR and cov.metadata["missing_rows"] == len(victims)
     assert all(ev.passed for (name, key), ev in evs.items() if key != f"{day}|HADOOP")
 
     alerts = AlertResource()
@@ -269,7 +310,7 @@ def test_swapped_model_fails_coherence(resources, instance, workspace, tmp_path)
     swapped = {**resources, "embedding_model": SwappedModel(model=str(tmp_path / "swapped")), "quality": QualityThresholds(coherence_sample=50)}
     evs = audit(swapped, instance)
     failures = [ev for (name, _), ev in evs.items() if name == "coherence" and not ev.passed]
-    assert failures and all(ev.severity == dg.AssetCheckSeverity.ERROR and ev.metadata["mean_cosine"].value < 0.85 for ev in failures)
+    assert failures and all(ev.severity == dg.AssetCheckSeverity.ERROR and ev.metadata["mean_cosine"] < 0.85 for ev in failures)
     assert all(ev.passed for (name, _), ev in evs.items() if name == "coverage")
 
 

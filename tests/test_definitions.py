@@ -7,7 +7,6 @@ from pathlib import Path
 import dagster as dg
 
 from vector_assets.definitions import defs
-from vector_assets.partitions import MAX_PARTITIONS_PER_RUN
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -26,7 +25,8 @@ def test_graph_partitions_policy_and_automation():
     vectors = defs.resolve_assets_def("milvus_vectors")
     assert isinstance(vectors.partitions_def, dg.MultiPartitionsDefinition)
     assert {d.name for d in vectors.partitions_def.partitions_defs} == {"tenant", "day"}
-    assert vectors.backfill_policy == dg.BackfillPolicy.multi_run(MAX_PARTITIONS_PER_RUN)
+    assert vectors.backfill_policy == dg.BackfillPolicy.single_run()  # one run per tenant over a range
+    assert all(spec.partitions_def is None for spec in vectors.check_specs)  # evaluated once per run
     assert {c.name for c in vectors.check_specs} == {"text_frame_valid", "vector_quality", "coverage", "coherence", "retrievability", "processing_time", "failure_rate"}
     assert {s.name for s in defs.sensors} == {"check_alert_sensor", "new_data_sensor"}
     assert {s.name for s in defs.schedules} == {"daily_schedule", "audit_schedule"}

@@ -43,12 +43,13 @@ _JOB = None
 
 def _check_errors(result) -> list[tuple[str, str]]:
     """``(check name, tenant-day)`` of every check evaluation of a run that failed at ERROR."""
-    import dagster as dg
+    from .checks.evaluate import tenant_day_outcomes
 
     return [
-        (e.check_name, str(e.partition))
+        (e.check_name, f"{day}|{tenant}")
         for e in result.get_asset_check_evaluations()
-        if not e.passed and e.severity == dg.AssetCheckSeverity.ERROR
+        for tenant, day, passed, severity, _ in tenant_day_outcomes(e)
+        if not passed and severity == "ERROR"
     ]
 
 
@@ -432,31 +433,30 @@ def cmd_checks(args: argparse.Namespace) -> int:
     """Print, per check, how many tenant-days' latest evaluation passed, failed at WARN and failed
     at ERROR, then the failures (at most ``--limit``). Exit 1 when any latest evaluation failed
     at ERROR, else 0."""
+    from .checks.evaluate import tenant_day_outcomes
     from .checks.specs import CHECKS
-    from .partitions import split_key
     from .sensors.alerts import new_check_evaluations
 
     latest = {}
     for _, evaluation in new_check_evaluations(settings.dagster_instance(), 0):
-        if evaluation.partition is None:
-            continue
-        if args.tenant and split_key(evaluation.partition)[0] not in args.tenant:
-            continue
-        latest[(evaluation.check_name, evaluation.partition)] = evaluation
+        for tenant, day, passed, severity, figures in tenant_day_outcomes(evaluation):
+            if args.tenant and tenant not in args.tenant:
+                continue
+            latest[(evaluation.check_name, f"{day}|{tenant}")] = (passed, severity, figures)
     counts = {name: {"passed": 0, "WARN": 0, "ERROR": 0} for name in CHECKS}
     failures = []
-    for (name, _), evaluation in sorted(latest.items()):
-        if evaluation.passed:
+    for (name, key), (passed, severity, figures) in sorted(latest.items()):
+        if passed:
             counts[name]["passed"] += 1
         else:
-            counts[name][evaluation.severity.value] += 1
-            failures.append(evaluation)
+            counts[name][severity] += 1
+            failures.append((name, key, severity, figures))
     print(f"{'check':<20} {'tenant-days':>11} {'passed':>7} {'WARN':>5} {'ERROR':>6}")
     for name, c in counts.items():
         print(f"{name:<20} {sum(c.values()):>11} {c['passed']:>7} {c['WARN']:>5} {c['ERROR']:>6}")
-    for evaluation in failures[: args.limit]:
-        figures = ", ".join(f"{k}={getattr(v, 'value', v)}" for k, v in list(evaluation.metadata.items())[:4])
-        print(f"{evaluation.severity.value:<5} {evaluation.check_name} {evaluation.partition}: {figures}")
+    for name, key, severity, figures in failures[: args.limit]:
+        shown = ", ".join(f"{k}={v}" for k, v in list(figures.items())[:4])
+        print(f"{severity:<5} {name} {key}: {shown}")
     if len(failures) > args.limit:
         print(f"... and {len(failures) - args.limit} more failures")
     return 1 if any(c["ERROR"] for c in counts.values()) else 0

@@ -1,9 +1,23 @@
 """Records -> extracted text -> embeddings in Milvus, per tenant-day.
 
 The three assets are computed by one multi-asset step so that a run covering many
-tenant-days reads them in one pass and loads the model once (``BackfillPolicy.multi_run``).
-Each partition gets its own materialisation of each asset with its own figures, so the UI
-can plot them over partitions.
+tenant-days reads them in one pass and loads the model once. How a run is recorded in Dagster
+(issue #10):
+
+* A run covers a range of days of one tenant (``BackfillPolicy.single_run``: a UI backfill
+  is one run per tenant over the requested range). The step returns one
+  :class:`~dagster.MaterializeResult` per asset and Dagster derives the materialisation of
+  every tenant-day of the range from it, with its data provenance (nothing is "Unsynced"
+  after a run), written in batches (``DAGSTER_EVENT_BATCH_SIZE``). A day without records is
+  materialised too: it is in sync, empty.
+* Each tenant-day's figures (records read, texts, embedded, unchanged, deleted, truncated,
+  quarantined) are attached to its own materialisation with ``context.add_asset_metadata``
+  (days with records or deletes; an empty day has none), so the UI shows them per partition
+  and ``vector-assets status`` reads them back.
+* Checks are evaluated once per run (unpartitioned :class:`~dagster.AssetCheckSpec`): the
+  evaluation fails when any tenant-day failed, at the worst severity, and names the failing
+  tenant-days with their figures. A tenant-day that fails a blocking check is not written;
+  the run then records materialisations for the written tenant-days only, and fails.
 """
 
 
@@ -14,7 +28,7 @@ import dagster as dg
 from .. import runs, settings
 import datetime as dt
 
-from ..partitions import MAX_PARTITIONS_PER_RUN, make_key, split_key, tenant_day_partitions
+from ..partitions import make_key, split_key, tenant_day_partitions
 from .. import milvus_store
 from ..checks import evaluate
 from ..checks.specs import CHECK_SPECS, CHECKS
@@ -115,7 +129,7 @@ def partition_metadata(result: PartitionResult, model_id: str, seconds_per_text:
     check_specs=CHECK_SPECS,
     name="tenant_day_vectors",
     partitions_def=tenant_day_partitions,
-    backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=MAX_PARTITIONS_PER_RUN),
+    backfill_policy=dg.BackfillPolicy.single_run(),
     retry_policy=dg.RetryPolicy(max_retries=2, delay=5, backoff=dg.Backoff.EXPONENTIAL),
     pool="milvus_writes",
 )
@@ -128,7 +142,8 @@ def tenant_day_vectors(
     quality: QualityThresholds,
 ):
     """Materialise each tenant-day of the run: read, extract, check, embed what changed, write,
-    check again; one materialisation and one evaluation of each check per tenant-day."""
+    check again; a materialisation of each asset per tenant-day (derived by Dagster from the
+    run's range) and one evaluation of each check per run (see the module docstring)."""
     started = time.perf_counter()
     settings.pool_storage_connections(context.instance)  # this step writes many events
     # Which process holds this run's pool slot: a run whose process dies is failed and its slot
@@ -167,12 +182,14 @@ def tenant_day_vectors(
         return ok
 
     timings: dict[str, float] = {}
+    cpu_before = embedding_model.stats.cpu_seconds
     results = sync_partitions(
         keys, index, embedding_model, milvus, landing.quarantine_dir(), before_write=gate, log=context.log.info,
         after_extract=validate_texts, timings=timings, delete_vanished=config.delete_vanished_tenants,
     )
     stats = embedding_model.stats
     per_text = stats.seconds / stats.texts if stats.texts else 0.0
+    encode_cpu_s = stats.cpu_seconds - cpu_before  # the sync's own encode (not the checks' re-embeds)
 
     # Checks after the write.
     written = {k: r for k, r in results.items() if r.written and (r.records_read or r.deleted)}
@@ -188,62 +205,71 @@ def tenant_day_vectors(
         verdicts["coherence"] = evaluate.coherence_verdicts(written, sample, reembed, quality, sample=None if stats.texts else 0)
         if sample:
             verdicts["retrievability"] = evaluate.retrievability_verdicts(client, name, written, sample, quality, milvus.search_params)
-        embedded = sum(r.embedded for r in written.values())
-        ms = 1000.0 * (timings.get("encode_s", 0.0) + timings.get("write_s", 0.0)) / embedded if embedded else 0.0
-        verdicts["processing_time"] = {k: evaluate.processing_time_verdict(ms, embedded, quality) for k in written if written[k].embedded}
         verdicts["failure_rate"] = {k: evaluate.failure_rate_verdict(r, quality) for k, r in written.items()}
+    embedded = sum(r.embedded for r in results.values())
+    run_timing = evaluate.processing_time_verdict(
+        1000.0 * encode_cpu_s / embedded if embedded else 0.0, embedded, quality,
+        wall_ms_per_vector=1000.0 * (timings.get("encode_s", 0.0) + timings.get("write_s", 0.0)) / embedded if embedded else 0.0,
+    )
+    # Graded once for the run; listed under the tenant-days that embedded vectors.
+    verdicts["processing_time"] = {k: run_timing for k, r in written.items() if r.embedded}
 
     total = {"records": 0, "embedded": 0, "skipped": 0, "deleted": 0, "quarantined": 0}
-    empty = failed_checks = 0
+    refused = [r for r in results.values() if r.refused]
+    unwritten = [k for k, r in results.items() if not r.written]
     for key, result in results.items():
-        if not result.records_read and not result.deleted:
-            # A day inside the run's range with no records and no rows: nothing to materialise
-            # (and each event costs the instance a write).
-            empty += 1
-            continue
-        mk = make_key(*key)
-        if result.written:
+        if result.written and (result.records_read or result.deleted):
+            mk = make_key(*key)
             for asset_key, metadata in partition_metadata(result, model_id, per_text).items():
-                yield dg.AssetMaterialization(asset_key=asset_key, partition=mk, metadata=metadata, tags={"dagster/code_version": _CODE_VERSION[asset_key]})
-        for check_name, (asset_key, blocking, _) in CHECKS.items():
-            verdict = verdicts[check_name].get(key)
-            if verdict is None:
-                continue
-            failed_checks += not verdict.passed
-            yield dg.AssetCheckEvaluation(
-                asset_key=asset_key,
-                check_name=check_name,
-                passed=verdict.passed,
-                metadata=verdict.metadata,
-                severity=dg.AssetCheckSeverity.ERROR if verdict.severity == "ERROR" else dg.AssetCheckSeverity.WARN,
-                blocking=blocking,
-                partition=mk,
-            )
+                context.add_asset_metadata(metadata, asset_key=asset_key, partition_key=mk)
         total["records"] += result.records_read
         total["embedded"] += result.embedded
         total["skipped"] += result.skipped
         total["deleted"] += result.deleted
         total["quarantined"] += len(result.quarantined)
-    # The evaluations above are per partition; the step's check outputs carry no value.
-    for output_name in context.assets_def.check_specs_by_output_name:
-        yield dg.Output(None, output_name=output_name)
-    # Only now, with the materialisations stored, are the written partitions recorded as synced:
-    # a crash before this line leaves them to be run again, never skipped unmaterialised.
+    if not unwritten:
+        # Dagster derives each tenant-day's materialisation (with the metadata added above and
+        # the data provenance) from these, over the run's whole partition range.
+        for asset_key in ASSET_KEYS:
+            yield dg.MaterializeResult(asset_key=asset_key)
+    else:
+        # Some tenant-days were not written (a blocking check failed, or refused): only the
+        # written ones are recorded, one by one (the rare path; the run fails below).
+        for key, result in results.items():
+            if result.written:
+                mk = make_key(*key)
+                for asset_key, metadata in partition_metadata(result, model_id, per_text).items():
+                    yield dg.AssetMaterialization(asset_key=asset_key, partition=mk, metadata=metadata if (result.records_read or result.deleted) else {}, tags={"dagster/code_version": _CODE_VERSION[asset_key]})
+    failed_checks = []
+    for check_name, (asset_key, blocking, _) in CHECKS.items():
+        passed, severity, metadata = evaluate.run_check_result(verdicts[check_name], run_figures=run_timing.metadata if check_name == "processing_time" else None)
+        if not passed:
+            failed_checks.append(f"{check_name} ({severity}, {metadata['tenant_days_failed']} tenant-days)")
+        yield dg.AssetCheckResult(
+            asset_key=asset_key,
+            check_name=check_name,
+            passed=passed,
+            metadata=metadata,
+            severity=dg.AssetCheckSeverity.ERROR if severity == "ERROR" else dg.AssetCheckSeverity.WARN,
+        )
+    # Only now, with the materialisations recorded, are the written partitions recorded as
+    # synced: a crash before this line leaves them to be run again, never skipped unmaterialised.
+    # (A blocking check's failure is raised by Dagster after the step's last event, i.e. after this.)
     record_synced(index, milvus, model_id, results)
     moved = cut_over_search_alias(index, milvus, model_id, settings.start_date(), dt.datetime.now(dt.timezone.utc).date().isoformat())
     if moved:
         context.log.info(moved)
     wall = time.perf_counter() - started
-    refused = [r for r in results.values() if r.refused]
     if refused:
         raise dg.Failure(
             description=f"{len(refused)} tenant-days refused: {refused[0].refused}",
             metadata={"refused": dg.MetadataValue.md("\n".join(f"- {r.tenant}|{r.day}: {r.refused}" for r in refused[:50]))},
             allow_retries=False,
         )
+    empty = sum(1 for r in results.values() if not r.records_read and not r.deleted)
     context.log.info(
-        f"{len(results)} tenant-days ({empty} without records or rows, not materialised): {total['records']} records, "
-        f"{total['embedded']} embedded, {total['skipped']} unchanged, {total['deleted']} deleted, {total['quarantined']} quarantined, "
-        f"{failed_checks} check evaluations failed; encode {stats.seconds:.1f}s of {wall:.1f}s "
+        f"{len(results)} tenant-days ({empty} without records or rows): {total['records']} records, "
+        f"{total['embedded']} embedded, {total['skipped']} unchanged, {total['deleted']} deleted, {total['quarantined']} quarantined; "
+        f"checks failed: {', '.join(failed_checks) or 'none'}; encode {stats.seconds:.1f}s ({encode_cpu_s:.1f} CPU s) of {wall:.1f}s "
         f"({stats.texts / stats.seconds if stats.seconds else 0:.0f} texts/s), {stats.truncated} texts truncated, model load {stats.load_seconds:.1f}s"
     )

@@ -1,6 +1,8 @@
 """The alert sensor: failed checks -> re-materialisation, at most N times, then an alert.
 
-It reads the check evaluations recorded since its cursor. A tenant-day with an ERROR-severity
+It reads the check evaluations recorded since its cursor: each run's evaluation of a check
+names the tenant-days it judged and those that failed, with severity
+(:func:`vector_assets.checks.evaluate.tenant_day_outcomes`). A tenant-day with an ERROR-severity
 failure gets a run of the tenant-day job; the next attempt waits ``base_delay * 2**(attempt-1)``
 seconds (growing delay). When the partition's checks fail again after the last of
 ``max_attempts`` attempts, the sensor stops requesting, records an ``AssetObservation`` on
@@ -18,6 +20,7 @@ import time
 
 import dagster as dg
 
+from ..checks.evaluate import tenant_day_outcomes
 from ..checks.specs import CHECKS
 from ..jobs import vectors_job
 from ..keys import MILVUS_VECTORS
@@ -58,18 +61,23 @@ def check_alert_sensor(context: dg.SensorEvaluationContext, alerts: AlertResourc
     partitions: dict[str, dict] = state["partitions"]
     for storage_id, evaluation in new_check_evaluations(context.instance, state["after"]):
         state["after"] = storage_id
-        if evaluation.partition is None:
-            continue
-        entry = partitions.setdefault(evaluation.partition, {"attempts": 0, "last": 0.0, "failing": [], "awaiting": False, "exhausted": False})
-        failing = set(entry["failing"])
-        if evaluation.passed:
-            failing.discard(evaluation.check_name)
-        elif evaluation.severity == dg.AssetCheckSeverity.ERROR:
-            failing.add(evaluation.check_name)
-            entry["awaiting"] = False
-        entry["failing"] = sorted(failing)
-        if not failing:
-            partitions.pop(evaluation.partition)  # healthy again: the count resets
+        # A run's evaluation names the tenant-days it judged and those that failed (with severity).
+        for tenant, day, passed, severity, _ in tenant_day_outcomes(evaluation):
+            key = str(make_key(tenant, day))
+            entry = partitions.get(key)
+            if passed or severity != "ERROR":
+                if entry is None:
+                    continue
+                failing = set(entry["failing"])
+                if passed:
+                    failing.discard(evaluation.check_name)
+            else:
+                entry = partitions.setdefault(key, {"attempts": 0, "last": 0.0, "failing": [], "awaiting": False, "exhausted": False})
+                failing = set(entry["failing"]) | {evaluation.check_name}
+                entry["awaiting"] = False
+            entry["failing"] = sorted(failing)
+            if not failing:
+                partitions.pop(key)  # healthy again: the count resets
 
     now = time.time()
     requests, observations = [], []
