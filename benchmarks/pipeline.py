@@ -64,7 +64,10 @@ def bench_instance(storage: str):
     from vector_assets import settings
 
     if storage == "sqlite":
-        with dg.instance_for_test() as instance:
+        from vector_assets.storage import storage_config
+
+        # The storage dagster.yaml configures: Dagster's SQLite storage with batched asset events.
+        with tempfile.TemporaryDirectory() as base, dg.instance_for_test(overrides={"storage": storage_config(base)}) as instance:
             yield instance
         return
     os.environ.update(postgres_env("va_bench_encode"))
@@ -225,6 +228,70 @@ def _encode_through_dagster(tenant: str, texts: list, storage: str, profile: boo
         "dagster_events": events, "events_per_tenant_day": round(events / max(1, len(mats)), 1),
         **({"profile": _profile_shares(profiler, pipe_s)} if profiler is not None else {}),
     }
+
+
+def bench_recording(storage: str = "sqlite", spans: tuple[int, int] = (10, 1000)) -> dict:
+    """What recording one tenant-day costs Dagster, apart from the work: one tenant whose
+    records all fall on the first day, materialised as one run over ``spans[0]`` days and then
+    over ``spans[1]`` days (the same records; the second run re-reads them and finds them
+    unchanged). The difference of the two runs' wall time and event count, divided by the
+    difference in days, is the recording cost of a tenant-day (its three materialisations and
+    their share of the batch writes); a run's fixed cost drops out."""
+    import datetime as dt
+
+    import dagster as dg
+
+    import vector_assets.definitions  # noqa: F401  (sets the event batching as every code location process does)
+    from vector_assets import milvus_store
+    from vector_assets.assets import landing_index, tenant_day_vectors
+    from vector_assets.quality import QualityThresholds
+    from vector_assets.resources import EmbeddingModelResource, LandingResource, MilvusResource
+
+    tenant = "pallets/flask"
+    flask = [t for t in load_texts(["git_commits.jsonl"]) if t.tenant == tenant]
+    first = max({t.day for t in flask}, key=lambda d: sum(t.day == d for t in flask))
+    work = Path(tempfile.mkdtemp(prefix="va-bench-rec-"))
+    (work / "landing").mkdir()
+    with open(SHARED / "git_commits.jsonl", encoding="utf-8") as src, open(work / "landing" / "git.jsonl", "w") as dst:
+        for line in src:
+            r = json.loads(line)
+            if r["tenant"] == tenant and r["author_date_utc"][:10] == first:
+                dst.write(line)
+    model = EmbeddingModelResource()
+    model.get_model()
+    resources = {
+        "landing": LandingResource(landing_dir=str(work / "landing"), state_dir=str(work / "home")),
+        "embedding_model": model,
+        "milvus": MilvusResource(uri=str(work / "home" / "milvus.db")),
+        "quality": QualityThresholds(),
+    }
+    out = {"storage": storage, "event_batch_size": os.environ.get("DAGSTER_EVENT_BATCH_SIZE", "0"), "day_with_records": first}
+    with bench_instance(storage) as instance:
+        dg.materialize([landing_index], resources=resources, instance=instance)
+
+        def run(days: int) -> tuple[float, int]:
+            last = (dt.date.fromisoformat(first) + dt.timedelta(days=days - 1)).isoformat()
+            started = time.perf_counter()
+            result = dg.materialize(
+                [tenant_day_vectors], resources=resources, instance=instance,
+                tags={"dagster/asset_partition_range_start": f"{first}|{tenant}", "dagster/asset_partition_range_end": f"{last}|{tenant}"},
+            )
+            wall = time.perf_counter() - started
+            assert result.success
+            return wall, len(instance.all_logs(result.run_id))
+
+        run(1)  # writes the records; the runs below find them unchanged
+        (small_s, small_events), (large_s, large_events) = run(spans[0]), run(spans[1])
+        days = spans[1] - spans[0]
+        out.update({
+            f"run_{spans[0]}_days_s": round(small_s, 2), f"run_{spans[1]}_days_s": round(large_s, 2),
+            f"events_{spans[0]}_days": small_events, f"events_{spans[1]}_days": large_events,
+            "events_per_tenant_day": round((large_events - small_events) / days, 2),
+            "recording_ms_per_tenant_day": round(1000 * (large_s - small_s) / days, 2),
+        })
+    milvus_store.stop_local_server(work / "home" / "milvus.db")
+    shutil.rmtree(work, ignore_errors=True)
+    return out
 
 
 def bench_backfill(files: list[str], workers: int, storage: str = "sqlite") -> dict:
@@ -393,7 +460,7 @@ def bench_gpu(limit: int) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", nargs="*", default=["encode", "milvus"], choices=["encode", "backfill", "milvus", "gpu"])
+    parser.add_argument("what", nargs="*", default=["encode", "milvus"], choices=["encode", "backfill", "recording", "milvus", "gpu"])
     parser.add_argument("--limit", type=int, default=1500, help="texts of the encode benchmark")
     parser.add_argument("--vectors", type=int, default=100_000)
     parser.add_argument("--files", nargs="*", default=FILES)
@@ -409,8 +476,8 @@ def main() -> int:
         print(f"running {what} ...", flush=True)
         if args.storage == "postgres-unpooled" and what == "backfill":
             parser.error("--storage postgres-unpooled is for encode only")
-        key = f"{what}_{args.storage.replace('-', '_')}" if args.storage != "sqlite" and what in ("encode", "backfill") else what
-        results[key] = {"encode": lambda: bench_encode(args.limit, args.storage), "backfill": lambda: bench_backfill(args.files, args.workers, args.storage), "milvus": lambda: bench_milvus(args.vectors), "gpu": lambda: bench_gpu(20000)}[what]()
+        key = f"{what}_{args.storage.replace('-', '_')}" if args.storage != "sqlite" and what in ("encode", "backfill", "recording") else what
+        results[key] = {"encode": lambda: bench_encode(args.limit, args.storage), "backfill": lambda: bench_backfill(args.files, args.workers, args.storage), "recording": lambda: bench_recording(args.storage), "milvus": lambda: bench_milvus(args.vectors), "gpu": lambda: bench_gpu(20000)}[what]()
         print(json.dumps(results[key], indent=2), flush=True)
     path.parent.mkdir(exist_ok=True)
     path.write_text(json.dumps(results, indent=2))

@@ -91,8 +91,11 @@ def resources(workspace, embedding_model):
 
 
 @pytest.fixture
-def instance():
-    with dg.instance_for_test() as inst:
+def instance(tmp_path_factory):
+    """A real Dagster instance with the storage dagster.yaml configures (SQLite, batched asset events)."""
+    from vector_assets.storage import storage_config
+
+    with dg.instance_for_test(overrides={"storage": storage_config(tmp_path_factory.mktemp("dagster"))}) as inst:
         yield inst
 
 

@@ -64,6 +64,16 @@ def slice_records(workspace):
     return jira, commits
 
 
+def _days(first: str, last: str) -> list[str]:
+    import datetime as dt
+
+    d, out = dt.date.fromisoformat(first), []
+    while d <= dt.date.fromisoformat(last):
+        out.append(d.isoformat())
+        d += dt.timedelta(days=1)
+    return out
+
+
 def test_backfill_then_search(storage_env, slice_records, workspace, tmp_path):
     storage, cli_env = storage_env
     jira, commits = slice_records
@@ -72,7 +82,12 @@ def test_backfill_then_search(storage_env, slice_records, workspace, tmp_path):
     stats = summary(first.stdout)
     with dg.DagsterInstance.get() as instance:
         assert type(instance.event_log_storage).__name__ == {"sqlite": "SqliteEventLogStorage", "postgres": "PostgresEventLogStorage"}[storage]
-        assert len(instance.get_materialized_partitions(dg.AssetKey("milvus_vectors"))) == stats["partitions"]
+        materialised = instance.get_materialized_partitions(dg.AssetKey("milvus_vectors"))
+    # One run per tenant; every day of its range is materialised, days without records too.
+    assert stats["runs"] == 2
+    expected_days = {f"{d}|HADOOP" for d in _days(min(r["day"] for r in jira), max(r["day"] for r in jira))}
+    expected_days |= {f"{d}|pallets/flask" for d in _days(min(r["day"] for r in commits), max(r["day"] for r in commits))}
+    assert materialised == expected_days and stats["materialised_partitions"] == len(expected_days)
     assert stats["records_read"] == len(jira) + len(commits)
     assert stats["rows_written"] == stats["embedded"] == len(jira) + len(commits)
     assert stats["quarantined"] == 0 and stats["failed_partitions"] == 0

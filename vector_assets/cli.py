@@ -296,7 +296,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
                 print(f"[{finished}/{len(plan)}] {tenant} {first}..{last}: FAILED (run {run_id or 'none'}): {message or 'see the run in the Dagster UI'}", flush=True)
                 continue
             print(
-                f"[{finished}/{len(plan)}] {tenant} {first}..{last}: {int(sums.get('milvus_vectors.partitions', 0))} partitions, "
+                f"[{finished}/{len(plan)}] {tenant} {first}..{last}: {int(sums.get('milvus_vectors.partitions', 0))} tenant-days materialised, "
                 f"{int(sums.get('source_records.records_read', 0))} records, {int(sums.get('milvus_vectors.embedded', 0))} embedded, "
                 f"{int(sums.get('milvus_vectors.skipped_unchanged', 0))} unchanged, {int(sums.get('milvus_vectors.deleted', 0))} deleted, "
                 f"{int(sums.get('source_records.quarantined', 0))} quarantined, {seconds:.1f}s",
@@ -311,7 +311,8 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     quarantined = int(totals["source_records.quarantined"]) + unplaced
     written = int(totals["milvus_vectors.embedded"] + totals["milvus_vectors.moved_in"])
     print(
-        f"backfill: partitions={len(partitions)} unchanged_partitions={len(unchanged)} runs={len(plan)} records_read={int(totals['source_records.records_read']) + unplaced} "
+        f"backfill: partitions={len(partitions)} unchanged_partitions={len(unchanged)} runs={len(plan)} "
+        f"materialised_partitions={int(totals['milvus_vectors.partitions'])} records_read={int(totals['source_records.records_read']) + unplaced} "
         f"rows_written={written} embedded={int(totals['milvus_vectors.embedded'])} skipped={int(totals['milvus_vectors.skipped_unchanged']) + unchanged_rows} "
         f"deleted={int(totals['milvus_vectors.deleted'])} quarantined={quarantined} failed_partitions={failed} "
         f"refused_partitions={len(refused)} check_errors={len(check_errors)} "
@@ -462,6 +463,97 @@ def cmd_checks(args: argparse.Namespace) -> int:
     return 1 if any(c["ERROR"] for c in counts.values()) else 0
 
 
+#: Figures of a tenant-day, by asset, in the order ``status`` prints them.
+STATUS_FIGURES = {
+    "source_records": ("records_read", "superseded", "quarantined"),
+    "extracted_text": ("texts", "mean_chars", "kinds"),
+    "milvus_vectors": ("rows", "embedded", "skipped_unchanged", "moved_in", "deleted", "truncated"),
+}
+
+
+def tenant_day_status(instance, tenant: str, day: str) -> dict:
+    """What Dagster recorded for one tenant-day: its latest materialisation of each asset (run
+    id, time, figures) and the outcome of each check in that run.
+
+    Returns ``{"materialised": bool, "run_id", "timestamp", "figures": {asset: {name: value}},
+    "checks": {check: "passed" | "WARN: ..." | "ERROR: ..." | "not evaluated"}}``. A day
+    materialised without records has no figures: it is in sync, empty.
+    """
+    import dagster as dg
+
+    from .checks.evaluate import tenant_day_outcomes
+    from .checks.specs import CHECKS
+    from .partitions import make_key
+
+    key = str(make_key(tenant, day))
+    out: dict = {"tenant": tenant, "day": day, "materialised": False, "run_id": None, "timestamp": None, "figures": {}, "checks": {}}
+    for asset in STATUS_FIGURES:
+        records = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[key]), limit=1).records
+        if not records:
+            continue
+        record = records[0]
+        out["materialised"] = True
+        out["run_id"], out["timestamp"] = record.run_id, record.timestamp
+        metadata = record.asset_materialization.metadata
+        out["figures"][asset] = {name: getattr(metadata[name], "value", metadata[name]) for name in STATUS_FIGURES[asset] if name in metadata}
+    if out["run_id"]:
+        evaluations = instance.get_records_for_run(out["run_id"], of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION, limit=1000).records
+        for record in evaluations:
+            evaluation = record.event_log_entry.dagster_event.event_specific_data
+            for t, d, passed, severity, figures in tenant_day_outcomes(evaluation):
+                if (t, d) == (tenant, day):
+                    shown = ", ".join(f"{k}={v}" for k, v in figures.items())
+                    out["checks"][evaluation.check_name] = "passed" if passed else f"{severity}: {shown}"
+        for name in CHECKS:
+            out["checks"].setdefault(name, "not evaluated (no records, or nothing to judge)")
+    return out
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Print what Dagster recorded for each tenant-day of ``--tenant`` between ``--start`` and
+    ``--end`` (or ``--day``): materialised or not, its figures, its checks' outcomes, and
+    whether its landing lines changed since it was written. Exit 1 when a tenant-day is not
+    materialised or its lines changed since (it needs a backfill), else 0."""
+    from .partitions import in_window
+
+    start = args.day or args.start
+    end = args.day or args.end or start
+    if not start:
+        print("error: give --day, or --start (and --end)", file=sys.stderr)
+        return 2
+    days = []
+    d = dt.date.fromisoformat(start)
+    while d <= dt.date.fromisoformat(end) and len(days) < args.limit:
+        days.append(d.isoformat())
+        d += dt.timedelta(days=1)
+    instance = settings.dagster_instance()
+    from .definitions import defs
+
+    model_id = defs.resources["embedding_model"].model_id
+    store = _milvus().store_key(model_id)
+    index = defs.resources["landing"].index()
+    unsynced = set(index.unsynced_partitions(store, start, end))
+    statuses = [tenant_day_status(instance, args.tenant, day) for day in days if in_window(day)]
+    for status in statuses:
+        status["changed_since_written"] = (args.tenant, status["day"]) in unsynced
+    if args.json:
+        print(json.dumps(statuses, indent=1, default=str))
+    else:
+        for status in statuses:
+            when = dt.datetime.fromtimestamp(status["timestamp"], dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ") if status["timestamp"] else ""
+            state = f"materialised {when} (run {status['run_id']})" if status["materialised"] else "not materialised"
+            if status["changed_since_written"]:
+                state += "; its landing lines changed since: needs a backfill"
+            print(f"{args.tenant}|{status['day']}: {state}")
+            if status["materialised"] and not status["figures"]:
+                print("  no records (in sync, empty)")
+            for asset, figures in status["figures"].items():
+                print(f"  {asset}: " + ", ".join(f"{k}={v}" for k, v in figures.items()))
+            for name, outcome in status["checks"].items():
+                print(f"  check {name}: {outcome}")
+    return 1 if any(not s["materialised"] or s["changed_since_written"] for s in statuses) else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vector-assets", description="Keep Milvus in step with operational records; search them by meaning.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -487,6 +579,14 @@ def build_parser() -> argparse.ArgumentParser:
     ch.add_argument("--tenant", action="append", help="only this tenant (repeatable)")
     ch.add_argument("--limit", type=int, default=20, help="failures to list (default 20)")
     ch.set_defaults(func=cmd_checks)
+    st = sub.add_parser("status", help="what Dagster recorded for tenant-days: figures and check outcomes")
+    st.add_argument("--tenant", required=True, help="the tenant")
+    st.add_argument("--day", type=_date, help="one day (YYYY-MM-DD)")
+    st.add_argument("--start", type=_date, help="first day (inclusive)")
+    st.add_argument("--end", type=_date, help="last day (inclusive; default --start)")
+    st.add_argument("--limit", type=int, default=366, help="at most this many days (default 366)")
+    st.add_argument("--json", action="store_true", help="print JSON")
+    st.set_defaults(func=cmd_status)
     sv = sub.add_parser("server", help="the local milvus-lite server of the default database")
     sv.add_argument("action", choices=["start", "stop", "status"])
     sv.set_defaults(func=cmd_server)

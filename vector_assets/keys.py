@@ -6,3 +6,4 @@ SOURCE_RECORDS = dg.AssetKey("source_records")
 EXTRACTED_TEXT = dg.AssetKey("extracted_text")
 MILVUS_VECTORS = dg.AssetKey("milvus_vectors")
 ASSET_KEYS = [SOURCE_RECORDS, EXTRACTED_TEXT, MILVUS_VECTORS]
+LANDING_INDEX = dg.AssetKey("landing_index")

@@ -32,7 +32,7 @@ from typing import Iterable, Iterator
 from .records import BadRecord, LocatedRecord, RecordError, record_identity, record_tenant, record_timestamp
 
 #: Bumped when the layout below changes; an index of another version is rebuilt from the files.
-SCHEMA_VERSION = "2"
+SCHEMA_VERSION = "3"
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -110,6 +110,21 @@ def file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
+def json_error_reason(err: json.JSONDecodeError) -> str:
+    """A whole sentence for a JSON parse error: the parser's message, the character found (when
+    there is one) and where, e.g. ``malformed JSON: Invalid control character '\\t' at
+    column 45 (character 44)`` (the parser's own text stops at "at", its position being
+    separate fields)."""
+    msg = err.msg
+    found = f" {err.doc[err.pos]!r}" if 0 <= err.pos < len(err.doc) and msg.endswith(" at") else ""
+    if msg.endswith(" at"):
+        msg = msg[: -len(" at")] + found + " at"
+    else:
+        msg += " at"
+    where = f"line {err.lineno} column {err.colno}" if err.lineno > 1 else f"column {err.colno}"
+    return f"malformed JSON: {msg} {where} (character {err.pos})"
+
+
 def _locate_line(raw: bytes) -> tuple[str | None, str | None, str | None, int | None, str | None]:
     """``(tenant, day, pk, stamp, reason)`` of one raw JSONL line; reason is None when the line
     can be placed in a tenant-day. ``pk`` (the record's primary key) and ``stamp`` (Unix
@@ -121,7 +136,7 @@ def _locate_line(raw: bytes) -> tuple[str | None, str | None, str | None, int | 
     try:
         record = json.loads(raw)
     except json.JSONDecodeError as err:
-        return None, None, None, None, f"malformed JSON: {err}"
+        return None, None, None, None, json_error_reason(err)
     except (ValueError, RecursionError, UnicodeDecodeError, OverflowError) as err:
         return None, None, None, None, f"unparseable JSON: {type(err).__name__}: {str(err)[:200]}"
     if not isinstance(record, dict):

@@ -174,6 +174,18 @@ def stop_local_server(data_dir: str | Path) -> bool:
     return stopped
 
 
+#: gRPC keepalive the servers accept. pymilvus pings every 10 s even without calls; a gRPC
+#: server's default policy (Milvus Lite's server, and Milvus' own ``grpc.serverMaxRecvSize``
+#: era servers) allows one ping per 5 minutes, answers more with ``GOAWAY too_many_pings`` and
+#: drops the connection (the lines seen in the terminal during runs). Pinging every 5 minutes,
+#: only while calls are in flight, keeps dead-connection detection without the noise.
+KEEPALIVE_OPTIONS = {
+    "grpc.keepalive_time_ms": 300_000,
+    "grpc.keepalive_timeout_ms": 20_000,
+    "grpc.keepalive_permit_without_calls": False,
+}
+
+
 def connect(uri: str, token: str = "", start_server: bool = True) -> MilvusClient:
     """A :class:`MilvusClient` for ``uri``: a server address as given, or a local Milvus Lite
     path through its shared local server (started when ``start_server``).
@@ -186,8 +198,8 @@ def connect(uri: str, token: str = "", start_server: bool = True) -> MilvusClien
         if not start_server and not path.exists():
             raise FileNotFoundError(f"no Milvus database at {path}; run `vector-assets backfill` first")
         path.parent.mkdir(parents=True, exist_ok=True)
-        return MilvusClient(uri=ensure_local_server(path))
-    return MilvusClient(uri=uri, token=token or "")
+        return MilvusClient(uri=ensure_local_server(path), grpc_options=KEEPALIVE_OPTIONS)
+    return MilvusClient(uri=uri, token=token or "", grpc_options=KEEPALIVE_OPTIONS)
 
 
 # ---- what the server can do -------------------------------------------------------------------

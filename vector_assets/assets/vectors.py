@@ -35,6 +35,7 @@ from ..checks.specs import CHECK_SPECS, CHECKS
 from ..quality import QualityThresholds, Verdict, vector_quality
 from ..keys import ASSET_KEYS, EXTRACTED_TEXT, MILVUS_VECTORS, SOURCE_RECORDS
 from ..resources import EmbeddingModelResource, LandingResource, MilvusResource
+from .landing_index import record_refresh
 from ..sync import PartitionResult, cut_over_search_alias, record_synced, sync_partitions
 
 
@@ -153,7 +154,7 @@ def tenant_day_vectors(
     # A retry of this step must not reuse a client whose server went away (a restarted local
     # Milvus Lite server listens on another port).
     milvus.reset_client()
-    landing.refresh()
+    record_refresh(context.instance, landing, landing.refresh(), f"tenant_day_vectors run {context.run_id}", context.log)
     index = landing.index()
     model_id = embedding_model.model_id
     verdicts: dict[str, dict] = {name: {} for name in CHECKS}

@@ -5,6 +5,7 @@ import json
 
 import dagster as dg
 
+from ..assets.landing_index import refresh_event
 from ..jobs import vectors_job
 from ..partitions import MAX_PARTITIONS_PER_RUN, TENANTS, in_window, plan_runs, tenant_partitions
 from ..resources import LandingResource
@@ -26,10 +27,12 @@ def new_data_sensor(context: dg.SensorEvaluationContext, landing: LandingResourc
     # One pass over the files: the refresh hashes each (and re-parses only those that changed);
     # the state is read from the hashes it recorded.
     report = landing.refresh()
+    known = set(context.instance.get_dynamic_partitions(TENANTS))
+    # The refresh's counts and bad lines are recorded on landing_index (when it changed anything).
+    refreshed = refresh_event(context.instance, landing, report, "new_data_sensor", context.log)
     state = landing_state(landing)
     if cursor.get("state") == state:
-        return dg.SkipReason("landing data unchanged")
-    known = set(context.instance.get_dynamic_partitions(TENANTS))
+        return dg.SensorResult(skip_reason="landing data unchanged", asset_events=[refreshed] if refreshed else [])
     found = sorted({t for t, _ in report.changed_partitions} - known)
     changed = sorted(p for p in report.changed_partitions if in_window(p[1]))
     requests = [
@@ -37,11 +40,12 @@ def new_data_sensor(context: dg.SensorEvaluationContext, landing: LandingResourc
             run_key=f"{state}:{tenant}:{first}:{last}",
             tags={"dagster/asset_partition_range_start": f"{first}|{tenant}", "dagster/asset_partition_range_end": f"{last}|{tenant}"},
         )
-        for tenant, first, last, _ in plan_runs(changed, MAX_PARTITIONS_PER_RUN, max_gap_days=1)
+        for tenant, first, last, _ in plan_runs(changed, MAX_PARTITIONS_PER_RUN)
     ]
     context.log.info(f"{len(report.files_scanned)} files re-read, {len(changed)} tenant-days changed, {len(found)} new tenants")
     return dg.SensorResult(
         run_requests=requests,
         dynamic_partitions_requests=[tenant_partitions.build_add_request(found)] if found else [],
         cursor=json.dumps({"state": state, "changed": len(changed)}),
+        asset_events=[refreshed] if refreshed else [],
     )
