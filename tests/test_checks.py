@@ -362,10 +362,17 @@ def test_new_data_sensor_registers_tenants_and_requests_only_changed_days(resour
     for start, end in requested:
         d0, d1 = dt.date.fromisoformat(start.split("|")[0]), dt.date.fromisoformat(end.split("|")[0])
         covered |= {(d0 + dt.timedelta(days=i)).isoformat() for i in range((d1 - d0).days + 1)}
-    assert covered == {r["day"] for r in jira}
+    # One run over the tenant's days (empty days between them are materialised too, in sync).
+    days = sorted(r["day"] for r in jira)
+    d0 = dt.date.fromisoformat(days[0])
+    assert len(requested) == 1 and covered == {(d0 + dt.timedelta(days=i)).isoformat() for i in range((dt.date.fromisoformat(days[-1]) - d0).days + 1)}
+    # The refresh is recorded on landing_index (its counts, where the UI shows them).
+    assert [e.asset_key.to_user_string() for e in first.asset_events] == ["landing_index"]
+    assert first.asset_events[0].metadata["tenant_days"].value == len(set(days))
     instance.add_dynamic_partitions("tenants", ["HADOOP"])
 
-    assert isinstance(tick(first.cursor), dg.SkipReason)
+    unchanged = tick(first.cursor)
+    assert not unchanged.run_requests and unchanged.skip_reason and not unchanged.asset_events
 
     bugs = sample_records("bugzilla_seamonkey.jsonl", "SeaMonkey", "2024-01-01", "2024-01-05")
     write_jsonl(workspace["landing"] / "bugs.jsonl", bugs)

@@ -81,7 +81,7 @@ def test_backfill_then_search(storage_env, slice_records, workspace, tmp_path):
     assert first.returncode == 0, first.stderr[-3000:]
     stats = summary(first.stdout)
     with dg.DagsterInstance.get() as instance:
-        assert type(instance.event_log_storage).__name__ == {"sqlite": "SqliteEventLogStorage", "postgres": "PostgresEventLogStorage"}[storage]
+        assert type(instance.event_log_storage).__name__ == {"sqlite": "BatchedSqliteEventLogStorage", "postgres": "PostgresEventLogStorage"}[storage]
         materialised = instance.get_materialized_partitions(dg.AssetKey("milvus_vectors"))
     # One run per tenant; every day of its range is materialised, days without records too.
     assert stats["runs"] == 2

@@ -243,7 +243,9 @@ def tenant_day_vectors(
                     yield dg.AssetMaterialization(asset_key=asset_key, partition=mk, metadata=metadata if (result.records_read or result.deleted) else {}, tags={"dagster/code_version": _CODE_VERSION[asset_key]})
     failed_checks = []
     for check_name, (asset_key, blocking, _) in CHECKS.items():
-        passed, severity, metadata = evaluate.run_check_result(verdicts[check_name], run_figures=run_timing.metadata if check_name == "processing_time" else None)
+        # Days without records or deletes have nothing to judge (they pass vacuously): not listed.
+        judged = {k: v for k, v in verdicts[check_name].items() if not v.passed or results[k].records_read or results[k].deleted}
+        passed, severity, metadata = evaluate.run_check_result(judged, run_figures=run_timing.metadata if check_name == "processing_time" else None)
         if not passed:
             failed_checks.append(f"{check_name} ({severity}, {metadata['tenant_days_failed']} tenant-days)")
         yield dg.AssetCheckResult(
@@ -251,7 +253,7 @@ def tenant_day_vectors(
             check_name=check_name,
             passed=passed,
             metadata=metadata,
-            severity=dg.AssetCheckSeverity.ERROR if severity == "ERROR" else dg.AssetCheckSeverity.WARN,
+            severity=dg.AssetCheckSeverity.WARN if not passed and severity == "WARN" else dg.AssetCheckSeverity.ERROR,
         )
     # Only now, with the materialisations recorded, are the written partitions recorded as
     # synced: a crash before this line leaves them to be run again, never skipped unmaterialised.

@@ -66,7 +66,7 @@ def audit_tenant_days(
             check_name=check_name,
             passed=passed,
             metadata=metadata,
-            severity=dg.AssetCheckSeverity.ERROR if severity == "ERROR" else dg.AssetCheckSeverity.WARN,
+            severity=dg.AssetCheckSeverity.WARN if not passed and severity == "WARN" else dg.AssetCheckSeverity.ERROR,
         )
     context.log.info(f"audited {len(keys)} tenant-days: {failed} tenant-day check outcomes failed")
     yield dg.Output(len(keys))
