@@ -302,7 +302,14 @@ def create_collection(client: MilvusClient, name: str, dim: int, index_type: str
         # Strong consistency: the checks read what the step has just written (a 2.3 server's
         # default, Bounded, let coverage read 0 rows of a tenant-day written a moment before).
         client.create_collection(name, schema=schema, index_params=params, num_partitions=16, consistency_level="Strong")
-        client.alter_collection_properties(name, properties={MODEL_PROPERTY: model_id, "vector_assets.dim": str(dim), UID_PROPERTY: uuid.uuid4().hex})
+        # Two runs that find no collection both create it (the second create is a no-op): only
+        # the first to get here gives it its uid, so the rows either records as synced are
+        # recorded against the same identity (a second random uid orphaned the first run's
+        # sync records: seen with two concurrent runs of a UI backfill on a fresh database).
+        properties = {MODEL_PROPERTY: model_id, "vector_assets.dim": str(dim)}
+        if not (client.describe_collection(name).get("properties") or {}).get(UID_PROPERTY):
+            properties[UID_PROPERTY] = uuid.uuid4().hex
+        client.alter_collection_properties(name, properties=properties)
     client.load_collection(name)
 
 

@@ -17,6 +17,7 @@ import dagster as dg
 from dagster._core.definitions.data_version import CODE_VERSION_TAG, DATA_VERSION_IS_USER_PROVIDED_TAG, DATA_VERSION_TAG
 
 from .. import settings
+from ..checks.evaluate import md_cell
 from ..keys import LANDING_INDEX
 from ..partitions import TENANTS, in_window
 from ..resources import LandingResource
@@ -24,7 +25,7 @@ from ..resources import LandingResource
 
 def _bad_lines_table(rows: list[tuple[str, int, str]], limit: int = 50) -> str:
     lines = ["| file | line | reason |", "|---|---:|---|"]
-    lines += [f"| {path} | {line} | {reason} |" for path, line, reason in rows[:limit]]
+    lines += [f"| {md_cell(path)} | {line} | {md_cell(reason)} |" for path, line, reason in rows[:limit]]
     if len(rows) > limit:
         lines.append(f"| … {len(rows) - limit} more in the quarantine file | | |")
     return "\n".join(lines)

@@ -64,7 +64,7 @@ _CODE_VERSION = {
 
 def _quarantine_table(result: PartitionResult, limit: int = 20) -> str:
     rows = ["| file | line | reason |", "|---|---:|---|"]
-    rows += [f"| {b.path} | {b.line} | {b.reason} |" for b in result.quarantined[:limit]]
+    rows += [f"| {evaluate.md_cell(b.path)} | {b.line} | {evaluate.md_cell(b.reason)} |" for b in result.quarantined[:limit]]
     if len(result.quarantined) > limit:
         rows.append(f"| … {len(result.quarantined) - limit} more | | |")
     return "\n".join(rows)

@@ -250,6 +250,12 @@ def sample_vectors(client, collection: str, results: dict[PartitionKey, Partitio
     return {pk: np.asarray(row["vector"], dtype=np.float32) for pk, row in rows.items()}
 
 
+def md_cell(value) -> str:
+    """``value`` as the text of one Markdown table cell: a ``|`` (as in ``tenant|day``) escaped so
+    it does not split the cell, line breaks as spaces."""
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
 #: Rows of the failing tenant-days' table in a run's check evaluation (all of them are in the
 #: ``failing_tenant_days`` JSON).
 FAILING_TABLE_ROWS = 50
@@ -278,7 +284,7 @@ def run_check_result(verdicts: dict[PartitionKey, Verdict], run_figures: dict | 
         figure_names = sorted({k for v in failing.values() for k in v.metadata})
         rows = ["| tenant-day | severity | " + " | ".join(figure_names) + " |", "|---|---|" + "---:|" * len(figure_names)]
         for key, v in list(failing.items())[:FAILING_TABLE_ROWS]:
-            rows.append(f"| {key} | {v.severity} | " + " | ".join(str(v.metadata.get(n, "")) for n in figure_names) + " |")
+            rows.append(f"| {md_cell(key)} | {v.severity} | " + " | ".join(md_cell(v.metadata.get(n, "")) for n in figure_names) + " |")
         if len(failing) > FAILING_TABLE_ROWS:
             rows.append(f"| … {len(failing) - FAILING_TABLE_ROWS} more (failing_tenant_days) | | " + " | " * len(figure_names))
         metadata["failing"] = dg.MetadataValue.md("\n".join(rows))
