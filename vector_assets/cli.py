@@ -495,11 +495,15 @@ def tenant_day_status(instance, tenant: str, day: str) -> dict:
         out["materialised"] = True
         out["run_id"], out["timestamp"] = record.run_id, record.timestamp
         metadata = record.asset_materialization.metadata
-        out["figures"][asset] = {name: getattr(metadata[name], "value", metadata[name]) for name in STATUS_FIGURES[asset] if name in metadata}
+        figures = {name: getattr(metadata[name], "value", metadata[name]) for name in STATUS_FIGURES[asset] if name in metadata}
+        if figures:
+            out["figures"][asset] = figures
     if out["run_id"]:
-        evaluations = instance.get_records_for_run(out["run_id"], of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION, limit=1000).records
-        for record in evaluations:
-            evaluation = record.event_log_entry.dagster_event.event_specific_data
+        # The latest outcome of each check for this tenant-day: the materialising run's, or a
+        # later one (the audit job, a re-materialisation).
+        from .sensors.alerts import new_check_evaluations
+
+        for _, evaluation in new_check_evaluations(instance, 0):
             for t, d, passed, severity, figures in tenant_day_outcomes(evaluation):
                 if (t, d) == (tenant, day):
                     shown = ", ".join(f"{k}={v}" for k, v in figures.items())
