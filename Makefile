@@ -33,10 +33,13 @@ test: install
 test-server: install
 	scripts/server_tests.sh $(BIN)/python
 
-## dev: the Dagster UI (http://127.0.0.1:3000) with the daemon, for backfills and sensors.
+## dev: the Dagster UI (http://127.0.0.1:3000) with the daemon, for backfills and sensors
+## (`dg dev`, Dagster's supported dev command; the code location is named vector_assets).
+## One planned event per asset for a run over a range of tenant-days, on Postgres storage too.
 dev: install
 	$(BIN)/python -c "from vector_assets.settings import ensure_dagster_home; ensure_dagster_home()"
-	$(BIN)/dagster dev -w workspace.yaml
+	VIRTUAL_ENV="$(CURDIR)/$(VENV)" PATH="$(CURDIR)/$(BIN):$$PATH" DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS=true \
+		$(BIN)/dg dev --host 127.0.0.1 --port 3000
 
 ## eval: search quality on ../shared/data/eval_pr_commits through the product (see README).
 eval: install

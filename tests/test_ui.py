@@ -80,7 +80,7 @@ def ui(tmp_path_factory):
     landing, home, dagster_home = root / "landing", root / "home", root / "dagster_home"
     for d in (landing, home, dagster_home):
         d.mkdir()
-    shutil.copyfile(REPO / "dagster.yaml", dagster_home / "dagster.yaml")
+    shutil.copyfile(REPO / "instance" / "dagster.yaml", dagster_home / "dagster.yaml")
     write_jsonl(landing / "jira.jsonl", sample_records("jira_issues_hadoop.jsonl", *RANGES[0]))
     write_jsonl(landing / "bugs.jsonl", sample_records("bugzilla_seamonkey.jsonl", *RANGES[1]))
     env = {
