@@ -9,6 +9,11 @@ Each figure compares, inside one run on this machine, the pipeline with the libr
   ../shared/data, 27,144 records), its wall time against the raw encode time of the same
   texts; runs and per-run overhead; then the same backfill again, unchanged: the ratio and the
   number of texts re-embedded.
+* ``recording``: what Dagster costs per tenant-day apart from the work: two runs of one tenant
+  whose records fall on one day, over 10 and over 1,000 days; the difference in wall time and
+  events per added day (issue #10).
+* ``demo``: ``make demo``'s backfill from fresh state against a fresh process that loads the
+  model and encodes the same texts.
 * ``milvus``: insert rows/s, single-query search latency p50/p95 at N vectors in one tenant
   (real embeddings of the shared records; beyond their count, copies with small Gaussian noise,
   re-normalised) and recall@10 of the HNSW index against exact (brute-force) search.
@@ -22,7 +27,7 @@ their results are kept under ``encode_postgres`` / ``backfill_postgres``. Defaul
 ``--storage postgres-unpooled`` (encode only) switches the pooling off: dagster-postgres'
 default of a new connection for each event.
 
-Usage: python benchmarks/pipeline.py [encode] [backfill] [milvus] [gpu] [--limit N] [--storage S]
+Usage: python benchmarks/pipeline.py [encode] [backfill] [recording] [demo] [milvus] [gpu] [--limit N] [--storage S]
 """
 
 import argparse
@@ -130,6 +135,7 @@ def bench_encode(limit: int, storage: str = "sqlite") -> dict:
         "consecutive": _encode_through_dagster("pallets/flask", flask, storage),
         "busiest": _encode_through_dagster("psf/requests", [t for t in requests if t.day in busiest], storage),
         "consecutive_profile": _encode_through_dagster("pallets/flask", flask, storage, profile=True)["profile"],
+        "recording": bench_recording(storage),
     }
 
 
@@ -168,6 +174,7 @@ def _profile_shares(profiler, wall_s: float) -> dict:
 def _encode_through_dagster(tenant: str, texts: list, storage: str, profile: bool = False) -> dict:
     import dagster as dg
 
+    import vector_assets.definitions  # noqa: F401  (sets the event batching as every code location process does)
     from vector_assets import milvus_store
     from vector_assets.assets import landing_index, tenant_day_vectors
     from vector_assets.partitions import MAX_PARTITIONS_PER_RUN, plan_runs
@@ -215,8 +222,9 @@ def _encode_through_dagster(tenant: str, texts: list, storage: str, profile: boo
             profiler.disable()
         events = sum(len(instance.all_logs(r.run_id)) for r in results)
     mats = [e.event_specific_data.materialization for r in results for e in r.get_asset_materialization_events() if e.asset_key.to_user_string() == "milvus_vectors"]
-    embedded = sum(m.metadata["embedded"].value for m in mats)
-    encode_s = sum(m.metadata["encode_seconds_est"].value for m in mats)
+    # Days without records are materialised too, without figures.
+    embedded = sum(m.metadata["embedded"].value for m in mats if "embedded" in m.metadata)
+    encode_s = sum(m.metadata["encode_seconds_est"].value for m in mats if "encode_seconds_est" in m.metadata)
     milvus_store.stop_local_server(work / "home" / "milvus.db")
     shutil.rmtree(work, ignore_errors=True)
     return {
@@ -292,6 +300,46 @@ def bench_recording(storage: str = "sqlite", spans: tuple[int, int] = (10, 1000)
     milvus_store.stop_local_server(work / "home" / "milvus.db")
     shutil.rmtree(work, ignore_errors=True)
     return out
+
+
+_FRESH_ENCODE = """
+import json, sys, time
+started = time.perf_counter()
+from vector_assets.embedding import load_model
+from vector_assets.extraction import extract_records
+from vector_assets.records import LocatedRecord
+located = []
+for path in sys.argv[1:]:
+    with open(path, encoding="utf-8") as fh:
+        located += [LocatedRecord(path, i, json.loads(line)) for i, line in enumerate(fh, 1)]
+texts, _ = extract_records(located)
+model = load_model("sentence-transformers/all-MiniLM-L6-v2", "cpu")
+model.encode([t.text for t in texts], batch_size=64, normalize_embeddings=True, show_progress_bar=False)
+print(json.dumps({"texts": len(texts), "seconds": time.perf_counter() - started}))
+"""
+
+
+def bench_demo(workers: int = 2) -> dict:
+    """``make demo``'s backfill (the bundled sample, ``--workers 2``, fresh state) against a fresh
+    Python process that imports the package, loads the model and encodes the same records'
+    texts (what the backfill cannot do with less)."""
+    sample = sorted((REPO / "data" / "sample").glob("*.jsonl"))
+    fresh = subprocess.run([sys.executable, "-c", _FRESH_ENCODE, *map(str, sample)], capture_output=True, text=True, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    baseline = json.loads(fresh.stdout.strip().splitlines()[-1])
+    work = Path(tempfile.mkdtemp(prefix="va-bench-demo-"))
+    env = {**os.environ, "VECTOR_ASSETS_HOME": str(work / "home"), "VECTOR_ASSETS_MILVUS_URI": str(work / "home" / "milvus.db"), "DAGSTER_HOME": str(work / "dagster_home"), "HF_HUB_OFFLINE": "1"}
+    env.pop("VECTOR_ASSETS_LANDING_DIR", None)
+    started = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "vector_assets.cli", "backfill", "--workers", str(workers)], env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    subprocess.run([sys.executable, "-m", "vector_assets.cli", "server", "stop"], env=env, capture_output=True)
+    line = re.search(r"^backfill: (.*)$", proc.stdout, re.M)
+    shutil.rmtree(work, ignore_errors=True)
+    return {
+        "records": baseline["texts"], "fresh_process_encode_s": round(baseline["seconds"], 1),
+        "backfill_wall_s": round(wall, 1), "summary": line.group(0) if line else proc.stderr[-800:],
+        "backfill_vs_fresh_encode": round(wall / baseline["seconds"], 2),
+    }
 
 
 def bench_backfill(files: list[str], workers: int, storage: str = "sqlite") -> dict:
@@ -460,7 +508,7 @@ def bench_gpu(limit: int) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", nargs="*", default=["encode", "milvus"], choices=["encode", "backfill", "recording", "milvus", "gpu"])
+    parser.add_argument("what", nargs="*", default=["encode", "milvus"], choices=["encode", "backfill", "recording", "demo", "milvus", "gpu"])
     parser.add_argument("--limit", type=int, default=1500, help="texts of the encode benchmark")
     parser.add_argument("--vectors", type=int, default=100_000)
     parser.add_argument("--files", nargs="*", default=FILES)
@@ -477,7 +525,7 @@ def main() -> int:
         if args.storage == "postgres-unpooled" and what == "backfill":
             parser.error("--storage postgres-unpooled is for encode only")
         key = f"{what}_{args.storage.replace('-', '_')}" if args.storage != "sqlite" and what in ("encode", "backfill", "recording") else what
-        results[key] = {"encode": lambda: bench_encode(args.limit, args.storage), "backfill": lambda: bench_backfill(args.files, args.workers, args.storage), "recording": lambda: bench_recording(args.storage), "milvus": lambda: bench_milvus(args.vectors), "gpu": lambda: bench_gpu(20000)}[what]()
+        results[key] = {"encode": lambda: bench_encode(args.limit, args.storage), "backfill": lambda: bench_backfill(args.files, args.workers, args.storage), "recording": lambda: bench_recording(args.storage), "demo": lambda: bench_demo(args.workers), "milvus": lambda: bench_milvus(args.vectors), "gpu": lambda: bench_gpu(20000)}[what]()
         print(json.dumps(results[key], indent=2), flush=True)
     path.parent.mkdir(exist_ok=True)
     path.write_text(json.dumps(results, indent=2))
