@@ -102,6 +102,17 @@ def test_backfill_then_search(storage_env, slice_records, workspace, tmp_path):
     for name in ("text_frame_valid", "vector_quality", "coverage", "retrievability", "failure_rate"):
         assert table[name] == [stats["partitions"], stats["partitions"], 0, 0], (name, checks.stdout)
 
+    # Any tenant-day's figures and check outcomes, from the command line (#10 item 4).
+    day = jira[0]["day"]
+    empty = next(d for d in _days(min(r["day"] for r in jira), max(r["day"] for r in jira)) if d not in {r["day"] for r in jira})
+    status = run_cli("status", "--tenant", "HADOOP", "--start", day, "--end", day, "--json", env=cli_env)
+    assert status.returncode == 0, status.stderr[-2000:]
+    (entry,) = json.loads(status.stdout)
+    assert entry["materialised"] and entry["figures"]["source_records"]["records_read"] == sum(r["day"] == day for r in jira)
+    assert entry["checks"]["coverage"] == "passed" and not entry["changed_since_written"]
+    text = run_cli("status", "--tenant", "HADOOP", "--day", empty, env=cli_env)
+    assert text.returncode == 0 and "no records (in sync, empty)" in text.stdout, text.stdout
+
     second = run_cli("backfill", env=cli_env)
     assert second.returncode == 0
     again = summary(second.stdout)
