@@ -255,6 +255,12 @@ def sync_partitions(
         vectors[pk] = np.asarray(vec, dtype=np.float32)
 
     now = int(time.time())
+    # Rows of the tenant-days that passed their gate, written together after the loop: one
+    # upsert per 2,000 rows instead of one per tenant-day (about 20 ms each through gRPC, most of
+    # a run's non-encode time at 1-3 records a tenant-day). Deletes stay per tenant-day (they
+    # filter on the day); a moved record's old row is deleted by day, its new row upserted by
+    # key, so their order does not matter.
+    pending: list[dict] = []
     for key, result in results.items():
         tenant, day = key
         held = stored.get(key, {})
@@ -275,7 +281,7 @@ def sync_partitions(
             continue
         write_started = time.perf_counter()
         if changed:
-            milvus_store.write_rows(client, name, _rows(changed, mat, model_id, now))
+            pending.extend(_rows(changed, mat, model_id, now))
         if stale:
             # Filtering on the day too: a row whose record moved on to another day since must stay.
             q = milvus_store.quote
@@ -287,6 +293,10 @@ def sync_partitions(
         result.rows = len(result.texts)
         result.written = True
         result.vectors = {t.pk: vectors[t.pk] for t in changed}
+        timings["write_s"] = timings.get("write_s", 0.0) + time.perf_counter() - write_started
+    if pending:
+        write_started = time.perf_counter()
+        milvus_store.write_rows(client, name, pending)
         timings["write_s"] = timings.get("write_s", 0.0) + time.perf_counter() - write_started
     if any(r.embedded or r.moved or r.deleted for r in results.values()):
         # Sealing the written segment keeps later filtered reads fast (an unflushed growing
