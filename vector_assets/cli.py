@@ -257,7 +257,17 @@ def cmd_backfill(args: argparse.Namespace) -> int:
             )
             refused += days
         partitions_to_run = [p for p in partitions_to_run if p[0] not in vanished]
-    plan = plan_runs(partitions_to_run, args.max_partitions_per_run or MAX_PARTITIONS_PER_RUN)
+    # Runs of similar size when several workers share them: at most a quarter of a worker's
+    # share of the lines in one run (one tenant's whole history in one run left the other
+    # worker idle while it encoded alone on half the threads).
+    weights = index.line_counts()
+    max_weight = None
+    if args.workers > 1 and partitions_to_run:
+        total = sum(weights.get(p, 1) for p in partitions_to_run)
+        max_weight = max(200, -(-total // (args.workers * 4)))
+    plan = plan_runs(partitions_to_run, args.max_partitions_per_run or MAX_PARTITIONS_PER_RUN, weights=weights, max_weight=max_weight)
+    # Largest runs first: the workers finish close together.
+    plan.sort(key=lambda run: -sum(weights.get(p, 1) for p in partitions_to_run if p[0] == run[0] and run[1] <= p[1] <= run[2]))
     print(
         f"{len(partitions)} tenant-days: {len(unchanged)} unchanged since written for {model_id} ({unchanged_rows} rows, not re-run), "
         f"{len(partitions_to_run)} to materialise in {len(plan)} runs",

@@ -481,6 +481,12 @@ class LandingIndex:
             fh.seek(row[0])
             return fh.read(row[1]).decode("utf-8", "replace").rstrip("\n")
 
+    def line_counts(self) -> dict[tuple[str, str], int]:
+        """``{(tenant, day): lines}`` of every tenant-day that holds lines now (what a run of it
+        reads; used to balance runs across workers)."""
+        with self._connect() as db:
+            return {(t, d): n for t, d, n in db.execute("SELECT tenant, day, COUNT(*) FROM lines WHERE tenant IS NOT NULL GROUP BY tenant, day")}
+
     def count_lines(self) -> int:
         """Number of non-blank lines indexed."""
         with self._connect() as db:

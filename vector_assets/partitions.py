@@ -58,11 +58,14 @@ def in_window(day: str, today: str | None = None) -> bool:
 MAX_GAP_DAYS = 365
 
 
-def plan_runs(partitions: list[tuple[str, str]], max_per_run: int, max_gap_days: int = MAX_GAP_DAYS) -> list[tuple[str, str, str, int]]:
+def plan_runs(partitions: list[tuple[str, str]], max_per_run: int, max_gap_days: int = MAX_GAP_DAYS, weights: dict[tuple[str, str], int] | None = None, max_weight: int | None = None) -> list[tuple[str, str, str, int]]:
     """Group tenant-days into runs: one tenant per run, its range from the first to the last of
     its tenant-days, at most ``max_per_run`` days long, and a new run after a gap of more than
     ``max_gap_days`` days. Every day of a run's range is materialised (days between the given
-    ones are re-read and found unchanged or empty).
+    ones are re-read and found unchanged or empty). With ``weights`` (lines per tenant-day) and
+    ``max_weight``, a run also ends before its lines exceed ``max_weight``: so that parallel
+    workers get runs of similar size (a tenant's whole history in one run left one worker
+    encoding alone).
 
     Returns ``[(tenant, first_day, last_day, days_with_records)]``.
     """
@@ -72,14 +75,18 @@ def plan_runs(partitions: list[tuple[str, str]], max_per_run: int, max_gap_days:
     runs = []
     for tenant, days in days_by_tenant.items():
         chunk: list[str] = []
+        weight = 0
         for day in days:
+            w = (weights or {}).get((tenant, day), 1)
             if chunk:
                 gap = (dt.date.fromisoformat(day) - dt.date.fromisoformat(chunk[-1])).days
                 span = (dt.date.fromisoformat(day) - dt.date.fromisoformat(chunk[0])).days + 1
-                if len(chunk) >= max_per_run or gap > max_gap_days or span > max_per_run:
+                heavy = max_weight is not None and weight + w > max_weight
+                if len(chunk) >= max_per_run or gap > max_gap_days or span > max_per_run or heavy:
                     runs.append((tenant, chunk[0], chunk[-1], len(chunk)))
-                    chunk = []
+                    chunk, weight = [], 0
             chunk.append(day)
+            weight += w
         if chunk:
             runs.append((tenant, chunk[0], chunk[-1], len(chunk)))
     return runs
