@@ -36,8 +36,10 @@ test-server: install
 ## dev: the Dagster UI (http://127.0.0.1:3000) with the daemon, for backfills and sensors
 ## (`dg dev`, Dagster's supported dev command; the code location is named vector_assets).
 ## One planned event per asset for a run over a range of tenant-days, on Postgres storage too.
+## The instance's storage is created first: the webserver and the daemon creating a fresh SQLite
+## instance at the same moment can leave its schedule database with two alembic heads.
 dev: install
-	$(BIN)/python -c "from vector_assets.settings import ensure_dagster_home; ensure_dagster_home()"
+	$(BIN)/python -c "from vector_assets.settings import dagster_instance; dagster_instance()"
 	VIRTUAL_ENV="$(CURDIR)/$(VENV)" PATH="$(CURDIR)/$(BIN):$$PATH" DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS=true \
 		$(BIN)/dg dev --host 127.0.0.1 --port 3000
 

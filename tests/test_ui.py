@@ -88,6 +88,9 @@ def ui(tmp_path_factory):
         "VECTOR_ASSETS_MILVUS_URI": str(home / "milvus.db"), "HF_HUB_OFFLINE": "1",
     }
     bin_dir = Path(sys.executable).parent
+    # Create the instance's storage once, before two processes race to create it (webserver and
+    # daemon initialising a fresh SQLite instance at once can leave two alembic heads).
+    subprocess.run([sys.executable, "-c", "from vector_assets.settings import dagster_instance; dagster_instance()"], env=env, check=True, cwd=REPO)
     port = _free_port()
     procs = [
         subprocess.Popen([str(bin_dir / "dagster-webserver"), "-h", "127.0.0.1", "-p", str(port), "-w", "workspace.yaml"], cwd=REPO, env=env, stdout=open(root / "webserver.log", "w"), stderr=subprocess.STDOUT, start_new_session=True),
