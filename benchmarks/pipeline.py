@@ -171,18 +171,13 @@ def _profile_shares(profiler, wall_s: float) -> dict:
     return out
 
 
-def _encode_through_dagster(tenant: str, texts: list, storage: str, profile: bool = False) -> dict:
-    import dagster as dg
-
-    import vector_assets.definitions  # noqa: F401  (sets the event batching as every code location process does)
-    from vector_assets import milvus_store
-    from vector_assets.assets import landing_index, tenant_day_vectors
-    from vector_assets.partitions import MAX_PARTITIONS_PER_RUN, plan_runs
+def _commit_workspace(tenant: str, days: set[str]) -> tuple[Path, dict]:
+    """A temporary landing directory with ``tenant``'s commits of ``days`` (from
+    ../shared/data/git_commits.jsonl), and the resources of a fresh Milvus Lite database beside
+    it, with the model loaded. Returns ``(work dir, resources)``."""
     from vector_assets.quality import QualityThresholds
     from vector_assets.resources import EmbeddingModelResource, LandingResource, MilvusResource
 
-    days = {t.day for t in texts}
-    raw_s = raw_encode([t.text for t in texts])
     work = Path(tempfile.mkdtemp(prefix="va-bench-"))
     (work / "landing").mkdir()
     with open(SHARED / "git_commits.jsonl", encoding="utf-8") as src, open(work / "landing" / "git.jsonl", "w") as dst:
@@ -198,6 +193,20 @@ def _encode_through_dagster(tenant: str, texts: list, storage: str, profile: boo
         "milvus": MilvusResource(uri=str(work / "home" / "milvus.db")),
         "quality": QualityThresholds(),
     }
+    return work, resources
+
+
+def _encode_through_dagster(tenant: str, texts: list, storage: str, profile: bool = False) -> dict:
+    import dagster as dg
+
+    import vector_assets.definitions  # noqa: F401  (sets the event batching as every code location process does)
+    from vector_assets import milvus_store
+    from vector_assets.assets import landing_index, tenant_day_vectors
+    from vector_assets.partitions import MAX_PARTITIONS_PER_RUN, plan_runs
+
+    days = {t.day for t in texts}
+    raw_s = raw_encode([t.text for t in texts])
+    work, resources = _commit_workspace(tenant, days)
     with bench_instance(storage) as instance:
         dg.materialize([landing_index], resources=resources, instance=instance)
         profiler = None
@@ -252,27 +261,11 @@ def bench_recording(storage: str = "sqlite", spans: tuple[int, int] = (10, 1000)
     import vector_assets.definitions  # noqa: F401  (sets the event batching as every code location process does)
     from vector_assets import milvus_store
     from vector_assets.assets import landing_index, tenant_day_vectors
-    from vector_assets.quality import QualityThresholds
-    from vector_assets.resources import EmbeddingModelResource, LandingResource, MilvusResource
 
     tenant = "pallets/flask"
     flask = [t for t in load_texts(["git_commits.jsonl"]) if t.tenant == tenant]
     first = max({t.day for t in flask}, key=lambda d: sum(t.day == d for t in flask))
-    work = Path(tempfile.mkdtemp(prefix="va-bench-rec-"))
-    (work / "landing").mkdir()
-    with open(SHARED / "git_commits.jsonl", encoding="utf-8") as src, open(work / "landing" / "git.jsonl", "w") as dst:
-        for line in src:
-            r = json.loads(line)
-            if r["tenant"] == tenant and r["author_date_utc"][:10] == first:
-                dst.write(line)
-    model = EmbeddingModelResource()
-    model.get_model()
-    resources = {
-        "landing": LandingResource(landing_dir=str(work / "landing"), state_dir=str(work / "home")),
-        "embedding_model": model,
-        "milvus": MilvusResource(uri=str(work / "home" / "milvus.db")),
-        "quality": QualityThresholds(),
-    }
+    work, resources = _commit_workspace(tenant, {first})
     out = {"storage": storage, "event_batch_size": os.environ.get("DAGSTER_EVENT_BATCH_SIZE", "0"), "day_with_records": first}
     with bench_instance(storage) as instance:
         dg.materialize([landing_index], resources=resources, instance=instance)

@@ -32,6 +32,17 @@ def sample_records(file: str, tenant: str, first_day: str, last_day: str) -> lis
     return out
 
 
+def days_between(first: str, last: str) -> list[str]:
+    """Every day from ``first`` to ``last`` (``YYYY-MM-DD``, inclusive)."""
+    import datetime as dt
+
+    d, out = dt.date.fromisoformat(first), []
+    while d <= dt.date.fromisoformat(last):
+        out.append(d.isoformat())
+        d += dt.timedelta(days=1)
+    return out
+
+
 def write_jsonl(path: Path, records: list, raw_lines: list[str] = ()) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", encoding="utf-8") as fh:

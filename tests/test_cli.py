@@ -15,7 +15,7 @@ import pytest
 from vector_assets import milvus_store
 from vector_assets.settings import DEFAULT_MODEL
 
-from .conftest import sample_records, write_jsonl
+from .conftest import days_between, sample_records, write_jsonl
 
 EXE = str(Path(sys.executable).with_name("vector-assets"))
 SUMMARY = re.compile(r"^backfill: (.*)$", re.M)
@@ -64,16 +64,6 @@ def slice_records(workspace):
     return jira, commits
 
 
-def _days(first: str, last: str) -> list[str]:
-    import datetime as dt
-
-    d, out = dt.date.fromisoformat(first), []
-    while d <= dt.date.fromisoformat(last):
-        out.append(d.isoformat())
-        d += dt.timedelta(days=1)
-    return out
-
-
 def test_backfill_then_search(storage_env, slice_records, workspace, tmp_path):
     storage, cli_env = storage_env
     jira, commits = slice_records
@@ -85,8 +75,8 @@ def test_backfill_then_search(storage_env, slice_records, workspace, tmp_path):
         materialised = instance.get_materialized_partitions(dg.AssetKey("milvus_vectors"))
     # One run per tenant; every day of its range is materialised, days without records too.
     assert stats["runs"] == 2
-    expected_days = {f"{d}|HADOOP" for d in _days(min(r["day"] for r in jira), max(r["day"] for r in jira))}
-    expected_days |= {f"{d}|pallets/flask" for d in _days(min(r["day"] for r in commits), max(r["day"] for r in commits))}
+    expected_days = {f"{d}|HADOOP" for d in days_between(min(r["day"] for r in jira), max(r["day"] for r in jira))}
+    expected_days |= {f"{d}|pallets/flask" for d in days_between(min(r["day"] for r in commits), max(r["day"] for r in commits))}
     assert materialised == expected_days and stats["materialised_partitions"] == len(expected_days)
     assert stats["records_read"] == len(jira) + len(commits)
     assert stats["rows_written"] == stats["embedded"] == len(jira) + len(commits)
@@ -104,7 +94,7 @@ def test_backfill_then_search(storage_env, slice_records, workspace, tmp_path):
 
     # Any tenant-day's figures and check outcomes, from the command line (#10 item 4).
     day = jira[0]["day"]
-    empty = next(d for d in _days(min(r["day"] for r in jira), max(r["day"] for r in jira)) if d not in {r["day"] for r in jira})
+    empty = next(d for d in days_between(min(r["day"] for r in jira), max(r["day"] for r in jira)) if d not in {r["day"] for r in jira})
     status = run_cli("status", "--tenant", "HADOOP", "--start", day, "--end", day, "--json", env=cli_env)
     assert status.returncode == 0, status.stderr[-2000:]
     (entry,) = json.loads(status.stdout)

@@ -4,7 +4,6 @@ renders read back through GraphQL: the backfill completed, every tenant-day of t
 materialised (days without records too), none unsynced, every check with a latest outcome.
 """
 
-import datetime as dt
 import json
 import os
 import shutil
@@ -19,20 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import REPO, SERVER_URI, sample_records, write_jsonl
+from .conftest import REPO, SERVER_URI, days_between, sample_records, write_jsonl
 
 pytestmark = pytest.mark.skipif(bool(SERVER_URI), reason="the UI test runs on Milvus Lite only")
 
 ASSETS = ("source_records", "extracted_text", "milvus_vectors")
 RANGES = [("HADOOP", "2024-07-01", "2024-07-12"), ("SeaMonkey", "2024-01-01", "2024-01-10")]
-
-
-def _days(first: str, last: str) -> list[str]:
-    d, out = dt.date.fromisoformat(first), []
-    while d <= dt.date.fromisoformat(last):
-        out.append(d.isoformat())
-        d += dt.timedelta(days=1)
-    return out
 
 
 def _free_port() -> int:
@@ -123,7 +114,7 @@ def test_a_ui_backfill_is_green_materialises_every_tenant_day_and_shows_its_chec
     assert [e["name"] for e in ui.gql("{ workspaceOrError { ... on Workspace { locationEntries { name } } } }")["workspaceOrError"]["locationEntries"]] == ["vector_assets"]
     # A new user first materialises the landing index (it registers the tenants).
     assert ui.wait_run(ui.launch_job("landing_index_job")) == "SUCCESS"
-    names = [f"{day}|{tenant}" for tenant, first, last in RANGES for day in _days(first, last)]
+    names = [f"{day}|{tenant}" for tenant, first, last in RANGES for day in days_between(first, last)]
     launched = ui.gql(
         "mutation($p: LaunchBackfillParams!) { launchPartitionBackfill(backfillParams: $p) { __typename ... on LaunchBackfillSuccess { backfillId } ... on Error { message } } }",
         {"p": {"assetSelection": [{"path": [a]} for a in ASSETS], "partitionNames": names, "fromFailure": False}},
@@ -151,7 +142,7 @@ def test_a_ui_backfill_is_green_materialises_every_tenant_day_and_shows_its_chec
     # 2. Every tenant-day of the range is materialised (days without records included), with
     #    its figures where it has records, and none is unsynced.
     with_records = {f"{r['day']}|HADOOP" for r in sample_records("jira_issues_hadoop.jsonl", *RANGES[0])}
-    assert len(with_records) < len(_days(*RANGES[0][1:]))  # the range has empty days
+    assert len(with_records) < len(days_between(*RANGES[0][1:]))  # the range has empty days
     for asset in ASSETS:
         node = ui.gql(
             """query($key: AssetKeyInput!, $names: [String!]) {
