@@ -16,7 +16,11 @@ Each figure compares, inside one run on this machine, the pipeline with the libr
   model and encodes the same texts.
 * ``milvus``: insert rows/s, single-query search latency p50/p95 at N vectors in one tenant
   (real embeddings of the shared records; beyond their count, copies with small Gaussian noise,
-  re-normalised) and recall@10 of the HNSW index against exact (brute-force) search.
+  re-normalised) and recall@10 of the HNSW index against exact (brute-force) search; the
+  latency of Milvus alone (``engine``) and of ``vector_assets.search`` (``product``: the query
+  embedded, the tenant checked, the search). ``--uri URI`` runs it against a Milvus server:
+  ``scripts/with_milvus_server.sh .venv/bin/python sh -c '.venv/bin/python benchmarks/pipeline.py
+  milvus --uri $VECTOR_ASSETS_TEST_MILVUS_URI'`` (kept under ``milvus_server``).
 * ``memory``: peak RSS (ru_maxrss) of the processes of the above.
 * ``gpu``: only with ``--gpu`` on a machine with CUDA: texts/s fp16 on the GPU vs fp32 on CPU.
 
@@ -27,7 +31,7 @@ their results are kept under ``encode_postgres`` / ``backfill_postgres``. Defaul
 ``--storage postgres-unpooled`` (encode only) switches the pooling off: dagster-postgres'
 default of a new connection for each event.
 
-Usage: python benchmarks/pipeline.py [encode] [backfill] [recording] [demo] [milvus] [gpu] [--limit N] [--storage S]
+Usage: python benchmarks/pipeline.py [encode] [backfill] [recording] [demo] [milvus] [gpu] [--limit N] [--storage S] [--uri URI]
 """
 
 import argparse
@@ -382,10 +386,18 @@ def largest_partition_rss(texts, env: dict) -> dict:
     return {"tenant": tenant, "day": day, "records": records, "exit": proc.returncode, "peak_rss_mib": round(int(peak.group(1)) / 1024, 1) if peak else None}
 
 
-def bench_milvus(n: int, queries: int = 200) -> dict:
-    """Insert rows/s, search p50/p95 at n vectors in one tenant, HNSW recall@10 vs exact."""
+def bench_milvus(n: int, queries: int = 200, uri: str | None = None) -> dict:
+    """Insert rows/s, search p50/p95 at ``n`` vectors in one tenant, HNSW recall@10 vs exact.
+
+    Two latencies per query, in ms: ``engine`` is one ``MilvusClient.search`` of an
+    already-embedded query with the tenant filter (Milvus alone); ``product`` is
+    ``vector_assets.search.search`` as the CLI and the Python API call it (embeds the query on
+    CPU, checks the tenant exists, searches at the product's ef). ``uri``: a Milvus server
+    (``scripts/with_milvus_server.sh`` starts the 2.3.5 one); default Milvus Lite in a temp dir.
+    """
     from vector_assets import milvus_store
     from vector_assets.embedding import load_model
+    from vector_assets.search import DEFAULT_EF, SEARCH_CONSISTENCY, search
     from vector_assets.settings import DEFAULT_MODEL
 
     texts = [t.text for t in load_texts(["git_commits.jsonl"])]
@@ -412,8 +424,10 @@ def bench_milvus(n: int, queries: int = 200) -> dict:
     vectors = np.concatenate(reps)[:n]
     work = Path(tempfile.mkdtemp(prefix="va-milvus-"))
     db = work / "milvus.db"
-    client = milvus_store.connect(str(db))
+    client = milvus_store.connect(uri or str(db))
     name = "bench"
+    if client.has_collection(name):
+        client.drop_collection(name)
     milvus_store.create_collection(client, name, vectors.shape[1], "HNSW", "COSINE", {"M": 16, "efConstruction": 200}, model_id="bench")
     started = time.perf_counter()
     for i in range(0, n, 2000):
@@ -422,21 +436,41 @@ def bench_milvus(n: int, queries: int = 200) -> dict:
     insert_s = time.perf_counter() - started
     client.release_collection(name)
     client.load_collection(name)
-    qv = model.encode(texts[: queries * 7 : 7], batch_size=64, normalize_embeddings=True).astype(np.float32)
+    query_texts = texts[: queries * 7 : 7]
+    qv = model.encode(query_texts, batch_size=64, normalize_embeddings=True).astype(np.float32)
     exact = np.argsort(-(qv @ vectors.T), axis=1)[:, :10]
-    out = {"vectors": n, "insert_rows_per_s": round(n / insert_s, 1)}
-    for ef in (64, 256):
+    version = milvus_store.server_version(client)
+    out = {"store": f"Milvus server {'.'.join(map(str, version)) if version else '?'}" if uri else "Milvus Lite (its local server)", "vectors": n, "queries": len(qv), "insert_rows_per_s": round(n / insert_s, 1)}
+
+    def percentiles(latencies: list[float]) -> dict:
+        return {"p50_ms": round(float(np.percentile(latencies, 50)), 2), "p95_ms": round(float(np.percentile(latencies, 95)), 2)}
+
+    # The product searches at SEARCH_CONSISTENCY ("Bounded"); "Strong" (the collection's own
+    # level) is timed once for comparison.
+    for ef, level in ((64, SEARCH_CONSISTENCY), (DEFAULT_EF, SEARCH_CONSISTENCY), (DEFAULT_EF, "Strong")):
         latencies, recall = [], []
         for i, q in enumerate(qv):
             t0 = time.perf_counter()
-            hits = client.search(name, data=[q.tolist()], filter='tenant == "bench"', limit=10, output_fields=["pk"], search_params={"params": {"ef": ef}})[0]
+            hits = client.search(name, data=[q.tolist()], filter='tenant == "bench"', limit=10, output_fields=["pk"], search_params={"params": {"ef": ef}}, consistency_level=level)[0]
             latencies.append((time.perf_counter() - t0) * 1000)
             got = {int(h["entity"]["pk"]) for h in hits}
             recall.append(len(got & set(exact[i].tolist())) / 10)
-        out[f"ef{ef}"] = {"p50_ms": round(float(np.percentile(latencies, 50)), 2), "p95_ms": round(float(np.percentile(latencies, 95)), 2), "recall@10_vs_exact": round(float(np.mean(recall)), 4)}
+        out[f"engine_ef{ef}" + ("_strong" if level == "Strong" else "")] = {**percentiles(latencies), "recall@10_vs_exact": round(float(np.mean(recall)), 4)}
+    latencies, embed = [], []
+    for text in query_texts:
+        t0 = time.perf_counter()
+        model.encode([text])
+        embed.append((time.perf_counter() - t0) * 1000)
+        t0 = time.perf_counter()
+        search(client, name, model, "bench", [text], k=10)
+        latencies.append((time.perf_counter() - t0) * 1000)
+    out[f"product_ef{DEFAULT_EF}"] = {**percentiles(latencies), "of_which_query_embedding": percentiles(embed)}
+    if uri:
+        client.drop_collection(name)
     client.close()
-    milvus_store.stop_local_server(db)
-    out["search_profile"] = profile_search(db, name, qv[:50])
+    if not uri:
+        milvus_store.stop_local_server(db)
+        out["search_profile"] = profile_search(db, name, qv[:50])
     shutil.rmtree(work, ignore_errors=True)
     out["peak_rss_mib"] = round(peak_rss_mib(), 1)
     return out
@@ -504,6 +538,8 @@ def main() -> int:
     parser.add_argument("what", nargs="*", default=["encode", "milvus"], choices=["encode", "backfill", "recording", "demo", "milvus", "gpu"])
     parser.add_argument("--limit", type=int, default=1500, help="texts of the encode benchmark")
     parser.add_argument("--vectors", type=int, default=100_000)
+    parser.add_argument("--uri", help="milvus: a Milvus server's URI (default: Milvus Lite in a temp dir); scripts/with_milvus_server.sh starts one")
+    parser.add_argument("--queries", type=int, default=200, help="milvus: queries timed")
     parser.add_argument("--files", nargs="*", default=FILES)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--storage", choices=["sqlite", "postgres", "postgres-unpooled"], default="sqlite", help="Dagster storage of encode and backfill (postgres-unpooled: encode only, dagster-postgres' default of a connection per event)")
@@ -518,7 +554,8 @@ def main() -> int:
         if args.storage == "postgres-unpooled" and what == "backfill":
             parser.error("--storage postgres-unpooled is for encode only")
         key = f"{what}_{args.storage.replace('-', '_')}" if args.storage != "sqlite" and what in ("encode", "backfill", "recording") else what
-        results[key] = {"encode": lambda: bench_encode(args.limit, args.storage), "backfill": lambda: bench_backfill(args.files, args.workers, args.storage), "recording": lambda: bench_recording(args.storage), "demo": lambda: bench_demo(args.workers), "milvus": lambda: bench_milvus(args.vectors), "gpu": lambda: bench_gpu(20000)}[what]()
+        key = "milvus_server" if what == "milvus" and args.uri else key
+        results[key] = {"encode": lambda: bench_encode(args.limit, args.storage), "backfill": lambda: bench_backfill(args.files, args.workers, args.storage), "recording": lambda: bench_recording(args.storage), "demo": lambda: bench_demo(args.workers), "milvus": lambda: bench_milvus(args.vectors, args.queries, args.uri), "gpu": lambda: bench_gpu(20000)}[what]()
         print(json.dumps(results[key], indent=2), flush=True)
     path.parent.mkdir(exist_ok=True)
     path.write_text(json.dumps(results, indent=2))

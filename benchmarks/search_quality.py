@@ -9,7 +9,9 @@ and for all 2,548. Prints a table and writes results/search_quality.json.
 Reference (exact search, all-MiniLM-L6-v2, ../shared/data/README.md): recall@10 0.607 /
 nDCG@10 0.553 on non-trivial queries, 0.801 / 0.765 on all.
 
-Usage: python benchmarks/search_quality.py [--shared ../shared/data] [--workers 2] [--keep] [--work DIR]
+Scores each search mode (dense, bm25, hybrid; ``--modes``) on the same index.
+
+Usage: python benchmarks/search_quality.py [--shared ../shared/data] [--workers 2] [--keep] [--work DIR] [--modes M...]
 """
 
 import argparse
@@ -46,6 +48,7 @@ def main() -> int:
     parser.add_argument("--shared", default=str(REPO.parent / "shared" / "data"))
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--keep", action="store_true", help="reuse the existing index in the work directory (the backfill then writes only what changed)")
+    parser.add_argument("--modes", nargs="+", default=["dense", "bm25", "hybrid"], choices=["dense", "bm25", "hybrid"], help="search modes scored (default all three)")
     parser.add_argument("--work", default=str(REPO / "results" / "eval"), help="work directory (default results/eval); e.g. results/bench_backfill with --keep to search the full-dataset backfill of benchmarks/pipeline.py")
     args = parser.parse_args()
     shared = Path(args.shared).resolve()
@@ -78,32 +81,35 @@ def main() -> int:
     with open(qfile, "w", encoding="utf-8") as fh:
         for q in queries:
             fh.write(json.dumps({"id": q["_id"], "tenant": q["tenant"], "text": q["text"]}) + "\n")
-    started = time.perf_counter()
-    out = work / "hits.jsonl"
-    # The corpus of eval_pr_commits is the non-merge commits: merge commits (which quote the
-    # pull-request title) are left out with a kind filter, as the protocol's corpus does.
-    search = subprocess.run([*exe, "search", "--queries", str(qfile), "-k", "10", "--kind", "git_commit", "--output", str(out)], env=env, capture_output=True, text=True)
-    search_s = time.perf_counter() - started
-    if search.returncode != 0:
-        print(search.stderr[-2000:])
-        return 1
-    run = {}
-    for line in open(out, encoding="utf-8"):
-        item = json.loads(line)
-        run[item["id"]] = [h["id"] for h in item["hits"]]
     qrels: dict[str, set[str]] = defaultdict(set)
     for line in open(shared / "eval_pr_commits" / "qrels.jsonl", encoding="utf-8"):
         item = json.loads(line)
         if item["score"] > 0:
             qrels[item["query_id"]].add(item["corpus_id"])
     sets = {"non-trivial": [q["_id"] for q in queries if not q["trivial"]], "all": [q["_id"] for q in queries]}
-    results = {"backfill_wall_s": round(backfill_s, 1), "search_wall_s": round(search_s, 1), "queries": len(queries), "backfill_summary": summary.group(0) if summary else ""}
-    print(f"\n{'queries':<12} {'n':>5} {'recall@10':>10} {'ref':>6} {'nDCG@10':>8} {'ref':>6}")
-    for name, ids in sets.items():
-        recall, ndcg = score(run, qrels, ids)
-        ref_r, ref_n = REFERENCE[name]
-        print(f"{name:<12} {len(ids):>5} {recall:>10.3f} {ref_r:>6.3f} {ndcg:>8.3f} {ref_n:>6.3f}")
-        results[name] = {"n": len(ids), "recall@10": round(recall, 4), "ndcg@10": round(ndcg, 4), "reference_recall@10": ref_r, "reference_ndcg@10": ref_n}
+    results = {"backfill_wall_s": round(backfill_s, 1), "queries": len(queries), "backfill_summary": summary.group(0) if summary else ""}
+    print(f"\n{'mode':<7} {'queries':<12} {'n':>5} {'recall@10':>10} {'ref':>6} {'nDCG@10':>8} {'ref':>6}")
+    search_s = 0.0
+    for mode in args.modes:
+        started = time.perf_counter()
+        out = work / f"hits_{mode}.jsonl"
+        # The corpus of eval_pr_commits is the non-merge commits: merge commits (which quote the
+        # pull-request title) are left out with a kind filter, as the protocol's corpus does.
+        search = subprocess.run([*exe, "search", "--queries", str(qfile), "-k", "10", "--kind", "git_commit", "--mode", mode, "--output", str(out)], env=env, capture_output=True, text=True)
+        search_s = time.perf_counter() - started
+        if search.returncode != 0:
+            print(search.stderr[-2000:])
+            return 1
+        run = {}
+        for line in open(out, encoding="utf-8"):
+            item = json.loads(line)
+            run[item["id"]] = [h["id"] for h in item["hits"]]
+        results[mode] = {"search_wall_s": round(search_s, 1)}
+        for name, ids in sets.items():
+            recall, ndcg = score(run, qrels, ids)
+            ref_r, ref_n = REFERENCE[name]
+            print(f"{mode:<7} {name:<12} {len(ids):>5} {recall:>10.3f} {ref_r:>6.3f} {ndcg:>8.3f} {ref_n:>6.3f}", flush=True)
+            results[mode][name] = {"n": len(ids), "recall@10": round(recall, 4), "ndcg@10": round(ndcg, 4), "reference_recall@10": ref_r, "reference_ndcg@10": ref_n}
     print(f"\nbackfill {backfill_s:.0f}s, {len(queries)} queries searched in {search_s:.0f}s")
     (REPO / "results").mkdir(exist_ok=True)
     (REPO / "results" / "search_quality.json").write_text(json.dumps(results, indent=2))

@@ -84,7 +84,7 @@ def test_backfill_then_search(storage_env, slice_records, workspace, tmp_path):
     assert stats["partitions"] == len({("H", r["day"]) for r in jira} | {("F", r["day"]) for r in commits})
 
     client = milvus_store.connect(str(workspace["db"]))
-    assert milvus_store.count_rows(client, milvus_store.collection_name(DEFAULT_MODEL)) == len(jira) + len(commits)
+    assert milvus_store.count_records(client, milvus_store.collection_name(DEFAULT_MODEL)) == len(jira) + len(commits)
 
     checks = run_cli("checks", env=cli_env)
     assert checks.returncode == 0, checks.stdout + checks.stderr[-2000:]
@@ -107,13 +107,13 @@ def test_backfill_then_search(storage_env, slice_records, workspace, tmp_path):
     assert second.returncode == 0
     again = summary(second.stdout)
     assert again["embedded"] == 0 and again["rows_written"] == 0 and again["skipped"] == len(jira) + len(commits)
-    assert milvus_store.count_rows(client, milvus_store.collection_name(DEFAULT_MODEL)) == len(jira) + len(commits)
+    assert milvus_store.count_records(client, milvus_store.collection_name(DEFAULT_MODEL)) == len(jira) + len(commits)
 
     hit = run_cli("search", "--tenant", "pallets/flask", "-k", "3", "--json", commits[0]["message"], env=cli_env)
     assert hit.returncode == 0, hit.stderr
     hits = json.loads(hit.stdout)["hits"]
     assert hits[0]["id"] == f"git:pallets/flask:{commits[0]['sha']}"
-    assert set(hits[0]) == {"id", "score", "day", "kind", "preview"}
+    assert set(hits[0]) == {"id", "score", "day", "kind", "preview", "passage", "passage_text"}
 
     text = run_cli("search", "--tenant", "HADOOP", jira[0]["summary"], env=cli_env)
     assert text.returncode == 0 and jira[0]["id"] in text.stdout.splitlines()[0]
@@ -169,5 +169,5 @@ def test_overlapping_backfills_and_a_concurrent_search(cli_env, workspace):
     client = milvus_store.connect(str(workspace["db"]))
     name = milvus_store.collection_name(DEFAULT_MODEL)
     for tenant, records in (("SeaMonkey", seamonkey), ("HADOOP", hadoop), ("BurntSushi/ripgrep", commits)):
-        assert milvus_store.count_rows(client, name, f'tenant == "{tenant}"') == len(records)
+        assert milvus_store.count_records(client, name, f'tenant == "{tenant}"') == len(records)
     client.close()

@@ -135,7 +135,7 @@ def test_collections_are_keyed_by_the_full_model_identity():
     default = milvus_store.collection_name(DEFAULT_MODEL)
     others = {milvus_store.collection_name(m) for m in ("acme/all-MiniLM-L6-v2", "/models/all-MiniLM-L6-v2", "/models/copy/all-MiniLM-L6-v2/")}
     assert default not in others and len(others) == 3
-    assert all(name.startswith("records__all_minilm_l6_v2__") for name in others | {default})
+    assert all(name.startswith("passages__all_minilm_l6_v2__") for name in others | {default})
     assert milvus_store.collection_name(DEFAULT_MODEL) == default
 
 
@@ -213,7 +213,7 @@ def test_non_ascii_tenants_are_written_and_searched(resources, instance, workspa
     materialize_index(resources, instance)
     for tenant in ("café", "日本語", 'quo"te'):
         materialize_days(resources, instance, tenant, days_of(base)[0], days_of(base)[-1])
-        stored = milvus_client.query(COLLECTION, filter=f"tenant == {milvus_store.quote(tenant)}", output_fields=["pk"])
+        stored = milvus_client.query(COLLECTION, filter=f"tenant == {milvus_store.quote(tenant)} and passage == 0", output_fields=["pk"])
         assert len(stored) == len(base)
         assert search(milvus_client, COLLECTION, embedding_model, tenant, [base[0]["summary"]], k=1)[0][0].id == base[0]["id"]
 

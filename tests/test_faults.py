@@ -2,6 +2,7 @@
 vanished files, kill -9, SIGTERM, a killed worker, an unreachable server. Real model, Milvus
 Lite, real records, the ``vector-assets`` executable."""
 
+import json
 import os
 import signal
 import socket
@@ -28,7 +29,7 @@ def env(workspace):
 def count(uri, expr=""):
     client = milvus_store.connect(str(uri))
     try:
-        return milvus_store.count_rows(client, NAME, expr)
+        return milvus_store.count_records(client, NAME, expr)
     finally:
         client.close()
 
@@ -68,7 +69,7 @@ def test_vanished_files_do_not_delete_a_tenant_unless_asked(env, hadoop_days, wo
     refused = run_cli("backfill", env=env)
     assert refused.returncode == 1
     assert "refusing: tenant HADOOP has no line in the landing data any more" in refused.stderr
-    assert f"({len(hadoop_days)} rows)" in refused.stderr
+    assert f"({len(hadoop_days)} records)" in refused.stderr
     assert count(workspace["db"]) == len(hadoop_days)
     deleted = run_cli("backfill", "--delete-vanished-tenants", env=env)
     assert deleted.returncode == 0, deleted.stderr[-2000:]
@@ -123,18 +124,40 @@ def test_a_killed_backfill_does_not_hang_the_next(env, hadoop_days, workspace):
     assert count(workspace["db"]) == len(hadoop_days)
 
 
-def test_sigterm_stops_the_backfill_and_reports(env, hadoop_days, workspace):
-    """Item 8: SIGTERM stops a backfill: no further run starts, the summary is printed and the
-    exit status says it was stopped."""
+@pytest.mark.parametrize("signum, status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_stops_the_backfill_and_reports(env, hadoop_days, workspace, signum, status):
+    """Item 8: SIGTERM, or Ctrl-C (SIGINT to the process group, as a terminal sends it), stops a
+    backfill: no further run starts, the summary is printed and the exit status says it was
+    stopped (128 + the signal)."""
     proc = _spawn(env, "--max-partitions-per-run", "1")
     _wait_for_line(proc, "[1/")
-    proc.send_signal(signal.SIGTERM)
+    if signum == signal.SIGINT:
+        os.killpg(proc.pid, signum)  # the terminal signals the whole foreground group
+    else:
+        proc.send_signal(signum)
     out, err = proc.communicate(timeout=300)
-    assert proc.returncode == 143, err[-2000:]
-    assert "stopped by SIGTERM after" in err
+    assert proc.returncode == status, err[-2000:]
+    name = signal.Signals(signum).name
+    assert f"stopped by {name} after" in err
     stats = summary(out)
-    finished = int(err.split("stopped by SIGTERM after ")[1].split()[0])
+    finished = int(err.split(f"stopped by {name} after ")[1].split()[0])
     assert finished < stats["runs"]
+
+
+def test_a_killed_milvus_lite_server_is_restarted_and_every_record_lands(env, hadoop_days, workspace):
+    """Item 9: the milvus-lite server killed (-9) while a backfill runs: the next connection
+    starts a new server on the same data, retries reconnect, and every record lands."""
+    proc = _spawn(env, "--max-partitions-per-run", "2")
+    _wait_for_line(proc, "[1/")
+    state = Path(str(workspace["db"]) + ".server.json")
+    server_pid = json.loads(state.read_text())["pid"]
+    os.kill(server_pid, signal.SIGKILL)
+    out, err = proc.communicate(timeout=400)
+    assert proc.returncode == 0, out[-2000:] + err[-2000:]
+    assert "Traceback" not in err, err[-3000:]
+    assert json.loads(state.read_text())["pid"] != server_pid
+    assert summary(out)["failed_partitions"] == 0
+    assert count(workspace["db"]) == len(hadoop_days)
 
 
 def test_a_killed_worker_does_not_abandon_the_backfill(env, hadoop_days, workspace):

@@ -30,7 +30,8 @@ def test_the_hadoop_sample_on_a_milvus_23_server(workspace):
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
     assert summary(first.stdout)["rows_written"] == 165
     name = milvus_store.collection_name(DEFAULT_MODEL)
-    assert len(client.query(name, filter='tenant == "HADOOP"', output_fields=["pk"], limit=1000)) == 165
+    assert len(client.query(name, filter='tenant == "HADOOP" and passage == 0', output_fields=["pk"], limit=1000)) == 165
+    assert not milvus_store.has_bm25(client, name)  # 2.3 has no BM25: the collection is dense only
     indexes = {i: client.describe_index(name, i)["index_type"] for i in client.list_indexes(name)}
     assert indexes.get("tenant") == "Trie" and indexes.get("vector") == "HNSW", indexes
 
@@ -40,9 +41,13 @@ def test_the_hadoop_sample_on_a_milvus_23_server(workspace):
     hit = run_cli("search", "--tenant", "HADOOP", "-k", "3", "--json", "multipart upload to S3 fails and cannot recover", env=env)
     assert hit.returncode == 0, hit.stderr
     assert json.loads(hit.stdout)["hits"][0]["id"] == "jira:HADOOP:13585039"
+    hybrid = run_cli("search", "--tenant", "HADOOP", "--mode", "hybrid", "multipart upload", env=env)
+    assert hybrid.returncode == 2 and hybrid.stderr.strip().splitlines() == [
+        f"error: --mode hybrid needs BM25, which Milvus server 2.3.5 does not have (Milvus 2.5 or later, or Milvus Lite); collection {name} is dense only: use --mode dense"
+    ], hybrid.stderr
 
     second = run_cli("backfill", "--all", env=env)
     stats = summary(second.stdout)
     assert second.returncode == 0 and stats["embedded"] == 0 and stats["rows_written"] == 0 and stats["skipped"] == 165
-    assert milvus_store.count_rows(client, name) == 165
+    assert milvus_store.count_records(client, name) == 165
     client.close()

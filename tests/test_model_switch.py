@@ -56,13 +56,13 @@ def test_model_switch_uses_new_collection_and_cuts_over_when_complete(resources,
     # Incomplete (SeaMonkey not yet re-embedded): search still answers from the old collection,
     # which is untouched.
     assert milvus_store.alias_target(milvus_client, alias) == OLD
-    assert milvus_store.count_rows(milvus_client, OLD) == len(jira) + len(bugs)
+    assert milvus_store.count_records(milvus_client, OLD) == len(jira) + len(bugs)
     hits = search(milvus_client, alias, embedding_model, "SeaMonkey", [bugs[0]["summary"]], k=1)[0]
     assert hits[0].id == bugs[0]["id"]
 
     materialize_days(switched, instance, "SeaMonkey", days_of(bugs)[0], days_of(bugs)[-1])
     assert milvus_store.alias_target(milvus_client, alias) == new
-    assert milvus_store.count_rows(milvus_client, new) == len(jira) + len(bugs)
+    assert milvus_store.count_records(milvus_client, new) == len(jira) + len(bugs)
     hits = search(milvus_client, alias, projected_model, "HADOOP", [jira[0]["summary"]], k=1)[0]
     assert hits[0].id == jira[0]["id"]
 

@@ -251,7 +251,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
             rows = index.synced_rows(store, days)
             print(
                 f"refusing: tenant {tenant} has no line in the landing data any more (its files were removed, or the landing "
-                f"directory is empty or not mounted); its {len(days)} tenant-days ({rows} rows) are kept, not deleted. "
+                f"directory is empty or not mounted); its {len(days)} tenant-days ({rows} records) are kept, not deleted. "
                 "Delete them with --delete-vanished-tenants.",
                 file=sys.stderr, flush=True,
             )
@@ -269,7 +269,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     # Largest runs first: the workers finish close together.
     plan.sort(key=lambda run: -sum(weights.get(p, 1) for p in partitions_to_run if p[0] == run[0] and run[1] <= p[1] <= run[2]))
     print(
-        f"{len(partitions)} tenant-days: {len(unchanged)} unchanged since written for {model_id} ({unchanged_rows} rows, not re-run), "
+        f"{len(partitions)} tenant-days: {len(unchanged)} unchanged since written for {model_id} ({unchanged_rows} records, not re-run), "
         f"{len(partitions_to_run)} to materialise in {len(plan)} runs",
         flush=True,
     )
@@ -323,7 +323,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     print(
         f"backfill: partitions={len(partitions)} unchanged_partitions={len(unchanged)} runs={len(plan)} "
         f"materialised_partitions={int(totals['milvus_vectors.partitions'])} records_read={int(totals['source_records.records_read']) + unplaced} "
-        f"rows_written={written} embedded={int(totals['milvus_vectors.embedded'])} skipped={int(totals['milvus_vectors.skipped_unchanged']) + unchanged_rows} "
+        f"rows_written={written} embedded={int(totals['milvus_vectors.embedded'])} passages_embedded={int(totals.get('milvus_vectors.passages_embedded', 0))} skipped={int(totals['milvus_vectors.skipped_unchanged']) + unchanged_rows} "
         f"deleted={int(totals['milvus_vectors.deleted'])} quarantined={quarantined} failed_partitions={failed} "
         f"refused_partitions={len(refused)} check_errors={len(check_errors)} "
         f"encode_s={totals['milvus_vectors.encode_seconds_est']:.1f} wall_s={wall:.1f}",
@@ -371,7 +371,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         return 2
     if args.queries is None:
         try:
-            hits = search(client, collection, model, args.tenant, [args.query], k=args.k, kinds=args.kind)[0]
+            hits = search(client, collection, model, args.tenant, [args.query], k=args.k, kinds=args.kind, mode=args.mode)[0]
         except SearchError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
@@ -379,7 +379,8 @@ def cmd_search(args: argparse.Namespace) -> int:
             print(json.dumps({"query": args.query, "tenant": args.tenant, "hits": [h.as_dict() for h in hits]}))
         else:
             for rank, hit in enumerate(hits, start=1):
-                print(f"{rank:>2}. {hit.score:.3f}  {hit.id}  {hit.day}  {hit.kind}  {hit.preview[:100]}")
+                where = f"  [passage {hit.passage}]" if hit.passage else ""
+                print(f"{rank:>2}. {hit.score:.3f}  {hit.id}  {hit.day}  {hit.kind}{where}  {hit.preview[:100]}")
         return 0
     return _search_file(args, client, collection, model)
 
@@ -411,7 +412,7 @@ def _search_file(args, client, collection, model) -> int:
             for i in range(0, len(items), 256):
                 batch = items[i : i + 256]
                 try:
-                    hits = search(client, collection, model, tenant, [q["text"] for q in batch], k=args.k, check_tenant=(i == 0), kinds=args.kind)
+                    hits = search(client, collection, model, tenant, [q["text"] for q in batch], k=args.k, check_tenant=(i == 0), kinds=args.kind, mode=args.mode)
                 except SearchError as err:
                     print(f"error: tenant {tenant}: {err}", file=sys.stderr)
                     errors += len(batch)
@@ -588,6 +589,7 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--queries", help="JSONL file of {id, tenant, text}; writes one JSON line per query")
     se.add_argument("--kind", action="append", help="only records of this kind (repeatable), e.g. git_commit, jira_issue")
     se.add_argument("--output", help="with --queries: write to this file instead of stdout")
+    se.add_argument("--mode", choices=["dense", "bm25", "hybrid"], help="dense vectors, BM25 over the passage text, or both fused by RRF (default: hybrid where the collection has BM25, else dense)")
     se.set_defaults(func=cmd_search)
     ch = sub.add_parser("checks", help="latest check results per tenant-day, by check")
     ch.add_argument("--tenant", action="append", help="only this tenant (repeatable)")

@@ -63,6 +63,29 @@ def load_model(model: str, device: str):
         return loaded
 
 
+@functools.lru_cache(maxsize=4)
+def load_tokenizer(model: str) -> tuple[object, int]:
+    """``(tokenizer, max_seq_length)`` of a sentence-transformers model without loading its
+    weights (a fraction of a second against seconds): what splitting texts into passages needs
+    on a run that may embed nothing. ``max_seq_length`` comes from the model's
+    ``sentence_bert_config.json`` (the tokenizer's own limit when there is none).
+
+    Raises OSError when the model folder cannot be found locally.
+    """
+    import json
+    from pathlib import Path
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    from transformers import AutoTokenizer
+
+    path = resolve_model_path(model)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    config = Path(path) / "sentence_bert_config.json"
+    limit = json.loads(config.read_text()).get("max_seq_length") if config.exists() else None
+    return tokenizer, int(limit or tokenizer.model_max_length)
+
+
 @dataclass
 class EncodeStats:
     """Counts and timing of the encode calls of one run: ``texts``, ``seconds`` (wall time

@@ -199,6 +199,8 @@ class ExtractedText:
     timestamp: int
     path: str
     line: int
+    #: Passage index within the record (:mod:`vector_assets.passages`; 0: the record's start).
+    passage: int = 0
 
     def hash_for(self, model_id: str) -> str:
         """:func:`records.content_hash` of this text under ``model_id``."""

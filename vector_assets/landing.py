@@ -449,7 +449,7 @@ class LandingIndex:
         return [k for k in keys if done.get(k) != current[k]]
 
     def synced_rows(self, store: str | None, keys: Iterable[tuple[str, str]]) -> int:
-        """Rows written to the collection ``store`` in these tenant-days (as recorded at their last write)."""
+        """Records written to the collection ``store`` in these tenant-days (as recorded at their last write; a record of several passages counts once)."""
         wanted = set(keys)
         with self._connect() as db:
             return sum(rows for t, d, rows in db.execute("SELECT tenant, day, rows FROM synced WHERE store=?", (store,)) if (t, d) in wanted)

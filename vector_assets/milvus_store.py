@@ -29,7 +29,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
-from pymilvus import DataType, MilvusClient
+from pymilvus import DataType, Function, FunctionType, MilvusClient
 
 from .runs import pid_alive
 from pymilvus.exceptions import MilvusException
@@ -38,6 +38,16 @@ from pymilvus.exceptions import MilvusException
 MAX_TENANT = 256
 MAX_RECORD_ID = 512
 MAX_PREVIEW = 1024
+#: Bytes of a passage's text stored in the ``text`` field (a window of 248 word pieces is
+#: 1-2 KB of English; words the tokenizer cannot split can make it longer, and are cut here).
+MAX_PASSAGE_TEXT = 16384
+#: The first Milvus server with the BM25 function (Milvus Lite 3.2 has it too).
+BM25_VERSION = (2, 5)
+#: Analyzer of the BM25 field: Milvus's ``standard`` tokenizer (Unicode word boundaries: splits
+#: ``HADOOP-1234`` into ``hadoop``/``1234``, ``DataNode.java`` into ``datanode``/``java``) with
+#: lowercasing, no stemming and no stop words: identifiers, error codes and file names are
+#: what engineers type (see README "Search quality" for the analyzers measured).
+BM25_ANALYZER = {"tokenizer": "standard", "filter": ["lowercase"]}
 
 #: Collection property naming the model whose vectors the collection holds.
 MODEL_PROPERTY = "vector_assets.model"
@@ -56,9 +66,15 @@ def is_local_uri(uri: str) -> bool:
     return not re.match(r"^[a-z][a-z0-9+.-]*://", uri)
 
 
-def collection_name(model_id: str, prefix: str = "records") -> str:
+#: Prefix of the collections' names. "passages" since rows are passages and the collection has
+#: the passage text and BM25 fields (issue #11); a "records__..." collection of an older
+#: version is left as it was (drop it when the new one is written).
+COLLECTION_PREFIX = "passages"
+
+
+def collection_name(model_id: str, prefix: str = COLLECTION_PREFIX) -> str:
     """Collection for one embedding model: ``<prefix>__<model slug>__<hash>``, e.g.
-    ``records__all_minilm_l6_v2__7d1c4d2a``.
+    ``passages__all_minilm_l6_v2__e9e2c881``.
 
     The hash (8 hex characters of SHA-256 of the full model id: a hub name or a local path) keys
     the collection by the whole identity, so ``acme/all-MiniLM-L6-v2`` or a local folder of
@@ -248,6 +264,17 @@ def upsert_is_safe(client: MilvusClient) -> bool:
     return version is None or version[:2] >= UPSERT_SAFE_VERSION
 
 
+def bm25_supported(client: MilvusClient) -> bool:
+    """Whether this store has Milvus's BM25 function (Milvus Lite; servers from 2.5)."""
+    version = server_version(client)
+    return version is None or version[:2] >= BM25_VERSION
+
+
+def has_bm25(client: MilvusClient, name: str) -> bool:
+    """Whether collection ``name`` has the BM25 ``sparse`` field (created on a store with BM25)."""
+    return any(f.get("name") == "sparse" for f in client.describe_collection(name).get("fields", []))
+
+
 def scalar_index_type(client: MilvusClient) -> str:
     """The index type of the ``tenant`` and ``day`` VARCHAR fields: ``INVERTED``, or ``Trie``
     on servers before :data:`UPSERT_SAFE_VERSION` (2.3 refuses ``INVERTED``)."""
@@ -275,10 +302,14 @@ def create_collection(client: MilvusClient, name: str, dim: int, index_type: str
     """Create collection ``name`` for ``dim``-dimensional float32 vectors if it does not exist,
     index it and load it.
 
-    Fields: pk (VARCHAR primary key), tenant (partition key), day (``YYYY-MM-DD``), kind,
-    record_id, content_hash (SHA-256 hex of model id + text), model, created_at and
-    embedded_at (Unix seconds), preview (first 200 characters), vector. The collection's
-    description is ``{"model": model_id, "dim": dim}``: the collection belongs to that model.
+    Fields: pk (VARCHAR primary key; a passage's, :func:`vector_assets.passages.passage_pk`),
+    tenant (partition key), day (``YYYY-MM-DD``), kind, record_id, passage (index of the passage
+    in its record), content_hash (SHA-256 hex of model id + passage text), model, created_at
+    and embedded_at (Unix seconds), preview (first 200 characters), text (the passage's text,
+    at most :data:`MAX_PASSAGE_TEXT` bytes), vector; on a store with BM25
+    (:func:`bm25_supported`) also ``sparse``, filled by Milvus's BM25 function from ``text``
+    (analyzer :data:`BM25_ANALYZER`), indexed for BM25. The collection's properties name its
+    model and dimension: the collection belongs to that model.
     """
     if not client.has_collection(name):
         schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
@@ -292,9 +323,19 @@ def create_collection(client: MilvusClient, name: str, dim: int, index_type: str
         schema.add_field("created_at", DataType.INT64)
         schema.add_field("embedded_at", DataType.INT64)
         schema.add_field("preview", DataType.VARCHAR, max_length=MAX_PREVIEW)
+        schema.add_field("passage", DataType.INT64)
+        bm25 = bm25_supported(client)
+        if bm25:
+            schema.add_field("text", DataType.VARCHAR, max_length=MAX_PASSAGE_TEXT, enable_analyzer=True, analyzer_params=BM25_ANALYZER)
+            schema.add_field("sparse", DataType.SPARSE_FLOAT_VECTOR)
+            schema.add_function(Function(name="text_bm25", function_type=FunctionType.BM25, input_field_names=["text"], output_field_names=["sparse"]))
+        else:
+            schema.add_field("text", DataType.VARCHAR, max_length=MAX_PASSAGE_TEXT)
         schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
         params = client.prepare_index_params()
         params.add_index("vector", index_type=index_type, metric_type=metric_type, params=dict(index_params or {}))
+        if bm25:
+            params.add_index("sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25")
         # Partition reads filter on tenant and day: scalar indexes keep those scans short
         # (INVERTED where the server has it, Trie on 2.3).
         params.add_index("tenant", index_type=scalar_index_type(client))
@@ -408,15 +449,22 @@ def rows_by_pk(client: MilvusClient, name: str, pks: Iterable[str], fields: list
     return out
 
 
-def tenant_exists(client: MilvusClient, name: str, tenant: str) -> bool:
-    """Whether collection ``name`` holds at least one row of ``tenant``."""
-    return bool(client.query(name, filter=f"tenant == {quote(tenant)}", output_fields=["pk"], limit=1))
+def tenant_exists(client: MilvusClient, name: str, tenant: str, consistency_level: str | None = None) -> bool:
+    """Whether collection ``name`` holds at least one row of ``tenant`` (at the collection's
+    consistency level unless ``consistency_level`` is given)."""
+    kwargs = {"consistency_level": consistency_level} if consistency_level else {}
+    return bool(client.query(name, filter=f"tenant == {quote(tenant)}", output_fields=["pk"], limit=1, **kwargs))
 
 
 def count_rows(client: MilvusClient, name: str, expr: str = "") -> int:
     """Number of rows matching ``expr`` (all rows when empty)."""
     res = client.query(name, filter=expr or 'pk != ""', output_fields=["count(*)"])
     return int(res[0]["count(*)"])
+
+
+def count_records(client: MilvusClient, name: str, expr: str = "") -> int:
+    """Number of records (not passages) matching ``expr``: rows of passage 0, one per record."""
+    return count_rows(client, name, f"passage == 0 and ({expr})" if expr else "passage == 0")
 
 
 def collection_model(client: MilvusClient, name: str) -> str | None:

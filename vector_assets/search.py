@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from pymilvus import MilvusClient
+from pymilvus import AnnSearchRequest, MilvusClient, RRFRanker
 
 from . import milvus_store
 
@@ -14,23 +14,67 @@ from . import milvus_store
 DEFAULT_EF = 256
 
 
+#: Consistency of a search. The collection is Strong (the checks read what a run has just
+#: written); a search need not wait for that: "Bounded" sees every write older than the server's
+#: graceful time (5 s by default). A Strong search on the Milvus 2.3.5 standalone server waits for
+#: its next time tick: p50 200 ms at 5,000 vectors against a few ms (benchmarks/pipeline.py
+#: milvus --uri, README "Performance"). Milvus Lite answers both alike.
+SEARCH_CONSISTENCY = "Bounded"
+
+
+#: Search modes: ``dense`` (the model's vectors), ``bm25`` (Milvus's BM25 over the passage
+#: text), ``hybrid`` (both, fused by reciprocal rank, :data:`RRF_K`).
+MODES = ("dense", "bm25", "hybrid")
+#: The mode used when none is asked for, on a collection with BM25 (else ``dense``). Chosen by
+#: measurement through the product (README "Search quality"; benchmarks/search_quality.py).
+DEFAULT_MODE = "hybrid"
+#: RRF's constant (Cormack et al. 2009; Milvus's ``RRFRanker`` default).
+RRF_K = 60
+#: Passages fetched per wanted record before grouping by record (:func:`search`); doubled until
+#: ``k`` distinct records are found or the tenant has no more passages.
+OVERFETCH = 4
+#: Milvus's largest ``limit`` (topk) of one search.
+MAX_LIMIT = 16384
+
+
 class SearchError(ValueError):
-    """A search that cannot be answered (empty query, unknown tenant, missing collection)."""
+    """A search that cannot be answered (empty query, unknown tenant, missing collection, a mode
+    the collection does not support)."""
 
 
 @dataclass(frozen=True)
 class Hit:
-    """One ranked hit: the record's own ``id`` (``git:<tenant>:<sha>`` for a commit), ``score``
-    (cosine similarity, higher is closer), ``day``, ``kind`` and a text ``preview``."""
+    """One ranked hit, a record: its own ``id`` (``git:<tenant>:<sha>`` for a commit), ``score``
+    (dense: cosine similarity; bm25: BM25 score; hybrid: RRF score; higher is closer), ``day``,
+    ``kind``, a text ``preview`` of the passage that matched, ``passage`` (its index in the
+    record, 0 = the record's start) and ``passage_text`` (its text)."""
 
     id: str
     score: float
     day: str
     kind: str
     preview: str
+    passage: int = 0
+    passage_text: str = ""
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+FIELDS = ["record_id", "day", "kind", "preview", "passage", "text"]
+
+
+def _best_per_record(hits: list[dict], k: int) -> list[Hit]:
+    """The first ``k`` distinct records of ``hits`` (best first), each with its best passage."""
+    out: dict[str, Hit] = {}
+    for h in hits:
+        e = h["entity"]
+        if e["record_id"] in out:
+            continue
+        out[e["record_id"]] = Hit(e["record_id"], round(float(h["distance"]), 6), e["day"], e["kind"], e["preview"], int(e.get("passage") or 0), e.get("text") or "")
+        if len(out) == k:
+            break
+    return list(out.values())
 
 
 def search(
@@ -43,38 +87,75 @@ def search(
     search_params: dict | None = None,
     check_tenant: bool = True,
     kinds: list[str] | None = None,
+    mode: str | None = None,
 ) -> list[list[Hit]]:
-    """The ``k`` nearest records of ``tenant`` for each query, best first.
+    """The ``k`` best records of ``tenant`` for each query, best first.
+
+    A record with a long text is stored as several passages (:mod:`vector_assets.passages`);
+    hits are records, each scored by its best passage: passages are fetched ``OVERFETCH`` times
+    ``k`` at a time (more until ``k`` distinct records are found or the tenant has no more), so
+    the answer stays exact at k = 100 whatever the passages per record. Grouping is done here
+    rather than with Milvus's ``group_by_field``, which hybrid search and the 2.3 server lack.
 
     Args:
         client / collection: where the vectors are (``collection`` may be an alias).
         embedder: anything with ``encode(list[str]) -> (n, dim)`` (the same model that wrote them).
         tenant: only this tenant's rows are searched (Milvus partition key filter).
         queries: query texts.
-        k: hits per query.
+        k: records per query.
         kinds: only these record kinds (e.g. ``["git_commit"]`` leaves merge commits out).
+        mode: ``dense``, ``bm25`` or ``hybrid`` (:data:`MODES`); None: :data:`DEFAULT_MODE` where
+            the collection has BM25, else ``dense``.
 
-    Raises :class:`SearchError` for an empty query, a missing collection or an unknown tenant.
+    Raises :class:`SearchError` for an empty query, a missing collection, an unknown tenant, an
+    unknown mode, or ``bm25``/``hybrid`` on a collection without BM25 (one line naming the
+    server's version).
     """
     if not queries or any(not q or not q.strip() for q in queries):
         raise SearchError("empty query")
+    if mode is not None and mode not in MODES:
+        raise SearchError(f"unknown search mode {mode!r}; one of {', '.join(MODES)}")
     if not client.has_collection(collection):
         collection = milvus_store.alias_target(client, collection) or collection
     if not client.has_collection(collection):
         raise SearchError(f"collection {collection} does not exist; run `vector-assets backfill` first")
     client.load_collection(collection)
-    if check_tenant and not milvus_store.tenant_exists(client, collection, tenant):
+    bm25 = milvus_store.has_bm25(client, collection)
+    if mode is None:
+        mode = DEFAULT_MODE if bm25 else "dense"
+    if mode != "dense" and not bm25:
+        version = milvus_store.server_version(client)
+        where = f"Milvus server {'.'.join(map(str, version))}" if version else "this store"
+        raise SearchError(f"--mode {mode} needs BM25, which {where} does not have (Milvus 2.5 or later, or Milvus Lite); collection {collection} is dense only: use --mode dense")
+    texts = [q.strip() for q in queries]
+    expr = f"tenant == {milvus_store.quote(tenant)}" + (f" and kind in {milvus_store.quote_list(kinds)}" if kinds else "")
+    dense_params = {"params": dict(search_params or {"ef": max(DEFAULT_EF, k)})}
+    vectors = [v.tolist() for v in embedder.encode(texts)] if mode != "bm25" else None
+
+    def fetch(ids: list[int], limit: int) -> list[list[dict]]:
+        if mode == "dense":
+            return client.search(collection, data=[vectors[i] for i in ids], anns_field="vector", filter=expr, limit=limit, output_fields=FIELDS, search_params=dense_params, consistency_level=SEARCH_CONSISTENCY)
+        if mode == "bm25":
+            return client.search(collection, data=[texts[i] for i in ids], anns_field="sparse", filter=expr, limit=limit, output_fields=FIELDS, search_params={"params": {}}, consistency_level=SEARCH_CONSISTENCY)
+        out = []
+        for i in ids:  # one hybrid request per query
+            requests = [
+                AnnSearchRequest(data=[vectors[i]], anns_field="vector", param={"params": {**dense_params["params"], "ef": max(dense_params["params"].get("ef", DEFAULT_EF), limit)}}, limit=limit, expr=expr),
+                AnnSearchRequest(data=[texts[i]], anns_field="sparse", param={"params": {}}, limit=limit, expr=expr),
+            ]
+            out.append(client.hybrid_search(collection, requests, ranker=RRFRanker(RRF_K), limit=limit, output_fields=FIELDS, consistency_level=SEARCH_CONSISTENCY)[0])
+        return out
+
+    results: list[list[Hit]] = [[] for _ in texts]
+    pending, limit = list(range(len(texts))), min(MAX_LIMIT, k * OVERFETCH)
+    while pending:
+        again = []
+        for i, hits in zip(pending, fetch(pending, limit)):
+            results[i] = _best_per_record(hits, k)
+            if len(results[i]) < k and len(hits) >= limit and limit < MAX_LIMIT:
+                again.append(i)  # passages of fewer than k records: fetch deeper
+        pending, limit = again, min(MAX_LIMIT, limit * 4)
+    # Only an empty answer costs the extra query that tells an unknown tenant from no match.
+    if check_tenant and not any(results) and not milvus_store.tenant_exists(client, collection, tenant, SEARCH_CONSISTENCY):
         raise SearchError(f"unknown tenant {tenant!r}: no vectors stored for it")
-    vectors = embedder.encode([q.strip() for q in queries])
-    results = client.search(
-        collection,
-        data=[v.tolist() for v in vectors],
-        filter=f"tenant == {milvus_store.quote(tenant)}" + (f" and kind in {milvus_store.quote_list(kinds)}" if kinds else ""),
-        limit=k,
-        output_fields=["record_id", "day", "kind", "preview"],
-        search_params={"params": dict(search_params or {"ef": max(DEFAULT_EF, k)})},
-    )
-    return [
-        [Hit(h["entity"]["record_id"], round(float(h["distance"]), 6), h["entity"]["day"], h["entity"]["kind"], h["entity"]["preview"]) for h in hits]
-        for hits in results
-    ]
+    return results

@@ -21,6 +21,7 @@ import numpy as np
 from . import milvus_store
 from .extraction import ExtractedText, extract_records
 from .landing import LandingIndex
+from .passages import record_pk
 from .records import BadRecord, safe_name
 
 PartitionKey = tuple[str, str]  # (tenant, day)
@@ -51,7 +52,13 @@ class PartitionResult:
     elsewhere (counted in ``records_read`` and listed in ``quarantined``); ``fingerprint``: of
     the lines read (:attr:`vector_assets.landing.PartitionInput.fingerprint`), what the write
     is recorded against; ``refused``: why the partition was not written although its checks
-    allowed it (its tenant vanished from the landing data), else None.
+    allowed it (its tenant vanished from the landing data), else None. With passages
+    (:mod:`vector_assets.passages`): ``texts`` are the passages, ``records`` the records they
+    came from, ``passages`` their number, ``records_split`` the records of more than one
+    passage, ``passages_cut`` the windows left out by the per-record limit; ``rows`` counts
+    Milvus rows (passages); ``embedded``, ``skipped``, ``moved``, ``deleted`` count records (a
+    record is embedded when any of its passages was), ``passages_embedded`` and
+    ``passages_deleted`` rows.
     """
 
     tenant: str
@@ -68,6 +75,12 @@ class PartitionResult:
     superseded: int = 0
     fingerprint: str = ""
     refused: str | None = None
+    records: int = 0
+    passages: int = 0
+    passages_embedded: int = 0
+    passages_deleted: int = 0
+    records_split: int = 0
+    passages_cut: int = 0
     written: bool = False
     vectors: dict = field(default_factory=dict)
 
@@ -108,6 +121,8 @@ def _rows(texts: list[ExtractedText], vectors: np.ndarray, model_id: str, now: i
             "created_at": t.timestamp,
             "embedded_at": now,
             "preview": t.preview.encode("utf-8")[: milvus_store.MAX_PREVIEW - 4].decode("utf-8", "ignore"),
+            "passage": t.passage,
+            "text": t.text.encode("utf-8")[: milvus_store.MAX_PASSAGE_TEXT - 4].decode("utf-8", "ignore"),
             "vector": v.tolist(),
         }
         for t, v in zip(texts, vectors)
@@ -139,6 +154,21 @@ def extract_partitions(index: LandingIndex, keys: Iterable[PartitionKey]) -> dic
                 result.texts.append(text)
         results[key] = result
     return results
+
+
+def split_into_passages(results: dict[PartitionKey, PartitionResult], embedder) -> None:
+    """Replace each result's record texts by their passages (:mod:`vector_assets.passages`),
+    in place, when ``embedder`` can split (``split_passages``); sets ``records``,
+    ``passages``, ``records_split`` and ``passages_cut``. An embedder without it keeps one row
+    per record."""
+    splitter = getattr(embedder, "split_passages", None)
+    if splitter is None:
+        return
+    for result in results.values():
+        records = len(result.texts)
+        result.texts, result.records_split, result.passages_cut = splitter(result.texts)
+        result.passages = len(result.texts)
+        result.records = records
 
 
 def sync_partitions(
@@ -188,6 +218,7 @@ def sync_partitions(
     if after_extract is not None:
         after_extract(results)
     timings = timings if timings is not None else {}
+    split_into_passages(results, embedder)
 
     model_id = embedder.model_id
     client = milvus.get_client()
@@ -286,9 +317,16 @@ def sync_partitions(
             # Filtering on the day too: a row whose record moved on to another day since must stay.
             q = milvus_store.quote
             client.delete(name, filter=f"pk in {milvus_store.quote_list(stale)} and day == {q(day)} and tenant == {q(tenant)}")
-        result.embedded = sum(1 for t in changed if t.pk not in reuse)
-        result.moved = sum(1 for t in changed if t.pk in reuse)
-        result.deleted = len(stale)
+        # Figures count records (a record is embedded when any of its passages is); the
+        # passage_* figures count rows.
+        current_records = {record_pk(t.pk) for t in result.texts}
+        embedded_records = {record_pk(t.pk) for t in changed if t.pk not in reuse}
+        result.embedded = len(embedded_records)
+        result.moved = len({record_pk(t.pk) for t in changed if t.pk in reuse} - embedded_records)
+        result.skipped = len(current_records) - result.embedded - result.moved
+        result.deleted = len({record_pk(pk) for pk in stale} - current_records)
+        result.passages_embedded = sum(1 for t in changed if t.pk not in reuse)
+        result.passages_deleted = len(stale)
         result.truncated = sum(1 for t in changed if t.pk in truncated)
         result.rows = len(result.texts)
         result.written = True
@@ -321,7 +359,8 @@ def record_synced(index: LandingIndex, milvus, model_id: str, results: dict[Part
     store = milvus.store_key(model_id)
     if store is None:
         return 0
-    index.mark_synced(store, {k: (r.fingerprint, r.rows) for k, r in written.items()})
+    # Records, not passages: what a later backfill reports as skipped for an unchanged tenant-day.
+    index.mark_synced(store, {k: (r.fingerprint, r.records if r.passages else r.rows) for k, r in written.items()})
     return len(written)
 
 

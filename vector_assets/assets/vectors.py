@@ -105,7 +105,10 @@ def partition_metadata(result: PartitionResult, model_id: str, seconds_per_text:
     return {
         SOURCE_RECORDS: {"records_read": result.records_read, "superseded": result.superseded, **quarantine},
         EXTRACTED_TEXT: {
-            "texts": len(texts),
+            "texts": result.records or len(texts),
+            "passages": len(texts),
+            "records_split": result.records_split,
+            "passages_cut": result.passages_cut,
             "mean_chars": round(sum(len(t.text) for t in texts) / len(texts), 1) if texts else 0.0,
             "kinds": ", ".join(sorted({t.kind for t in texts})) or "none",
             **quarantine,
@@ -113,6 +116,8 @@ def partition_metadata(result: PartitionResult, model_id: str, seconds_per_text:
         MILVUS_VECTORS: {
             "rows": result.rows,
             "embedded": result.embedded,
+            "passages_embedded": result.passages_embedded,
+            "passages_deleted": result.passages_deleted,
             "truncated": result.truncated,
             "skipped_unchanged": result.skipped,
             "moved_in": result.moved,

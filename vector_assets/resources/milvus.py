@@ -30,7 +30,7 @@ class MilvusResource(dg.ConfigurableResource):
 
     uri: str
     token: str = ""
-    collection_prefix: str = "records"
+    collection_prefix: str = milvus_store.COLLECTION_PREFIX
     index_type: str = "HNSW"
     metric_type: str = "COSINE"
     index_params: dict = Field(default_factory=lambda: {"M": 16, "efConstruction": 200})
