@@ -431,7 +431,7 @@ def bench_milvus(n: int, queries: int = 200, uri: str | None = None) -> dict:
     milvus_store.create_collection(client, name, vectors.shape[1], "HNSW", "COSINE", {"M": 16, "efConstruction": 200}, model_id="bench")
     started = time.perf_counter()
     for i in range(0, n, 2000):
-        client.insert(name, [{"pk": f"{j:08d}", "tenant": "bench", "day": "2024-01-01", "kind": "x", "record_id": str(j), "content_hash": "", "model": "m", "created_at": 0, "embedded_at": 0, "preview": "", "vector": vectors[j].tolist()} for j in range(i, min(n, i + 2000))])
+        client.insert(name, [{"pk": f"{j:08d}", "tenant": "bench", "day": "2024-01-01", "kind": "x", "record_id": str(j), "content_hash": "", "model": "m", "created_at": 0, "embedded_at": 0, "preview": "", "passage": 0, "text": "", "vector": vectors[j].tolist()} for j in range(i, min(n, i + 2000))])
     client.flush(name)
     insert_s = time.perf_counter() - started
     client.release_collection(name)
