@@ -105,7 +105,7 @@ def partition_metadata(result: PartitionResult, model_id: str, seconds_per_text:
     return {
         SOURCE_RECORDS: {"records_read": result.records_read, "superseded": result.superseded, **quarantine},
         EXTRACTED_TEXT: {
-            "texts": result.records or len(texts),
+            "texts": result.records,
             "passages": len(texts),
             "records_split": result.records_split,
             "passages_cut": result.passages_cut,
@@ -280,13 +280,13 @@ def tenant_day_vectors(
         judged = {k: v for k, v in verdicts[check_name].items() if not v.passed or results[k].records_read or results[k].deleted}
         passed, severity, metadata = evaluate.run_check_result(judged, run_figures=run_timing.metadata if check_name == "processing_time" else None)
         if not passed:
-            failed_checks.append(f"{check_name} ({severity}, {metadata['tenant_days_failed']} tenant-days)")
+            failed_checks.append(f"{check_name} ({severity.value}, {metadata['tenant_days_failed']} tenant-days)")
         yield dg.AssetCheckResult(
             asset_key=asset_key,
             check_name=check_name,
             passed=passed,
             metadata=metadata,
-            severity=dg.AssetCheckSeverity.WARN if not passed and severity == "WARN" else dg.AssetCheckSeverity.ERROR,
+            severity=severity,
         )
     # Only now, with the materialisations recorded, are the written partitions recorded as
     # synced: a crash before this line leaves them to be run again, never skipped unmaterialised.

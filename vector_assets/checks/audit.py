@@ -67,7 +67,7 @@ def audit_tenant_days(
             check_name=check_name,
             passed=passed,
             metadata=metadata,
-            severity=dg.AssetCheckSeverity.WARN if not passed and severity == "WARN" else dg.AssetCheckSeverity.ERROR,
+            severity=severity,
         )
     context.log.info(f"audited {len(keys)} tenant-days: {failed} tenant-day check outcomes failed")
     yield dg.Output(len(keys))

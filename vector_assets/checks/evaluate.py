@@ -101,7 +101,7 @@ def coverage_verdicts(results: dict[PartitionKey, PartitionResult], stored: dict
         missing = [pk for pk in expected if pk not in rows]
         extra = [pk for pk in rows if pk not in expected]
         mismatched = [pk for pk, h in expected.items() if pk in rows and rows[pk] != h]
-        records = result.records if result.passages else len(result.texts)
+        records = result.records
         balanced = result.records_read == records + len(result.quarantined)
         ok = balanced and not missing and not extra and not mismatched
         verdicts[key] = Verdict(
@@ -270,7 +270,8 @@ def run_check_result(verdicts: dict[PartitionKey, Verdict], run_figures: dict | 
     """One check's outcome for a whole run, from its per-tenant-day verdicts.
 
     Returns ``(passed, severity, metadata)``: passed when every judged tenant-day passed;
-    severity the worst of the failures (``ERROR`` over ``WARN``); metadata with
+    severity a :class:`dagster.AssetCheckSeverity`, the worst of the failures (``ERROR`` over
+    ``WARN``; ``ERROR`` when nothing failed, Dagster's default); metadata with
     ``tenant_days_evaluated``/``tenant_days_failed`` (ints), ``failing`` (a Markdown table of at
     most :data:`FAILING_TABLE_ROWS` failing tenant-days with their figures), and two JSON
     values that tools read back (:func:`tenant_day_outcomes`): ``failing_tenant_days``
@@ -280,7 +281,8 @@ def run_check_result(verdicts: dict[PartitionKey, Verdict], run_figures: dict | 
     import dagster as dg
 
     failing = {f"{t}|{d}": v for (t, d), v in sorted(verdicts.items()) if not v.passed}
-    severity = "ERROR" if any(v.severity == "ERROR" for v in failing.values()) else "WARN"
+    warn_only = failing and all(v.severity == "WARN" for v in failing.values())
+    severity = dg.AssetCheckSeverity.WARN if warn_only else dg.AssetCheckSeverity.ERROR
     evaluated: dict[str, list[str]] = {}
     for tenant, day in sorted(verdicts):
         evaluated.setdefault(tenant, []).append(day)
