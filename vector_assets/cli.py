@@ -511,14 +511,18 @@ def tenant_day_status(instance, tenant: str, day: str) -> dict:
             out["figures"][asset] = figures
     if out["run_id"]:
         # The latest outcome of each check for this tenant-day: the materialising run's, or a
-        # later one (the audit job, a re-materialisation).
-        from .sensors.alerts import new_check_evaluations
+        # later one (the audit job, a re-materialisation); each check's history is read newest
+        # first and only as far as the first evaluation that judged this tenant-day.
+        from .sensors.alerts import check_evaluations_newest_first
 
-        for _, evaluation in new_check_evaluations(instance, 0):
-            for t, d, passed, severity, figures in tenant_day_outcomes(evaluation):
-                if (t, d) == (tenant, day):
+        for name, (asset_key, _, _) in CHECKS.items():
+            for _, evaluation in check_evaluations_newest_first(instance, dg.AssetCheckKey(asset_key, name)):
+                outcome = next(((passed, severity, figures) for t, d, passed, severity, figures in tenant_day_outcomes(evaluation) if (t, d) == (tenant, day)), None)
+                if outcome is not None:
+                    passed, severity, figures = outcome
                     shown = ", ".join(f"{k}={v}" for k, v in figures.items())
-                    out["checks"][evaluation.check_name] = "passed" if passed else f"{severity}: {shown}"
+                    out["checks"][name] = "passed" if passed else f"{severity}: {shown}"
+                    break
         for name in CHECKS:
             out["checks"].setdefault(name, "not evaluated (no records, or nothing to judge)")
     return out

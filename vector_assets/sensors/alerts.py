@@ -14,9 +14,11 @@ Settings: ``VECTOR_ASSETS_RETRY_MAX_ATTEMPTS`` (default 3) and
 ``VECTOR_ASSETS_RETRY_BASE_DELAY_S`` (default 300).
 """
 
+import itertools
 import json
 import os
 import time
+from typing import Iterator
 
 import dagster as dg
 
@@ -33,24 +35,28 @@ def retry_settings() -> tuple[int, float]:
     return int(os.environ.get("VECTOR_ASSETS_RETRY_MAX_ATTEMPTS", "3")), float(os.environ.get("VECTOR_ASSETS_RETRY_BASE_DELAY_S", "300"))
 
 
+def check_evaluations_newest_first(instance: dg.DagsterInstance, key: dg.AssetCheckKey, page: int = 1000) -> Iterator[tuple[int, object]]:
+    """``(execution id, AssetCheckEvaluation)`` of check ``key``, newest first, read lazily from
+    the instance's asset-check execution history page by page (executions that never produced
+    an evaluation, e.g. planned ones, are left out)."""
+    cursor = None
+    while True:
+        records = instance.event_log_storage.get_asset_check_execution_history(key, limit=page, cursor=cursor)
+        for record in records:
+            event = record.event.dagster_event if record.event else None
+            if event is not None and event.event_type_value == "ASSET_CHECK_EVALUATION":
+                yield record.id, event.event_specific_data
+        if len(records) < page:
+            return
+        cursor = records[-1].id
+
+
 def new_check_evaluations(instance: dg.DagsterInstance, after: int, page: int = 1000) -> list[tuple[int, object]]:
     """``(execution id, AssetCheckEvaluation)`` of every check of :data:`CHECKS` recorded
-    after execution id ``after``, oldest first (read from the instance's asset-check
-    execution history, page by page)."""
+    after execution id ``after``, oldest first."""
     found = []
     for name, (asset_key, _, _) in CHECKS.items():
-        key = dg.AssetCheckKey(asset_key, name)
-        cursor = None
-        while True:
-            records = instance.event_log_storage.get_asset_check_execution_history(key, limit=page, cursor=cursor)
-            fresh = [r for r in records if r.id > after]
-            for record in fresh:
-                event = record.event.dagster_event if record.event else None
-                if event is not None and event.event_type_value == "ASSET_CHECK_EVALUATION":
-                    found.append((record.id, event.event_specific_data))
-            if len(records) < page or len(fresh) < len(records):
-                break
-            cursor = records[-1].id
+        found += itertools.takewhile(lambda item: item[0] > after, check_evaluations_newest_first(instance, dg.AssetCheckKey(asset_key, name), page))
     return sorted(found, key=lambda item: item[0])
 
 
