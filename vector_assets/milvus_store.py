@@ -271,8 +271,13 @@ def bm25_supported(client: MilvusClient) -> bool:
 
 
 def has_bm25(client: MilvusClient, name: str) -> bool:
-    """Whether collection ``name`` has the BM25 ``sparse`` field (created on a store with BM25)."""
-    return any(f.get("name") == "sparse" for f in client.describe_collection(name).get("fields", []))
+    """Whether collection ``name`` has the BM25 ``sparse`` field (created on a store with BM25).
+    Cached on the client per collection (a search asks on every call; a collection re-created
+    under the same name on the same store gets the same fields)."""
+    cache = client.__dict__.setdefault("_vector_assets_bm25", {})
+    if name not in cache:
+        cache[name] = any(f.get("name") == "sparse" for f in client.describe_collection(name).get("fields", []))
+    return cache[name]
 
 
 def scalar_index_type(client: MilvusClient) -> str:
