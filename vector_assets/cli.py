@@ -477,8 +477,8 @@ def cmd_checks(args: argparse.Namespace) -> int:
 #: Figures of a tenant-day, by asset, in the order ``status`` prints them.
 STATUS_FIGURES = {
     "source_records": ("records_read", "superseded", "quarantined"),
-    "extracted_text": ("texts", "mean_chars", "kinds"),
-    "milvus_vectors": ("rows", "embedded", "skipped_unchanged", "moved_in", "deleted", "truncated"),
+    "extracted_text": ("texts", "passages", "records_split", "passages_cut", "mean_chars", "kinds"),
+    "milvus_vectors": ("rows", "embedded", "passages_embedded", "skipped_unchanged", "moved_in", "deleted", "passages_deleted", "truncated"),
 }
 
 
