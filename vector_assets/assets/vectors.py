@@ -123,7 +123,7 @@ def partition_metadata(result: PartitionResult, model_id: str, seconds_per_text:
             "moved_in": result.moved,
             "deleted": result.deleted,
             "model": model_id,
-            "encode_seconds_est": round(seconds_per_text * result.embedded, 4),
+            "encode_seconds_est": round(seconds_per_text * result.passages_embedded, 4),
         },
     }
 
@@ -238,7 +238,8 @@ def tenant_day_vectors(
         if sample:
             verdicts["retrievability"] = evaluate.retrievability_verdicts(client, name, written, sample, quality, milvus.search_params)
         verdicts["failure_rate"] = {k: evaluate.failure_rate_verdict(r, quality) for k, r in written.items()}
-    embedded = sum(r.embedded for r in results.values())
+    # Per vector: a record of several passages is several vectors.
+    embedded = sum(r.passages_embedded for r in results.values())
     run_timing = evaluate.processing_time_verdict(
         1000.0 * encode_cpu_s / embedded if embedded else 0.0, embedded, quality,
         wall_ms_per_vector=1000.0 * (timings.get("encode_s", 0.0) + timings.get("write_s", 0.0)) / embedded if embedded else 0.0,
