@@ -441,6 +441,60 @@ def cmd_server(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from . import service
+    from .api_keys import keys_path
+
+    if not milvus_exists():
+        print(f"error: no Milvus Lite database at {settings.milvus_uri()}; run `vector-assets backfill` first", file=sys.stderr)
+        return 2
+    print(f"serving on http://{args.host}:{args.port} (keys: {keys_path()})", flush=True)
+    service.serve(args.host, args.port, log_level=args.log_level)
+    return 0
+
+
+def milvus_exists() -> bool:
+    """Whether the configured Milvus is a server URI or an existing Milvus Lite database."""
+    from pathlib import Path
+
+    from . import milvus_store
+
+    uri = settings.milvus_uri()
+    return not milvus_store.is_local_uri(uri) or Path(uri).exists()
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from .api_keys import ALL_TENANTS, ApiKeyError, KeyStore
+
+    store = KeyStore()
+    try:
+        if args.action == "add":
+            if bool(args.tenant) == args.all_tenants:
+                print("error: give --tenant T (repeatable) or --all-tenants", file=sys.stderr)
+                return 2
+            key, entry = store.add([ALL_TENANTS] if args.all_tenants else args.tenant, name=args.name or "")
+            print(f"added key {entry.id} for tenants {', '.join(entry.tenants)} in {store.path}; it is shown once, here:")
+            print(key)
+        elif args.action == "list":
+            keys = sorted(store.keys().values(), key=lambda k: k.created)
+            if args.json:
+                print(json.dumps([{k: v for k, v in vars(e).items() if k != "sha256"} for e in keys], indent=1))
+            for entry in [] if args.json else keys:
+                print(f"{entry.id}  {'revoked ' + entry.revoked if entry.revoked else 'valid'}  created {entry.created}  tenants {','.join(entry.tenants)}  {entry.name}")
+            if not keys and not args.json:
+                print(f"no keys in {store.path}")
+        else:
+            if not args.id:
+                print("error: keys revoke needs the key's id (keys list)", file=sys.stderr)
+                return 2
+            entry = store.revoke(args.id)
+            print(f"revoked {entry.id} ({entry.revoked})")
+    except ApiKeyError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def cmd_checks(args: argparse.Namespace) -> int:
     """Print, per check, how many tenant-days' latest evaluation passed, failed at WARN and failed
     at ERROR, then the failures (at most ``--limit``). Exit 1 when any latest evaluation failed
@@ -610,6 +664,19 @@ def build_parser() -> argparse.ArgumentParser:
     sv = sub.add_parser("server", help="the local milvus-lite server of the default database")
     sv.add_argument("action", choices=["start", "stop", "status"])
     sv.set_defaults(func=cmd_server)
+    api = sub.add_parser("serve", help="the HTTP search service (FastAPI + uvicorn; README, 'Search service')")
+    api.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: loopback only)")
+    api.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    api.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
+    api.set_defaults(func=cmd_serve)
+    ks = sub.add_parser("keys", help="API keys of the search service: add, list, revoke")
+    ks.add_argument("action", choices=["add", "list", "revoke"])
+    ks.add_argument("id", nargs="?", help="revoke: the key's id (from keys list)")
+    ks.add_argument("--tenant", action="append", help="add: a tenant the key may read (repeatable)")
+    ks.add_argument("--all-tenants", action="store_true", help="add: the key may read every tenant (and /metrics)")
+    ks.add_argument("--name", help="add: a note on whose key it is")
+    ks.add_argument("--json", action="store_true", help="list: as JSON")
+    ks.set_defaults(func=cmd_keys)
     return parser
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
 
 from pymilvus import AnnSearchRequest, MilvusClient, RRFRanker
@@ -35,6 +36,9 @@ RRF_K = 60
 OVERFETCH = 4
 #: Milvus's largest ``limit`` (topk) of one search.
 MAX_LIMIT = 16384
+
+
+DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
 class SearchError(ValueError):
@@ -88,6 +92,8 @@ def search(
     check_tenant: bool = True,
     kinds: list[str] | None = None,
     mode: str | None = None,
+    days: tuple[str | None, str | None] | None = None,
+    ensure_loaded: bool = True,
 ) -> list[list[Hit]]:
     """The ``k`` best records of ``tenant`` for each query, best first.
 
@@ -106,6 +112,10 @@ def search(
         kinds: only these record kinds (e.g. ``["git_commit"]`` leaves merge commits out).
         mode: ``dense``, ``bm25`` or ``hybrid`` (:data:`MODES`); None: :data:`DEFAULT_MODE` where
             the collection has BM25, else ``dense``.
+        days: ``(first, last)`` ``YYYY-MM-DD`` days, inclusive, either None for open: only records
+            of those days.
+        ensure_loaded: resolve ``collection`` as an alias and load it first (two to three Milvus
+            calls); False for a caller that passes a loaded collection's own name (the service).
 
     Raises :class:`SearchError` for an empty query, a missing collection, an unknown tenant, an
     unknown mode, or ``bm25``/``hybrid`` on a collection without BM25 (one line naming the
@@ -115,11 +125,12 @@ def search(
         raise SearchError("empty query")
     if mode is not None and mode not in MODES:
         raise SearchError(f"unknown search mode {mode!r}; one of {', '.join(MODES)}")
-    if not client.has_collection(collection):
-        collection = milvus_store.alias_target(client, collection) or collection
-    if not client.has_collection(collection):
-        raise SearchError(f"collection {collection} does not exist; run `vector-assets backfill` first")
-    client.load_collection(collection)
+    if ensure_loaded:
+        if not client.has_collection(collection):
+            collection = milvus_store.alias_target(client, collection) or collection
+        if not client.has_collection(collection):
+            raise SearchError(f"collection {collection} does not exist; run `vector-assets backfill` first")
+        client.load_collection(collection)
     bm25 = milvus_store.has_bm25(client, collection)
     if mode is None:
         mode = DEFAULT_MODE if bm25 else "dense"
@@ -129,6 +140,11 @@ def search(
         raise SearchError(f"--mode {mode} needs BM25, which {where} does not have (Milvus 2.5 or later, or Milvus Lite); collection {collection} is dense only: use --mode dense")
     texts = [q.strip() for q in queries]
     expr = f"tenant == {milvus_store.quote(tenant)}" + (f" and kind in {milvus_store.quote_list(kinds)}" if kinds else "")
+    for op, day in zip((">=", "<="), days or (None, None)):
+        if day is not None:
+            if not DAY.match(day):
+                raise SearchError(f"bad day {day!r}: YYYY-MM-DD")
+            expr += f" and day {op} {milvus_store.quote(day)}"
     dense_params = {"params": dict(search_params or {"ef": max(DEFAULT_EF, k)})}
     vectors = [v.tolist() for v in embedder.encode(texts)] if mode != "bm25" else None
 

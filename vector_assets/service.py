@@ -1,0 +1,572 @@
+"""The search service: ``vector-assets serve``, an HTTP API on FastAPI + uvicorn.
+
+Routes (OpenAPI at ``/openapi.json``, interactive docs at ``/docs``):
+
+- ``POST /v1/search``: records of one tenant for a query or a batch of queries (hits as
+  ``vector-assets search --json``).
+- ``GET /v1/tenants``: the tenants the caller's key may read, with their rows.
+- ``POST /v1/context``: RAG context for a question: the tenant's best passages within a token
+  budget, numbered for citation, and the citations as data (seed ``004_*``, "LLM integration").
+- ``POST /v1/answer``: the context sent to an OpenAI-compatible chat endpoint
+  (``VECTOR_ASSETS_LLM_BASE_URL``, ``VECTOR_ASSETS_LLM_MODEL``, key ``VECTOR_ASSETS_LLM_API_KEY``
+  through ``dg.EnvVar``); 501 when none is configured.
+- ``POST /v1/embeddings``: the OpenAI embeddings API (request and response shapes), served by
+  the collection's model.
+- ``GET /metrics``: Prometheus text (needs a key granting all tenants: it names them).
+- ``GET /healthz`` (the process answers), ``GET /readyz`` (Milvus reachable, model loaded,
+  collection present; 503 naming what is not).
+
+Every ``/v1`` route needs ``Authorization: Bearer <key>`` (:mod:`vector_assets.api_keys`): none
+or an unknown/revoked key: 401; a tenant the key does not grant: 403 with the same body whether
+that tenant exists or not. Inputs are bounded (:data:`LIMITS`); beyond a bound: 422 naming it.
+
+The model is loaded once per process; one Milvus client is shared; requests run concurrently
+(FastAPI's thread pool) and the query texts of concurrent requests are encoded together in one
+forward pass (:class:`BatchingEncoder`).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import os
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Annotated, Literal
+
+import numpy as np
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from . import api_keys, milvus_store, settings
+from .records import KINDS
+from .search import MODES, SearchError, search
+
+#: Bounds on every input (answered with 422 beyond them).
+LIMITS = {
+    "k": 100,  # records per query (the issue's bound)
+    "query_chars": 2000,  # characters of one query (a query is a few lines, not a document)
+    "batch": 32,  # queries per /v1/search request
+    "token_budget": 8192,  # tokens of a /v1/context answer (a large chat model's share of its window)
+    "embedding_inputs": 256,  # texts per /v1/embeddings request
+    "embedding_chars": 32768,  # characters of one embeddings input (the model reads its first 256 tokens)
+}
+Kind = Literal[tuple(sorted(set(KINDS.values()) | {"git_merge_commit"}))]  # type: ignore[valid-type]
+Mode = Literal[MODES]  # type: ignore[valid-type]
+Query = Annotated[str, Field(min_length=1, max_length=LIMITS["query_chars"])]
+Tenant = Annotated[str, Field(min_length=1, max_length=milvus_store.MAX_TENANT)]
+#: Seconds a resolved collection (the search alias' target) and per-tenant row counts are reused.
+REFRESH_S = 30.0
+
+
+class BatchingEncoder:
+    """Encodes the texts of concurrent callers together: one thread runs the model; each
+    :meth:`encode` call queues its texts and waits; the thread takes everything queued (up to
+    ``max_batch`` texts) and encodes it in one forward pass. Nothing waits on purpose: texts
+    batch up while the previous pass runs, so an idle service answers one query at once and a
+    busy one amortises the model over many.
+
+    ``model`` is anything with ``encode(list[str]) -> (n, dim)`` (an
+    :class:`~vector_assets.resources.EmbeddingModelResource`). Errors of the model are raised in
+    every caller of the failed batch.
+    """
+
+    def __init__(self, model, max_batch: int = 64, observe=None):
+        self.model, self.max_batch, self.observe = model, max_batch, observe
+        self._queue: queue.Queue[tuple[list[str], Future]] = queue.Queue()
+        threading.Thread(target=self._run, name="query-encoder", daemon=True).start()
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        """L2-normalised vectors of ``texts``, ``(len(texts), dim)`` float32."""
+        done: Future = Future()
+        self._queue.put((list(texts), done))
+        return done.result()
+
+    def _run(self) -> None:
+        while True:
+            batch = [self._queue.get()]
+            size = len(batch[0][0])
+            while size < self.max_batch:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                batch.append(item)
+                size += len(item[0])
+            started = time.perf_counter()
+            try:
+                vectors = self.model.encode([t for texts, _ in batch for t in texts])
+            except Exception as err:  # noqa: BLE001 - handed to every waiting caller
+                for _, done in batch:
+                    done.set_exception(err)
+                continue
+            if self.observe:
+                self.observe(time.perf_counter() - started, size)
+            start = 0
+            for texts, done in batch:
+                done.set_result(vectors[start : start + len(texts)])
+                start += len(texts)
+
+
+# ---------------------------------------------------------------------------- request shapes
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class _Filters(_Strict):
+    tenant: Tenant
+    k: int = Field(10, ge=1, le=LIMITS["k"], description="records per query")
+    kinds: list[Kind] | None = Field(None, max_length=8, description="only these record kinds")
+    day_from: dt.date | None = Field(None, description="first day (UTC), inclusive")
+    day_to: dt.date | None = Field(None, description="last day (UTC), inclusive")
+    mode: Mode | None = Field(None, description="dense, bm25 or hybrid; default hybrid where the collection has BM25, else dense")
+
+    def days(self) -> tuple[str | None, str | None]:
+        return (self.day_from.isoformat() if self.day_from else None, self.day_to.isoformat() if self.day_to else None)
+
+
+def _not_blank(value: str | None, what: str) -> None:
+    if value is not None and not value.strip():
+        raise ValueError(f"{what} is blank")
+
+
+class SearchRequest(_Filters):
+    """``query`` (one) or ``queries`` (a batch of at most 32), not both."""
+
+    query: Query | None = None
+    queries: list[Query] | None = Field(None, min_length=1, max_length=LIMITS["batch"])
+
+    @model_validator(mode="after")
+    def _one_of(self):
+        if (self.query is None) == (self.queries is None):
+            raise ValueError("give exactly one of query and queries")
+        _not_blank(self.query, "query")
+        for q in self.queries or []:
+            _not_blank(q, "a query of queries")
+        return self
+
+
+class ContextRequest(_Filters):
+    """A question and the token budget of the context assembled for it."""
+
+    question: Query
+    token_budget: int = Field(1500, ge=32, le=LIMITS["token_budget"], description="tokens of the context (the model's tokenizer)")
+    k: int = Field(20, ge=1, le=LIMITS["k"], description="records considered, best first")
+
+    @model_validator(mode="after")
+    def _question(self):
+        _not_blank(self.question, "question")
+        return self
+
+
+class EmbeddingsRequest(_Strict):
+    """The OpenAI embeddings request (``input`` as text or texts; token arrays are refused)."""
+
+    model_config = ConfigDict(extra="ignore")
+    input: Annotated[str, Field(max_length=LIMITS["embedding_chars"])] | list[Annotated[str, Field(max_length=LIMITS["embedding_chars"])]] = Field(..., description="a text or at most 256 texts")
+    model: str = Field(..., min_length=1, max_length=256)
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(None, ge=1, le=65536)
+    user: str | None = Field(None, max_length=256)
+
+    @model_validator(mode="after")
+    def _inputs(self):
+        texts = [self.input] if isinstance(self.input, str) else self.input
+        if not texts or len(texts) > LIMITS["embedding_inputs"]:
+            raise ValueError(f"input must hold 1 to {LIMITS['embedding_inputs']} texts")
+        for text in texts:
+            if not text.strip():
+                raise ValueError("an input text is blank")
+        return self
+
+
+# ---------------------------------------------------------------------------- service state
+
+
+@dataclass
+class ServiceConfig:
+    """Where the service reads from: Milvus ``uri``/``token`` (default ``VECTOR_ASSETS_MILVUS_URI``
+    / ``VECTOR_ASSETS_MILVUS_TOKEN``), the key file (:func:`vector_assets.api_keys.keys_path`),
+    and whether the Dagster instance (``$DAGSTER_HOME``) is read for the tenants' last
+    materialisation times in ``/metrics``."""
+
+    uri: str = field(default_factory=settings.milvus_uri)
+    token: str = field(default_factory=lambda: os.environ.get("VECTOR_ASSETS_MILVUS_TOKEN", ""))
+    keys: api_keys.KeyStore = field(default_factory=api_keys.KeyStore)
+    read_dagster: bool = True
+
+
+class Metrics:
+    """The service's Prometheus metrics, in a registry of its own."""
+
+    def __init__(self, state: "ServiceState"):
+        self.registry = CollectorRegistry()
+        self.requests = Counter("vector_assets_http_requests", "HTTP requests by route, method and status", ["route", "method", "status"], registry=self.registry)
+        self.latency = Histogram("vector_assets_http_request_duration_seconds", "HTTP request latency by route", ["route", "method"], registry=self.registry,
+                                 buckets=(0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+        self.encode = Histogram("vector_assets_encode_seconds", "seconds of one forward pass of the model over a batch of query texts", registry=self.registry,
+                                buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
+        self.encode_texts = Counter("vector_assets_encoded_texts", "query texts encoded", registry=self.registry)
+        self.milvus = Histogram("vector_assets_milvus_seconds", "seconds in Milvus per search request", ["mode"], registry=self.registry,
+                                buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
+        state_ref = state
+
+        class _Collector:
+            def collect(self):
+                rows = GaugeMetricFamily("vector_assets_collection_rows", "rows (passages) in the collection searched", labels=["collection"])
+                try:
+                    collection = state_ref.collection()
+                    rows.add_metric([collection], milvus_store.count_rows(state_ref.client, collection))
+                except Exception:  # noqa: BLE001 - a scrape must not fail because Milvus is down
+                    pass
+                yield rows
+                last = GaugeMetricFamily("vector_assets_tenant_last_materialization_timestamp_seconds", "end time of the latest successful run that materialised the tenant's vectors (Unix seconds)", labels=["tenant"])
+                for tenant, stamp in sorted(state_ref.last_materialisations().items()):
+                    last.add_metric([tenant], stamp)
+                yield last
+
+        self.registry.register(_Collector())
+
+    def observe_encode(self, seconds: float, texts: int) -> None:
+        self.encode.observe(seconds)
+        self.encode_texts.inc(texts)
+
+
+class ServiceState:
+    """What the routes share: the Milvus client, the collection the search alias names (re-read
+    every :data:`REFRESH_S` seconds: an alias cut-over is followed), the model (loaded once),
+    the key store and the metrics."""
+
+    def __init__(self, config: ServiceConfig):
+        from .resources import EmbeddingModelResource, MilvusResource
+
+        self.config = config
+        self.resource = MilvusResource(uri=config.uri, token=config.token)
+        self.client = self.resource.get_client(create=False)
+        self._target: tuple[float, str, str] | None = None
+        self._lock = threading.Lock()
+        self._counts: dict[str, tuple[float, int]] = {}
+        self._last: tuple[float, dict[str, float]] | None = None
+        collection, model_id = self._resolve()
+        self.model = EmbeddingModelResource(model=model_id)
+        self.model.get_model()  # loaded once, at start
+        self.model_id = model_id
+        self.metrics = Metrics(self)
+        self.encoder = BatchingEncoder(self.model, observe=self.metrics.observe_encode)
+        self.tokenizer = self.model.get_model().tokenizer
+
+    def _resolve(self) -> tuple[str, str]:
+        collection = milvus_store.alias_target(self.client, self.resource.search_alias)
+        model_id = (collection and milvus_store.collection_model(self.client, collection)) or settings.model_name()
+        collection = collection or milvus_store.collection_name(model_id)
+        if self.client.has_collection(collection):
+            self.client.load_collection(collection)
+        self._target = (time.monotonic(), collection, model_id)
+        return collection, model_id
+
+    def collection(self) -> str:
+        """The collection searched (the search alias' target)."""
+        with self._lock:
+            if self._target is None or time.monotonic() - self._target[0] > REFRESH_S:
+                self._resolve()
+            return self._target[1]
+
+    def tenant_rows(self, tenant: str) -> int:
+        """Rows (passages) of ``tenant`` in the collection (cached :data:`REFRESH_S` seconds)."""
+        cached = self._counts.get(tenant)
+        if cached and time.monotonic() - cached[0] < REFRESH_S:
+            return cached[1]
+        rows = milvus_store.count_rows(self.client, self.collection(), f"tenant == {milvus_store.quote(tenant)}")
+        self._counts[tenant] = (time.monotonic(), rows)
+        return rows
+
+    def registered_tenants(self) -> list[str]:
+        """Tenants registered in the Dagster instance (``$DAGSTER_HOME``), sorted; empty when
+        the service does not read Dagster."""
+        if not self.config.read_dagster:
+            return []
+        from .partitions import TENANTS
+
+        return sorted(settings.dagster_instance().get_dynamic_partitions(TENANTS))
+
+    def last_materialisations(self) -> dict[str, float]:
+        """Per tenant, the end time (Unix seconds) of its latest successful run that
+        materialised its vectors, from the Dagster instance's 1,000 latest successful runs
+        (cached 60 s)."""
+        if not self.config.read_dagster:
+            return {}
+        if self._last and time.monotonic() - self._last[0] < 60:
+            return self._last[1]
+        import dagster as dg
+
+        out: dict[str, float] = {}
+        try:
+            records = settings.dagster_instance().get_run_records(dg.RunsFilter(statuses=[dg.DagsterRunStatus.SUCCESS]), limit=1000)
+        except Exception:  # noqa: BLE001 - no instance yet: nothing to report
+            records = []
+        for record in records:
+            tags = record.dagster_run.tags
+            key = tags.get("dagster/asset_partition_range_end") or tags.get("dagster/partition") or ""
+            if "|" in key and record.end_time:
+                tenant = key.split("|", 1)[1]
+                out[tenant] = max(out.get(tenant, 0.0), float(record.end_time))
+        self._last = (time.monotonic(), out)
+        return out
+
+    def search(self, tenant: str, queries: list[str], request: _Filters) -> tuple[list, str]:
+        """``search`` with the shared encoder; Milvus seconds observed per mode."""
+        collection = self.collection()
+        timed = _TimedEncoder(self.encoder)
+        started = time.perf_counter()
+        hits = search(self.client, collection, timed, tenant, queries, k=request.k, kinds=request.kinds, mode=request.mode, days=request.days(), ensure_loaded=False)
+        mode = request.mode or ("hybrid" if milvus_store.has_bm25(self.client, collection) else "dense")
+        self.metrics.milvus.labels(mode).observe(time.perf_counter() - started - timed.seconds)
+        return hits, mode
+
+
+class _TimedEncoder:
+    def __init__(self, encoder):
+        self.encoder, self.seconds = encoder, 0.0
+
+    def encode(self, texts):
+        started = time.perf_counter()
+        try:
+            return self.encoder.encode(texts)
+        finally:
+            self.seconds += time.perf_counter() - started
+
+
+# ---------------------------------------------------------------------------- the app
+
+_bearer = HTTPBearer(auto_error=False, description="an API key from `vector-assets keys add`")
+UNAUTHORISED = {401: {"description": "no key, or an unknown or revoked key"}}
+FORBIDDEN = {403: {"description": "the key does not grant this tenant"}}
+NOT_GRANTED = "this key does not grant that tenant"
+
+
+def create_app(config: ServiceConfig | None = None) -> FastAPI:
+    """The FastAPI application (connects to Milvus and loads the model when it starts).
+
+    Raises FileNotFoundError at start when the configured Milvus Lite database does not exist.
+    """
+    config = config or ServiceConfig()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        app.state.service = ServiceState(config)
+        yield
+
+    app = FastAPI(title="vector_assets search service", version="1", lifespan=lifespan,
+                  description="Semantic and hybrid search over a tenant's records (issues, pull requests, commits) in Milvus.")
+
+    def state(request: Request) -> ServiceState:
+        return request.app.state.service
+
+    def caller(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> api_keys.ApiKey:
+        entry = config.keys.verify(credentials.credentials) if credentials else None
+        if entry is None:
+            raise HTTPException(401, "missing, unknown or revoked API key: send Authorization: Bearer <key> (vector-assets keys add)", headers={"WWW-Authenticate": "Bearer"})
+        return entry
+
+    def granted(key: api_keys.ApiKey, tenant: str) -> None:
+        if not key.grants(tenant):
+            raise HTTPException(403, NOT_GRANTED)
+
+    @app.middleware("http")
+    async def measure(request: Request, call_next):
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        service = getattr(request.app.state, "service", None)
+        if service is not None:
+            service.metrics.requests.labels(path, request.method, str(response.status_code)).inc()
+            service.metrics.latency.labels(path, request.method).observe(time.perf_counter() - started)
+        return response
+
+    def run_search(service: ServiceState, tenant: str, queries: list[str], body: _Filters):
+        try:
+            return service.search(tenant, queries, body)
+        except SearchError as err:
+            message = str(err)
+            if message.startswith("unknown tenant"):
+                raise HTTPException(404, "no vectors stored for that tenant") from err
+            raise HTTPException(400, message) from err
+
+    @app.post("/v1/search", responses={**UNAUTHORISED, **FORBIDDEN, 404: {"description": "no vectors for the tenant"}})
+    def search_route(body: SearchRequest, key: api_keys.ApiKey = Depends(caller), service: ServiceState = Depends(state)) -> dict:
+        """The ``k`` best records of ``tenant`` for ``query`` (or each of ``queries``)."""
+        granted(key, body.tenant)
+        queries = [body.query] if body.query is not None else body.queries
+        hits, mode = run_search(service, body.tenant, queries, body)
+        if body.query is not None:
+            return {"query": body.query, "tenant": body.tenant, "mode": mode, "hits": [h.as_dict() for h in hits[0]]}
+        return {"tenant": body.tenant, "mode": mode, "results": [{"query": q, "hits": [h.as_dict() for h in found]} for q, found in zip(queries, hits)]}
+
+    @app.get("/v1/tenants", responses=UNAUTHORISED)
+    def tenants_route(key: api_keys.ApiKey = Depends(caller), service: ServiceState = Depends(state)) -> dict:
+        """The tenants this key may read (registered in Dagster, or named by the key), with rows."""
+        names = service.registered_tenants() if key.all_tenants else sorted(t for t in key.tenants if t != api_keys.ALL_TENANTS)
+        return {"tenants": [{"tenant": t, "rows": service.tenant_rows(t)} for t in names]}
+
+    @app.post("/v1/context", responses={**UNAUTHORISED, **FORBIDDEN, 404: {"description": "no vectors for the tenant"}})
+    def context_route(body: ContextRequest, key: api_keys.ApiKey = Depends(caller), service: ServiceState = Depends(state)) -> dict:
+        """The tenant's best passages for ``question``, within ``token_budget`` tokens."""
+        granted(key, body.tenant)
+        return build_context(service, body)
+
+    @app.post("/v1/answer", responses={**UNAUTHORISED, **FORBIDDEN, 501: {"description": "no chat endpoint configured"}, 502: {"description": "the chat endpoint failed"}})
+    def answer_route(body: ContextRequest, key: api_keys.ApiKey = Depends(caller), service: ServiceState = Depends(state)) -> dict:
+        """An answer from the configured chat model, grounded in ``/v1/context``, with citations."""
+        granted(key, body.tenant)
+        chat = chat_settings()
+        if chat is None:
+            raise HTTPException(501, "no chat endpoint configured: set VECTOR_ASSETS_LLM_BASE_URL and VECTOR_ASSETS_LLM_MODEL (and VECTOR_ASSETS_LLM_API_KEY) and restart the service; /v1/context gives the context without one")
+        context = build_context(service, body)
+        return answer(chat, body.question, context)
+
+    @app.post("/v1/embeddings", responses={**UNAUTHORISED, 404: {"description": "unknown model"}})
+    def embeddings_route(body: EmbeddingsRequest, key: api_keys.ApiKey = Depends(caller), service: ServiceState = Depends(state)) -> dict:
+        """OpenAI-compatible embeddings from the collection's model (L2-normalised)."""
+        if body.model not in {service.model_id, service.model_id.rsplit("/", 1)[-1]}:
+            return JSONResponse({"error": {"message": f"this service serves the model {service.model_id!r}", "type": "invalid_request_error", "param": "model", "code": "model_not_found"}}, status_code=404)
+        texts = [body.input] if isinstance(body.input, str) else body.input
+        dim = service.model.dimension
+        if body.dimensions is not None and body.dimensions != dim:
+            raise HTTPException(422, f"dimensions: the model's vectors have {dim} dimensions")
+        vectors = service.encoder.encode(texts)
+        tokens = sum(min(len(ids), service.model.max_seq_length) for ids in service.tokenizer(texts, add_special_tokens=True, truncation=False, verbose=False)["input_ids"])
+        data = []
+        for i, vector in enumerate(vectors):
+            value = base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode() if body.encoding_format == "base64" else [float(x) for x in vector]
+            data.append({"object": "embedding", "index": i, "embedding": value})
+        return {"object": "list", "data": data, "model": service.model_id, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+
+    @app.get("/healthz")
+    def healthz() -> dict:
+        """The process answers."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", responses={503: {"description": "not ready: what is missing"}})
+    def readyz(service: ServiceState = Depends(state)):
+        """Milvus reachable, model loaded, collection present."""
+        checks = {"model_loaded": service.model is not None}
+        try:
+            collection = service.collection()
+            checks["milvus"] = True
+            checks["collection"] = bool(service.client.has_collection(collection))
+        except Exception:  # noqa: BLE001 - any failure to reach Milvus is "not ready"
+            collection, checks["milvus"], checks["collection"] = None, False, False
+        ready = all(checks.values())
+        return JSONResponse({"status": "ready" if ready else "not ready", "collection": collection, "model": service.model_id, "checks": checks}, status_code=200 if ready else 503)
+
+    @app.get("/metrics", response_class=PlainTextResponse, responses={**UNAUTHORISED, 403: {"description": "the key does not grant all tenants"}})
+    def metrics(key: api_keys.ApiKey = Depends(caller), service: ServiceState = Depends(state)):
+        """Prometheus text exposition (a key granting all tenants: the metrics name tenants)."""
+        if not key.all_tenants:
+            raise HTTPException(403, "/metrics needs a key granting all tenants (keys add --all-tenants)")
+        return PlainTextResponse(generate_latest(service.metrics.registry), media_type="text/plain; version=0.0.4")
+
+    return app
+
+
+# ---------------------------------------------------------------------------- RAG context
+
+
+CONTEXT_HEADER = "Records of {tenant} relevant to the question, most relevant first. Cite a record by its number in brackets, e.g. [1].\n\n"
+
+
+def build_context(service: ServiceState, body: ContextRequest) -> dict:
+    """The context for ``body.question``: the best passage of each of the ``k`` best records,
+    best first, each as ``[n] <record id> (<kind>, <day>)`` and its text, added while the whole
+    stays within ``token_budget`` tokens of the model's tokenizer (a passage that does not fit
+    is cut at the budget when it is the first, else left out). Returns ``{"context",
+    "citations": [{"n", "id", "day", "kind", "passage", "score"}], "tokens", "token_budget"}``."""
+    hits = run_hits(service, body)
+    header = CONTEXT_HEADER.format(tenant=body.tenant)
+    count = lambda text: len(service.tokenizer(text, add_special_tokens=False, truncation=False, verbose=False)["input_ids"])  # noqa: E731
+    parts, citations, used = [header], [], count(header)
+    for hit in hits:
+        n = len(citations) + 1
+        block = f"[{n}] {hit.id} ({hit.kind}, {hit.day})\n{(hit.passage_text or hit.preview).strip()}\n\n"
+        tokens = count(block)
+        if used + tokens > body.token_budget:
+            if citations:
+                break
+            ids = service.tokenizer(block, add_special_tokens=False, truncation=False, verbose=False, return_offsets_mapping=True)["offset_mapping"]
+            block = block[: ids[max(0, body.token_budget - used - 1)][1]] + "\n\n"
+            tokens = count(block)
+        parts.append(block)
+        used += tokens
+        citations.append({"n": n, "id": hit.id, "day": hit.day, "kind": hit.kind, "passage": hit.passage, "score": hit.score})
+    return {"context": "".join(parts).rstrip() + "\n", "citations": citations, "tokens": used, "token_budget": body.token_budget}
+
+
+def run_hits(service: ServiceState, body: ContextRequest) -> list:
+    try:
+        return service.search(body.tenant, [body.question], body)[0][0]
+    except SearchError as err:
+        if str(err).startswith("unknown tenant"):
+            raise HTTPException(404, "no vectors stored for that tenant") from err
+        raise HTTPException(400, str(err)) from err
+
+
+@dataclass(frozen=True)
+class ChatSettings:
+    """An OpenAI-compatible chat endpoint: ``base_url``, ``model``, ``api_key``."""
+
+    base_url: str
+    model: str
+    api_key: str
+
+
+def chat_settings() -> ChatSettings | None:
+    """The chat endpoint from ``VECTOR_ASSETS_LLM_BASE_URL``/``_MODEL``/``_API_KEY`` (read
+    through ``dg.EnvVar``), None when the URL or the model is unset."""
+    import dagster as dg
+
+    url, model = dg.EnvVar("VECTOR_ASSETS_LLM_BASE_URL").get_value(), dg.EnvVar("VECTOR_ASSETS_LLM_MODEL").get_value()
+    if not url or not model:
+        return None
+    return ChatSettings(url, model, dg.EnvVar("VECTOR_ASSETS_LLM_API_KEY").get_value() or "none")
+
+
+SYSTEM_PROMPT = ("You answer questions about an organisation's issues, pull requests and commits using only the numbered records given. "
+                 "Cite every claim with the record numbers in brackets, e.g. [2]. If the records do not answer the question, say so.")
+
+
+def answer(chat: ChatSettings, question: str, context: dict) -> dict:
+    """The chat model's answer to ``question`` given ``context`` (:func:`build_context`), with the
+    citations the answer refers to. Raises HTTPException 502 when the endpoint fails."""
+    import re
+
+    import openai
+
+    client = openai.OpenAI(base_url=chat.base_url, api_key=chat.api_key, max_retries=2, timeout=60)
+    try:
+        reply = client.chat.completions.create(model=chat.model, messages=[
+            {"role": "system", "content": SYSTEM_PROMPT},
+            {"role": "user", "content": f"{context['context']}\nQuestion: {question}"},
+        ])
+    except openai.OpenAIError as err:
+        raise HTTPException(502, f"the chat endpoint failed: {type(err).__name__}") from err
+    text = reply.choices[0].message.content or ""
+    cited = {int(n) for n in re.findall(r"\[(\d+)\]", text)}
+    return {"answer": text, "model": chat.model, "citations": [c for c in context["citations"] if c["n"] in cited], "context_citations": context["citations"]}
+
+
+def serve(host: str = "127.0.0.1", port: int = 8000, log_level: str = "warning") -> None:
+    """Run the service with uvicorn on ``host``:``port`` (loopback by default) until stopped."""
+    import uvicorn
+
+    uvicorn.run(create_app(), host=host, port=port, log_level=log_level, access_log=False)
