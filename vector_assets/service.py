@@ -350,7 +350,7 @@ class _TimedEncoder:
 
 _bearer = HTTPBearer(auto_error=False, description="an API key from `vector-assets keys add`")
 UNAUTHORISED = {401: {"description": "no key, or an unknown or revoked key"}}
-FORBIDDEN = {403: {"description": "the key does not grant this tenant"}}
+FORBIDDEN = {403: {"description": "the key does not grant this tenant"}, 400: {"description": "a search the collection cannot answer (e.g. bm25 on a dense-only collection)"}}
 NOT_GRANTED = "this key does not grant that tenant"
 
 

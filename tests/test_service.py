@@ -1,0 +1,243 @@
+"""The HTTP search service end to end over real HTTP: `vector-assets serve` (uvicorn on a free
+loopback port) over a Milvus Lite database that `vector-assets backfill` filled with real
+records of two tenants (HADOOP's Jira issues, SeaMonkey's Bugzilla bugs), keys made with
+`vector-assets keys`, the official OpenAI client against /v1/embeddings, /metrics parsed with
+prometheus_client, and a schemathesis run against the published OpenAPI."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from vector_assets import milvus_store
+
+from .conftest import sample_records, write_jsonl
+
+EXE = str(Path(sys.executable).with_name("vector-assets"))
+HADOOP = ("HADOOP", "2024-07-01", "2024-07-12")
+SEAMONKEY = ("SeaMonkey", "2024-01-01", "2024-02-29")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cli(*args, env, timeout=600):
+    out = subprocess.run([EXE, *args], env=env, capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    return out.stdout
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """Backfill two tenants, make keys, start the service; yields what the tests need."""
+    root = tmp_path_factory.mktemp("service")
+    env = {
+        **os.environ,
+        "VECTOR_ASSETS_HOME": str(root / "home"),
+        "VECTOR_ASSETS_LANDING_DIR": str(root / "landing"),
+        "VECTOR_ASSETS_MILVUS_URI": str(root / "home" / "milvus.db"),
+        "VECTOR_ASSETS_API_KEYS": str(root / "keys.json"),
+        "DAGSTER_HOME": str(root / "dagster_home"),
+    }
+    for var in ("VECTOR_ASSETS_LLM_BASE_URL", "VECTOR_ASSETS_LLM_MODEL", "VECTOR_ASSETS_TEST_MILVUS_URI"):
+        env.pop(var, None)
+    jira = sample_records("jira_issues_hadoop.jsonl", *HADOOP)
+    bugs = sample_records("bugzilla_seamonkey.jsonl", *SEAMONKEY)
+    assert len(jira) >= 10 and len(bugs) >= 5
+    write_jsonl(root / "landing" / "jira_issues_hadoop.jsonl", jira)
+    write_jsonl(root / "landing" / "bugzilla_seamonkey.jsonl", bugs)
+    cli("backfill", "--workers", "1", env=env)
+    keys = {
+        "hadoop": cli("keys", "add", "--tenant", "HADOOP", "--name", "hadoop team", env=env).strip().splitlines()[-1],
+        "all": cli("keys", "add", "--all-tenants", "--name", "ops", env=env).strip().splitlines()[-1],
+        "revoked": cli("keys", "add", "--tenant", "HADOOP", env=env).strip().splitlines()[-1],
+    }
+    port = free_port()
+    server = subprocess.Popen([EXE, "serve", "--port", str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        assert server.poll() is None, server.stdout.read()
+        try:
+            if httpx.get(f"{base}/readyz", timeout=5).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, "the service did not become ready in 120 s"
+        time.sleep(0.5)
+    yield {"base": base, "env": env, "keys": keys, "jira": jira, "bugs": bugs, "db": env["VECTOR_ASSETS_MILVUS_URI"]}
+    server.terminate()
+    server.wait(30)
+    milvus_store.stop_local_server(env["VECTOR_ASSETS_MILVUS_URI"])
+
+
+def post(served, path, body, key="hadoop"):
+    headers = {"Authorization": f"Bearer {served['keys'][key]}"} if key else {}
+    return httpx.post(served["base"] + path, json=body, headers=headers, timeout=60)
+
+
+def test_search_returns_the_tenants_records(served):
+    target = served["jira"][3]
+    response = post(served, "/v1/search", {"tenant": "HADOOP", "query": target["summary"], "k": 5})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["mode"] == "hybrid" and body["query"] == target["summary"]
+    ids = [h["id"] for h in body["hits"]]
+    assert target["id"] in ids[:3], ids
+    assert all(i.startswith("jira:HADOOP:") for i in ids) and len(ids) == 5
+    assert {"score", "day", "kind", "preview", "passage", "passage_text"} <= set(body["hits"][0])
+    # A batch: one result per query, in order; kinds and day range filter.
+    queries = [served["jira"][0]["summary"], served["jira"][-1]["summary"]]
+    batch = post(served, "/v1/search", {"tenant": "HADOOP", "queries": queries, "k": 3, "mode": "dense", "day_from": "2024-07-05", "day_to": "2024-07-12"}).json()
+    assert [r["query"] for r in batch["results"]] == queries and batch["mode"] == "dense"
+    assert all("2024-07-05" <= h["day"] <= "2024-07-12" for r in batch["results"] for h in r["hits"])
+    assert served["jira"][-1]["id"] in [h["id"] for h in batch["results"][1]["hits"]]
+    none = post(served, "/v1/search", {"tenant": "HADOOP", "query": "file system", "kinds": ["git_commit"]}).json()
+    assert none["hits"] == []
+
+
+def test_keys_tenants_and_bounds(served):
+    body = {"tenant": "HADOOP", "query": "S3A upload"}
+    missing = post(served, "/v1/search", body, key=None)
+    assert missing.status_code == 401 and missing.headers["www-authenticate"] == "Bearer"
+    bad = httpx.post(served["base"] + "/v1/search", json=body, headers={"Authorization": "Bearer va_000000000000_" + "x" * 43})
+    assert bad.status_code == 401
+    assert post(served, "/v1/search", body, key="revoked").status_code == 200
+    key_id = served["keys"]["revoked"].split("_")[1]
+    cli("keys", "revoke", key_id, env=served["env"])
+    assert post(served, "/v1/search", body, key="revoked").status_code == 401  # no restart needed
+    listed = cli("keys", "list", env=served["env"])
+    assert f"{key_id}  revoked" in listed and served["keys"]["hadoop"] not in listed
+    assert served["keys"]["hadoop"] not in Path(served["env"]["VECTOR_ASSETS_API_KEYS"]).read_text()  # stored hashed
+    # Another tenant: 403, and the same answer whether that tenant exists or not.
+    other = post(served, "/v1/search", {"tenant": "SeaMonkey", "query": "bookmark"})
+    nowhere = post(served, "/v1/search", {"tenant": "NoSuchTenant", "query": "bookmark"})
+    assert other.status_code == nowhere.status_code == 403 and other.json() == nowhere.json()
+    assert "SeaMonkey" not in other.text
+    for route in ("/v1/context", "/v1/answer"):
+        assert post(served, route, {"tenant": "SeaMonkey", "question": "bookmark"}).status_code == 403
+    assert post(served, "/v1/search", {"tenant": "SeaMonkey", "query": "bookmark"}, key="all").status_code == 200
+    # Bounds: 422 with a message naming the field.
+    for bad_body, field in [
+        ({**body, "k": 101}, "k"),
+        ({**body, "query": "x" * 2001}, "query"),
+        ({"tenant": "HADOOP", "queries": ["q"] * 33}, "queries"),
+        ({**body, "queries": ["a"]}, "exactly one"),
+        ({**body, "query": "   "}, "blank"),
+        ({**body, "kinds": ["secret_rows"]}, "kinds"),
+        ({**body, "filter": "tenant != ''"}, "filter"),
+    ]:
+        response = post(served, "/v1/search", bad_body)
+        assert response.status_code == 422 and field in response.text, (bad_body, response.text)
+    too_big = post(served, "/v1/context", {"tenant": "HADOOP", "question": "why", "token_budget": 9000})
+    assert too_big.status_code == 422 and "token_budget" in too_big.text
+    # Tenants: those the key grants; all registered ones for an all-tenants key.
+    mine = httpx.get(served["base"] + "/v1/tenants", headers={"Authorization": f"Bearer {served['keys']['hadoop']}"}).json()
+    assert mine == {"tenants": [{"tenant": "HADOOP", "rows": mine["tenants"][0]["rows"]}]} and mine["tenants"][0]["rows"] >= len(served["jira"])
+    every = httpx.get(served["base"] + "/v1/tenants", headers={"Authorization": f"Bearer {served['keys']['all']}"}).json()
+    assert [t["tenant"] for t in every["tenants"]] == ["HADOOP", "SeaMonkey"]
+
+
+def test_context_within_budget_and_answer_without_chat_endpoint(served):
+    from vector_assets.embedding import load_tokenizer
+
+    question = "Why do S3A multipart uploads fail and how is it fixed?"
+    response = post(served, "/v1/context", {"tenant": "HADOOP", "question": question, "token_budget": 400, "k": 10})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    tokenizer = load_tokenizer("sentence-transformers/all-MiniLM-L6-v2")[0]
+    assert body["tokens"] <= 400 and len(tokenizer(body["context"], add_special_tokens=False)["input_ids"]) <= 400 + 2
+    assert body["citations"], body
+    for c in body["citations"]:
+        assert c["id"].startswith("jira:HADOOP:") and f"[{c['n']}] {c['id']} ({c['kind']}, {c['day']})" in body["context"]
+    # A bigger budget holds more records, in the same order.
+    more = post(served, "/v1/context", {"tenant": "HADOOP", "question": question, "token_budget": 3000, "k": 10}).json()
+    assert len(more["citations"]) > len(body["citations"])
+    assert [c["id"] for c in more["citations"]][: len(body["citations"])] == [c["id"] for c in body["citations"]]
+    answer = post(served, "/v1/answer", {"tenant": "HADOOP", "question": question})
+    assert answer.status_code == 501 and "VECTOR_ASSETS_LLM_BASE_URL" in answer.json()["detail"]
+
+
+def test_openai_client_against_embeddings(served, embedding_model):
+    import openai
+
+    client = openai.OpenAI(base_url=served["base"] + "/v1", api_key=served["keys"]["hadoop"], max_retries=0)
+    texts = [served["jira"][0]["summary"], served["bugs"][0]["description"][:3000], "NullPointerException in DFSClient"]
+    local = embedding_model.encode(texts)
+    for fmt in ("float", "base64"):  # the client asks for base64 unless told otherwise
+        result = client.embeddings.create(model="sentence-transformers/all-MiniLM-L6-v2", input=texts, **({"encoding_format": fmt} if fmt == "float" else {}))
+        remote = np.array([d.embedding for d in result.data], dtype=np.float32)
+        assert remote.shape == local.shape == (3, 384)
+        cosine = (remote * local).sum(axis=1) / np.linalg.norm(remote, axis=1) / np.linalg.norm(local, axis=1)
+        assert cosine.min() >= 0.9999, cosine
+        assert result.usage.prompt_tokens > 0 and [d.index for d in result.data] == [0, 1, 2]
+    with pytest.raises(openai.NotFoundError):
+        client.embeddings.create(model="text-embedding-3-small", input="x")
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=served["base"] + "/v1", api_key="nope", max_retries=0).embeddings.create(model="all-MiniLM-L6-v2", input="x")
+
+
+def test_metrics_scraped(served):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    post(served, "/v1/search", {"tenant": "HADOOP", "query": "erasure coding"})
+    assert httpx.get(served["base"] + "/metrics", headers={"Authorization": f"Bearer {served['keys']['hadoop']}"}).status_code == 403
+    text = httpx.get(served["base"] + "/metrics", headers={"Authorization": f"Bearer {served['keys']['all']}"}).text
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    assert samples[("vector_assets_http_requests_total", (("method", "POST"), ("route", "/v1/search"), ("status", "200")))] >= 1
+    assert samples[("vector_assets_http_request_duration_seconds_count", (("method", "POST"), ("route", "/v1/search")))] >= 1
+    assert samples[("vector_assets_encode_seconds_count", ())] >= 1
+    assert samples[("vector_assets_milvus_seconds_count", (("mode", "hybrid"),))] >= 1
+    rows = [v for (name, labels), v in samples.items() if name == "vector_assets_collection_rows"]
+    assert rows and rows[0] >= len(served["jira"]) + len(served["bugs"])
+    last = {dict(labels)["tenant"]: v for (name, labels), v in samples.items() if name == "vector_assets_tenant_last_materialization_timestamp_seconds"}
+    assert set(last) == {"HADOOP", "SeaMonkey"} and all(time.time() - 3600 < v <= time.time() for v in last.values())
+
+
+def test_health_and_readiness(served):
+    assert httpx.get(served["base"] + "/healthz").json() == {"status": "ok"}
+    ready = httpx.get(served["base"] + "/readyz").json()
+    assert ready["status"] == "ready" and all(ready["checks"].values()) and ready["collection"].startswith("passages__")
+    spec = httpx.get(served["base"] + "/openapi.json").json()
+    assert {"/v1/search", "/v1/tenants", "/v1/context", "/v1/answer", "/v1/embeddings", "/metrics", "/healthz", "/readyz"} <= set(spec["paths"])
+
+
+def test_schemathesis_finds_no_server_error_and_no_cross_tenant_read(served):
+    """Every operation of the published OpenAPI, fuzzed with the HADOOP key: no 5xx, status
+    codes the schema documents, and no response carries a SeaMonkey record."""
+    import hypothesis
+    import schemathesis
+    from schemathesis.checks import not_a_server_error
+    from schemathesis.specs.openapi.checks import status_code_conformance
+
+    schema = schemathesis.openapi.from_url(served["base"] + "/openapi.json")
+    headers = {"Authorization": f"Bearer {served['keys']['hadoop']}"}
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert len(operations) == 8
+    calls = []
+    for operation in operations:
+
+        @hypothesis.settings(max_examples=40, deadline=None, suppress_health_check=list(hypothesis.HealthCheck), database=None)
+        @hypothesis.given(case=operation.as_strategy())
+        def fuzz(case):
+            response = case.call(base_url=served["base"], headers=headers, timeout=60)
+            calls.append(response.status_code)
+            case.validate_response(response, checks=[not_a_server_error, status_code_conformance])
+            sent = json.dumps(case.body) if isinstance(case.body, (dict, list, str)) else ""
+            assert "bugzilla:SeaMonkey:" in sent or "bugzilla:SeaMonkey:" not in response.text, (case.body, response.text[:300])
+
+        fuzz()
+    assert len(calls) >= 8 * 10 and 200 in calls and 422 in calls and 403 in calls
