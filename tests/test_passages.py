@@ -3,6 +3,8 @@ records of the bundled sample."""
 
 import re
 
+import numpy as np
+
 import pytest
 
 from vector_assets import embedding, milvus_store
@@ -124,3 +126,20 @@ def test_bm25_modes_on_a_dense_only_collection_are_a_one_line_error(resources, i
             search(milvus_client, COLLECTION, embedding_model, "HADOOP", ["namenode"], mode=mode)
         assert "\n" not in str(err.value)
     assert search(milvus_client, COLLECTION, embedding_model, "HADOOP", ["namenode"], k=3)[0]  # dense unchanged
+
+
+def test_passages_of_one_record_are_not_duplicates_of_each_other():
+    """The duplicate rule counts distinct records whose vectors agree (cosine >= 0.9999), not the
+    overlapping windows of one repetitive record (a long log), which agree legitimately."""
+    from vector_assets.quality import vector_quality
+
+    rng = np.random.default_rng(7)
+    base = rng.normal(size=(4, 384)).astype(np.float32)
+    raw = np.vstack([base, base[0] + 1e-4])  # row 4 is row 0 again, from a different window
+    raw = raw / np.linalg.norm(raw, axis=1, keepdims=True) * 1.9
+    unit = raw / np.linalg.norm(raw, axis=1, keepdims=True)
+    inputs = [(i,) for i in range(5)]
+    same_record = vector_quality(raw, unit, {"model": 384}, inputs=inputs, records=["a", "b", "c", "d", "a"])
+    other_record = vector_quality(raw, unit, {"model": 384}, inputs=inputs, records=["a", "b", "c", "d", "e"])
+    assert same_record.passed and same_record.metadata["duplicate_rate"] == 0.0
+    assert not other_record.passed and other_record.metadata["duplicate_rate"] == 0.4

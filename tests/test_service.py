@@ -241,3 +241,93 @@ def test_schemathesis_finds_no_server_error_and_no_cross_tenant_read(served):
 
         fuzz()
     assert len(calls) >= 8 * 10 and 200 in calls and 422 in calls and 403 in calls
+
+
+class _Flaky:
+    """An HTTP server on loopback answering POSTs with ``statuses`` first (then forwarding to
+    ``target`` when ``statuses`` is exhausted; or the last status forever with ``forever``)."""
+
+    def __init__(self, target: str, statuses: list[int], forever: bool = False):
+        import http.server
+        import threading
+
+        self.seen: list[int] = []
+        flaky = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                n = len(flaky.seen)
+                status = statuses[min(n, len(statuses) - 1)] if (forever or n < len(statuses)) else None
+                if status is None:
+                    forwarded = httpx.post(target + self.path, content=body, headers={"Authorization": self.headers["Authorization"], "Content-Type": "application/json"}, timeout=60)
+                    status, payload = forwarded.status_code, forwarded.content
+                else:
+                    payload = json.dumps({"error": {"message": f"flaky {status}", "type": "server_error"}}).encode()
+                flaky.seen.append(status)
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                if status == 429:
+                    self.send_header("Retry-After", "0")
+                self.end_headers()
+                self.wfile.write(payload)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+
+
+def test_openai_compatible_provider(served, embedding_model, tmp_path):
+    """The OpenAI-compatible embedding provider against the service's own /v1/embeddings: the
+    same vectors as the local model; 429 then 200 retried; 500 forever fails the run clearly;
+    a backfill through it writes a collection of its own, searchable."""
+    from vector_assets.resources import OpenAIEmbeddingResource
+
+    texts = [r["summary"] for r in served["jira"][:5]]
+    provider = OpenAIEmbeddingResource(model="all-MiniLM-L6-v2", base_url=served["base"] + "/v1", api_model="sentence-transformers/all-MiniLM-L6-v2", api_key=served["keys"]["hadoop"], request_batch=2, max_concurrency=2)
+    remote, local = provider.encode(texts), embedding_model.encode(texts)
+    assert ((remote * local).sum(axis=1)).min() >= 0.9999 and provider.dimension == 384
+    flaky = _Flaky(served["base"], [429])
+    try:
+        retried = OpenAIEmbeddingResource(model="m", base_url=flaky.url + "/v1", api_model="sentence-transformers/all-MiniLM-L6-v2", api_key=served["keys"]["hadoop"], max_retries=2)
+        assert ((retried.encode(texts[:1]) * local[:1]).sum()) >= 0.9999
+        assert flaky.seen == [429, 200]
+    finally:
+        flaky.close()
+    # A backfill through the provider: its own collection; search uses it.
+    env = {**served["env"], "VECTOR_ASSETS_HOME": str(tmp_path / "home"), "VECTOR_ASSETS_MILVUS_URI": str(tmp_path / "home" / "milvus.db"),
+           "DAGSTER_HOME": str(tmp_path / "dagster_home"), "VECTOR_ASSETS_LANDING_DIR": str(tmp_path / "landing"),
+           "VECTOR_ASSETS_EMBEDDING_PROVIDER": "openai", "VECTOR_ASSETS_OPENAI_BASE_URL": served["base"] + "/v1",
+           "VECTOR_ASSETS_OPENAI_MODEL": "sentence-transformers/all-MiniLM-L6-v2", "VECTOR_ASSETS_OPENAI_API_KEY": served["keys"]["all"]}
+    write_jsonl(tmp_path / "landing" / "jira_issues_hadoop.jsonl", served["jira"][:8])
+    out = subprocess.run([EXE, "backfill"], env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0 and "failed_partitions=0" in out.stdout, out.stdout[-2000:] + out.stderr[-2000:]
+    client = milvus_store.connect(env["VECTOR_ASSETS_MILVUS_URI"])
+    try:
+        names = client.list_collections()
+        expected = milvus_store.collection_name("openai:sentence-transformers/all-MiniLM-L6-v2@" + served["base"] + "/v1")
+        assert names == [expected] and expected != milvus_store.collection_name("sentence-transformers/all-MiniLM-L6-v2")
+    finally:
+        client.close()
+    hits = subprocess.run([EXE, "search", "--tenant", "HADOOP", "--json", served["jira"][2]["summary"]], env=env, capture_output=True, text=True, timeout=300)
+    assert hits.returncode == 0 and json.loads(hits.stdout)["hits"][0]["id"] == served["jira"][2]["id"], hits.stdout + hits.stderr
+    # An endpoint answering 500 forever: the run fails, with the status and the endpoint named.
+    broken = _Flaky(served["base"], [500], forever=True)
+    try:
+        env.update({"VECTOR_ASSETS_OPENAI_BASE_URL": broken.url + "/v1", "VECTOR_ASSETS_OPENAI_MAX_RETRIES": "2", "VECTOR_ASSETS_HOME": str(tmp_path / "home2"),
+                    "VECTOR_ASSETS_MILVUS_URI": str(tmp_path / "home2" / "milvus.db"), "DAGSTER_HOME": str(tmp_path / "dagster_home2")})
+        failed = subprocess.run([EXE, "backfill"], env=env, capture_output=True, text=True, timeout=600)
+        assert failed.returncode != 0 and "failed_partitions=0" not in failed.stdout
+        assert f"embedding endpoint {broken.url}/v1 answered 500 after 3 attempts" in failed.stdout + failed.stderr, failed.stdout[-3000:] + failed.stderr[-3000:]
+        assert len(broken.seen) >= 3 and set(broken.seen) == {500}
+    finally:
+        broken.close()
+        milvus_store.stop_local_server(str(tmp_path / "home2" / "milvus.db"))
+        milvus_store.stop_local_server(str(tmp_path / "home" / "milvus.db"))

@@ -344,15 +344,11 @@ def cmd_backfill(args: argparse.Namespace) -> int:
 def _search_setup():
     """Client, collection and model that search uses: the collection the search alias names
     (with the model it belongs to), else the configured model's collection."""
-    from . import milvus_store
-    from .resources import EmbeddingModelResource
+    from .search import search_target
 
-    resource = _milvus()
-    client = resource.get_client(create=False)
-    collection = milvus_store.alias_target(client, resource.search_alias)
-    model_id = (collection and milvus_store.collection_model(client, collection)) or settings.model_name()
-    collection = collection or milvus_store.collection_name(model_id)
-    return client, collection, EmbeddingModelResource(model=model_id)
+    client = (resource := _milvus()).get_client(create=False)
+    collection, model = search_target(client, resource.search_alias)
+    return client, collection, model
 
 
 def cmd_search(args: argparse.Namespace) -> int:

@@ -65,6 +65,18 @@ class Hit:
         return asdict(self)
 
 
+def search_target(client: MilvusClient, alias: str):
+    """``(collection, embedder)`` a search uses: the collection ``alias`` names, with the
+    provider of the model that wrote it (:func:`vector_assets.resources.embedding_resource`),
+    else the configured provider's collection (which may not exist yet)."""
+    from .resources import embedding_resource
+
+    collection = milvus_store.alias_target(client, alias)
+    model_id = collection and milvus_store.collection_model(client, collection)
+    embedder = embedding_resource(model_id or None)
+    return collection or milvus_store.collection_name(embedder.model_id), embedder
+
+
 FIELDS = ["record_id", "day", "kind", "preview", "passage", "text"]
 
 

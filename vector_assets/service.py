@@ -48,7 +48,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from . import api_keys, milvus_store, settings
 from .records import KINDS
-from .search import MODES, SearchError, search
+from .search import MODES, SearchError, search, search_target
 
 #: Bounds on every input (answered with 422 beyond them).
 LIMITS = {
@@ -248,7 +248,7 @@ class ServiceState:
     the key store and the metrics."""
 
     def __init__(self, config: ServiceConfig):
-        from .resources import EmbeddingModelResource, MilvusResource
+        from .resources import MilvusResource
 
         self.config = config
         self.resource = MilvusResource(uri=config.uri, token=config.token)
@@ -257,22 +257,21 @@ class ServiceState:
         self._lock = threading.Lock()
         self._counts: dict[str, tuple[float, int]] = {}
         self._last: tuple[float, dict[str, float]] | None = None
-        collection, model_id = self._resolve()
-        self.model = EmbeddingModelResource(model=model_id)
+        collection, self.model = self._resolve()
         self.model.get_model()  # loaded once, at start
-        self.model_id = model_id
+        self.model_id = self.model.model_id
         self.metrics = Metrics(self)
         self.encoder = BatchingEncoder(self.model, observe=self.metrics.observe_encode)
         self.tokenizer = self.model.get_model().tokenizer
 
-    def _resolve(self) -> tuple[str, str]:
-        collection = milvus_store.alias_target(self.client, self.resource.search_alias)
-        model_id = (collection and milvus_store.collection_model(self.client, collection)) or settings.model_name()
-        collection = collection or milvus_store.collection_name(model_id)
+    def _resolve(self):
+        collection, embedder = search_target(self.client, self.resource.search_alias)
         if self.client.has_collection(collection):
             self.client.load_collection(collection)
-        self._target = (time.monotonic(), collection, model_id)
-        return collection, model_id
+        if self._target is not None and embedder.model_id != self._target[2]:
+            raise SearchError(f"the search alias moved to {collection}, written by another model ({embedder.model_id}); restart the service to serve it")
+        self._target = (time.monotonic(), collection, embedder.model_id)
+        return collection, embedder
 
     def collection(self) -> str:
         """The collection searched (the search alias' target)."""

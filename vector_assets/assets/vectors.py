@@ -29,7 +29,7 @@ from .. import runs, settings
 import datetime as dt
 
 from ..partitions import make_key, split_key, tenant_day_partitions
-from .. import milvus_store
+from .. import milvus_store, passages
 from ..checks import evaluate
 from ..checks.specs import CHECK_SPECS, CHECKS
 from ..quality import QualityThresholds, Verdict, vector_quality
@@ -206,7 +206,7 @@ def tenant_day_vectors(
                 collection_dim["collection"] = milvus_store.collection_dimension(client, name) if client.has_collection(name) else None
             if collection_dim["collection"] is not None:
                 dims["collection"] = collection_dim["collection"]
-        verdicts["vector_quality"][key] = vector_quality(raw, normalised, dims, quality, inputs=embedding_model.model_inputs([t.text for t in changed]) if changed else [])
+        verdicts["vector_quality"][key] = vector_quality(raw, normalised, dims, quality, inputs=embedding_model.model_inputs([t.text for t in changed]) if changed else [], records=[passages.record_pk(t.pk) for t in changed])
         frame_ok = verdicts["text_frame_valid"].get(key, Verdict(True)).passed
         ok = verdicts["vector_quality"][key].passed and frame_ok
         if not ok:

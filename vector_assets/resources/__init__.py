@@ -1,9 +1,47 @@
 """Dagster resources: the landing directory, the embedding model and the Milvus store."""
 
 from .alerts import AlertResource
-from .embedding_model import EmbeddingModelResource
+from .embedding_model import EmbeddingModelResource, OpenAIEmbeddingResource
 from .landing import LandingResource
 from .milvus import MilvusResource
+
+
+def embedding_resource(model_id: str | None = None) -> EmbeddingModelResource:
+    """The embedding provider configured by the environment: ``VECTOR_ASSETS_EMBEDDING_PROVIDER``
+    ``local`` (default: sentence-transformers, ``VECTOR_ASSETS_MODEL``) or ``openai`` (an
+    OpenAI-compatible endpoint: ``VECTOR_ASSETS_OPENAI_BASE_URL``, ``VECTOR_ASSETS_OPENAI_MODEL``,
+    key ``VECTOR_ASSETS_OPENAI_API_KEY`` through ``dg.EnvVar``, ``VECTOR_ASSETS_OPENAI_MAX_TOKENS``,
+    ``_MAX_CONCURRENCY``, ``_MAX_RETRIES``).
+
+    With ``model_id`` (a collection's model, for searching it): that provider when its
+    ``model_id`` matches, else the local model ``model_id``. Raises ValueError naming the
+    variable when the provider is unknown or the endpoint is incomplete.
+    """
+    import os
+
+    import dagster as dg
+
+    from .. import settings
+
+    provider = os.environ.get("VECTOR_ASSETS_EMBEDDING_PROVIDER", "local").strip() or "local"
+    if provider == "local":
+        configured: EmbeddingModelResource = EmbeddingModelResource(model=settings.model_name(), max_passages=settings.max_passages())
+    elif provider == "openai":
+        base, name = os.environ.get("VECTOR_ASSETS_OPENAI_BASE_URL", ""), os.environ.get("VECTOR_ASSETS_OPENAI_MODEL", "")
+        if not base or not name:
+            raise ValueError("VECTOR_ASSETS_EMBEDDING_PROVIDER=openai needs VECTOR_ASSETS_OPENAI_BASE_URL and VECTOR_ASSETS_OPENAI_MODEL")
+        configured = OpenAIEmbeddingResource(
+            model=name, base_url=base, api_model=name, max_passages=settings.max_passages(),
+            api_key=dg.EnvVar("VECTOR_ASSETS_OPENAI_API_KEY") if os.environ.get("VECTOR_ASSETS_OPENAI_API_KEY") else "",
+            max_tokens=int(os.environ.get("VECTOR_ASSETS_OPENAI_MAX_TOKENS") or 256),
+            max_concurrency=int(os.environ.get("VECTOR_ASSETS_OPENAI_MAX_CONCURRENCY") or 4),
+            max_retries=int(os.environ.get("VECTOR_ASSETS_OPENAI_MAX_RETRIES") or 5),
+        )
+    else:
+        raise ValueError(f"VECTOR_ASSETS_EMBEDDING_PROVIDER={provider!r}: one of local, openai")
+    if model_id is None or model_id == configured.model_id:
+        return configured
+    return EmbeddingModelResource(model=model_id)
 
 
 def default_resources() -> dict:
@@ -19,11 +57,11 @@ def default_resources() -> dict:
     token = dg.EnvVar("VECTOR_ASSETS_MILVUS_TOKEN") if os.environ.get("VECTOR_ASSETS_MILVUS_TOKEN") else ""
     return {
         "landing": LandingResource(landing_dir=settings.landing_dir(), state_dir=str(settings.home_dir()), git_repos=settings.git_repos()),
-        "embedding_model": EmbeddingModelResource(model=settings.model_name(), max_passages=settings.max_passages()),
+        "embedding_model": embedding_resource(),
         "milvus": MilvusResource(uri=settings.milvus_uri(), token=token),
         "quality": QualityThresholds(),
         "alerts": AlertResource(webhook_url=dg.EnvVar("VECTOR_ASSETS_ALERT_WEBHOOK") if os.environ.get("VECTOR_ASSETS_ALERT_WEBHOOK") else ""),
     }
 
 
-__all__ = ["AlertResource", "EmbeddingModelResource", "LandingResource", "MilvusResource", "default_resources"]
+__all__ = ["AlertResource", "EmbeddingModelResource", "OpenAIEmbeddingResource", "embedding_resource", "LandingResource", "MilvusResource", "default_resources"]

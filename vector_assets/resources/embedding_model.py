@@ -95,3 +95,120 @@ class EmbeddingModelResource(dg.ConfigurableResource):
         if not texts:
             return np.zeros((0, 0), dtype=np.float32)
         return embedding.encode(self.get_model(), texts, self.batch_size, self._stats)
+
+
+class OpenAIEmbeddingResource(EmbeddingModelResource):
+    """Embeddings from an OpenAI-compatible endpoint (the OpenAI API, or any server speaking its
+    ``/v1/embeddings``, such as ``vector-assets serve``), through the official ``openai`` client.
+
+    Attributes:
+        base_url: the API's base URL, e.g. ``https://api.openai.com/v1``.
+        api_model: the endpoint's model name, e.g. ``text-embedding-3-small``.
+        api_key: the key (give it as ``dg.EnvVar("VECTOR_ASSETS_OPENAI_API_KEY")``).
+        request_batch: texts per request (default 64; OpenAI accepts up to 2,048).
+        max_concurrency: requests in flight at once (default 4).
+        max_retries: retries of a request answered 408, 409, 429 or 5xx, or not answered; the
+            client waits with exponential backoff and jitter (0.5 s doubling to 8 s) and honours
+            ``Retry-After`` (default 5; the ``openai`` client's own retry logic).
+        timeout_s: seconds per request (default 60).
+        max_tokens: the endpoint model's window in tokens, for passages and the truncation flags
+            (default 256, all-MiniLM-L6-v2's; 8,191 for OpenAI's text-embedding-3 models).
+        tokenizer: a local model whose tokenizer counts tokens for splitting and flags (default
+            the bundled all-MiniLM-L6-v2; an approximation for other vocabularies).
+
+    ``model_id`` is ``openai:<api_model>@<base_url>``: the collection is bound to it (and to the
+    dimension the endpoint returns), so vectors of another provider or model never mix with
+    these. Raises :class:`RuntimeError` naming the endpoint, the status and the attempts when a
+    request still fails after its retries.
+    """
+
+    base_url: str
+    api_model: str
+    api_key: str = ""
+    request_batch: int = 64
+    max_concurrency: int = 4
+    max_retries: int = 5
+    timeout_s: float = 60.0
+    max_tokens: int = 256
+    tokenizer: str = DEFAULT_MODEL
+
+    @property
+    def model_id(self) -> str:
+        return f"openai:{self.api_model}@{self.base_url.rstrip('/')}"
+
+    def get_model(self):
+        """The ``openai.OpenAI`` client (made once per resource instance)."""
+        client = self.__dict__.get("_client")
+        if client is None:
+            import openai
+
+            key = self.api_key.get_value() if isinstance(self.api_key, dg.EnvVar) else self.api_key
+            client = openai.OpenAI(base_url=self.base_url, api_key=key or "none", max_retries=self.max_retries, timeout=self.timeout_s)
+            object.__setattr__(self, "_client", client)
+        return client
+
+    @property
+    def dimension(self) -> int:
+        """Dimension of the endpoint's vectors (asked once with a probe text)."""
+        dim = self.__dict__.get("_dimension")
+        if dim is None:
+            dim = int(self._request(["dimension probe"]).shape[1])
+            object.__setattr__(self, "_dimension", dim)
+        return dim
+
+    @property
+    def max_seq_length(self) -> int:
+        return self.max_tokens
+
+    @property
+    def passage_window(self) -> int:
+        return self.max_tokens - passages.SPECIAL_AND_SLACK_TOKENS
+
+    def split_passages(self, texts: list) -> tuple[list, int, int]:
+        tokenizer = embedding.load_tokenizer(self.tokenizer)[0]
+        return passages.split_passages(texts, tokenizer, self.passage_window, self.passage_overlap, self.max_passages)
+
+    def truncated_flags(self, texts: list[str]) -> list[bool]:
+        tokenizer = embedding.load_tokenizer(self.tokenizer)[0]
+        lengths = tokenizer(texts, add_special_tokens=True, truncation=False, return_length=True, verbose=False)["length"] if texts else []
+        flags = [n > self.max_tokens for n in lengths]
+        self._stats.truncated += sum(flags)
+        return flags
+
+    def model_inputs(self, texts: list[str]) -> list[tuple[int, ...]]:
+        tokenizer = embedding.load_tokenizer(self.tokenizer)[0]
+        return [tuple(x) for x in tokenizer(texts, add_special_tokens=True, truncation=True, max_length=self.max_tokens, verbose=False)["input_ids"]] if texts else []
+
+    def _request(self, texts: list[str]) -> np.ndarray:
+        import openai
+
+        try:
+            response = self.get_model().embeddings.create(model=self.api_model, input=texts)
+        except openai.APIStatusError as err:
+            raise RuntimeError(f"embedding endpoint {self.base_url} answered {err.status_code} after {self.max_retries + 1} attempts: {err.message[:200]}") from err
+        except openai.APIError as err:
+            raise RuntimeError(f"embedding endpoint {self.base_url} failed after {self.max_retries + 1} attempts: {type(err).__name__}: {str(err)[:200]}") from err
+        ordered = sorted(response.data, key=lambda d: d.index)
+        return np.asarray([d.embedding for d in ordered], dtype=np.float32)
+
+    def encode_with_raw(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """``(raw, normalised)`` ``(len(texts), dimension)`` float32: the endpoint's vectors, in
+        batches of ``request_batch`` with at most ``max_concurrency`` requests in flight."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        if not texts:
+            return np.zeros((0, 0), dtype=np.float32), np.zeros((0, 0), dtype=np.float32)
+        started, cpu = time.perf_counter(), time.process_time()
+        batches = [texts[i : i + self.request_batch] for i in range(0, len(texts), self.request_batch)]
+        with ThreadPoolExecutor(max_workers=max(1, self.max_concurrency)) as pool:
+            raw = np.concatenate(list(pool.map(self._request, batches)))
+        norms = np.linalg.norm(raw, axis=1, keepdims=True)
+        normalised = np.where(norms > 0, raw / np.where(norms > 0, norms, 1.0), 0.0).astype(np.float32)
+        self._stats.seconds += time.perf_counter() - started
+        self._stats.cpu_seconds += time.process_time() - cpu
+        self._stats.texts += len(texts)
+        return raw, normalised
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        """L2-normalised vectors of ``texts`` (see :meth:`encode_with_raw`)."""
+        return self.encode_with_raw(texts)[1]
