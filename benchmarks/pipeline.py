@@ -386,6 +386,39 @@ def largest_partition_rss(texts, env: dict) -> dict:
     return {"tenant": tenant, "day": day, "records": records, "exit": proc.returncode, "peak_rss_mib": round(int(peak.group(1)) / 1024, 1) if peak else None}
 
 
+def synthetic_vectors(n: int) -> tuple[list[str], np.ndarray]:
+    """``(texts, vectors)``: the extracted texts of the shared commits and ``n`` unit vectors in
+    one vector space with them: the 20,465 real commit vectors (cached in
+    results/real_vectors.npy), then noisy copies of them (Gaussian noise, sigma 0.02,
+    re-normalised) until there are ``n``."""
+    from vector_assets import milvus_store
+    from vector_assets.embedding import load_model
+    from vector_assets.settings import DEFAULT_MODEL
+
+    texts = [t.text for t in load_texts(["git_commits.jsonl"])]
+    cache = REPO / "results" / "real_vectors.npy"
+    eval_db = REPO / "results" / "eval" / "home" / "milvus.db"
+    if cache.exists():
+        base = np.load(cache)
+    elif eval_db.exists():  # the 20,465 commit vectors written by benchmarks/search_quality.py
+        src = milvus_store.connect(str(eval_db))
+        src.load_collection(milvus_store.collection_name(DEFAULT_MODEL))
+        rows = milvus_store.query_all(src, milvus_store.collection_name(DEFAULT_MODEL), 'pk != ""', ["vector"])
+        base = np.asarray([r["vector"] for r in rows], dtype=np.float32)
+        np.save(cache, base)
+    else:
+        model = load_model("sentence-transformers/all-MiniLM-L6-v2", "cpu")
+        base = model.encode(texts, batch_size=64, normalize_embeddings=True, show_progress_bar=False).astype(np.float32)
+        cache.parent.mkdir(exist_ok=True)
+        np.save(cache, base)
+    rng = np.random.default_rng(0)
+    reps = [base]
+    while sum(len(r) for r in reps) < n:
+        noisy = base + rng.normal(0, 0.02, base.shape).astype(np.float32)
+        reps.append(noisy / np.linalg.norm(noisy, axis=1, keepdims=True))
+    return texts, np.concatenate(reps)[:n]
+
+
 def bench_milvus(n: int, queries: int = 200, uri: str | None = None) -> dict:
     """Insert rows/s, search p50/p95 at ``n`` vectors in one tenant, HNSW recall@10 vs exact.
 
@@ -398,30 +431,9 @@ def bench_milvus(n: int, queries: int = 200, uri: str | None = None) -> dict:
     from vector_assets import milvus_store
     from vector_assets.embedding import load_model
     from vector_assets.search import DEFAULT_EF, SEARCH_CONSISTENCY, search
-    from vector_assets.settings import DEFAULT_MODEL
 
-    texts = [t.text for t in load_texts(["git_commits.jsonl"])]
+    texts, vectors = synthetic_vectors(n)
     model = load_model("sentence-transformers/all-MiniLM-L6-v2", "cpu")
-    cache = REPO / "results" / "real_vectors.npy"
-    eval_db = REPO / "results" / "eval" / "home" / "milvus.db"
-    if cache.exists():
-        base = np.load(cache)
-    elif eval_db.exists():  # the 20,465 commit vectors written by benchmarks/search_quality.py
-        src = milvus_store.connect(str(eval_db))
-        src.load_collection(milvus_store.collection_name(DEFAULT_MODEL))
-        rows = milvus_store.query_all(src, milvus_store.collection_name(DEFAULT_MODEL), 'pk != ""', ["vector"])
-        base = np.asarray([r["vector"] for r in rows], dtype=np.float32)
-        np.save(cache, base)
-    else:
-        base = model.encode(texts, batch_size=64, normalize_embeddings=True, show_progress_bar=False).astype(np.float32)
-        cache.parent.mkdir(exist_ok=True)
-        np.save(cache, base)
-    rng = np.random.default_rng(0)
-    reps = [base]
-    while sum(len(r) for r in reps) < n:
-        noisy = base + rng.normal(0, 0.02, base.shape).astype(np.float32)
-        reps.append(noisy / np.linalg.norm(noisy, axis=1, keepdims=True))
-    vectors = np.concatenate(reps)[:n]
     work = Path(tempfile.mkdtemp(prefix="va-milvus-"))
     db = work / "milvus.db"
     client = milvus_store.connect(uri or str(db))
