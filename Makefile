@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
-.PHONY: install demo test test-server dev eval clean
+.PHONY: install demo test test-server dev serve eval clean
 
 $(BIN)/vector-assets: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,11 @@ test: install
 ## test-server: only the end-to-end tests against the Milvus 2.3.5 server (scripts/server_tests.sh).
 test-server: install
 	scripts/server_tests.sh $(BIN)/python
+
+## serve: the HTTP search service on http://127.0.0.1:8000 (README, "Search service"; keys with
+## `.venv/bin/vector-assets keys add --tenant T`).
+serve: install
+	$(BIN)/vector-assets serve --port 8000
 
 ## dev: the Dagster UI (http://127.0.0.1:3000) with the daemon, for backfills and sensors
 ## (`dg dev`, Dagster's supported dev command; the code location is named vector_assets).
