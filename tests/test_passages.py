@@ -143,3 +143,21 @@ def test_passages_of_one_record_are_not_duplicates_of_each_other():
     other_record = vector_quality(raw, unit, {"model": 384}, inputs=inputs, records=["a", "b", "c", "d", "e"])
     assert same_record.passed and same_record.metadata["duplicate_rate"] == 0.0
     assert not other_record.passed and other_record.metadata["duplicate_rate"] == 0.4
+
+
+def test_near_identical_copies_of_an_issue_are_not_duplicates(embedding_model):
+    """HADOOP 2021-11-02 of the shared Jira data: one issue filed three times, the copies
+    differing in a timestamp of a pasted log; their windows agree to within cosine 0.9999. Copies
+    that share >= 90% of their tokens are not duplicates; distinct texts still are."""
+    from vector_assets.quality import vector_quality
+
+    log = "\\n".join(f"[2021-10-27T17:52:{s:02d}.814Z] ERROR: jira-json (No such file or directory) at Yetus step {s}" for s in range(12))
+    texts = [log, log.replace("17:52:03", "17:53:03"), "Erasure coding: reconstruct a lost block from parity in the DataNode"]
+    raw, unit = embedding_model.encode_with_raw(texts)
+    inputs = embedding_model.model_inputs(texts)
+    assert inputs[0] != inputs[1] and float(unit[0] @ unit[1]) >= 0.999
+    verdict = vector_quality(raw, unit, {"model": 384}, inputs=inputs, records=["a", "b", "c"])
+    assert verdict.passed and verdict.metadata["duplicate_rate"] == 0.0
+    collapsed = np.vstack([unit[0], unit[0] + 1e-6, unit[2]])  # a broken model: distinct texts, one vector
+    broken = vector_quality(collapsed, collapsed, {"model": 384}, inputs=[inputs[0], inputs[2], inputs[1]], records=["a", "c", "b"])
+    assert not broken.passed and broken.metadata["duplicate_rate"] > 0

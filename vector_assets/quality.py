@@ -36,6 +36,10 @@ class QualityThresholds(dg.ConfigurableResource):
     raw_norm_max: float = 10.0
     max_zero_value_ratio: float = 0.5
     duplicate_cosine: float = 0.9999
+    #: Inputs sharing at least this share of their tokens (multiset overlap over the longer) are
+    #: near-identical and may share a vector (an issue filed three times whose copies differ in a
+    #: timestamp deep in a pasted log: HADOOP 2021-11-02 of the shared Jira data).
+    near_identical_overlap: float = 0.9
     min_quality_score: float = 0.85
     min_text_chars: int = 1
     max_text_chars: int = MAX_TEXT_CHARS  # extraction quarantines longer records alone
@@ -61,6 +65,17 @@ class Verdict:
     metadata: dict = field(default_factory=dict)
 
 
+def _near_identical(a, b, share: float) -> bool:
+    """Whether sequences ``a`` and ``b`` (token ids, or texts) are equal or share at least
+    ``share`` of their elements (multiset overlap over the longer one)."""
+    if a == b:
+        return True
+    from collections import Counter
+
+    overlap = sum((Counter(a) & Counter(b)).values())
+    return overlap >= share * max(len(a), len(b), 1)
+
+
 def vector_quality(raw: np.ndarray, normalised: np.ndarray, dims: dict[str, int], t: QualityThresholds | None = None, inputs: list | None = None, records: list | None = None) -> Verdict:
     """Pre-write rules on one partition's vectors.
 
@@ -72,7 +87,8 @@ def vector_quality(raw: np.ndarray, normalised: np.ndarray, dims: dict[str, int]
         inputs: per row, what the model read (its text, or better the token ids within the
             model's window, :func:`vector_assets.embedding.model_inputs`); rows with equal
             inputs (a cherry-picked commit, an issue filed three times, texts differing only
-            in case for an uncased model or only past ``max_seq_length``) legitimately share a
+            in case for an uncased model or only past ``max_seq_length``), or near-identical
+            ones (``near_identical_overlap`` of their tokens shared), legitimately share a
             vector and do not count as duplicates, which are *distinct* inputs with the same
             vector (seen on the full shared dataset: 5 of 9,124 tenant-days failed when
             distinct texts were compared instead).
@@ -99,11 +115,9 @@ def vector_quality(raw: np.ndarray, normalised: np.ndarray, dims: dict[str, int]
     unit = safe / np.maximum(np.linalg.norm(safe, axis=1, keepdims=True), 1e-12)
     sims = unit @ unit.T
     np.fill_diagonal(sims, -1.0)
-    if inputs is not None:
-        same = np.array([[a == b for b in inputs] for a in inputs], dtype=bool)
-        sims[same] = -1.0
-    if records is not None:
-        sims[np.array([[a == b for b in records] for a in records], dtype=bool)] = -1.0
+    for i, j in np.argwhere(sims >= t.duplicate_cosine):  # few pairs: judge each
+        if (records is not None and records[i] == records[j]) or (inputs is not None and _near_identical(inputs[i], inputs[j], t.near_identical_overlap)):
+            sims[i, j] = -1.0
     duplicates = (sims >= t.duplicate_cosine).any(axis=1) & ~zero_vectors
     zero_rate = float(zero_vectors.mean())
     duplicate_rate = float(duplicates.mean())
