@@ -489,15 +489,22 @@ def build_context(service: ServiceState, body: ContextRequest) -> dict:
     """The context for ``body.question``: the best passage of each of the ``k`` best records,
     best first, each as ``[n] <record id> (<kind>, <day>)`` and its text, added while the whole
     stays within ``token_budget`` tokens of the model's tokenizer (a passage that does not fit
-    is cut at the budget when it is the first, else left out). Returns ``{"context",
-    "citations": [{"n", "id", "day", "kind", "passage", "score"}], "tokens", "token_budget"}``."""
+    is cut at the budget when it is the first, else left out); a passage whose text repeats one
+    already included (an issue filed twice) is skipped. Returns ``{"context", "citations": [{"n",
+    "id", "day", "kind", "passage", "score"}], "tokens", "token_budget",
+    "repeated_passages_skipped"}``."""
     hits = run_hits(service, body)
     header = CONTEXT_HEADER.format(tenant=body.tenant)
     count = lambda text: len(service.tokenizer(text, add_special_tokens=False, truncation=False, verbose=False)["input_ids"])  # noqa: E731
-    parts, citations, used = [header], [], count(header)
+    parts, citations, used, seen, repeated = [header], [], count(header), set(), 0
     for hit in hits:
+        text = (hit.passage_text or hit.preview).strip()
+        if " ".join(text.split()) in seen:  # an issue filed twice: its copy adds nothing
+            repeated += 1
+            continue
+        seen.add(" ".join(text.split()))
         n = len(citations) + 1
-        block = f"[{n}] {hit.id} ({hit.kind}, {hit.day})\n{(hit.passage_text or hit.preview).strip()}\n\n"
+        block = f"[{n}] {hit.id} ({hit.kind}, {hit.day})\n{text}\n\n"
         tokens = count(block)
         if used + tokens > body.token_budget:
             if citations:
@@ -508,7 +515,7 @@ def build_context(service: ServiceState, body: ContextRequest) -> dict:
         parts.append(block)
         used += tokens
         citations.append({"n": n, "id": hit.id, "day": hit.day, "kind": hit.kind, "passage": hit.passage, "score": hit.score})
-    return {"context": "".join(parts).rstrip() + "\n", "citations": citations, "tokens": used, "token_budget": body.token_budget}
+    return {"context": "".join(parts).rstrip() + "\n", "citations": citations, "tokens": used, "token_budget": body.token_budget, "repeated_passages_skipped": repeated}
 
 
 def run_hits(service: ServiceState, body: ContextRequest) -> list:
