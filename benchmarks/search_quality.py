@@ -49,6 +49,7 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--keep", action="store_true", help="reuse the existing index in the work directory (the backfill then writes only what changed)")
     parser.add_argument("--modes", nargs="+", default=["dense", "bm25", "hybrid"], choices=["dense", "bm25", "hybrid"], help="search modes scored (default all three)")
+    parser.add_argument("--fusion", nargs="+", default=["rrf"], help="hybrid fusions scored (rrf, weighted:W); each is a row of its own")
     parser.add_argument("--work", default=str(REPO / "results" / "eval"), help="work directory (default results/eval); e.g. results/bench_backfill with --keep to search the full-dataset backfill of benchmarks/pipeline.py")
     args = parser.parse_args()
     shared = Path(args.shared).resolve()
@@ -94,12 +95,14 @@ def main() -> int:
     results = {"backfill_wall_s": round(backfill_s, 1), "queries": len(queries), "backfill_summary": summary.group(0) if summary else ""}
     print(f"\n{'mode':<7} {'queries':<12} {'n':>5} {'recall@10':>10} {'ref':>6} {'nDCG@10':>8} {'ref':>6}")
     search_s = 0.0
-    for mode in args.modes:
+    runs = [(m, "rrf") for m in args.modes if m != "hybrid"] + [("hybrid", f) for f in args.fusion if "hybrid" in args.modes]
+    for mode, fusion in runs:
         started = time.perf_counter()
-        out = work / f"hits_{mode}.jsonl"
+        label = mode if fusion == "rrf" else f"{mode}/{fusion}"
+        out = work / f"hits_{label.replace('/', '_').replace(':', '')}.jsonl"
         # The corpus of eval_pr_commits is the non-merge commits: merge commits (which quote the
         # pull-request title) are left out with a kind filter, as the protocol's corpus does.
-        search = subprocess.run([*exe, "search", "--queries", str(qfile), "-k", "10", "--kind", "git_commit", "--mode", mode, "--output", str(out)], env=env, capture_output=True, text=True)
+        search = subprocess.run([*exe, "search", "--queries", str(qfile), "-k", "10", "--kind", "git_commit", "--mode", mode, "--fusion", fusion, "--output", str(out)], env=env, capture_output=True, text=True)
         search_s = time.perf_counter() - started
         if search.returncode != 0:
             print(search.stderr[-2000:])
@@ -108,12 +111,12 @@ def main() -> int:
         for line in open(out, encoding="utf-8"):
             item = json.loads(line)
             run[item["id"]] = [h["id"] for h in item["hits"]]
-        results[mode] = {"search_wall_s": round(search_s, 1)}
+        results[label] = {"search_wall_s": round(search_s, 1)}
         for name, ids in sets.items():
             recall, ndcg = score(run, qrels, ids)
             ref_r, ref_n = REFERENCE[name]
-            print(f"{mode:<7} {name:<12} {len(ids):>5} {recall:>10.3f} {ref_r:>6.3f} {ndcg:>8.3f} {ref_n:>6.3f}", flush=True)
-            results[mode][name] = {"n": len(ids), "recall@10": round(recall, 4), "ndcg@10": round(ndcg, 4), "reference_recall@10": ref_r, "reference_ndcg@10": ref_n}
+            print(f"{label:<7} {name:<12} {len(ids):>5} {recall:>10.3f} {ref_r:>6.3f} {ndcg:>8.3f} {ref_n:>6.3f}", flush=True)
+            results[label][name] = {"n": len(ids), "recall@10": round(recall, 4), "ndcg@10": round(ndcg, 4), "reference_recall@10": ref_r, "reference_ndcg@10": ref_n}
     print(f"\nbackfill {backfill_s:.0f}s, {len(queries)} queries searched in {search_s:.0f}s")
     (REPO / "results").mkdir(exist_ok=True)
     (REPO / "results" / "search_quality.json").write_text(json.dumps(results, indent=2))

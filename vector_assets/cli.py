@@ -367,7 +367,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         return 2
     if args.queries is None:
         try:
-            hits = search(client, collection, model, args.tenant, [args.query], k=args.k, kinds=args.kind, mode=args.mode)[0]
+            hits = search(client, collection, model, args.tenant, [args.query], k=args.k, kinds=args.kind, mode=args.mode, fusion=args.fusion)[0]
         except SearchError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
@@ -408,7 +408,7 @@ def _search_file(args, client, collection, model) -> int:
             for i in range(0, len(items), 256):
                 batch = items[i : i + 256]
                 try:
-                    hits = search(client, collection, model, tenant, [q["text"] for q in batch], k=args.k, check_tenant=(i == 0), kinds=args.kind, mode=args.mode)
+                    hits = search(client, collection, model, tenant, [q["text"] for q in batch], k=args.k, check_tenant=(i == 0), kinds=args.kind, mode=args.mode, fusion=args.fusion)
                 except SearchError as err:
                     print(f"error: tenant {tenant}: {err}", file=sys.stderr)
                     errors += len(batch)
@@ -644,6 +644,7 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--kind", action="append", help="only records of this kind (repeatable), e.g. git_commit, jira_issue")
     se.add_argument("--output", help="with --queries: write to this file instead of stdout")
     se.add_argument("--mode", choices=["dense", "bm25", "hybrid"], help="dense vectors, BM25 over the passage text, or both fused by RRF (default: hybrid where the collection has BM25, else dense)")
+    se.add_argument("--fusion", default="rrf", help="hybrid: rrf (default) or weighted:W (dense weight W in [0, 1]; BM25 gets 1 - W)")
     se.set_defaults(func=cmd_search)
     ch = sub.add_parser("checks", help="latest check results per tenant-day, by check")
     ch.add_argument("--tenant", action="append", help="only this tenant (repeatable)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass
 
-from pymilvus import AnnSearchRequest, MilvusClient, RRFRanker
+from pymilvus import AnnSearchRequest, MilvusClient, RRFRanker, WeightedRanker
 
 from . import milvus_store
 
@@ -65,6 +65,20 @@ class Hit:
         return asdict(self)
 
 
+def _ranker(fusion: str):
+    """The Milvus ranker of ``fusion`` (``rrf`` or ``weighted:W``); SearchError otherwise."""
+    if fusion == "rrf":
+        return RRFRanker(RRF_K)
+    kind, _, weight = fusion.partition(":")
+    try:
+        w = float(weight)
+    except ValueError:
+        w = -1.0
+    if kind != "weighted" or not 0 <= w <= 1:
+        raise SearchError(f"unknown fusion {fusion!r}: rrf, or weighted:W with the dense weight W in [0, 1]")
+    return WeightedRanker(w, 1 - w)
+
+
 def search_target(client: MilvusClient, alias: str):
     """``(collection, embedder)`` a search uses: the collection ``alias`` names, with the
     provider of the model that wrote it (:func:`vector_assets.resources.embedding_resource`),
@@ -106,6 +120,7 @@ def search(
     mode: str | None = None,
     days: tuple[str | None, str | None] | None = None,
     ensure_loaded: bool = True,
+    fusion: str = "rrf",
 ) -> list[list[Hit]]:
     """The ``k`` best records of ``tenant`` for each query, best first.
 
@@ -126,6 +141,9 @@ def search(
             the collection has BM25, else ``dense``.
         days: ``(first, last)`` ``YYYY-MM-DD`` days, inclusive, either None for open: only records
             of those days.
+        fusion: how hybrid fuses its two rankings: ``rrf`` (reciprocal rank, :data:`RRF_K`; the
+            default, chosen by measurement, README "Search quality") or ``weighted:W`` (Milvus's
+            ``WeightedRanker`` on normalised scores, dense weight W in [0, 1], BM25 1 - W).
         ensure_loaded: resolve ``collection`` as an alias and load it first (two to three Milvus
             calls); False for a caller that passes a loaded collection's own name (the service).
 
@@ -150,6 +168,7 @@ def search(
         version = milvus_store.server_version(client)
         where = f"Milvus server {'.'.join(map(str, version))}" if version else "this store"
         raise SearchError(f"--mode {mode} needs BM25, which {where} does not have (Milvus 2.5 or later, or Milvus Lite); collection {collection} is dense only: use --mode dense")
+    ranker = _ranker(fusion)
     texts = [q.strip() for q in queries]
     expr = f"tenant == {milvus_store.quote(tenant)}" + (f" and kind in {milvus_store.quote_list(kinds)}" if kinds else "")
     for op, day in zip((">=", "<="), days or (None, None)):
@@ -171,7 +190,7 @@ def search(
                 AnnSearchRequest(data=[vectors[i]], anns_field="vector", param={"params": {**dense_params["params"], "ef": max(dense_params["params"].get("ef", DEFAULT_EF), limit)}}, limit=limit, expr=expr),
                 AnnSearchRequest(data=[texts[i]], anns_field="sparse", param={"params": {}}, limit=limit, expr=expr),
             ]
-            out.append(client.hybrid_search(collection, requests, ranker=RRFRanker(RRF_K), limit=limit, output_fields=FIELDS, consistency_level=SEARCH_CONSISTENCY)[0])
+            out.append(client.hybrid_search(collection, requests, ranker=ranker, limit=limit, output_fields=FIELDS, consistency_level=SEARCH_CONSISTENCY)[0])
         return out
 
     results: list[list[Hit]] = [[] for _ in texts]
