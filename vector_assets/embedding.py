@@ -136,6 +136,13 @@ def _raw_view(model):
     return model
 
 
+def l2_normalise(raw: np.ndarray) -> np.ndarray:
+    """Rows of ``raw`` ``(n, d)`` scaled to unit L2 norm, float32; a zero row stays zero."""
+    norms = np.linalg.norm(raw, axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(norms > 0, raw / np.where(norms > 0, norms, 1.0), 0.0).astype(np.float32)
+
+
 def encode_with_raw(model, texts: list[str], batch_size: int, stats: EncodeStats | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``(raw, normalised)``, both ``(len(texts), dim)`` float32: the model output before L2
     normalisation (the quality checks judge its norm, seed ``000_*`` §5.2) and the
@@ -148,9 +155,7 @@ def encode_with_raw(model, texts: list[str], batch_size: int, stats: EncodeStats
     started, cpu = time.perf_counter(), time.process_time()
     raw = _raw_view(model).encode(texts, batch_size=batch_size, normalize_embeddings=False, convert_to_numpy=True, show_progress_bar=False)
     raw = np.asarray(raw, dtype=np.float32)
-    norms = np.linalg.norm(raw, axis=1, keepdims=True)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        normalised = np.where(norms > 0, raw / np.where(norms > 0, norms, 1.0), 0.0).astype(np.float32)
+    normalised = l2_normalise(raw)
     if stats is not None:
         stats.seconds += time.perf_counter() - started
         stats.cpu_seconds += time.process_time() - cpu

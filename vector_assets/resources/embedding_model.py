@@ -202,8 +202,7 @@ class OpenAIEmbeddingResource(EmbeddingModelResource):
         batches = [texts[i : i + self.request_batch] for i in range(0, len(texts), self.request_batch)]
         with ThreadPoolExecutor(max_workers=max(1, self.max_concurrency)) as pool:
             raw = np.concatenate(list(pool.map(self._request, batches)))
-        norms = np.linalg.norm(raw, axis=1, keepdims=True)
-        normalised = np.where(norms > 0, raw / np.where(norms > 0, norms, 1.0), 0.0).astype(np.float32)
+        normalised = embedding.l2_normalise(raw)
         self._stats.seconds += time.perf_counter() - started
         self._stats.cpu_seconds += time.process_time() - cpu
         self._stats.texts += len(texts)
