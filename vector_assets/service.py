@@ -262,7 +262,11 @@ class ServiceState:
         self.model_id = self.model.model_id
         self.metrics = Metrics(self)
         self.encoder = BatchingEncoder(self.model, observe=self.metrics.observe_encode)
-        self.tokenizer = self.model.get_model().tokenizer
+        # The model's tokenizer counts context tokens; an OpenAI-compatible provider names the
+        # local tokenizer that approximates its own (OpenAIEmbeddingResource.tokenizer).
+        from .embedding import load_tokenizer
+
+        self.tokenizer = load_tokenizer(getattr(self.model, "tokenizer", None) if isinstance(getattr(self.model, "tokenizer", None), str) else self.model.model)[0]
 
     def _resolve(self):
         collection, embedder = search_target(self.client, self.resource.search_alias)
