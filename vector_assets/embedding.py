@@ -101,24 +101,23 @@ class EncodeStats:
     load_seconds: float = 0.0
 
 
-def truncated_flags(model, texts: list[str]) -> list[bool]:
-    """For each of ``texts``, whether it exceeds the model's ``max_seq_length`` tokens (special
-    tokens included), so that the model truncates it."""
+def truncated_flags(tokenizer, limit: int, texts: list[str]) -> list[bool]:
+    """For each of ``texts``, whether it exceeds ``limit`` tokens of ``tokenizer`` (special
+    tokens included: the model's ``max_seq_length``), so that the model truncates it."""
     if not texts:
         return []
-    limit = model.max_seq_length
-    lengths = model.tokenizer(texts, add_special_tokens=True, truncation=False, return_length=True, verbose=False)["length"]
+    lengths = tokenizer(texts, add_special_tokens=True, truncation=False, return_length=True, verbose=False)["length"]
     return [n > limit for n in lengths]
 
 
-def model_inputs(model, texts: list[str]) -> list[tuple[int, ...]]:
-    """For each of ``texts``, the token ids the model actually reads: the tokenizer's output
-    cut at ``max_seq_length`` (special tokens included). Texts that differ only in case (an
-    uncased model such as all-MiniLM-L6-v2) or only after the cut give equal tuples, and
-    necessarily the same vector."""
+def model_inputs(tokenizer, limit: int, texts: list[str]) -> list[tuple[int, ...]]:
+    """For each of ``texts``, the token ids the model actually reads: ``tokenizer``'s output
+    cut at ``limit`` (the model's ``max_seq_length``, special tokens included). Texts that
+    differ only in case (an uncased model such as all-MiniLM-L6-v2) or only after the cut give
+    equal tuples, and necessarily the same vector."""
     if not texts:
         return []
-    ids = model.tokenizer(texts, add_special_tokens=True, truncation=True, max_length=model.max_seq_length, verbose=False)["input_ids"]
+    ids = tokenizer(texts, add_special_tokens=True, truncation=True, max_length=limit, verbose=False)["input_ids"]
     return [tuple(x) for x in ids]
 
 

@@ -65,6 +65,12 @@ class Hit:
         return asdict(self)
 
 
+def default_mode(client: MilvusClient, collection: str) -> str:
+    """The mode a search without one uses: :data:`DEFAULT_MODE` where ``collection`` has BM25,
+    else ``dense`` (``has_bm25`` is cached per client)."""
+    return DEFAULT_MODE if milvus_store.has_bm25(client, collection) else "dense"
+
+
 def _ranker(fusion: str):
     """The Milvus ranker of ``fusion`` (``rrf`` or ``weighted:W``); SearchError otherwise."""
     if fusion == "rrf":
@@ -162,8 +168,7 @@ def search(
             raise SearchError(f"collection {collection} does not exist; run `vector-assets backfill` first")
         client.load_collection(collection)
     bm25 = milvus_store.has_bm25(client, collection)
-    if mode is None:
-        mode = DEFAULT_MODE if bm25 else "dense"
+    mode = mode or default_mode(client, collection)
     if mode != "dense" and not bm25:
         version = milvus_store.server_version(client)
         where = f"Milvus server {'.'.join(map(str, version))}" if version else "this store"

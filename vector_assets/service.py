@@ -48,7 +48,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from . import api_keys, milvus_store, settings
 from .records import KINDS
-from .search import MODES, SearchError, search, search_target
+from .search import MODES, SearchError, default_mode, search, search_target
 
 #: Bounds on every input (answered with 422 beyond them).
 LIMITS = {
@@ -262,11 +262,7 @@ class ServiceState:
         self.model_id = self.model.model_id
         self.metrics = Metrics(self)
         self.encoder = BatchingEncoder(self.model, observe=self.metrics.observe_encode)
-        # The model's tokenizer counts context tokens; an OpenAI-compatible provider names the
-        # local tokenizer that approximates its own (OpenAIEmbeddingResource.tokenizer).
-        from .embedding import load_tokenizer
-
-        self.tokenizer = load_tokenizer(getattr(self.model, "tokenizer", None) if isinstance(getattr(self.model, "tokenizer", None), str) else self.model.model)[0]
+        self.tokenizer = self.model.tokenizer_and_window()[0]  # counts the context's tokens
 
     def _resolve(self):
         collection, embedder = search_target(self.client, self.resource.search_alias)
@@ -332,7 +328,7 @@ class ServiceState:
         timed = _TimedEncoder(self.encoder)
         started = time.perf_counter()
         hits = search(self.client, collection, timed, tenant, queries, k=request.k, kinds=request.kinds, mode=request.mode, days=request.days(), ensure_loaded=False)
-        mode = request.mode or ("hybrid" if milvus_store.has_bm25(self.client, collection) else "dense")
+        mode = request.mode or default_mode(self.client, collection)
         self.metrics.milvus.labels(mode).observe(time.perf_counter() - started - timed.seconds)
         return hits, mode
 
@@ -396,15 +392,6 @@ def create_app(config: ServiceConfig | None = None) -> FastAPI:
             service.metrics.requests.labels(path, request.method, str(response.status_code)).inc()
             service.metrics.latency.labels(path, request.method).observe(time.perf_counter() - started)
         return response
-
-    def run_search(service: ServiceState, tenant: str, queries: list[str], body: _Filters):
-        try:
-            return service.search(tenant, queries, body)
-        except SearchError as err:
-            message = str(err)
-            if message.startswith("unknown tenant"):
-                raise HTTPException(404, "no vectors stored for that tenant") from err
-            raise HTTPException(400, message) from err
 
     @app.post("/v1/search", responses={**UNAUTHORISED, **FORBIDDEN, 404: {"description": "no vectors for the tenant"}})
     def search_route(body: SearchRequest, key: api_keys.ApiKey = Depends(caller), service: ServiceState = Depends(state)) -> dict:
@@ -497,7 +484,7 @@ def build_context(service: ServiceState, body: ContextRequest) -> dict:
     already included (an issue filed twice) is skipped. Returns ``{"context", "citations": [{"n",
     "id", "day", "kind", "passage", "score"}], "tokens", "token_budget",
     "repeated_passages_skipped"}``."""
-    hits = run_hits(service, body)
+    hits = run_search(service, body.tenant, [body.question], body)[0][0]
     header = CONTEXT_HEADER.format(tenant=body.tenant)
     count = lambda text: len(service.tokenizer(text, add_special_tokens=False, truncation=False, verbose=False)["input_ids"])  # noqa: E731
     parts, citations, used, seen, repeated = [header], [], count(header), set(), 0
@@ -522,9 +509,11 @@ def build_context(service: ServiceState, body: ContextRequest) -> dict:
     return {"context": "".join(parts).rstrip() + "\n", "citations": citations, "tokens": used, "token_budget": body.token_budget, "repeated_passages_skipped": repeated}
 
 
-def run_hits(service: ServiceState, body: ContextRequest) -> list:
+def run_search(service: ServiceState, tenant: str, queries: list[str], body: _Filters):
+    """:meth:`ServiceState.search`, its SearchError answered 404 (no vectors for the tenant) or
+    400 (a search the collection cannot answer)."""
     try:
-        return service.search(body.tenant, [body.question], body)[0][0]
+        return service.search(tenant, queries, body)
     except SearchError as err:
         if str(err).startswith("unknown tenant"):
             raise HTTPException(404, "no vectors stored for that tenant") from err

@@ -62,28 +62,32 @@ class EmbeddingModelResource(dg.ConfigurableResource):
         """Counts and seconds of this resource's encode calls."""
         return self._stats
 
+    def tokenizer_and_window(self) -> tuple[object, int]:
+        """``(tokenizer, window)``: the model's tokenizer and how many tokens it reads (its
+        ``max_seq_length``, special tokens included), without loading the weights."""
+        return embedding.load_tokenizer(self.model)
+
     @property
     def passage_window(self) -> int:
         """Tokens of a passage: the model's window less its special tokens and some slack
         (248 for all-MiniLM-L6-v2's 256). Read without loading the weights."""
-        return embedding.load_tokenizer(self.model)[1] - passages.SPECIAL_AND_SLACK_TOKENS
+        return self.tokenizer_and_window()[1] - passages.SPECIAL_AND_SLACK_TOKENS
 
     def split_passages(self, texts: list) -> tuple[list, int, int]:
         """:func:`vector_assets.passages.split_passages` with this model's tokenizer and window
         (the tokenizer alone is loaded: a run that embeds nothing loads no weights):
         ``(passages, records_split, cut)``."""
-        tokenizer = embedding.load_tokenizer(self.model)[0]
-        return passages.split_passages(texts, tokenizer, self.passage_window, self.passage_overlap, self.max_passages)
+        return passages.split_passages(texts, self.tokenizer_and_window()[0], self.passage_window, self.passage_overlap, self.max_passages)
 
     def truncated_flags(self, texts: list[str]) -> list[bool]:
-        """Per text, whether the model truncates it (longer than ``max_seq_length`` tokens)."""
-        flags = embedding.truncated_flags(self.get_model(), texts)
+        """Per text, whether the model truncates it (longer than its window)."""
+        flags = embedding.truncated_flags(*self.tokenizer_and_window(), texts)
         self._stats.truncated += sum(flags)
         return flags
 
     def model_inputs(self, texts: list[str]) -> list[tuple[int, ...]]:
         """Per text, the token ids the model reads (see :func:`vector_assets.embedding.model_inputs`)."""
-        return embedding.model_inputs(self.get_model(), texts)
+        return embedding.model_inputs(*self.tokenizer_and_window(), texts)
 
     def encode_with_raw(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """``(raw, normalised)`` ``(len(texts), dimension)`` float32: model output before and
@@ -160,24 +164,9 @@ class OpenAIEmbeddingResource(EmbeddingModelResource):
     def max_seq_length(self) -> int:
         return self.max_tokens
 
-    @property
-    def passage_window(self) -> int:
-        return self.max_tokens - passages.SPECIAL_AND_SLACK_TOKENS
-
-    def split_passages(self, texts: list) -> tuple[list, int, int]:
-        tokenizer = embedding.load_tokenizer(self.tokenizer)[0]
-        return passages.split_passages(texts, tokenizer, self.passage_window, self.passage_overlap, self.max_passages)
-
-    def truncated_flags(self, texts: list[str]) -> list[bool]:
-        tokenizer = embedding.load_tokenizer(self.tokenizer)[0]
-        lengths = tokenizer(texts, add_special_tokens=True, truncation=False, return_length=True, verbose=False)["length"] if texts else []
-        flags = [n > self.max_tokens for n in lengths]
-        self._stats.truncated += sum(flags)
-        return flags
-
-    def model_inputs(self, texts: list[str]) -> list[tuple[int, ...]]:
-        tokenizer = embedding.load_tokenizer(self.tokenizer)[0]
-        return [tuple(x) for x in tokenizer(texts, add_special_tokens=True, truncation=True, max_length=self.max_tokens, verbose=False)["input_ids"]] if texts else []
+    def tokenizer_and_window(self) -> tuple[object, int]:
+        """``(tokenizer, max_tokens)``: the local ``tokenizer`` that counts the endpoint's tokens."""
+        return embedding.load_tokenizer(self.tokenizer)[0], self.max_tokens
 
     def _request(self, texts: list[str]) -> np.ndarray:
         import openai
