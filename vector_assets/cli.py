@@ -228,13 +228,38 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     model_id = defs.resources["embedding_model"].model_id
     milvus = _milvus()
     store = milvus.store_key(model_id)
+    from . import milvus_store
+
+    client = milvus.get_client()
+    collection = milvus.collection_for(model_id)
+    try:
+        was = milvus_store.bind_source(client, collection, index.source, rebind=args.rebind_landing) if store else None
+    except milvus_store.SourceMismatchError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if was:
+        print(f"collection {collection} re-bound from landing directory {was} to {index.source}", flush=True)
+    # Reconcile the store against the landing data (issue #17 item 2): every tenant-day the
+    # collection holds rows of is materialised too, so rows of days, or whole tenants, that
+    # the landing data lacks are found even when the index never saw their lines (an index
+    # lost or rebuilt). With --all, or when the index knows nothing of this collection.
+    orphans: set[tuple[str, str]] = set()
+    if store and (args.all or not index.synced_partitions(store)):
+        held = {p for p in milvus_store.stored_partitions(client, collection, args.tenant, args.start, args.end) if in_window(p[1])}
+        orphans = held - set(partitions)
+        if orphans:
+            print(f"reconciling: the collection holds rows of {len(orphans)} tenant-days that the landing index lists no lines of; they are materialised against the landing data", flush=True)
+            missing = sorted({t for t, _ in orphans} - known)
+            if missing:
+                instance.add_dynamic_partitions(TENANTS, missing)
+            partitions = sorted(set(partitions) | orphans)
     # Incremental: a tenant-day is not run when its rows in this very collection (URI and
     # collection identity) were written from its current lines and Dagster recorded that
     # materialisation (--all runs every one; the audit job and the coverage check catch rows
     # lost behind the pipeline's back).
     unchanged_rows = 0
     if not args.all:
-        todo = set(index.unsynced_partitions(store, args.start, args.end))
+        todo = set(index.unsynced_partitions(store, args.start, args.end)) | orphans
         fingerprints = index.fingerprints([p for p in partitions if p not in todo])
         materialised = instance.get_materialized_partitions(MILVUS_VECTORS) if fingerprints else set()
         unchanged = [p for p in partitions if p not in todo and (not fingerprints[p] or str(make_key(*p)) in materialised)]
@@ -244,11 +269,11 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         unchanged = []
         partitions_to_run = partitions
     refused = []
-    vanished = set(index.vanished_tenants()) & {t for t, _ in partitions_to_run}
+    vanished = {t for t, _ in partitions_to_run} - set(index.tenants())
     if vanished and not args.delete_vanished_tenants:
         for tenant in sorted(vanished):
             days = [p for p in partitions_to_run if p[0] == tenant]
-            rows = index.synced_rows(store, days)
+            rows = milvus_store.count_records(client, collection, f"tenant == {milvus_store.quote(tenant)}") if store else 0
             print(
                 f"refusing: tenant {tenant} has no line in the landing data any more (its files were removed, or the landing "
                 f"directory is empty or not mounted); its {len(days)} tenant-days ({rows} records) are kept, not deleted. "
@@ -324,7 +349,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         f"backfill: partitions={len(partitions)} unchanged_partitions={len(unchanged)} runs={len(plan)} "
         f"materialised_partitions={int(totals['milvus_vectors.partitions'])} records_read={int(totals['source_records.records_read']) + unplaced} "
         f"rows_written={written} embedded={int(totals['milvus_vectors.embedded'])} passages_embedded={int(totals.get('milvus_vectors.passages_embedded', 0))} skipped={int(totals['milvus_vectors.skipped_unchanged']) + unchanged_rows} "
-        f"deleted={int(totals['milvus_vectors.deleted'])} quarantined={quarantined} failed_partitions={failed} "
+        f"deleted={int(totals['milvus_vectors.deleted'])} quarantined={quarantined} superseded={int(totals['source_records.superseded'])} failed_partitions={failed} "
         f"refused_partitions={len(refused)} check_errors={len(check_errors)} "
         f"encode_s={totals['milvus_vectors.encode_seconds_est']:.1f} wall_s={wall:.1f}",
         flush=True,
@@ -634,6 +659,7 @@ def build_parser() -> argparse.ArgumentParser:
     bf.add_argument("--all", action="store_true", help="re-run every tenant-day, also those unchanged since they were written")
     bf.add_argument("--workers", type=int, default=1, help="runs executed at once, each in its own process (default 1)")
     bf.add_argument("--delete-vanished-tenants", action="store_true", help="delete the rows of tenants that have no line in the landing data any more (refused by default)")
+    bf.add_argument("--rebind-landing", action="store_true", help="bind the collection to this landing directory when another one wrote it (the folder moved; with --all, rows the new folder lacks are deleted)")
     bf.set_defaults(func=cmd_backfill)
     se = sub.add_parser("search", help="semantic search within one tenant")
     se.add_argument("query", nargs="?", help="query text")

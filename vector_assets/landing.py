@@ -29,10 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from .records import BadRecord, LocatedRecord, RecordError, record_identity, record_tenant, record_timestamp
+from .records import BadRecord, LocatedRecord, RecordError, record_identity, record_key, record_tenant, record_timestamp
 
 #: Bumped when the layout below changes; an index of another version is rebuilt from the files.
-SCHEMA_VERSION = "3"
+SCHEMA_VERSION = "4"
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -127,7 +127,8 @@ def json_error_reason(err: json.JSONDecodeError) -> str:
 
 def _locate_line(raw: bytes) -> tuple[str | None, str | None, str | None, int | None, str | None]:
     """``(tenant, day, pk, stamp, reason)`` of one raw JSONL line; reason is None when the line
-    can be placed in a tenant-day. ``pk`` (the record's primary key) and ``stamp`` (Unix
+    can be placed in a tenant-day. ``pk`` (the record's key across tenants,
+    :func:`vector_assets.records.record_key`) and ``stamp`` (Unix
     seconds) are None when the record has no valid kind or id (its tenant-day quarantines it).
 
     Never raises: any failure to parse or place the line (malformed JSON, nesting too deep for
@@ -147,7 +148,8 @@ def _locate_line(raw: bytes) -> tuple[str | None, str | None, str | None, int | 
     except RecordError as err:
         return None, None, None, None, err.reason
     try:
-        pk = record_identity(record)[3]
+        _, kind, rid, _, _ = record_identity(record)
+        pk = record_key(kind, rid)  # across tenants: a record moved to another tenant supersedes its old copy
     except (RecordError, ValueError, TypeError, AttributeError, RecursionError, OverflowError):
         pk = None
     return tenant, stamp.date().isoformat(), pk, int(stamp.timestamp()), None
@@ -211,6 +213,12 @@ class LandingIndex:
                 yield
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
+
+    @property
+    def source(self) -> str:
+        """The landing source this index reads: the resolved landing directory. A collection
+        is bound to one source (:func:`vector_assets.milvus_store.bind_source`)."""
+        return str(self.landing_dir.expanduser().resolve())
 
     def files(self) -> list[Path]:
         """Every JSONL file to index, sorted; raises FileNotFoundError if the landing dir is missing."""
@@ -305,7 +313,7 @@ class LandingIndex:
             """
             SELECT path, line, winner FROM (
                 SELECT path, line, ROW_NUMBER() OVER w AS rank,
-                       FIRST_VALUE(path || ':' || line || ' (day ' || day || ')') OVER w AS winner
+                       FIRST_VALUE(path || ':' || line || ' (' || CASE WHEN tenant IS NOT NULL THEN 'tenant ' || tenant || ', ' ELSE '' END || 'day ' || day || ')') OVER w AS winner
                 FROM lines
                 WHERE pk IN (SELECT pk FROM lines WHERE pk IS NOT NULL GROUP BY pk HAVING COUNT(*) > 1)
                 WINDOW w AS (PARTITION BY pk ORDER BY stamp DESC, path DESC, line DESC)

@@ -56,6 +56,12 @@ MODEL_PROPERTY = "vector_assets.model"
 #: re-created under the same name is another collection (Milvus Lite reports collection_id 0).
 UID_PROPERTY = "vector_assets.collection_uid"
 
+#: Collection property naming the landing source (the resolved landing directory) whose
+#: records the collection holds. A collection is bound to one source: a run that reads another
+#: is refused (:func:`bind_source`), since each source's runs delete the rows its own data does
+#: not hold (issue #17 item 1: two landing folders feeding one store deleted each other's rows).
+SOURCE_PROPERTY = "vector_assets.landing_source"
+
 #: Milvus's largest ``limit`` for one query.
 QUERY_LIMIT = 16384
 
@@ -383,6 +389,46 @@ def store_key(uri: str, client: MilvusClient, name: str) -> str | None:
     return f"{where}|{name}|{uid}"
 
 
+class SourceMismatchError(RuntimeError):
+    """A run reads another landing source than the one the collection is bound to
+    (:data:`SOURCE_PROPERTY`); its one-line message names both and how to rebind."""
+
+
+def bound_source(client: MilvusClient, name: str) -> str | None:
+    """The landing source collection ``name`` is bound to (:data:`SOURCE_PROPERTY`), or None
+    (not bound yet, or no such collection)."""
+    if not client.has_collection(name):
+        return None
+    return (client.describe_collection(name).get("properties") or {}).get(SOURCE_PROPERTY) or None
+
+
+def bind_source(client: MilvusClient, name: str, source: str, rebind: bool = False) -> str | None:
+    """Bind collection ``name`` to the landing ``source`` (a resolved landing directory).
+
+    An unbound collection (new, or written before bindings existed) is bound to ``source``.
+    A collection bound to another source raises :class:`SourceMismatchError` naming both,
+    unless ``rebind`` (the source moved for good: the collection is re-bound to ``source``, and
+    the next ``backfill --all`` deletes the rows that ``source`` does not hold). Returns the
+    source it was bound to before, when that changed, else None.
+
+    Why a binding and not rows tagged per source: every run deletes the rows of its tenant-days
+    that its landing data no longer holds; with two sources feeding one collection, each
+    source's runs deleted the other's rows (30 of 60 left, issue #17 item 1).
+    """
+    bound = bound_source(client, name)
+    if bound == source:
+        return None
+    if bound and not rebind:
+        raise SourceMismatchError(
+            f"collection {name} holds the records of landing directory {bound}, not of {source}: one collection "
+            f"takes one landing source (each deletes the rows the other's data lacks). Point VECTOR_ASSETS_LANDING_DIR "
+            f"back at {bound}, use another VECTOR_ASSETS_MILVUS_URI, or move the collection to the new folder with "
+            "`vector-assets backfill --all --rebind-landing`"
+        )
+    client.alter_collection_properties(name, properties={SOURCE_PROPERTY: source})
+    return bound
+
+
 def collection_dimension(client: MilvusClient, name: str) -> int:
     """Dimension of the ``vector`` field of collection ``name``."""
     for fld in client.describe_collection(name)["fields"]:
@@ -441,6 +487,20 @@ def partition_rows(client: MilvusClient, name: str, keys: Iterable[tuple[str, st
             for row in query_all(client, name, partition_filter(tenant, days[i : i + 500]), wanted):
                 out.setdefault((tenant, row["day"]), {})[row["pk"]] = row
     return out
+
+
+def stored_partitions(client: MilvusClient, name: str, tenants: Iterable[str] | None = None, start: str | None = None, end: str | None = None) -> set[tuple[str, str]]:
+    """Every ``(tenant, day)`` collection ``name`` holds rows of (empty when it does not
+    exist), optionally only of ``tenants`` and of days in ``[start, end]`` (``YYYY-MM-DD``,
+    inclusive). Reads the ``tenant`` and ``day`` fields of every (matching) row: about a second
+    per 100,000 rows on Milvus Lite. What reconciling the store against the landing data starts
+    from, whatever the landing index remembers (issue #17 item 2)."""
+    if not client.has_collection(name):
+        return set()
+    tenants = list(tenants or [])
+    expr = f"tenant in {quote_list(tenants)}" if tenants else 'pk != ""'
+    held = {(row["tenant"], row["day"]) for row in query_all(client, name, expr, ["tenant", "day"])}
+    return {(t, d) for t, d in held if (not start or d >= start) and (not end or d <= end)}
 
 
 def rows_by_pk(client: MilvusClient, name: str, pks: Iterable[str], fields: list[str], chunk: int = 1000) -> dict[str, dict]:

@@ -155,6 +155,19 @@ def primary_key(tenant: str, kind: str, rid: str) -> str:
     return digest.hexdigest()
 
 
+def record_key(kind: str, rid: str) -> str:
+    """What identifies one record across tenants and days: 32 hex chars of BLAKE2b(kind, id).
+
+    Unlike :func:`primary_key` it leaves the tenant out, so a record exported again under
+    another tenant (a Jira issue moved to another project, an issue transferred to another
+    repository) is the same record and its latest version wins (issue #17 item 3). Record ids
+    are namespaced by their exporter (``jira:HADOOP:13584318``, ``gh:owner/repo#12``,
+    ``bugzilla:SeaMonkey:1872623``); a commit's id holds its repository (``git:<tenant>:<sha>``),
+    so a commit in two repositories stays two records.
+    """
+    return hashlib.blake2b(f"{kind}\x1f{rid}".encode(), digest_size=16).hexdigest()
+
+
 def content_hash(model_id: str, text: str) -> str:
     """SHA-256 (hex, 64 chars) of the model id and the extracted text.
 

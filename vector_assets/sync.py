@@ -200,7 +200,9 @@ def sync_partitions(
             unmounted landing directory) keeps its rows and its partitions are *refused*
             (``PartitionResult.refused`` says why and how many rows would go).
 
-    Returns ``{(tenant, day): PartitionResult}``. Raises whatever Milvus raises on a failed
+    Returns ``{(tenant, day): PartitionResult}``. Raises
+    :class:`~vector_assets.milvus_store.SourceMismatchError` before any write when the
+    collection is bound to another landing source than ``index``'s. Raises whatever Milvus raises on a failed
     write (the partition is then not in sync and the run fails). What was written is not yet
     recorded as synced: the caller does that with :func:`record_synced` once the write is
     recorded where it must be (the Dagster materialisations), so a crash in between leaves the
@@ -208,7 +210,9 @@ def sync_partitions(
     """
     keys = list(keys)
     results = extract_partitions(index, keys)
-    vanished = set() if delete_vanished else set(index.vanished_tenants())
+    # A tenant without any line in the landing data now, whether the index saw its lines once or
+    # only the store holds its rows (an index lost or rebuilt: issue #17 item 2).
+    vanished = set() if delete_vanished else {t for t, _ in keys} - set(index.tenants())
     for result in results.values():
         write_quarantine(quarantine_dir, result.tenant, result.day, result.quarantined)
     if after_extract is not None:
@@ -222,6 +226,9 @@ def sync_partitions(
     exists = client.has_collection(name)
     created_now = not exists
     if exists:
+        # Before anything is written or deleted: a collection bound to another landing source
+        # raises SourceMismatchError (issue #17 item 1).
+        milvus_store.bind_source(client, name, index.source)
         client.load_collection(name)
 
     # What Milvus holds for these partitions, one query per tenant.
@@ -276,6 +283,7 @@ def sync_partitions(
         truncated = {t.pk for t, flag in zip(to_embed, flags) if flag}
         if not exists:
             milvus.ensure_collection(model_id, int(encoded.shape[1]))
+            milvus_store.bind_source(client, name, index.source)
             exists = True
     for pk, vec in reuse.items():
         vectors[pk] = np.asarray(vec, dtype=np.float32)

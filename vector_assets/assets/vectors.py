@@ -98,7 +98,9 @@ def _quarantine_table(result: PartitionResult, limit: int = 20) -> str:
 
 def partition_metadata(result: PartitionResult, model_id: str, seconds_per_text: float) -> dict[dg.AssetKey, dict]:
     """The metadata of each asset's materialisation for one tenant-day."""
-    quarantine = {"quarantined": len(result.quarantined)}
+    # Bad records only: superseded versions (listed in the same table, with their reason) are
+    # normal data (issue #17 item 10).
+    quarantine = {"quarantined": len(result.quarantined) - result.superseded}
     if result.quarantined:
         quarantine["quarantine"] = dg.MetadataValue.md(_quarantine_table(result))
     texts = result.texts
@@ -215,10 +217,14 @@ def tenant_day_vectors(
 
     timings: dict[str, float] = {}
     cpu_before = embedding_model.stats.cpu_seconds
-    results = sync_partitions(
-        keys, index, embedding_model, milvus, landing.quarantine_dir(), before_write=gate, log=context.log.info,
-        after_extract=validate_texts, timings=timings, delete_vanished=config.delete_vanished_tenants,
-    )
+    try:
+        results = sync_partitions(
+            keys, index, embedding_model, milvus, landing.quarantine_dir(), before_write=gate, log=context.log.info,
+            after_extract=validate_texts, timings=timings, delete_vanished=config.delete_vanished_tenants,
+        )
+    except milvus_store.SourceMismatchError as err:
+        # No retry heals it: the run reads another landing folder than the collection's.
+        raise dg.Failure(description=str(err), allow_retries=False) from None
     stats = embedding_model.stats
     per_text = stats.seconds / stats.texts if stats.texts else 0.0
     encode_cpu_s = stats.cpu_seconds - cpu_before  # the sync's own encode (not the checks' re-embeds)

@@ -7,6 +7,7 @@ vectors that no longer agree with the model (coherence) or cannot be retrieved
 
 import dagster as dg
 
+from .. import milvus_store
 from ..keys import MILVUS_VECTORS
 from ..quality import QualityThresholds
 from ..resources import EmbeddingModelResource, LandingResource, MilvusResource
@@ -15,7 +16,8 @@ from . import evaluate
 
 
 class AuditConfig(dg.Config):
-    """Which tenant-days to audit: default every tenant-day written for the current model."""
+    """Which tenant-days to audit: default every tenant-day written for the current model and
+    every tenant-day its collection holds rows of."""
 
     tenants: list[str] = []
     start: str = ""
@@ -33,13 +35,20 @@ def audit_tenant_days(
 ):
     index = landing.index()
     model_id = embedding_model.model_id
-    keys = [
-        k
-        for k in index.synced_partitions(milvus.store_key(model_id))
-        if (not config.tenants or k[0] in config.tenants) and (not config.start or k[1] >= config.start) and (not config.end or k[1] <= config.end)
-    ]
     client = milvus.get_client()
     name = milvus.collection_for(model_id)
+    # Every tenant-day written for this collection, and every tenant-day the collection holds
+    # rows of, whatever the landing index remembers (issue #17 item 2): rows of days or tenants
+    # the landing data lacks fail coverage, and the alert sensor's re-run deletes them.
+    held = milvus_store.stored_partitions(client, name, config.tenants or None, config.start or None, config.end or None)
+    keys = sorted(
+        {
+            k
+            for k in index.synced_partitions(milvus.store_key(model_id))
+            if (not config.tenants or k[0] in config.tenants) and (not config.start or k[1] >= config.start) and (not config.end or k[1] <= config.end)
+        }
+        | held
+    )
     verdicts: dict[str, dict] = {"coverage": {}, "coherence": {}, "retrievability": {}}
     for i in range(0, len(keys), 500):
         chunk = keys[i : i + 500]

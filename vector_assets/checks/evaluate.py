@@ -228,11 +228,17 @@ def processing_time_verdict(cpu_ms_per_vector: float, vectors: int, t: QualityTh
 
 
 def failure_rate_verdict(result: PartitionResult, t: QualityThresholds | None = None) -> Verdict:
-    """Quarantined / records read of one partition: pass < 1%, ERROR > 5%, WARN between."""
+    """Bad records / records read of one partition: pass < 1%, ERROR > 5%, WARN between.
+
+    Superseded lines (an older version of a record exported again later: normal data, not a
+    failure; issue #17 item 10) count in neither: the rate is
+    ``(quarantined - superseded) / (records_read - superseded)``."""
     t = t or QualityThresholds()
-    rate = len(result.quarantined) / result.records_read if result.records_read else 0.0
+    bad = len(result.quarantined) - result.superseded
+    read = result.records_read - result.superseded
+    rate = bad / read if read > 0 else 0.0
     verdict = graded(rate, t.failure_rate_pass, t.failure_rate_error, higher_is_better=False)
-    verdict.metadata = {"failure_rate": round(rate, 4), "quarantined": len(result.quarantined), "records_read": result.records_read}
+    verdict.metadata = {"failure_rate": round(rate, 4), "quarantined": bad, "superseded": result.superseded, "records_read": result.records_read}
     return verdict
 
 
