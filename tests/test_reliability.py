@@ -158,3 +158,112 @@ def test_superseded_re_exports_are_not_failures(workspace):
     assert len(_record_ids(workspace["db"], "HADOOP")) == 20
     checks = run_cli("checks", env=env)
     assert checks.returncode == 0, checks.stdout[-2000:]
+
+
+def _runs_holding_slots(status, tags=None, n=2) -> list[str]:
+    """``n`` runs of the tenant-day job in the ``DAGSTER_HOME`` instance, each holding a slot
+    of the ``milvus_writes`` pool, left in ``status`` (what a run whose process was SIGKILLed
+    while its code server lived looks like: FAILURE with its slot claimed)."""
+    import dagster as dg
+    from dagster._core.storage.dagster_run import DagsterRun
+
+    from vector_assets import runs, settings
+
+    instance = settings.dagster_instance()
+    assert runs.free_pool_slots(instance) == 2
+    ids = []
+    for i in range(n):
+        run = DagsterRun(job_name="tenant_day_vectors_job", run_id=f"{i:08d}-0000-0000-0000-killedbysig9", status=dg.DagsterRunStatus.STARTED, tags=tags or {})
+        instance.add_run(run)
+        claim = instance.event_log_storage.claim_concurrency_slot(runs.POOL, run.run_id, "tenant_day_vectors")
+        assert claim.slot_status.value == "CLAIMED"
+        if status != dg.DagsterRunStatus.STARTED:
+            instance.report_run_failed(instance.get_run_by_id(run.run_id), message="terminated by signal 9")
+        ids.append(run.run_id)
+    assert runs.free_pool_slots(instance) == 0
+    return ids
+
+
+def test_slots_held_by_finished_runs_are_freed(workspace):
+    """Item 5: two runs marked FAILURE with their pool slots still claimed. Before: every later
+    run waited (a CLI backfill printed `waiting: … slots held by runs: … (FAILURE)` for 13
+    minutes). Now ``backfill`` frees them on start, and the daemon's run monitoring
+    (``free_slots_after_run_end_seconds`` in instance/dagster.yaml) frees them for UI runs."""
+    import logging
+    import time
+
+    import dagster as dg
+    from dagster._daemon.monitoring.concurrency import execute_concurrency_slots_iteration
+
+    from vector_assets import runs, settings
+
+    write_jsonl(workspace["landing"] / "jira.jsonl", _hadoop(5))
+    held = _runs_holding_slots(dg.DagsterRunStatus.FAILURE)
+    started = time.monotonic()
+    done = run_cli("backfill", env=dict(os.environ), timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert time.monotonic() - started < 60
+    assert f"freed the pool slots of 2 finished runs: {', '.join(held)}" in done.stdout
+    assert len(_record_ids(workspace["db"])) == 5
+
+    # The UI path: the daemon's monitoring iteration, with the instance's own settings.
+    instance = settings.dagster_instance()
+    assert instance.run_monitoring_settings.get("free_slots_after_run_end_seconds")
+    for run_id in held:
+        instance.event_log_storage.claim_concurrency_slot(runs.POOL, run_id, "tenant_day_vectors")
+    assert runs.free_pool_slots(instance) == 0
+    time.sleep(instance.run_monitoring_settings["free_slots_after_run_end_seconds"] + 1)
+
+    class Context:  # what the monitoring daemon hands its iteration
+        pass
+
+    Context.instance = instance
+    list(execute_concurrency_slots_iteration(Context(), logging.getLogger("test")))
+    assert runs.free_pool_slots(instance) == 2
+
+
+@pytest.mark.parametrize("signame, status", [("SIGTERM", 143), ("SIGINT", 130)])
+def test_a_backfill_waiting_for_a_slot_stops_on_a_signal(workspace, signame, status):
+    """Item 6: both slots held by live runs of another process; a backfill waits. Before: it
+    ignored SIGTERM and SIGINT ("stopping…", then waiting on) while its worker spun at 100%
+    CPU. Now it waits in a sleep, and a signal ends it at once with the summary and 143/130."""
+    import signal
+    import socket
+    import subprocess
+    import time
+
+    import dagster as dg
+
+    from vector_assets import runs
+    from vector_assets.cli import STOP_GRACE_S
+
+    from .test_faults import _spawn
+
+    write_jsonl(workspace["landing"] / "jira.jsonl", _hadoop(5))
+    holder = subprocess.Popen(["sleep", "600"])
+    try:
+        _runs_holding_slots(dg.DagsterRunStatus.STARTED, tags={runs.PID_TAG: str(holder.pid), runs.HOST_TAG: socket.gethostname()})
+        proc = _spawn(dict(os.environ))
+        while "to materialise in" not in (line := proc.stdout.readline()):
+            assert line, proc.stderr.read()[-2000:]
+
+        def cpu_s() -> float:  # user + system CPU seconds of the backfill process
+            fields = open(f"/proc/{proc.pid}/stat").read().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+        before = cpu_s()
+        time.sleep(4)
+        spent = cpu_s() - before
+        if signame == "SIGINT":
+            os.killpg(proc.pid, signal.SIGINT)  # a terminal's Ctrl-C reaches the whole group
+        else:
+            proc.send_signal(signal.SIGTERM)
+        sent = time.monotonic()
+        out, err = proc.communicate(timeout=60)
+        assert time.monotonic() - sent < STOP_GRACE_S, err[-2000:]
+        assert proc.returncode == status, out[-2000:] + err[-2000:]
+        assert f"stopped by {signame} after 0 of 1 runs" in err
+        assert summary(out)["materialised_partitions"] == 0
+        assert spent < 1.0, f"the waiting backfill used {spent:.1f} CPU s in 4 s"
+    finally:
+        holder.kill()

@@ -104,6 +104,10 @@ def _init_worker(threads: int) -> None:
     logging.getLogger("dagster").setLevel(logging.WARNING)
 
 
+#: Seconds the runs in progress get to stop after SIGINT/SIGTERM before their processes are killed.
+STOP_GRACE_S = 10.0
+
+
 class _Stop:
     """Set by SIGINT/SIGTERM in the parent: no further run starts."""
 
@@ -155,13 +159,21 @@ def _execute_runs(runs: list, workers: int, delete_vanished: bool, on_worker_los
                     except BrokenProcessPool:
                         lost.append(futures[future])
                 if _Stop.signal and not interrupted:
-                    interrupted = True
+                    interrupted = time.monotonic()
                     for future in waiting:
                         future.cancel()
                     for process in list(getattr(pool, "_processes", {}).values()):
                         with contextlib.suppress(ProcessLookupError):
                             os.kill(process.pid, signal.SIGINT)
                     waiting = {f for f in waiting if not f.cancelled()}
+                elif interrupted and waiting and time.monotonic() - interrupted > STOP_GRACE_S:
+                    # A run that does not stop on SIGINT (one waiting for a pool slot inside
+                    # Dagster ignored it and spun: issue #17 item 6) is killed; its run is failed
+                    # and its slot freed by on_worker_lost (fail_dead_runs).
+                    for process in list(getattr(pool, "_processes", {}).values()):
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(process.pid, signal.SIGKILL)
+                    interrupted = float("inf")
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
         if not lost:
@@ -196,6 +208,9 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     dead = run_state.fail_dead_runs(instance)
     if dead:
         print(f"marked {len(dead)} runs failed whose process is gone (their pool slots are free again): {', '.join(dead)}", flush=True)
+    freed = run_state.free_slots_of_finished_runs(instance)
+    if freed:
+        print(f"freed the pool slots of {len(freed)} finished runs: {', '.join(freed)}", flush=True)
     index_result = defs.resolve_job_def("landing_index_job").execute_in_process(instance=instance, raise_on_error=False)
     if not index_result.success:
         failure = next((e.step_failure_data.error for e in index_result.all_events if e.is_step_failure), None)
@@ -307,6 +322,8 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         _Stop.signal = signal.Signals(signum).name
         print(f"{_Stop.signal}: stopping; runs in progress are interrupted, no further run starts", file=sys.stderr, flush=True)
 
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+
     def worker_lost(count: int, attempt: int) -> None:
         failed_runs = run_state.fail_dead_runs(instance)
         again = "submitted again" if attempt < 2 else "given up"
@@ -317,8 +334,18 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         held = ", ".join(f"{run_id} ({status})" for run_id, status in holders) or "none"
         print(f"waiting: no run finished for {seconds:.0f}s; pool {run_state.POOL} slots held by runs: {held}", flush=True)
 
-    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    # Every slot of the pool held (by another backfill's runs): wait here, a sleep that a signal
+    # ends at once, rather than in run processes (issue #17 item 6: they ignored SIGTERM/SIGINT
+    # and spun).
+    waited = time.monotonic()
     try:
+        while plan and not _Stop.signal and run_state.free_pool_slots(instance) == 0:
+            if time.monotonic() - waited >= 60:
+                waiting(time.monotonic() - waited)
+                waited = time.monotonic()
+            run_state.fail_dead_runs(instance)
+            run_state.free_slots_of_finished_runs(instance)
+            time.sleep(1.0)
         workers = max(1, min(args.workers, len(plan)))
         for spec, ok, run_id, sums, seconds, errors, message in _execute_runs(plan, workers, args.delete_vanished_tenants, worker_lost, waiting):
             finished += 1

@@ -7,7 +7,7 @@ backfill printing its plan, then nothing for 12 minutes). Each run that writes r
 process that executes it in its tags (:data:`PID_TAG`, :data:`HOST_TAG`); :func:`fail_dead_runs`
 (called by ``vector-assets backfill`` on start and after a worker dies, and by the new-data
 sensor on every tick) marks the runs of this host whose process is gone as failed and frees
-their slots.
+their slots; :func:`free_slots_of_finished_runs` frees the slots that finished runs still hold.
 """
 
 from __future__ import annotations
@@ -61,6 +61,32 @@ def fail_dead_runs(instance: dg.DagsterInstance) -> list[str]:
         instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
         failed.append(run.run_id)
     return failed
+
+
+def free_slots_of_finished_runs(instance: dg.DagsterInstance, pool: str = POOL) -> list[str]:
+    """Free the ``pool`` slots held by runs that have finished (SUCCESS, FAILURE, CANCELED) or
+    no longer exist. Returns their run ids.
+
+    A run whose process is SIGKILLed while its code server lives is marked FAILURE by Dagster
+    ("terminated by signal 9") with its slot still claimed: two such kills held both slots for
+    ever, and every later run waited (issue #17 item 5). The daemon frees them too
+    (``run_monitoring.free_slots_after_run_end_seconds`` in ``instance/dagster.yaml``); this
+    frees them at once where no daemon runs (``vector-assets backfill``)."""
+    freed = []
+    for run_id in sorted(instance.event_log_storage.get_concurrency_info(pool).active_run_ids):
+        run = instance.get_run_by_id(run_id)
+        if run is None or run.is_finished:
+            instance.event_log_storage.free_concurrency_slots_for_run(run_id)
+            freed.append(run_id)
+    return freed
+
+
+def free_pool_slots(instance: dg.DagsterInstance, pool: str = POOL) -> int:
+    """Slots of ``pool`` not claimed now (0 when every slot is held). A pool not used yet is
+    given the instance's default limit first, as Dagster's executor does on its first claim."""
+    instance.event_log_storage.initialize_concurrency_limit_to_default(pool)
+    info = instance.event_log_storage.get_concurrency_info(pool)
+    return max(0, info.slot_count - info.active_slot_count)
 
 
 def pool_holders(instance: dg.DagsterInstance, pool: str = POOL) -> list[tuple[str, str]]:
