@@ -3,8 +3,11 @@
 A key reads ``va_<id>_<secret>``: ``id`` (12 hex characters) names it in ``keys list`` and
 ``keys revoke``; ``secret`` is 32 random bytes (``secrets.token_urlsafe``). The store is a JSON
 file (``$VECTOR_ASSETS_API_KEYS``, else ``$VECTOR_ASSETS_HOME/api_keys.json``, mode 0600)
-holding, per key, its id, the SHA-256 of the whole key, the tenants it grants (``["*"]``: all),
-a name, the creation time and, once revoked, the revocation time. The key itself is printed
+holding, per key, its id, the SHA-256 of the whole key, the tenants it grants, whether it grants
+every tenant (``all_tenants``: a grant of its own, which no tenant name aliases; a tenant named
+``*`` is just a tenant), a name, the creation time and, once revoked, the revocation time. A key
+file written before ``all_tenants`` existed stored all-tenant keys as ``tenants: ["*"]``; such an
+entry is read as all tenants (what it meant then), and ``keys list`` says to re-issue it. The key itself is printed
 once, by ``vector-assets keys add``, and never stored. SHA-256 without a salt is enough for
 keys of 256 random bits (what GitHub and Stripe tokens do); a slow password hash protects
 guessable secrets, which these are not.
@@ -30,7 +33,8 @@ from pathlib import Path
 
 from . import settings
 
-ALL_TENANTS = "*"
+#: How key files before ``all_tenants`` wrote "every tenant" (read, never written now).
+LEGACY_ALL_TENANTS = "*"
 KEY_PATTERN = re.compile(r"^va_([0-9a-f]{12})_[A-Za-z0-9_-]{20,}$")
 
 
@@ -40,8 +44,9 @@ class ApiKeyError(ValueError):
 
 @dataclass
 class ApiKey:
-    """One stored key: ``id``, ``sha256`` (hex of the whole key), ``tenants`` (``["*"]`` for
-    all), ``name``, ``created`` and ``revoked`` (ISO 8601 UTC, ``revoked`` empty while valid)."""
+    """One stored key: ``id``, ``sha256`` (hex of the whole key), ``tenants`` (names, each
+    granted as it is), ``all_tenants`` (every tenant, and ``/metrics``), ``name``, ``created``
+    and ``revoked`` (ISO 8601 UTC, ``revoked`` empty while valid)."""
 
     id: str
     sha256: str
@@ -49,14 +54,34 @@ class ApiKey:
     name: str = ""
     created: str = ""
     revoked: str = ""
+    all_tenants: bool = False
 
     def grants(self, tenant: str) -> bool:
-        """Whether this key may read ``tenant``."""
-        return ALL_TENANTS in self.tenants or tenant in self.tenants
+        """Whether this key may read ``tenant``: an all-tenants key reads every tenant, another
+        key the tenants it names, compared as names (``*`` grants the tenant named ``*``)."""
+        return self.all_tenants or tenant in self.tenants
 
-    @property
-    def all_tenants(self) -> bool:
-        return ALL_TENANTS in self.tenants
+    @classmethod
+    def from_json(cls, item) -> "ApiKey":
+        """An entry of the key file; raises ValueError naming what is wrong with it. An entry
+        without ``all_tenants`` whose tenants are ``["*"]`` (written before the field existed,
+        by ``--all-tenants``) is an all-tenants key."""
+        if not isinstance(item, dict):
+            raise ValueError(f"a key entry is a {type(item).__name__}, not an object")
+        missing = [f for f in ("id", "sha256", "tenants") if f not in item]
+        if missing:
+            raise ValueError(f"key entry {item.get('id', '?')!r} lacks {', '.join(missing)}")
+        tenants = item["tenants"]
+        if not isinstance(tenants, list) or not all(isinstance(t, str) for t in tenants):
+            raise ValueError(f"key entry {item['id']!r}: tenants is not a list of names")
+        known = {f: item[f] for f in ("id", "sha256", "name", "created", "revoked") if f in item}
+        if not all(isinstance(v, str) for v in known.values()):
+            raise ValueError(f"key entry {item['id']!r}: id, sha256, name, created and revoked must be strings")
+        legacy = "all_tenants" not in item and tenants == [LEGACY_ALL_TENANTS]
+        everything = item.get("all_tenants", False)
+        if not isinstance(everything, bool):
+            raise ValueError(f"key entry {item['id']!r}: all_tenants is not true or false")
+        return cls(tenants=[] if legacy else list(tenants), all_tenants=everything or legacy, **known)
 
 
 def keys_path() -> Path:
@@ -80,11 +105,15 @@ class KeyStore:
     def _read(self) -> dict[str, ApiKey]:
         try:
             raw = json.loads(self.path.read_text(encoding="utf-8"))
+            if not isinstance(raw, dict) or not isinstance(raw.get("keys"), list):
+                raise ValueError('expected an object {"keys": [...]}, found ' + (type(raw).__name__ if not isinstance(raw, dict) else "no list under keys"))
+            return {entry.id: entry for entry in (ApiKey.from_json(item) for item in raw["keys"])}
         except FileNotFoundError:
             return {}
         except (OSError, ValueError) as err:
-            raise ApiKeyError(f"{self.path}: not a readable key file ({err})") from err
-        return {item["id"]: ApiKey(**item) for item in raw.get("keys", [])}
+            # Fails closed: no key is valid while the file cannot be read (issue #17 item 9: an
+            # empty file, invalid JSON, [] or another shape gave a TypeError and a bare 500).
+            raise ApiKeyError(f"{self.path}: not a readable key file ({str(err).strip() or type(err).__name__})") from err
 
     def keys(self) -> dict[str, ApiKey]:
         """Every stored key by id, re-read when the file changed (mtime or size)."""
@@ -110,15 +139,16 @@ class KeyStore:
                 json.dump({"keys": [asdict(k) for k in keys.values()]}, fh, indent=1)
             os.replace(tmp, self.path)
 
-    def add(self, tenants: list[str], name: str = "") -> tuple[str, ApiKey]:
-        """Create a key granting ``tenants`` (``["*"]``: all). Returns ``(key, stored entry)``;
-        the key is not kept anywhere. Raises :class:`ApiKeyError` when ``tenants`` is empty."""
+    def add(self, tenants: list[str], name: str = "", all_tenants: bool = False) -> tuple[str, ApiKey]:
+        """Create a key granting ``tenants``, or every tenant with ``all_tenants`` (then
+        ``tenants`` must be empty). Returns ``(key, stored entry)``; the key is not kept
+        anywhere. Raises :class:`ApiKeyError` when neither or both are given."""
         tenants = sorted({t.strip() for t in tenants if t and t.strip()})
-        if not tenants:
-            raise ApiKeyError("a key needs at least one tenant (--tenant T, or --all-tenants)")
+        if bool(tenants) == all_tenants:
+            raise ApiKeyError("a key needs at least one tenant (--tenant T) or --all-tenants, not both")
         key_id = secrets.token_hex(6)
         key = f"va_{key_id}_{secrets.token_urlsafe(32)}"
-        entry = ApiKey(key_id, _digest(key), tenants, name, dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+        entry = ApiKey(key_id, _digest(key), tenants, name, dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), all_tenants=all_tenants)
         with self._writing() as keys:
             keys[key_id] = entry
         return key, entry

@@ -512,7 +512,7 @@ def milvus_exists() -> bool:
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
-    from .api_keys import ALL_TENANTS, ApiKeyError, KeyStore
+    from .api_keys import ApiKeyError, KeyStore
 
     store = KeyStore()
     try:
@@ -520,15 +520,17 @@ def cmd_keys(args: argparse.Namespace) -> int:
             if bool(args.tenant) == args.all_tenants:
                 print("error: give --tenant T (repeatable) or --all-tenants", file=sys.stderr)
                 return 2
-            key, entry = store.add([ALL_TENANTS] if args.all_tenants else args.tenant, name=args.name or "")
-            print(f"added key {entry.id} for tenants {', '.join(entry.tenants)} in {store.path}; it is shown once, here:")
+            key, entry = store.add(args.tenant or [], name=args.name or "", all_tenants=args.all_tenants)
+            grant = "all tenants" if entry.all_tenants else "tenants " + ", ".join(repr(t) for t in entry.tenants)
+            print(f"added key {entry.id} for {grant} in {store.path}; it is shown once, here:")
             print(key)
         elif args.action == "list":
             keys = sorted(store.keys().values(), key=lambda k: k.created)
             if args.json:
                 print(json.dumps([{k: v for k, v in vars(e).items() if k != "sha256"} for e in keys], indent=1))
             for entry in [] if args.json else keys:
-                print(f"{entry.id}  {'revoked ' + entry.revoked if entry.revoked else 'valid'}  created {entry.created}  tenants {','.join(entry.tenants)}  {entry.name}")
+                grant = "all tenants" if entry.all_tenants else "tenants " + ",".join(entry.tenants)
+                print(f"{entry.id}  {'revoked ' + entry.revoked if entry.revoked else 'valid'}  created {entry.created}  {grant}  {entry.name}")
             if not keys and not args.json:
                 print(f"no keys in {store.path}")
         else:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import logging
 import os
 import queue
 import threading
@@ -38,16 +39,19 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
+import grpc
 import numpy as np
 from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from pymilvus.exceptions import MilvusException
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from . import api_keys, milvus_store, settings
-from .records import KINDS
+from .records import KINDS, SURROGATE
 from .search import MODES, SearchError, default_mode, search, search_target
 
 #: Bounds on every input (answered with 422 beyond them).
@@ -61,10 +65,19 @@ LIMITS = {
 }
 Kind = Literal[tuple(sorted(set(KINDS.values()) | {"git_merge_commit"}))]  # type: ignore[valid-type]
 Mode = Literal[MODES]  # type: ignore[valid-type]
-Query = Annotated[str, Field(min_length=1, max_length=LIMITS["query_chars"])]
-Tenant = Annotated[str, Field(min_length=1, max_length=milvus_store.MAX_TENANT)]
+def _valid_unicode(value: str) -> str:
+    """Refuse a text holding an unpaired UTF-16 surrogate (JSON ``"\\ud800"``): it is not
+    Unicode text, and encoding it for the model or Milvus failed with a 500 (issue #17 item 9)."""
+    if SURROGATE.search(value):
+        raise ValueError("holds an unpaired UTF-16 surrogate (not valid Unicode text)")
+    return value
+
+
+Query = Annotated[str, Field(min_length=1, max_length=LIMITS["query_chars"]), AfterValidator(_valid_unicode)]
+Tenant = Annotated[str, Field(min_length=1, max_length=milvus_store.MAX_TENANT), AfterValidator(_valid_unicode)]
+EmbeddingInput = Annotated[str, Field(max_length=LIMITS["embedding_chars"]), AfterValidator(_valid_unicode)]
 #: Seconds a resolved collection (the search alias' target) and per-tenant row counts are reused.
-REFRESH_S = 30.0
+REFRESH_S = float(os.environ.get("VECTOR_ASSETS_SERVICE_REFRESH_S") or 30.0)
 
 
 class BatchingEncoder:
@@ -173,7 +186,7 @@ class EmbeddingsRequest(_Strict):
     """The OpenAI embeddings request (``input`` as text or texts; token arrays are refused)."""
 
     model_config = ConfigDict(extra="ignore")
-    input: Annotated[str, Field(max_length=LIMITS["embedding_chars"])] | list[Annotated[str, Field(max_length=LIMITS["embedding_chars"])]] = Field(..., description="a text or at most 256 texts")
+    input: EmbeddingInput | list[EmbeddingInput] = Field(..., description="a text or at most 256 texts")
     model: str = Field(..., min_length=1, max_length=256)
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(None, ge=1, le=65536)
@@ -242,43 +255,178 @@ class Metrics:
         self.encode_texts.inc(texts)
 
 
+class StoreUnavailable(RuntimeError):
+    """Milvus cannot be reached now; the message says why and when the service tries again."""
+
+
+@dataclass(frozen=True)
+class Serving:
+    """What one search is answered with, swapped as a whole when the search alias moves to
+    another model's collection: the ``collection``, its ``model`` (an embedding resource), the
+    ``encoder`` batching that model's queries and its ``tokenizer``."""
+
+    collection: str
+    model: object
+    encoder: BatchingEncoder
+    tokenizer: object
+
+    @property
+    def model_id(self) -> str:
+        return self.model.model_id
+
+
+#: Seconds between reconnection attempts while Milvus is away: doubling from the first to the last.
+RECONNECT_BACKOFF_S = (1.0, 30.0)
+
+
 class ServiceState:
-    """What the routes share: the Milvus client, the collection the search alias names (re-read
-    every :data:`REFRESH_S` seconds: an alias cut-over is followed), the model (loaded once),
-    the key store and the metrics."""
+    """What the routes share: the Milvus client, what is served (:class:`Serving`: the
+    collection the search alias names, re-read every :data:`REFRESH_S` seconds, with its model),
+    the key store and the metrics.
+
+    Heals without a restart (issue #17 items 7-8): a Milvus failure drops the client, requests
+    answer 503 with the reason while Milvus is away, and the client reconnects (a restarted
+    Milvus Lite server on a new port included) at most once per backoff interval
+    (:data:`RECONNECT_BACKOFF_S`). When the alias moves to a collection of another model, that
+    model is loaded in the background while the old collection and model keep answering; the
+    switch is one assignment, so no request fails during a cut-over."""
 
     def __init__(self, config: ServiceConfig):
         from .resources import MilvusResource
 
         self.config = config
         self.resource = MilvusResource(uri=config.uri, token=config.token)
-        self.client = self.resource.get_client(create=False)
-        self._target: tuple[float, str, str] | None = None
+        self._client = self.resource.get_client(create=False)
         self._lock = threading.Lock()
         self._counts: dict[str, tuple[float, int]] = {}
         self._last: tuple[float, dict[str, float]] | None = None
-        collection, self.model = self._resolve()
-        self.model.get_model()  # loaded once, at start
-        self.model_id = self.model.model_id
+        self._retry_at = 0.0
+        self._backoff = RECONNECT_BACKOFF_S[0]
+        self._down_reason = ""
+        self._loading: str | None = None  # model id being loaded for a cut-over
         self.metrics = Metrics(self)
-        self.encoder = BatchingEncoder(self.model, observe=self.metrics.observe_encode)
-        self.tokenizer = self.model.tokenizer_and_window()[0]  # counts the context's tokens
+        collection, model = self._lookup()
+        self.serving = self._prepare(collection, model)
+        self._resolved_at = time.monotonic()
 
-    def _resolve(self):
+    # ---- Milvus, reconnecting ---------------------------------------------------------------
+
+    @property
+    def client(self):
+        """The Milvus client; reconnects when the last one failed and the backoff has passed,
+        else raises :class:`StoreUnavailable`."""
+        client = self._client
+        if client is not None:
+            return client
+        with self._lock:
+            if self._client is not None:
+                return self._client
+            wait = self._retry_at - time.monotonic()
+            if wait > 0:
+                raise StoreUnavailable(f"Milvus at {self.config.uri} is unavailable ({self._down_reason}); next reconnection attempt in {wait:.0f} s")
+            try:
+                self.resource.reset_client()
+                client = self.resource.get_client(create=False)
+                serving = getattr(self, "serving", None)
+                # A restarted server holds every collection released: load the one served.
+                if serving is not None and client.has_collection(serving.collection):
+                    client.load_collection(serving.collection)
+                else:
+                    client.list_collections()
+            except Exception as err:  # noqa: BLE001 - any failure to reach Milvus
+                self._failed(err)
+                raise StoreUnavailable(f"Milvus at {self.config.uri} is unavailable ({self._down_reason}); next reconnection attempt in {self._backoff / 2:.0f} s") from None
+            self._client, self._backoff, self._down_reason = client, RECONNECT_BACKOFF_S[0], ""
+            self._resolved_at = 0.0  # re-read the alias on the new connection
+            return client
+
+    def _failed(self, err: BaseException) -> None:
+        self._client = None
+        self._down_reason = one_line(err)
+        self._retry_at = time.monotonic() + self._backoff
+        self._backoff = min(self._backoff * 2, RECONNECT_BACKOFF_S[1])
+
+    def milvus_failed(self, err: BaseException) -> str:
+        """Drop the client after a Milvus error (the next request after the backoff
+        reconnects); returns the one-line reason."""
+        with self._lock:
+            if self._client is not None:
+                self._failed(err)
+            try:
+                self.resource.reset_client()
+            except Exception:  # noqa: BLE001 - closing a dead client
+                pass
+            return self._down_reason or one_line(err)
+
+    # ---- what is served ---------------------------------------------------------------------
+
+    def _lookup(self):
         collection, embedder = search_target(self.client, self.resource.search_alias)
-        if self.client.has_collection(collection):
-            self.client.load_collection(collection)
-        if self._target is not None and embedder.model_id != self._target[2]:
-            raise SearchError(f"the search alias moved to {collection}, written by another model ({embedder.model_id}); restart the service to serve it")
-        self._target = (time.monotonic(), collection, embedder.model_id)
         return collection, embedder
 
-    def collection(self) -> str:
-        """The collection searched (the search alias' target)."""
+    def _prepare(self, collection: str, model) -> Serving:
+        """Load ``model`` and ``collection``: a :class:`Serving` ready to answer."""
+        model.get_model()  # loaded once per model
+        if self.client.has_collection(collection):
+            self.client.load_collection(collection)
+        return Serving(collection, model, BatchingEncoder(model, observe=self.metrics.observe_encode), model.tokenizer_and_window()[0])
+
+    def _cut_over(self, collection: str, model) -> None:
+        try:
+            ready = self._prepare(collection, model)
+            self.serving = ready  # one assignment: every later request uses the new pair
+        except Exception as err:  # noqa: BLE001 - the old collection keeps serving; tried again later
+            import logging
+
+            logging.getLogger("vector_assets.service").warning("cut-over to %s (%s) failed: %s", collection, model.model_id, one_line(err))
+        finally:
+            self._loading = None
+
+    def current(self) -> Serving:
+        """What to answer with now. Every :data:`REFRESH_S` seconds the alias is read again:
+        a new collection of the same model is switched to at once; one of another model is
+        prepared in a background thread while this one keeps answering."""
+        serving = self.serving
+        if time.monotonic() - self._resolved_at <= REFRESH_S:
+            return serving
         with self._lock:
-            if self._target is None or time.monotonic() - self._target[0] > REFRESH_S:
-                self._resolve()
-            return self._target[1]
+            if time.monotonic() - self._resolved_at <= REFRESH_S:
+                return self.serving
+            self._resolved_at = time.monotonic()
+        collection, model = self._lookup()
+        if collection == serving.collection and model.model_id == serving.model_id:
+            return serving
+        if model.model_id == serving.model_id:
+            if self.client.has_collection(collection):
+                self.client.load_collection(collection)
+            self.serving = Serving(collection, serving.model, serving.encoder, serving.tokenizer)
+            return self.serving
+        with self._lock:
+            if self._loading is None:
+                self._loading = model.model_id
+                threading.Thread(target=self._cut_over, args=(collection, model), name="model-cut-over", daemon=True).start()
+        return serving
+
+    def collection(self) -> str:
+        """The collection searched (the search alias' target, or the old one while a new
+        model loads)."""
+        return self.current().collection
+
+    @property
+    def model(self):
+        return self.serving.model
+
+    @property
+    def model_id(self) -> str:
+        return self.serving.model_id
+
+    @property
+    def encoder(self) -> BatchingEncoder:
+        return self.serving.encoder
+
+    @property
+    def tokenizer(self):
+        return self.serving.tokenizer
 
     def tenant_rows(self, tenant: str) -> int:
         """Rows (passages) of ``tenant`` in the collection (cached :data:`REFRESH_S` seconds)."""
@@ -323,14 +471,23 @@ class ServiceState:
         return out
 
     def search(self, tenant: str, queries: list[str], request: _Filters) -> tuple[list, str]:
-        """``search`` with the shared encoder; Milvus seconds observed per mode."""
-        collection = self.collection()
-        timed = _TimedEncoder(self.encoder)
+        """``search`` with the shared encoder of what is served now (one :class:`Serving`
+        for the whole request); Milvus seconds observed per mode."""
+        serving = self.current()
+        collection = serving.collection
+        timed = _TimedEncoder(serving.encoder)
         started = time.perf_counter()
         hits = search(self.client, collection, timed, tenant, queries, k=request.k, kinds=request.kinds, mode=request.mode, days=request.days(), ensure_loaded=False)
         mode = request.mode or default_mode(self.client, collection)
         self.metrics.milvus.labels(mode).observe(time.perf_counter() - started - timed.seconds)
         return hits, mode
+
+
+def one_line(err: BaseException) -> str:
+    """The first line of an error's message (a Milvus or gRPC error's own message), at most 300
+    characters, or its type when it has none."""
+    text = (getattr(err, "message", "") or str(err) or "").strip().splitlines()
+    return (text[0][:300] if text else "") or type(err).__name__
 
 
 class _TimedEncoder:
@@ -371,6 +528,49 @@ def create_app(config: ServiceConfig | None = None) -> FastAPI:
     def state(request: Request) -> ServiceState:
         return request.app.state.service
 
+    logged: set[str] = set()
+
+    def log_once(message: str) -> None:
+        if message not in logged:
+            logged.add(message)
+            logging.getLogger("vector_assets.service").error(message)
+
+    # Every failure a caller can cause or meet is a 4xx or 503 with a one-line reason, logged
+    # once (issue #17 item 9), never a 500 whose body says nothing.
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError):
+        # The body without the offending input: a float out of range (k=1e400 parses as inf)
+        # or a lone surrogate cannot be written as JSON, and rendering them failed with a 500.
+        detail = [
+            {"loc": [str(part).encode("utf-8", "backslashreplace").decode() for part in err.get("loc", ())], "msg": str(err.get("msg", "")), "type": str(err.get("type", ""))}
+            for err in exc.errors()
+        ]
+        return JSONResponse({"detail": detail}, status_code=422)
+
+    @app.exception_handler(api_keys.ApiKeyError)
+    async def keys_unreadable(request: Request, exc: api_keys.ApiKeyError):
+        message = f"API keys unavailable: {exc} (fix or restore the key file; `vector-assets keys list` checks it)"
+        log_once(message)
+        return JSONResponse({"detail": message}, status_code=503, headers={"Retry-After": "30"})
+
+    @app.exception_handler(StoreUnavailable)
+    async def store_away(request: Request, exc: StoreUnavailable):
+        log_once(str(exc).split("; next reconnection")[0])
+        return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "5"})
+
+    async def store_failed(request: Request, exc: Exception):
+        reason = request.app.state.service.milvus_failed(exc)
+        message = f"Milvus at {config.uri} failed: {reason}; reconnecting"
+        log_once(message)
+        return JSONResponse({"detail": message}, status_code=503, headers={"Retry-After": "5"})
+
+    for error_type in (MilvusException, grpc.RpcError, ConnectionError):
+        app.add_exception_handler(error_type, store_failed)
+
+    @app.exception_handler(UnicodeError)
+    async def not_unicode(request: Request, exc: UnicodeError):
+        return JSONResponse({"detail": f"a text of the request is not valid Unicode ({exc.reason})"}, status_code=400)
+
     def caller(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> api_keys.ApiKey:
         entry = config.keys.verify(credentials.credentials) if credentials else None
         if entry is None:
@@ -406,7 +606,7 @@ def create_app(config: ServiceConfig | None = None) -> FastAPI:
     @app.get("/v1/tenants", responses=UNAUTHORISED)
     def tenants_route(key: api_keys.ApiKey = Depends(caller), service: ServiceState = Depends(state)) -> dict:
         """The tenants this key may read (registered in Dagster, or named by the key), with rows."""
-        names = service.registered_tenants() if key.all_tenants else sorted(t for t in key.tenants if t != api_keys.ALL_TENANTS)
+        names = service.registered_tenants() if key.all_tenants else sorted(key.tenants)
         return {"tenants": [{"tenant": t, "rows": service.tenant_rows(t)} for t in names]}
 
     @app.post("/v1/context", responses={**UNAUTHORISED, **FORBIDDEN, 404: {"description": "no vectors for the tenant"}})
@@ -451,14 +651,21 @@ def create_app(config: ServiceConfig | None = None) -> FastAPI:
     def readyz(service: ServiceState = Depends(state)):
         """Milvus reachable, model loaded, collection present."""
         checks = {"model_loaded": service.model is not None}
+        reason = None
         try:
             collection = service.collection()
             checks["milvus"] = True
             checks["collection"] = bool(service.client.has_collection(collection))
-        except Exception:  # noqa: BLE001 - any failure to reach Milvus is "not ready"
+        except StoreUnavailable as err:
+            collection, checks["milvus"], checks["collection"], reason = None, False, False, str(err)
+        except Exception as err:  # noqa: BLE001 - any failure to reach Milvus is "not ready"
             collection, checks["milvus"], checks["collection"] = None, False, False
+            reason = f"Milvus failed: {service.milvus_failed(err)}; reconnecting"
         ready = all(checks.values())
-        return JSONResponse({"status": "ready" if ready else "not ready", "collection": collection, "model": service.model_id, "checks": checks}, status_code=200 if ready else 503)
+        body = {"status": "ready" if ready else "not ready", "collection": collection, "model": service.model_id, "checks": checks}
+        if reason:
+            body["reason"] = reason
+        return JSONResponse(body, status_code=200 if ready else 503)
 
     @app.get("/metrics", response_class=PlainTextResponse, responses={**UNAUTHORISED, 403: {"description": "the key does not grant all tenants"}})
     def metrics(key: api_keys.ApiKey = Depends(caller), service: ServiceState = Depends(state)):
