@@ -7,7 +7,7 @@ import pytest
 from vector_assets.extraction import extract_record, extract_records, normalise_text
 from vector_assets.records import LocatedRecord, RecordError, primary_key
 
-from .conftest import SAMPLE
+from .conftest import SAMPLE, sample_records
 
 
 def first(file: str, pred=lambda r: True) -> dict:
@@ -110,3 +110,24 @@ def test_extract_records_keeps_good_and_reports_bad_with_file_and_line():
     assert [t.record_id for t in texts] == [good["id"]]
     assert [(b.path, b.line) for b in bad] == [("in.jsonl", 2)]
     assert bad[0].reason == "record has no tenant"
+
+
+def test_lowercase_z_zero_width_text_and_nfd_tenants():
+    """Issue #17 item 13: a timestamp ending in lowercase z is RFC 3339 UTC; a text of
+    zero-width characters only is empty (quarantined, not embedded); café in NFC and NFD is
+    one tenant."""
+    import unicodedata
+
+    from vector_assets.extraction import extract_record
+    from vector_assets.records import LocatedRecord, RecordError, parse_timestamp, record_tenant
+
+    assert parse_timestamp("2024-05-02T23:30:00z") == parse_timestamp("2024-05-02T23:30:00Z")
+    record = sample_records("jira_issues_hadoop.jsonl", "HADOOP", "2024-07-01", "2024-07-12")[0]
+    lower = dict(record, updated_at=record["updated_at"].replace("Z", "") + "z" if record.get("updated_at") else "2024-07-01T10:00:00z")
+    assert extract_record(LocatedRecord("f.jsonl", 1, lower)).day == parse_timestamp(lower["updated_at"]).date().isoformat()
+    invisible = {k: v for k, v in record.items() if k in ("id", "source", "tenant", "updated_at", "created_at")}
+    invisible.update(summary="\u200b\u200b", description="\u2060\ufeff \u200d")
+    with pytest.raises(RecordError, match="extracted text is empty"):
+        extract_record(LocatedRecord("f.jsonl", 2, invisible))
+    nfd = unicodedata.normalize("NFD", "café")
+    assert nfd != "café" and record_tenant({"tenant": nfd}) == record_tenant({"tenant": "café"}) == "café"

@@ -267,3 +267,66 @@ def test_a_backfill_waiting_for_a_slot_stops_on_a_signal(workspace, signame, sta
         assert spent < 1.0, f"the waiting backfill used {spent:.1f} CPU s in 4 s"
     finally:
         holder.kill()
+
+
+def test_status_says_when_the_landing_index_is_older_than_the_files(workspace):
+    """Item 11: before, `status` read the index without refreshing it and said "in sync" after
+    an edit. Now it says the index is older than the files, since when, and exits 1."""
+    records = _hadoop(5)
+    write_jsonl(workspace["landing"] / "jira.jsonl", records)
+    env = dict(os.environ)
+    assert run_cli("backfill", env=env).returncode == 0
+    day = records[0]["day"]
+    fresh = run_cli("status", "--tenant", "HADOOP", "--day", day, env=env)
+    assert fresh.returncode == 0 and "older than the landing files" not in fresh.stderr, fresh.stdout + fresh.stderr
+    write_jsonl(workspace["landing"] / "jira.jsonl", [dict(records[0], summary="edited after the backfill")] + records[1:])
+    stale = run_cli("status", "--tenant", "HADOOP", "--day", day, env=env)
+    assert stale.returncode == 1, stale.stdout + stale.stderr
+    assert "the landing index is older than the landing files: 1 files changed since its last refresh (20" in stale.stderr
+    assert str(workspace["landing"] / "jira.jsonl") in stale.stderr
+
+
+def test_a_corrupt_landing_index_names_its_file_cause_and_recovery(workspace):
+    """Item 12: a corrupt landing index ended in `DagsterExecutionStepExecutionError`. Now one
+    line names the file, the cause and the recovery; the vectors survive, and the documented
+    recovery (remove the index) re-reads everything and embeds nothing."""
+    records = _hadoop(6)
+    write_jsonl(workspace["landing"] / "jira.jsonl", records)
+    env = dict(os.environ)
+    assert run_cli("backfill", env=env).returncode == 0
+    (index,) = workspace["home"].glob("landing_index-*.sqlite")
+    for extra in workspace["home"].glob("landing_index-*.sqlite-*"):
+        extra.unlink()
+    index.write_bytes(b"this is not a database, it was overwritten" * 200)
+    broken = run_cli("backfill", env=env)
+    assert broken.returncode == 1, broken.stdout[-2000:] + broken.stderr[-2000:]
+    error = [line for line in broken.stderr.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and "file is not a database" in error[0] and str(index) in error[0] and "rm " in error[0], broken.stderr
+    assert "DagsterExecutionStepExecutionError" not in broken.stderr
+    assert len(_record_ids(workspace["db"])) == 6
+    for path in workspace["home"].glob("landing_index-*"):
+        path.unlink()
+    again = run_cli("backfill", env=env)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert summary(again.stdout)["embedded"] == 0 and len(_record_ids(workspace["db"])) == 6
+
+
+def test_backfill_output_and_skipped_count(workspace):
+    """Item 13: no DEBUG lines of landing_index_job before the backfill's own; after an edit,
+    the summary's skipped counts each unchanged record once (it said 411 for 300 records:
+    unchanged tenant-days inside a run's range were counted twice)."""
+    records = _hadoop(30)
+    write_jsonl(workspace["landing"] / "jira.jsonl", records)
+    env = dict(os.environ)
+    first = run_cli("backfill", env=env)
+    assert first.returncode == 0
+    assert not [line for line in (first.stdout + first.stderr).splitlines() if "DEBUG" in line or "landing_index_job" in line], first.stderr[:2000]
+    days = sorted({r["day"] for r in records})
+    middle = next(i for i, r in enumerate(records) if r["day"] == days[len(days) // 2])
+    edited = list(records)
+    edited[middle] = dict(records[middle], summary=records[middle]["summary"] + " (edited)")
+    write_jsonl(workspace["landing"] / "jira.jsonl", edited)
+    second = run_cli("backfill", env=env)
+    assert second.returncode == 0, second.stderr[-2000:]
+    stats = summary(second.stdout)
+    assert stats["embedded"] == 1 and stats["skipped"] == len(records) - 1, stats

@@ -176,3 +176,16 @@ def test_a_model_cut_over_under_load_fails_no_request(service, tmp_path, embeddi
     assert results and set(results) == {200}, {code: results.count(code) for code in set(results)}
     after = httpx.get(service["base"] + "/readyz", timeout=60).json()
     assert after["model"] == str(copy.resolve()) or after["model"].endswith("minilm-copy"), after
+
+
+def test_the_context_stays_within_its_token_budget(service, embedding_model):
+    """Item 13: /v1/context returned 36 tokens for a budget of 32. Now the context, counted by
+    the model's tokenizer, is within the budget, at every budget from the smallest."""
+    tokenizer = embedding_model.tokenizer_and_window()[0]
+    for budget in (32, 33, 40, 64, 200):
+        response = httpx.post(service["base"] + "/v1/context", json={"tenant": "HADOOP", "question": "S3A multipart upload fails", "token_budget": budget},
+                              headers={"Authorization": f"Bearer {service['keys']['hadoop']}"}, timeout=60)
+        assert response.status_code == 200, response.text
+        body = response.json()
+        counted = len(tokenizer(body["context"], add_special_tokens=False, truncation=False, verbose=False)["input_ids"])
+        assert counted <= budget and body["tokens"] == counted, (budget, counted, body["tokens"])

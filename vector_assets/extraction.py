@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
@@ -216,6 +217,13 @@ class ExtractedText:
         return " ".join(body.split())[:200]
 
 
+def has_visible_text(text: str) -> bool:
+    """Whether ``text`` holds a character that is neither whitespace nor an invisible format
+    character (Unicode category Cf: zero-width space U+200B, joiners, U+2060, the BOM U+FEFF):
+    a text of those only is empty for search (issue #17 item 13: one was embedded)."""
+    return any(not ch.isspace() and unicodedata.category(ch) != "Cf" for ch in text)
+
+
 def extract_record(located: LocatedRecord) -> ExtractedText:
     """Validate a record and extract its text.
 
@@ -225,8 +233,8 @@ def extract_record(located: LocatedRecord) -> ExtractedText:
     record = located.record
     tenant, kind, rid, pk, stamp = record_identity(record)
     text = EXTRACTORS[kind](record)
-    if not text.strip():
-        raise RecordError("extracted text is empty")
+    if not has_visible_text(text):
+        raise RecordError("extracted text is empty" + (" (only invisible format characters, such as zero-width spaces)" if text.strip() else ""))
     if len(text) > MAX_TEXT_CHARS:
         raise RecordError(f"extracted text has {len(text):,} characters, more than the {MAX_TEXT_CHARS:,} a record may have")
     return ExtractedText(

@@ -25,6 +25,7 @@ import os
 import sqlite3
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -55,6 +56,11 @@ CREATE TABLE IF NOT EXISTS synced (
 #: Compressed exports are not read (their lines cannot be addressed by byte offset); they are
 #: reported instead of being ignored silently.
 UNSUPPORTED_SUFFIXES = (".jsonl.gz", ".jsonl.bz2", ".jsonl.xz", ".jsonl.zst", ".jsonl.zip")
+
+
+class LandingIndexError(RuntimeError):
+    """The landing index cannot be read or written (corrupt, or its disk full); the message
+    names the file, the cause and the recovery."""
 
 
 class StaleIndexError(RuntimeError):
@@ -202,6 +208,16 @@ class LandingIndex:
             db.execute("PRAGMA journal_mode=WAL")
             yield db
             db.commit()
+        except sqlite3.DatabaseError as err:
+            if isinstance(err, sqlite3.OperationalError) and "locked" in str(err):
+                raise
+            # "file is not a database", "database disk image is malformed", a full disk:
+            # the cause, the file and the recovery in one line (issue #17 item 12).
+            raise LandingIndexError(
+                f"landing index {self.index_path}: {err}. The index is rebuilt from the landing files when it is removed: "
+                f"`rm {self.index_path}*` (vectors in Milvus are kept; the next backfill re-reads every tenant-day and "
+                "embeds nothing unchanged); for a full disk, free space and run again"
+            ) from err
         finally:
             db.close()
 
@@ -231,6 +247,28 @@ class LandingIndex:
         """``path:hash`` of every indexed file, one per line, as the last :meth:`refresh` recorded."""
         with self._connect() as db:
             return "\n".join(f"{p}:{d}" for p, d in db.execute("SELECT path, digest FROM files ORDER BY path"))
+
+    def refreshed_at(self) -> float | None:
+        """When the index was last refreshed (Unix seconds), None when never."""
+        with self._connect() as db:
+            row = db.execute("SELECT value FROM meta WHERE key='refreshed_at'").fetchone()
+        return float(row[0]) if row else None
+
+    def stale_files(self) -> list[str]:
+        """Files whose content differs from what the index last read (edited, added or
+        removed since the last :meth:`refresh`), sorted; empty when the index is current.
+        Reads every file (a hash of each); changes nothing."""
+        with self._connect() as db:
+            known = dict(db.execute("SELECT path, digest FROM files"))
+        current = {str(p) for p in self.files()}
+        changed = []
+        for path in sorted(current):
+            try:
+                if known.get(path) != file_digest(Path(path)):
+                    changed.append(path)
+            except FileNotFoundError:
+                changed.append(path)
+        return sorted(changed + [p for p in known if p not in current])
 
     def unsupported_files(self) -> list[Path]:
         """Compressed exports under the landing directory (``*.jsonl.gz`` ...), which are not read."""
@@ -267,6 +305,7 @@ class LandingIndex:
                 report.files_removed.append(key)
             if report.files_scanned or report.files_removed:
                 self._mark_superseded(db, superseded, report)
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('refreshed_at', ?)", (str(int(time.time())),))
             db.executemany("INSERT OR IGNORE INTO partitions_seen VALUES (?, ?)", sorted(report.changed_partitions))
         return report
 

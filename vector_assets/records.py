@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import re
+import unicodedata
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -58,7 +59,9 @@ def parse_timestamp(value: Any) -> dt.datetime:
         raise RecordError(f"timestamp {str(value)[:40]} is a number, not an ISO-8601 string")
     if not isinstance(value, str) or not value.strip():
         raise RecordError("timestamp is missing")
-    text = value.strip().replace("Z", "+00:00")
+    text = value.strip()
+    if text[-1:] in ("Z", "z"):  # RFC 3339 allows a lowercase z
+        text = text[:-1] + "+00:00"
     try:
         stamp = dt.datetime.fromisoformat(text)
         if stamp.tzinfo is None:
@@ -81,13 +84,16 @@ def record_timestamp(record: Mapping[str, Any]) -> dt.datetime:
 
 
 def record_tenant(record: Mapping[str, Any]) -> str:
-    """The record's tenant, validated as a Dagster partition key.
+    """The record's tenant, validated as a Dagster partition key, in Unicode NFC.
 
     Raises :class:`RecordError` when the tenant is missing, empty, or holds ``| [ ] ,``.
     """
     tenant = record.get("tenant")
     if not isinstance(tenant, str) or not tenant.strip():
         raise RecordError("record has no tenant")
+    # NFC: "café" typed precomposed and decomposed (NFD) is one tenant, not two that look alike
+    # (issue #17 item 13).
+    tenant = unicodedata.normalize("NFC", tenant) if not SURROGATE.search(tenant) else tenant
     if SURROGATE.search(tenant):
         raise RecordError(f"tenant {tenant[:60]!r} holds an unpaired UTF-16 surrogate (not valid Unicode text)")
     if len(tenant.strip().encode("utf-8")) > MAX_TENANT_BYTES:

@@ -708,12 +708,27 @@ def build_context(service: ServiceState, body: ContextRequest) -> dict:
             if citations:
                 break
             ids = service.tokenizer(block, add_special_tokens=False, truncation=False, verbose=False, return_offsets_mapping=True)["offset_mapping"]
-            block = block[: ids[max(0, body.token_budget - used - 1)][1]] + "\n\n"
-            tokens = count(block)
+            keep = max(0, body.token_budget - used)
+            # Cut at a token boundary, then shorter until it fits: a cut can re-tokenise into
+            # more pieces than it kept (36 tokens for a budget of 32: issue #17 item 13).
+            while keep > 0:
+                block = block[: ids[keep - 1][1]].rstrip() + "\n"
+                tokens = count(block)
+                if used + tokens <= body.token_budget:
+                    break
+                keep -= max(1, used + tokens - body.token_budget)
+            if keep <= 0:
+                break
         parts.append(block)
         used += tokens
         citations.append({"n": n, "id": hit.id, "day": hit.day, "kind": hit.kind, "passage": hit.passage, "score": hit.score})
-    return {"context": "".join(parts).rstrip() + "\n", "citations": citations, "tokens": used, "token_budget": body.token_budget, "repeated_passages_skipped": repeated}
+    context = "".join(parts).rstrip() + "\n"
+    tokens = count(context)
+    while tokens > body.token_budget:  # a long tenant name's header alone: cut the whole at the budget
+        ids = service.tokenizer(context, add_special_tokens=False, truncation=False, verbose=False, return_offsets_mapping=True)["offset_mapping"]
+        context = context[: ids[max(0, body.token_budget - (tokens - body.token_budget) - 1)][1]].rstrip() + "\n"
+        tokens = count(context)
+    return {"context": context, "citations": citations, "tokens": tokens, "token_budget": body.token_budget, "repeated_passages_skipped": repeated}
 
 
 def run_search(service: ServiceState, tenant: str, queries: list[str], body: _Filters):
