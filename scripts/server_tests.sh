@@ -7,4 +7,7 @@ PYTHON=${1:?python of the venv}
 shift || true
 exec "$(dirname "$0")/with_milvus_server.sh" "$PYTHON" "$PYTHON" -m pytest -p no:cacheprovider "$@" \
     tests/test_milvus_server.py tests/test_pipeline.py tests/test_model_switch.py tests/test_correctness.py \
-    "tests/test_cli.py::test_backfill_then_search[sqlite]"
+    "tests/test_cli.py::test_backfill_then_search[sqlite]" \
+    "tests/test_reliability.py::test_a_second_landing_folder_is_refused_not_allowed_to_delete[L1 first]" \
+    tests/test_reliability.py::test_deletes_propagate_after_the_landing_index_is_lost \
+    tests/test_reliability.py::test_a_record_moved_to_another_tenant_leaves_no_old_copy
