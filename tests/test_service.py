@@ -37,10 +37,9 @@ def cli(*args, env, timeout=600):
     return out.stdout
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    """Backfill two tenants, make keys, start the service; yields what the tests need."""
-    root = tmp_path_factory.mktemp("service")
+def service_env(root: Path, **extra) -> dict:
+    """The environment of a service test: its own state, landing folder, database, key file and
+    Dagster instance under ``root``; no chat endpoint, no test server, the default model."""
     env = {
         **os.environ,
         "VECTOR_ASSETS_HOME": str(root / "home"),
@@ -48,9 +47,36 @@ def served(tmp_path_factory):
         "VECTOR_ASSETS_MILVUS_URI": str(root / "home" / "milvus.db"),
         "VECTOR_ASSETS_API_KEYS": str(root / "keys.json"),
         "DAGSTER_HOME": str(root / "dagster_home"),
+        **extra,
     }
-    for var in ("VECTOR_ASSETS_LLM_BASE_URL", "VECTOR_ASSETS_LLM_MODEL", "VECTOR_ASSETS_TEST_MILVUS_URI"):
+    for var in ("VECTOR_ASSETS_LLM_BASE_URL", "VECTOR_ASSETS_LLM_MODEL", "VECTOR_ASSETS_TEST_MILVUS_URI", "VECTOR_ASSETS_MODEL"):
         env.pop(var, None)
+    return env
+
+
+def start_service(env: dict, output=subprocess.PIPE) -> tuple[subprocess.Popen, str]:
+    """`vector-assets serve` on a free loopback port, once /readyz answers 200 (120 s at most):
+    ``(process, base URL)``."""
+    port = free_port()
+    server = subprocess.Popen([EXE, "serve", "--port", str(port)], env=env, stdout=output, stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        assert server.poll() is None, server.stdout.read() if server.stdout else "the service exited"
+        try:
+            if httpx.get(f"{base}/readyz", timeout=5).status_code == 200:
+                return server, base
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, "the service did not become ready in 120 s"
+        time.sleep(0.5)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """Backfill two tenants, make keys, start the service; yields what the tests need."""
+    root = tmp_path_factory.mktemp("service")
+    env = service_env(root)
     jira = sample_records("jira_issues_hadoop.jsonl", *HADOOP)
     bugs = sample_records("bugzilla_seamonkey.jsonl", *SEAMONKEY)
     assert len(jira) >= 10 and len(bugs) >= 5
@@ -62,19 +88,7 @@ def served(tmp_path_factory):
         "all": cli("keys", "add", "--all-tenants", "--name", "ops", env=env).strip().splitlines()[-1],
         "revoked": cli("keys", "add", "--tenant", "HADOOP", env=env).strip().splitlines()[-1],
     }
-    port = free_port()
-    server = subprocess.Popen([EXE, "serve", "--port", str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        assert server.poll() is None, server.stdout.read()
-        try:
-            if httpx.get(f"{base}/readyz", timeout=5).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline, "the service did not become ready in 120 s"
-        time.sleep(0.5)
+    server, base = start_service(env)
     yield {"base": base, "env": env, "keys": keys, "jira": jira, "bugs": bugs, "db": env["VECTOR_ASSETS_MILVUS_URI"]}
     server.terminate()
     server.wait(30)

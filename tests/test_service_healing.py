@@ -17,7 +17,7 @@ import pytest
 from vector_assets import milvus_store
 
 from .conftest import sample_records, write_jsonl
-from .test_service import EXE, cli, free_port
+from .test_service import EXE, cli, service_env, start_service
 
 HADOOP = ("HADOOP", "2024-07-01", "2024-07-12")
 
@@ -26,17 +26,7 @@ HADOOP = ("HADOOP", "2024-07-01", "2024-07-12")
 def service(tmp_path_factory):
     """HADOOP backfilled, keys made, the service started (alias re-read every 2 s)."""
     root = tmp_path_factory.mktemp("healing")
-    env = {
-        **os.environ,
-        "VECTOR_ASSETS_HOME": str(root / "home"),
-        "VECTOR_ASSETS_LANDING_DIR": str(root / "landing"),
-        "VECTOR_ASSETS_MILVUS_URI": str(root / "home" / "milvus.db"),
-        "VECTOR_ASSETS_API_KEYS": str(root / "keys.json"),
-        "DAGSTER_HOME": str(root / "dagster_home"),
-        "VECTOR_ASSETS_SERVICE_REFRESH_S": "2",
-    }
-    for var in ("VECTOR_ASSETS_LLM_BASE_URL", "VECTOR_ASSETS_LLM_MODEL", "VECTOR_ASSETS_TEST_MILVUS_URI", "VECTOR_ASSETS_MODEL"):
-        env.pop(var, None)
+    env = service_env(root, VECTOR_ASSETS_SERVICE_REFRESH_S="2")
     jira = sample_records("jira_issues_hadoop.jsonl", *HADOOP)
     write_jsonl(root / "landing" / "jira_issues_hadoop.jsonl", jira)
     cli("backfill", env=env)
@@ -44,20 +34,7 @@ def service(tmp_path_factory):
         "hadoop": cli("keys", "add", "--tenant", "HADOOP", env=env).strip().splitlines()[-1],
         "all": cli("keys", "add", "--all-tenants", env=env).strip().splitlines()[-1],
     }
-    port = free_port()
-    log = open(root / "serve.log", "w")
-    server = subprocess.Popen([EXE, "serve", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        assert server.poll() is None, (root / "serve.log").read_text()
-        try:
-            if httpx.get(f"{base}/readyz", timeout=5).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline, "the service did not become ready in 120 s"
-        time.sleep(0.5)
+    server, base = start_service(env, output=open(root / "serve.log", "w"))
     yield {"base": base, "env": env, "keys": keys, "jira": jira, "db": env["VECTOR_ASSETS_MILVUS_URI"], "root": root, "log": root / "serve.log"}
     server.terminate()
     server.wait(30)
