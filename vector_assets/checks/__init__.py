@@ -17,7 +17,7 @@ coverage            milvus_vectors  no        source = texts + quarantined = Mil
 coherence           milvus_vectors  no        stored vectors agree with the model now
 retrievability      milvus_vectors  no        a stored vector finds itself first
 processing_time     milvus_vectors  no        ms per vector
-failure_rate        source_records  no        quarantined / records read
+failure_rate        source_records  no        bad records / records read (superseded lines left out)
 ==================  ==============  ========  ===========================================
 """
 
