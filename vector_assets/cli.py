@@ -303,7 +303,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         unchanged = []
         partitions_to_run = partitions
     refused = []
-    vanished = {t for t, _ in partitions_to_run} - set(index.tenants())
+    vanished = index.vanished_among(t for t, _ in partitions_to_run)
     if vanished and not args.delete_vanished_tenants:
         for tenant in sorted(vanished):
             days = [p for p in partitions_to_run if p[0] == tenant]
@@ -781,8 +781,9 @@ def main(argv: list[str] | None = None) -> int:
     except MilvusException as err:
         # One line with the cause, not a page of gRPC traceback (a stopped server, a refused
         # connection, a collection that went away).
-        reason = (getattr(err, "message", "") or str(err)).strip().splitlines()
-        print(f"error: Milvus at {settings.milvus_uri()}: {reason[0] if reason else type(err).__name__}", file=sys.stderr)
+        from .milvus_store import error_line
+
+        print(f"error: Milvus at {settings.milvus_uri()}: {error_line(err)}", file=sys.stderr)
         return 2
 
 

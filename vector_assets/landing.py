@@ -376,6 +376,12 @@ class LandingIndex:
         with self._connect() as db:
             return [r[0] for r in db.execute("SELECT tenant FROM partitions_seen EXCEPT SELECT tenant FROM lines WHERE tenant IS NOT NULL ORDER BY 1")]
 
+    def vanished_among(self, tenants: Iterable[str]) -> set[str]:
+        """Those of ``tenants`` without any line in the landing data now, whether the index saw
+        their lines once or only the store holds their rows (an index lost or rebuilt): their
+        rows are deleted only on request (``--delete-vanished-tenants``; issue #17 item 2)."""
+        return set(tenants) - set(self.tenants())
+
     def partitions(self, tenants: Iterable[str] | None = None, start: str | None = None, end: str | None = None, include_emptied: bool = True) -> list[tuple[str, str]]:
         """Sorted ``(tenant, day)`` pairs that hold lines now, or held lines once
         (``include_emptied``: their Milvus rows must be deleted), filtered by tenant and by the

@@ -389,6 +389,13 @@ def store_key(uri: str, client: MilvusClient, name: str) -> str | None:
     return f"{where}|{name}|{uid}"
 
 
+def error_line(err: BaseException) -> str:
+    """The first line of an error's message (a Milvus error's own ``message``, else ``str``), at
+    most 300 characters, or its type when it has none: what a one-line error says."""
+    text = (getattr(err, "message", "") or str(err) or "").strip().splitlines()
+    return (text[0][:300] if text else "") or type(err).__name__
+
+
 class SourceMismatchError(RuntimeError):
     """A run reads another landing source than the one the collection is bound to
     (:data:`SOURCE_PROPERTY`); its one-line message names both and how to rebind."""

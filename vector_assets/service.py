@@ -342,7 +342,7 @@ class ServiceState:
 
     def _failed(self, err: BaseException) -> None:
         self._client = None
-        self._down_reason = one_line(err)
+        self._down_reason = milvus_store.error_line(err)
         self._retry_at = time.monotonic() + self._backoff
         self._backoff = min(self._backoff * 2, RECONNECT_BACKOFF_S[1])
 
@@ -356,7 +356,7 @@ class ServiceState:
                 self.resource.reset_client()
             except Exception:  # noqa: BLE001 - closing a dead client
                 pass
-            return self._down_reason or one_line(err)
+            return self._down_reason or milvus_store.error_line(err)
 
     # ---- what is served ---------------------------------------------------------------------
 
@@ -378,7 +378,7 @@ class ServiceState:
         except Exception as err:  # noqa: BLE001 - the old collection keeps serving; tried again later
             import logging
 
-            logging.getLogger("vector_assets.service").warning("cut-over to %s (%s) failed: %s", collection, model.model_id, one_line(err))
+            logging.getLogger("vector_assets.service").warning("cut-over to %s (%s) failed: %s", collection, model.model_id, milvus_store.error_line(err))
         finally:
             self._loading = None
 
@@ -481,13 +481,6 @@ class ServiceState:
         mode = request.mode or default_mode(self.client, collection)
         self.metrics.milvus.labels(mode).observe(time.perf_counter() - started - timed.seconds)
         return hits, mode
-
-
-def one_line(err: BaseException) -> str:
-    """The first line of an error's message (a Milvus or gRPC error's own message), at most 300
-    characters, or its type when it has none."""
-    text = (getattr(err, "message", "") or str(err) or "").strip().splitlines()
-    return (text[0][:300] if text else "") or type(err).__name__
 
 
 class _TimedEncoder:

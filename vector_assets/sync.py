@@ -83,6 +83,12 @@ class PartitionResult:
     written: bool = False
     vectors: dict = field(default_factory=dict)
 
+    @property
+    def bad_records(self) -> int:
+        """Quarantined records that are bad input: ``quarantined`` less the superseded lines
+        (older versions of a record exported again: normal data, issue #17 item 10)."""
+        return len(self.quarantined) - self.superseded
+
 
 def quarantine_path(directory: Path, tenant: str, day: str) -> Path:
     """The quarantine file of one tenant-day (see :func:`write_quarantine`)."""
@@ -210,9 +216,7 @@ def sync_partitions(
     """
     keys = list(keys)
     results = extract_partitions(index, keys)
-    # A tenant without any line in the landing data now, whether the index saw its lines once or
-    # only the store holds its rows (an index lost or rebuilt: issue #17 item 2).
-    vanished = set() if delete_vanished else {t for t, _ in keys} - set(index.tenants())
+    vanished = set() if delete_vanished else index.vanished_among(t for t, _ in keys)
     for result in results.values():
         write_quarantine(quarantine_dir, result.tenant, result.day, result.quarantined)
     if after_extract is not None:

@@ -100,7 +100,7 @@ def partition_metadata(result: PartitionResult, model_id: str, seconds_per_text:
     """The metadata of each asset's materialisation for one tenant-day."""
     # Bad records only: superseded versions (listed in the same table, with their reason) are
     # normal data (issue #17 item 10).
-    quarantine = {"quarantined": len(result.quarantined) - result.superseded}
+    quarantine = {"quarantined": result.bad_records}
     if result.quarantined:
         quarantine["quarantine"] = dg.MetadataValue.md(_quarantine_table(result))
     texts = result.texts

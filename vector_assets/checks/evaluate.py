@@ -234,7 +234,7 @@ def failure_rate_verdict(result: PartitionResult, t: QualityThresholds | None = 
     failure; issue #17 item 10) count in neither: the rate is
     ``(quarantined - superseded) / (records_read - superseded)``."""
     t = t or QualityThresholds()
-    bad = len(result.quarantined) - result.superseded
+    bad = result.bad_records
     read = result.records_read - result.superseded
     rate = bad / read if read > 0 else 0.0
     verdict = graded(rate, t.failure_rate_pass, t.failure_rate_error, higher_is_better=False)
