@@ -80,7 +80,7 @@ def bench_instance(storage: str):
             yield instance
         return
     os.environ.update(postgres_env("va_bench_encode"))
-    overrides = {"storage": yaml.safe_load((REPO / "instance" / "dagster.postgres.yaml").read_text())["storage"]}
+    overrides = {"storage": yaml.safe_load((REPO / "dagster.postgres.yaml").read_text())["storage"]}
     with contextlib.ExitStack() as stack:
         if storage == "postgres-unpooled":
             # dagster-postgres' default, a connection per event: the pooling switched off

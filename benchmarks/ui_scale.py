@@ -49,7 +49,7 @@ def main() -> int:
     }
     env.pop("VECTOR_ASSETS_LANDING_DIR", None)  # the bundled sample
     (work / "dagster_home").mkdir(parents=True)
-    shutil.copyfile(REPO / "instance" / "dagster.yaml", work / "dagster_home" / "dagster.yaml")
+    shutil.copyfile(REPO / "dagster.yaml", work / "dagster_home" / "dagster.yaml")
     cli = [sys.executable, "-m", "vector_assets.cli"]
     subprocess.run([*cli, "backfill", "--tenant", "HADOOP", "--start", "2024-07-01", "--end", "2024-07-12"], env=env, check=True, capture_output=True)
     os.environ.update({k: env[k] for k in ("DAGSTER_HOME", "VECTOR_ASSETS_HOME", "VECTOR_ASSETS_MILVUS_URI")})

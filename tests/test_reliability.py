@@ -196,7 +196,7 @@ def test_slots_held_by_finished_runs_are_freed(workspace):
     """Item 5: two runs marked FAILURE with their pool slots still claimed. Before: every later
     run waited (a CLI backfill printed `waiting: … slots held by runs: … (FAILURE)` for 13
     minutes). Now ``backfill`` frees them on start, and the daemon's run monitoring
-    (``free_slots_after_run_end_seconds`` in instance/dagster.yaml) frees them for UI runs."""
+    (``free_slots_after_run_end_seconds`` in dagster.yaml) frees them for UI runs."""
     import logging
     import time
 

@@ -71,7 +71,7 @@ def ui(tmp_path_factory):
     landing, home, dagster_home = root / "landing", root / "home", root / "dagster_home"
     for d in (landing, home, dagster_home):
         d.mkdir()
-    shutil.copyfile(REPO / "instance" / "dagster.yaml", dagster_home / "dagster.yaml")
+    shutil.copyfile(REPO / "dagster.yaml", dagster_home / "dagster.yaml")
     write_jsonl(landing / "jira.jsonl", sample_records("jira_issues_hadoop.jsonl", *RANGES[0]))
     write_jsonl(landing / "bugs.jsonl", sample_records("bugzilla_seamonkey.jsonl", *RANGES[1]))
     env = {
@@ -135,7 +135,7 @@ def test_a_ui_backfill_is_green_materialises_every_tenant_day_and_shows_its_chec
     # 1. Green: completed, every targeted tenant-day materialised, none failed; one run per tenant.
     assert backfill["status"] == "COMPLETED_SUCCESS", backfill
     assert len(backfill["runs"]) == len(RANGES) and all(r["status"] == "SUCCESS" for r in backfill["runs"])
-    # The backfill's runs went one at a time, in creation order (instance/dagster.yaml's tag limit):
+    # The backfill's runs went one at a time, in creation order (dagster.yaml's tag limit):
     # the last created run wrote the latest materialisations, so its check rows are the ones the
     # Checks tab shows (two runs overlapping and finishing out of order left it "Not evaluated").
     spans = sorted((r["startTime"], r["endTime"]) for r in backfill["runs"])

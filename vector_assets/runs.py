@@ -70,7 +70,7 @@ def free_slots_of_finished_runs(instance: dg.DagsterInstance, pool: str = POOL) 
     A run whose process is SIGKILLed while its code server lives is marked FAILURE by Dagster
     ("terminated by signal 9") with its slot still claimed: two such kills held both slots for
     ever, and every later run waited (issue #17 item 5). The daemon frees them too
-    (``run_monitoring.free_slots_after_run_end_seconds`` in ``instance/dagster.yaml``); this
+    (``run_monitoring.free_slots_after_run_end_seconds`` in ``dagster.yaml``); this
     frees them at once where no daemon runs (``vector-assets backfill``)."""
     freed = []
     for run_id in sorted(instance.event_log_storage.get_concurrency_info(pool).active_run_ids):

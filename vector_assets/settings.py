@@ -77,7 +77,7 @@ def ensure_dagster_home() -> Path:
     """Make sure ``$DAGSTER_HOME`` is set and holds a ``dagster.yaml``; return it.
 
     When unset, ``<repo>/.dagster_home`` is used. A missing ``dagster.yaml`` is copied from the
-    repository's ``instance/dagster.yaml`` (SQLite storage), or from ``instance/dagster.postgres.yaml`` when
+    repository's ``dagster.yaml`` (SQLite storage), or from ``dagster.postgres.yaml`` when
     ``DAGSTER_PG_HOST`` is set.
     """
     import shutil
@@ -87,7 +87,7 @@ def ensure_dagster_home() -> Path:
     os.environ["DAGSTER_HOME"] = str(home)
     target = home / "dagster.yaml"
     if not target.exists():
-        source = REPO_ROOT / "instance" / ("dagster.postgres.yaml" if os.environ.get("DAGSTER_PG_HOST") else "dagster.yaml")
+        source = REPO_ROOT / ("dagster.postgres.yaml" if os.environ.get("DAGSTER_PG_HOST") else "dagster.yaml")
         shutil.copyfile(source, target)
     return home
 
