@@ -16,6 +16,7 @@ from vector_assets.checks.audit import audit_job
 from vector_assets.assets import tenant_day_vectors
 from vector_assets.quality import QualityThresholds, vector_quality
 from vector_assets.resources import AlertResource, EmbeddingModelResource
+from vector_assets.sensors.alerts import AlertRaised
 from vector_assets.sensors import check_alert_sensor, daily_schedule, new_data_sensor
 from vector_assets.settings import DEFAULT_MODEL
 
@@ -154,22 +155,16 @@ class Outcome:
 
 
 def evaluations(result) -> dict[tuple[str, str], Outcome]:
-    """``{(check name, "day|tenant"): Outcome}`` of every tenant-day a run's checks judged."""
+    """``{(check name, "day|tenant"): Outcome}`` of every tenant-day a run's checks judged: one
+    partitioned evaluation per check and tenant-day."""
     out = {}
     for event in result.all_events:
         if event.event_type_value == "ASSET_CHECK_EVALUATION":
             ev = event.event_specific_data
-            assert ev.partition is None  # one evaluation per check and run, not per tenant-day
-            for tenant, day, passed, severity, figures in evaluate.tenant_day_outcomes(ev):
-                out[(ev.check_name, f"{day}|{tenant}")] = Outcome(passed, severity, figures)
+            assert ev.partition is not None and (ev.check_name, ev.partition) not in out
+            out[(ev.check_name, ev.partition)] = Outcome(ev.passed, "" if ev.passed else ev.severity.value, {k: getattr(v, "value", v) for k, v in ev.metadata.items()})
+            out[(ev.check_name, ev.partition)].description = ev.description or ""
     return out
-
-
-def run_evaluations(result) -> dict[str, dg.AssetCheckEvaluation]:
-    """``{check name: evaluation}`` of a run (one each)."""
-    evs = [e.event_specific_data for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"]
-    assert len(evs) == len({e.check_name for e in evs})
-    return {e.check_name: e for e in evs}
 
 
 def test_checks_pass_on_real_records(resources, instance, workspace):
@@ -185,11 +180,15 @@ def test_checks_pass_on_real_records(resources, instance, workspace):
         for day in days:
             ev = evs[(name, f"{day}|HADOOP")]
             assert ev.passed, (name, day, ev.metadata)
-    runs = run_evaluations(result)
-    assert set(runs) == {"text_frame_valid", "vector_quality", "coverage", "coherence", "retrievability", "failure_rate", "processing_time"}
-    assert all(e.passed for e in runs.values()), {n: e.metadata for n, e in runs.items() if not e.passed}
-    assert runs["coverage"].metadata["tenant_days_evaluated"].value == len(days)
-    assert runs["coverage"].metadata["failing_tenant_days"].value == {}
+    # One evaluation per check and tenant-day with records; empty days are not evaluated.
+    assert {p for name, p in evs if name == "coverage"} == {f"{day}|HADOOP" for day in days}
+    assert all(e.passed for e in evs.values()), {k: e.metadata for k, e in evs.items() if not e.passed}
+    # Dagster keeps each tenant-day's status where the UI reads it (the partitioned check's
+    # records): read back through vector_assets.checks.outcomes.
+    from vector_assets.checks import outcomes
+
+    current = {(o.check, o.tenant, o.day): o.status for o in outcomes.latest_outcomes(instance, tenants=["HADOOP"])}
+    assert {d for (c, _, d), status in current.items() if c == "coverage" and status == "passed"} == days
     # Every tenant-day of the range is materialised, days without records too (in sync, empty);
     # the days with records carry their own figures.
     mats = {}
@@ -220,9 +219,10 @@ def test_blocking_check_stops_only_its_partition(resources, instance, workspace)
     assert rows_of(client, "HADOOP", poisoned["day"]) == []
     others = [r for r in jira if r["day"] != poisoned["day"]]
     assert len(rows_of(client, "HADOOP")) == len(others)
-    # The run's evaluation names the blocked tenant-day; only the written tenant-days are recorded.
-    run_ev = run_evaluations(result)["vector_quality"]
-    assert not run_ev.passed and list(run_ev.metadata["failing_tenant_days"].value) == [f"HADOOP|{poisoned['day']}"]
+    # Only the blocked tenant-day fails the check; only the written tenant-days are recorded.
+    failing = [p for (name, p), e in evaluations(result).items() if name == "vector_quality" and not e.passed]
+    assert failing == [f"{poisoned['day']}|HADOOP"]
+    assert "not written" in evaluations(result)[("vector_quality", failing[0])].description
     materialised = instance.get_materialized_partitions(dg.AssetKey("milvus_vectors"))
     assert f"{poisoned['day']}|HADOOP" not in materialised and {f"{r['day']}|HADOOP" for r in others} <= materialised
 
@@ -292,7 +292,7 @@ def test_deleted_rows_fail_coverage_and_the_sensor_heals_them(resources, instanc
     assert len(rows_of(client, "HADOOP", day)) == sum(r["day"] == day for r in jira)
     assert evaluations(healed)[("coverage", f"{day}|HADOOP")].passed
     again = check_alert_sensor(dg.build_sensor_context(instance=instance, cursor=result.cursor, resources={"alerts": alerts}))
-    assert again.run_requests == [] and json.loads(again.cursor)["partitions"] == {}
+    assert again.run_requests == [] and json.loads(again.cursor)["tenant_days"] == {}
 
 
 def test_swapped_model_fails_coherence(resources, instance, workspace, tmp_path):
@@ -329,22 +329,59 @@ def test_alert_sensor_respects_the_attempt_budget_then_alerts(resources, instanc
         assert not run_days(bad, instance, "HADOOP", poisoned["day"]).success
         cursor = None
         attempts = []
-        for _ in range(4):
-            result = check_alert_sensor(dg.build_sensor_context(instance=instance, cursor=cursor, resources={"alerts": alerts}))
+
+        def tick():
+            return check_alert_sensor(dg.build_sensor_context(instance=instance, cursor=cursor, resources={"alerts": alerts}))
+
+        for _ in range(2):
+            result = tick()
             cursor = result.cursor
             attempts.append([r.partition_key for r in result.run_requests])
+            assert json.loads(cursor)["tenant_days"][f"HADOOP|{poisoned['day']}"]["last_attempt"].endswith("Z")  # ISO times
             for request in result.run_requests:  # the re-run fails again: the model still yields NaN
                 assert not run_days(bad, instance, "HADOOP", poisoned["day"]).success
-            if result.asset_events:
-                break
-        assert attempts[:2] == [[key], [key]] and attempts[2] == []
-        obs = result.asset_events[0]
-        assert obs.partition == key and obs.metadata["exhausted"].value is True
-        assert hook.received and hook.received[0]["partition"] == key and "vector_quality" in hook.received[0]["failing_checks"]
-        quiet = check_alert_sensor(dg.build_sensor_context(instance=instance, cursor=cursor, resources={"alerts": alerts}))
-        assert quiet.run_requests == [] and not quiet.asset_events
+        assert attempts == [[key], [key]]
+        # The attempts are spent: the tick fails (red under Automation), naming the tenant-day.
+        with pytest.raises(AlertRaised, match=f"HADOOP\\|{poisoned['day']}.*after 2 re-materialisations"):
+            tick()
+        obs = instance.fetch_observations(dg.AssetRecordsFilter(asset_key=dg.AssetKey("milvus_vectors"), asset_partitions=[key]), limit=1).records[0].asset_observation
+        assert obs.metadata["alert"].value == "exhausted" and "NaN" in obs.metadata["reason"].value
+        assert len(hook.received) == 1 and hook.received[0]["partition"] == f"HADOOP|{poisoned['day']}" and "vector_quality" in hook.received[0]["failing_checks"]
+        # The failed tick kept its cursor: the next tick reads the same failure, finds the alert
+        # already sent and stays quiet (no run, no second webhook).
+        quiet = tick()
+        assert quiet.run_requests == [] and len(hook.received) == 1
+        assert f"HADOOP|{poisoned['day']}: alerted (exhausted)" in quiet.skip_reason.skip_message
+        assert json.loads(quiet.cursor)["tenant_days"][f"HADOOP|{poisoned['day']}"]["state"] == "alerted"
     finally:
         hook.close()
+
+
+def test_input_failures_alert_at_once_naming_the_line(resources, instance, workspace, monkeypatch):
+    """A failure_rate ERROR from bad landing lines is not re-run (no re-run heals it): the
+    alert sensor's first tick alerts, naming the file and line; the fixed line heals it."""
+    monkeypatch.setenv("VECTOR_ASSETS_RETRY_BASE_DELAY_S", "0")
+    good = sample_records("bugzilla_seamonkey.jsonl", "SeaMonkey", "2024-01-01", "2024-01-31")[:3]
+    day = good[0]["day"]
+    bad = dict(good[0], id="bugzilla:SeaMonkey:bad", source="trello")
+    path = write_jsonl(workspace["landing"] / "bugs.jsonl", [g for g in good if g["day"] == day] + [bad])
+    bad_line = len([g for g in good if g["day"] == day]) + 1
+    materialize_index(resources, instance)
+    assert run_days(resources, instance, "SeaMonkey", day).success  # failure_rate is not blocking
+    hook = Webhook()
+    try:
+        context = dg.build_sensor_context(instance=instance, resources={"alerts": AlertResource(webhook_url=hook.url)})
+        with pytest.raises(AlertRaised, match=f"bugs.jsonl line {bad_line}"):
+            check_alert_sensor(context)
+        assert hook.received[0]["kind"] == "input" and hook.received[0]["attempts"] == 0
+    finally:
+        hook.close()
+    write_jsonl(path, [g for g in good if g["day"] == day])
+    materialize_index(resources, instance)
+    assert run_days(resources, instance, "SeaMonkey", day).success
+    from vector_assets.checks import outcomes
+
+    assert {o.check: o.status for o in outcomes.latest_outcomes(instance, partitions=[("SeaMonkey", day)])}["failure_rate"] == "passed"
 
 
 def test_new_data_sensor_registers_tenants_and_requests_only_changed_days(resources, instance, workspace):

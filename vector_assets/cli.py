@@ -58,15 +58,11 @@ def root_cause(error) -> str:
 
 
 def _check_errors(result) -> list[tuple[str, str]]:
-    """``(check name, tenant-day)`` of every check evaluation of a run that failed at ERROR."""
-    from .checks.evaluate import tenant_day_outcomes
+    """``(check name, tenant-day)`` of every check evaluation of a run that failed at ERROR (one
+    evaluation per check and tenant-day)."""
+    import dagster as dg
 
-    return [
-        (e.check_name, f"{day}|{tenant}")
-        for e in result.get_asset_check_evaluations()
-        for tenant, day, passed, severity, _ in tenant_day_outcomes(e)
-        if not passed and severity == "ERROR"
-    ]
+    return [(e.check_name, e.partition) for e in result.get_asset_check_evaluations() if not e.passed and e.severity == dg.AssetCheckSeverity.ERROR]
 
 
 def _run_one(spec: tuple[str, str, str, int], delete_vanished: bool = False) -> tuple[tuple, bool, str, dict, float, list, str]:
@@ -573,33 +569,26 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
 
 def cmd_checks(args: argparse.Namespace) -> int:
-    """Print, per check, how many tenant-days' latest evaluation passed, failed at WARN and failed
-    at ERROR, then the failures (at most ``--limit``). Exit 1 when any latest evaluation failed
-    at ERROR, else 0."""
-    from .checks.evaluate import tenant_day_outcomes
+    """Print, per check, how many tenant-days currently pass, fail at WARN, fail at ERROR or are
+    not evaluated (Dagster's per-tenant-day check status, what the UI shows), then the failures
+    (at most ``--limit``) with their reason. Exit 1 when any tenant-day currently fails at
+    ERROR, else 0."""
+    from .checks.outcomes import iso, latest_outcomes
     from .checks.specs import CHECKS
-    from .sensors.alerts import new_check_evaluations
 
-    latest = {}
-    for _, evaluation in new_check_evaluations(settings.dagster_instance(), 0):
-        for tenant, day, passed, severity, figures in tenant_day_outcomes(evaluation):
-            if args.tenant and tenant not in args.tenant:
-                continue
-            latest[(evaluation.check_name, f"{day}|{tenant}")] = (passed, severity, figures)
-    counts = {name: {"passed": 0, "WARN": 0, "ERROR": 0} for name in CHECKS}
+    counts = {name: {"passed": 0, "WARN": 0, "ERROR": 0, "not evaluated": 0} for name in CHECKS}
     failures = []
-    for (name, key), (passed, severity, figures) in sorted(latest.items()):
-        if passed:
-            counts[name]["passed"] += 1
-        else:
-            counts[name][severity] += 1
-            failures.append((name, key, severity, figures))
-    print(f"{'check':<20} {'tenant-days':>11} {'passed':>7} {'WARN':>5} {'ERROR':>6}")
+    for o in latest_outcomes(settings.dagster_instance(), tenants=args.tenant or None):
+        counts[o.check][o.status] += 1
+        if o.failed:
+            failures.append(o)
+    print(f"{'check':<20} {'tenant-days':>11} {'passed':>7} {'WARN':>5} {'ERROR':>6} {'not evaluated':>14}")
     for name, c in counts.items():
-        print(f"{name:<20} {sum(c.values()):>11} {c['passed']:>7} {c['WARN']:>5} {c['ERROR']:>6}")
-    for name, key, severity, figures in failures[: args.limit]:
-        shown = ", ".join(f"{k}={v}" for k, v in list(figures.items())[:4])
-        print(f"{severity:<5} {name} {key}: {shown}")
+        print(f"{name:<20} {sum(c.values()):>11} {c['passed']:>7} {c['WARN']:>5} {c['ERROR']:>6} {c['not evaluated']:>14}")
+    failures.sort(key=lambda o: (o.status != "ERROR", o.check, o.tenant, o.day))
+    for o in failures[: args.limit]:
+        reason = o.description or ", ".join(f"{k}={v}" for k, v in list(o.figures.items())[:4])
+        print(f"{o.status:<5} {o.check} {o.day}|{o.tenant} (run {o.run_id[:8]}, {iso(o.timestamp)}): {reason}")
     if len(failures) > args.limit:
         print(f"... and {len(failures) - args.limit} more failures")
     return 1 if any(c["ERROR"] for c in counts.values()) else 0
@@ -615,7 +604,7 @@ STATUS_FIGURES = {
 
 def tenant_day_status(instance, tenant: str, day: str) -> dict:
     """What Dagster recorded for one tenant-day: its latest materialisation of each asset (run
-    id, time, figures) and the outcome of each check in that run.
+    id, time, figures) and the current outcome of each check on it.
 
     Returns ``{"materialised": bool, "run_id", "timestamp", "figures": {asset: {name: value}},
     "checks": {check: "passed" | "WARN: ..." | "ERROR: ..." | "not evaluated"}}``. A day
@@ -623,7 +612,6 @@ def tenant_day_status(instance, tenant: str, day: str) -> dict:
     """
     import dagster as dg
 
-    from .checks.evaluate import tenant_day_outcomes
     from .checks.specs import CHECKS
     from .partitions import make_key
 
@@ -641,19 +629,12 @@ def tenant_day_status(instance, tenant: str, day: str) -> dict:
         if figures:
             out["figures"][asset] = figures
     if out["run_id"]:
-        # The latest outcome of each check for this tenant-day: the materialising run's, or a
-        # later one (the audit job, a re-materialisation); each check's history is read newest
-        # first and only as far as the first evaluation that judged this tenant-day.
-        from .sensors.alerts import check_evaluations_newest_first
+        # The current outcome of each check for this tenant-day: Dagster's per-tenant-day status
+        # (the latest evaluation of this tenant-day, by the materialising run or a later audit).
+        from .checks.outcomes import latest_outcomes
 
-        for name, (asset_key, _, _) in CHECKS.items():
-            for _, evaluation in check_evaluations_newest_first(instance, dg.AssetCheckKey(asset_key, name)):
-                outcome = next(((passed, severity, figures) for t, d, passed, severity, figures in tenant_day_outcomes(evaluation) if (t, d) == (tenant, day)), None)
-                if outcome is not None:
-                    passed, severity, figures = outcome
-                    shown = ", ".join(f"{k}={v}" for k, v in figures.items())
-                    out["checks"][name] = "passed" if passed else f"{severity}: {shown}"
-                    break
+        for o in latest_outcomes(instance, partitions=[(tenant, day)]):
+            out["checks"][o.check] = f"{o.status}: {o.description or ', '.join(f'{k}={v}' for k, v in o.figures.items())}" if o.failed else o.status
         for name in CHECKS:
             out["checks"].setdefault(name, "not evaluated (no records, or nothing to judge)")
     return out

@@ -122,6 +122,10 @@ def json_error_reason(err: json.JSONDecodeError) -> str:
     column 45 (character 44)`` (the parser's own text stops at "at", its position being
     separate fields)."""
     msg = err.msg
+    if err.pos >= len(err.doc.rstrip()):
+        # The parser reached the end of the line: the line stops inside a value (a truncated
+        # export), not at a wrong character.
+        return f"malformed JSON: {msg} at the end of the line (column {err.colno}): the line is cut short"
     found = f" {err.doc[err.pos]!r}" if 0 <= err.pos < len(err.doc) and msg.endswith(" at") else ""
     if msg.endswith(" at"):
         msg = msg[: -len(" at")] + found + " at"
@@ -141,7 +145,8 @@ def _locate_line(raw: bytes) -> tuple[str | None, str | None, str | None, int | 
     the parser, an integer too long to convert, a timestamp out of range) becomes the reason.
     """
     try:
-        record = json.loads(raw)
+        # Without the line break: a position the parser reports is then within the line.
+        record = json.loads(raw.rstrip(b"\r\n") if isinstance(raw, bytes) else raw.rstrip("\r\n"))
     except json.JSONDecodeError as err:
         return None, None, None, None, json_error_reason(err)
     except (ValueError, RecursionError, UnicodeDecodeError, OverflowError) as err:

@@ -30,7 +30,7 @@ import datetime as dt
 
 from ..partitions import make_key, split_key, tenant_day_partitions
 from .. import milvus_store, passages
-from ..checks import evaluate
+from ..checks import evaluate, outcomes
 from ..checks.specs import CHECK_SPECS, CHECKS
 from ..quality import QualityThresholds, Verdict, vector_quality
 from ..keys import ASSET_KEYS, EXTRACTED_TEXT, MILVUS_VECTORS, SOURCE_RECORDS
@@ -88,11 +88,17 @@ def add_partition_metadata(context: dg.AssetExecutionContext, figures: dict[tupl
             context.add_asset_metadata(metadata, asset_key=asset_key, partition_key=key)
 
 
-def _quarantine_table(result: PartitionResult, limit: int = 20) -> str:
-    rows = ["| file | line | reason |", "|---|---:|---|"]
-    rows += [f"| {evaluate.md_cell(b.path)} | {b.line} | {evaluate.md_cell(b.reason)} |" for b in result.quarantined[:limit]]
-    if len(result.quarantined) > limit:
-        rows.append(f"| … {len(result.quarantined) - limit} more | | |")
+def _quarantine_table(result: PartitionResult, limit: int = 20, bad_only: bool = False) -> str:
+    """The tenant-day's quarantined lines as a Markdown table: reason first (the widest column,
+    kept readable at the UI's widths), then the line number and the file's name (its folder in
+    the ``quarantine`` files). ``bad_only``: without superseded lines."""
+    from pathlib import PurePath
+
+    lines = result.quarantined[result.superseded:] if bad_only else result.quarantined  # superseded lines come first
+    rows = ["| reason | line | file |", "|---|---:|---|"]
+    rows += [f"| {evaluate.md_cell(b.reason)} | {b.line} | {evaluate.md_cell(PurePath(b.path).name)} |" for b in lines[:limit]]
+    if len(lines) > limit:
+        rows.append(f"| … {len(lines) - limit} more (see the tenant-day's quarantine file) | | |")
     return "\n".join(rows)
 
 
@@ -281,20 +287,33 @@ def tenant_day_vectors(
                 mk = make_key(*key)
                 for asset_key, metadata in partition_metadata(result, model_id, per_text).items():
                     yield dg.AssetMaterialization(asset_key=asset_key, partition=mk, metadata=metadata if (result.records_read or result.deleted) else {}, tags={"dagster/code_version": _CODE_VERSION[asset_key]})
-    failed_checks = []
+    # One evaluation of each check per tenant-day it judged, partitioned: Dagster keeps each
+    # tenant-day's status (vector_assets.checks.outcomes). Days without records or deletes have
+    # nothing to judge and are not evaluated.
+    written_at = {k: (context.run_id, time.time()) for k, r in results.items() if r.written}
+    judged = {
+        name: {k: v for k, v in verdicts[name].items() if not v.passed or results[k].records_read or results[k].deleted}
+        for name in CHECKS
+    }
+    targets = {
+        asset_key: outcomes.target_materializations(context.instance, asset_key, {k for name, (a, _, _) in CHECKS.items() if a == asset_key for k in judged[name]}, written_at)
+        for asset_key in {a for a, _, _ in CHECKS.values()}
+    }
+    failed_checks, blocked, to_record = [], set(), []
     for check_name, (asset_key, blocking, _) in CHECKS.items():
-        # Days without records or deletes have nothing to judge (they pass vacuously): not listed.
-        judged = {k: v for k, v in verdicts[check_name].items() if not v.passed or results[k].records_read or results[k].deleted}
-        passed, severity, metadata = evaluate.run_check_result(judged, run_figures=run_timing.metadata if check_name == "processing_time" else None)
-        if not passed:
-            failed_checks.append(f"{check_name} ({severity.value}, {metadata['tenant_days_failed']} tenant-days)")
-        yield dg.AssetCheckResult(
-            asset_key=asset_key,
-            check_name=check_name,
-            passed=passed,
-            metadata=metadata,
-            severity=severity,
-        )
+        by_key = judged[check_name]
+        failing = {k: v for k, v in by_key.items() if not v.passed}
+        if failing:
+            worst = "ERROR" if any(v.severity == "ERROR" for v in failing.values()) else "WARN"
+            failed_checks.append(f"{check_name} ({worst}, {len(failing)} tenant-days)")
+            if blocking:
+                blocked |= {k for k, v in failing.items() if v.severity == "ERROR"}
+        reasons = {k: evaluate.failure_reason(check_name, v, results.get(k)) for k, v in failing.items()}
+        if check_name == "failure_rate":
+            for k in failing:
+                by_key[k].metadata["quarantine"] = dg.MetadataValue.md(_quarantine_table(results[k], bad_only=True))
+        to_record += outcomes.evaluations(check_name, by_key, targets[asset_key], reasons, extra=run_timing.metadata if check_name == "processing_time" else None)
+    yield from outcomes.record_evaluations(context, to_record)
     # Only now, with the materialisations recorded, are the written partitions recorded as
     # synced: a crash before this line leaves them to be run again, never skipped unmaterialised.
     # (A blocking check's failure is raised by Dagster after the step's last event, i.e. after this.)
@@ -303,6 +322,13 @@ def tenant_day_vectors(
     if moved:
         context.log.info(moved)
     wall = time.perf_counter() - started
+    if blocked:
+        # No re-run heals it (the input or the model is at fault): not retried.
+        raise dg.Failure(
+            description=f"blocking checks failed at ERROR for {len(blocked)} tenant-days, not written: {', '.join(f'{t}|{d}' for t, d in sorted(blocked)[:10])}",
+            metadata={"checks_failed": ", ".join(failed_checks)},
+            allow_retries=False,
+        )
     if refused:
         raise dg.Failure(
             description=f"{len(refused)} tenant-days refused: {refused[0].refused}",

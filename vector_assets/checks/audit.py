@@ -12,7 +12,7 @@ from ..keys import MILVUS_VECTORS
 from ..quality import QualityThresholds
 from ..resources import EmbeddingModelResource, LandingResource, MilvusResource
 from ..sync import extract_partitions, split_into_passages
-from . import evaluate
+from . import evaluate, outcomes
 
 
 class AuditConfig(dg.Config):
@@ -24,7 +24,7 @@ class AuditConfig(dg.Config):
     end: str = ""
 
 
-@dg.op(description="Evaluate coverage, coherence and retrievability on the stored rows of tenant-days, without writing: one evaluation of each check naming the failing tenant-days.")
+@dg.op(description="Evaluate coverage, coherence and retrievability on the stored rows of tenant-days, without writing: one evaluation of each check per tenant-day.")
 def audit_tenant_days(
     context: dg.OpExecutionContext,
     config: AuditConfig,
@@ -65,19 +65,15 @@ def audit_tenant_days(
         verdicts["coherence"].update(evaluate.coherence_verdicts(results, sample, lambda texts: embedding_model.encode(texts), quality))
         if sample:
             verdicts["retrievability"].update(evaluate.retrievability_verdicts(client, name, results, sample, quality, milvus.search_params))
-    # One evaluation of each check for the whole audit (as the tenant-day runs do), naming the
-    # failing tenant-days with their figures.
-    failed = 0
+    # One evaluation of each check per audited tenant-day, partitioned, as the tenant-day runs
+    # record them: a tenant-day's status is its latest evaluation, the audit's or a run's.
+    targets = outcomes.target_materializations(context.instance, MILVUS_VECTORS, keys)
+    failed, to_record = 0, []
     for check_name, by_key in verdicts.items():
-        passed, severity, metadata = evaluate.run_check_result(by_key, run_figures={"source": "audit"})
-        failed += metadata["tenant_days_failed"]
-        yield dg.AssetCheckEvaluation(
-            asset_key=MILVUS_VECTORS,
-            check_name=check_name,
-            passed=passed,
-            metadata=metadata,
-            severity=severity,
-        )
+        reasons = {k: evaluate.failure_reason(check_name, v) for k, v in by_key.items() if not v.passed}
+        failed += len(reasons)
+        to_record += outcomes.evaluations(check_name, by_key, targets, reasons, extra={"source": "audit"})
+    yield from outcomes.record_evaluations(context, to_record)
     context.log.info(f"audited {len(keys)} tenant-days: {failed} tenant-day check outcomes failed")
     yield dg.Output(len(keys))
 

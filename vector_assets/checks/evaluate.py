@@ -330,3 +330,44 @@ def tenant_day_outcomes(evaluation) -> list[tuple[str, str, bool, str, dict]]:
                 fail = dict(fail)
                 out.append((tenant, day, False, fail.pop("severity", "ERROR"), fail))
     return out
+
+
+def failure_reason(check_name: str, verdict: Verdict, result: PartitionResult | None = None, t: QualityThresholds | None = None) -> str:
+    """One sentence saying why ``verdict`` (a failure of ``check_name`` on one tenant-day) failed,
+    from its figures: the description of the tenant-day's check evaluation in the UI.
+
+    For ``failure_rate`` it names the first bad line (file, line, reason) of ``result``; for a
+    dimension mismatch, the dimensions. Empty for a passing verdict.
+    """
+    from pathlib import PurePath
+
+    if verdict.passed:
+        return ""
+    t = t or QualityThresholds()
+    m = verdict.metadata
+    if check_name == "failure_rate":
+        bad = result.quarantined[result.superseded:] if result is not None else []
+        first = f"; first: {PurePath(bad[0].path).name} line {bad[0].line}: {bad[0].reason}" if bad else ""
+        more = f" (and {len(bad) - 1} more in the quarantine table)" if len(bad) > 1 else ""
+        return (
+            f"{m.get('quarantined')} of {m.get('records_read', 0) - m.get('superseded', 0)} lines are bad "
+            f"({100 * m.get('failure_rate', 0):.1f}%: WARN from {100 * t.failure_rate_pass:.0f}%, ERROR above {100 * t.failure_rate_error:.0f}%){first}{more}. "
+            "Fix the lines in the landing file: the new-data sensor re-runs the tenant-day."
+        )
+    if check_name == "text_frame_valid":
+        return f"extracted texts fail Great Expectations: {m.get('failed_expectations')} (rows per expectation); not written"
+    if check_name == "vector_quality":
+        return f"vectors not written: {m.get('failures')}"
+    if check_name == "coverage":
+        return (
+            f"Milvus holds {m.get('milvus_rows')} rows for {m.get('passages')} passages: {m.get('missing_rows')} missing, "
+            f"{m.get('extra_rows')} extra, {m.get('hash_mismatches')} with another content hash; records read {m.get('records_read')} = "
+            f"{m.get('texts')} texts + {m.get('quarantined')} quarantined?"
+        )
+    if check_name == "coherence":
+        return f"stored vectors differ from the model's now: mean cosine {m.get('mean_cosine')} over {m.get('compared')} rows (passes at {t.coherence_pass}, ERROR below {t.coherence_error})"
+    if check_name == "retrievability":
+        return f"recall@1 {m.get('recall_at_1')} over {m.get('sampled')} sampled vectors (passes at {t.min_recall_at_1})"
+    if check_name == "processing_time":
+        return f"encode CPU time {m.get('cpu_ms_per_vector')} ms per vector over {m.get('vectors_in_run')} vectors of the run (passes under {t.ms_per_vector_pass:.0f} ms, ERROR above {t.ms_per_vector_error:.0f} ms)"
+    return ", ".join(f"{k}={v}" for k, v in m.items())
