@@ -227,6 +227,11 @@ def test_health_and_readiness(served):
     assert ready["status"] == "ready" and all(ready["checks"].values()) and ready["collection"].startswith("passages__")
     spec = httpx.get(served["base"] + "/openapi.json").json()
     assert {"/v1/search", "/v1/tenants", "/v1/context", "/v1/answer", "/v1/embeddings", "/metrics", "/healthz", "/readyz"} <= set(spec["paths"])
+    # /docs works offline (#18): Swagger UI's files are served by the service, none from a CDN.
+    page = httpx.get(served["base"] + "/docs").text
+    assert "/docs/static/swagger-ui-bundle.js" in page and "cdn" not in page.lower()
+    script = httpx.get(served["base"] + "/docs/static/swagger-ui-bundle.js")
+    assert script.status_code == 200 and len(script.content) > 100_000
 
 
 def test_schemathesis_finds_no_server_error_and_no_cross_tenant_read(served):

@@ -503,6 +503,24 @@ FORBIDDEN = {403: {"description": "the key does not grant this tenant"}, 400: {"
 NOT_GRANTED = "this key does not grant that tenant"
 
 
+def mount_offline_docs(app: FastAPI) -> None:
+    """Serve the interactive API docs at ``/docs`` without internet: Swagger UI's files come from
+    the ``swagger-ui-bundle`` package (PyPI), under ``/docs/static``, instead of FastAPI's
+    default CDN (which left ``/docs`` blank offline)."""
+    import swagger_ui_bundle
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.staticfiles import StaticFiles
+
+    app.mount("/docs/static", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="swagger-ui")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs():
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url, title=f"{app.title} - docs", swagger_js_url="/docs/static/swagger-ui-bundle.js",
+            swagger_css_url="/docs/static/swagger-ui.css", swagger_favicon_url="/docs/static/favicon-32x32.png",
+        )
+
+
 def create_app(config: ServiceConfig | None = None) -> FastAPI:
     """The FastAPI application (connects to Milvus and loads the model when it starts).
 
@@ -515,8 +533,9 @@ def create_app(config: ServiceConfig | None = None) -> FastAPI:
         app.state.service = ServiceState(config)
         yield
 
-    app = FastAPI(title="vector_assets search service", version="1", lifespan=lifespan,
+    app = FastAPI(title="vector_assets search service", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Semantic and hybrid search over a tenant's records (issues, pull requests, commits) in Milvus.")
+    mount_offline_docs(app)
 
     def state(request: Request) -> ServiceState:
         return request.app.state.service
