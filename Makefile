@@ -39,14 +39,17 @@ serve: install
 	$(BIN)/vector-assets serve --port 8000
 
 ## dev: the Dagster UI (http://127.0.0.1:3000) with the daemon, for backfills and sensors
-## (`dg dev`, Dagster's supported dev command; the code location is named vector_assets).
+## (`dg dev`, Dagster's supported dev command; the code location is named vector_assets). Its
+## services log warnings and errors only (their INFO lines list every partition of a backfill);
+## runs log at INFO (the job's console logger), every event is in the UI.
 ## One planned event per asset for a run over a range of tenant-days, on Postgres storage too.
 ## The instance's storage is created first: the webserver and the daemon creating a fresh SQLite
 ## instance at the same moment can leave its schedule database with two alembic heads.
 dev: install
 	$(BIN)/python -c "from vector_assets.settings import dagster_instance; dagster_instance()"
+	@echo "Dagster UI: http://127.0.0.1:3000"
 	VIRTUAL_ENV="$(CURDIR)/$(VENV)" PATH="$(CURDIR)/$(BIN):$$PATH" DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS=true \
-		$(BIN)/dg dev --host 127.0.0.1 --port 3000
+		$(BIN)/dg dev --host 127.0.0.1 --port 3000 --log-level warning
 
 ## eval: search quality on ../shared/data/eval_pr_commits through the product (see README).
 eval: install
