@@ -14,10 +14,11 @@ tenant-days reads them in one pass and loads the model once. How a run is record
   quarantined) are attached to its own materialisation with ``context.add_asset_metadata``
   (days with records or deletes; an empty day has none), so the UI shows them per partition
   and ``vector-assets status`` reads them back.
-* Checks are evaluated once per run (unpartitioned :class:`~dagster.AssetCheckSpec`): the
-  evaluation fails when any tenant-day failed, at the worst severity, and names the failing
-  tenant-days with their figures. A tenant-day that fails a blocking check is not written;
-  the run then records materialisations for the written tenant-days only, and fails.
+* Checks are partitioned like the assets: one evaluation of each check per tenant-day with
+  records or deletes, recorded in batches (:mod:`vector_assets.checks.outcomes`), so that each
+  tenant-day keeps its own status in the UI. A tenant-day that fails a blocking check is not
+  written; the run then records materialisations for the written tenant-days only, and fails
+  (not retried: the input is at fault).
 """
 
 
@@ -183,7 +184,8 @@ def tenant_day_vectors(
 ):
     """Materialise each tenant-day of the run: read, extract, check, embed what changed, write,
     check again; a materialisation of each asset per tenant-day (derived by Dagster from the
-    run's range) and one evaluation of each check per run (see the module docstring)."""
+    run's range) and one evaluation of each check per judged tenant-day (see the module
+    docstring)."""
     started = time.perf_counter()
     settings.pool_storage_connections(context.instance)  # this step writes many events
     # Which process holds this run's pool slot: a run whose process dies is failed and its slot
@@ -316,7 +318,7 @@ def tenant_day_vectors(
     yield from outcomes.record_evaluations(context, to_record)
     # Only now, with the materialisations recorded, are the written partitions recorded as
     # synced: a crash before this line leaves them to be run again, never skipped unmaterialised.
-    # (A blocking check's failure is raised by Dagster after the step's last event, i.e. after this.)
+    # (A blocking check's failure is raised below, after this.)
     record_synced(index, milvus, model_id, results)
     moved = cut_over_search_alias(index, milvus, model_id, settings.start_date(), dt.datetime.now(dt.timezone.utc).date().isoformat())
     if moved:
