@@ -212,10 +212,14 @@ def latest_outcomes(instance: dg.DagsterInstance, tenants: Iterable[str] | None 
         partitions: only these tenant-days (default all).
         after_storage_id: only outcomes whose check event or materialisation is newer than
             this event log storage id (what the alert sensor reads since its cursor).
+        with_figures: read each failure's evaluation (figures, reason, severity); without, a
+            failure's status is ``"ERROR"`` whatever its severity.
 
     Returns:
         ``[Outcome]`` sorted by check, tenant, day.
     """
+    from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
+
     keys = check_keys()
     partition_keys = [str(make_key(*k)) for k in partitions] if partitions is not None else None
     infos = instance.event_log_storage.get_asset_check_partition_info(keys, after_storage_id=after_storage_id, partition_keys=partition_keys)
@@ -227,8 +231,6 @@ def latest_outcomes(instance: dg.DagsterInstance, tenants: Iterable[str] | None 
         tenant, day = split_key(info.partition_key)
         if wanted is not None and tenant not in wanted:
             continue
-        from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
-
         failed = info.latest_execution_status == AssetCheckExecutionRecordStatus.FAILED and info.is_current
         evaluation = run_id = timestamp = None
         if failed and with_figures:
