@@ -432,3 +432,32 @@ def test_daily_schedule_yields_yesterday_for_every_tenant(instance):
     assert sorted(r.partition_key for r in requests) == sorted(f"2024-03-01|{t}" for t in ["HADOOP", "pallets/flask", "SeaMonkey"])
     with dg.instance_for_test() as empty:
         assert isinstance(daily_schedule(dg.build_schedule_context(instance=empty, scheduled_execution_time=dt.datetime(2024, 3, 2, 0, 15, tzinfo=dt.timezone.utc))), dg.SkipReason)
+
+
+def test_new_data_sensor_sees_a_fix_that_another_refresh_found_first(resources, instance, workspace):
+    """A fixed line heals its tenant-day through the new-data sensor even when a run of another
+    tenant refreshed the landing index first (every run does): the sensor reads the index's change
+    log since its last tick, not only what its own refresh found."""
+    landing = resources["landing"]
+    jira = sample_records("jira_issues_hadoop.jsonl", "HADOOP", "2024-09-05", "2024-09-05")
+    bad = dict(jira[0], summary="copy")
+    bad.pop("id")
+    path = write_jsonl(workspace["landing"] / "jira.jsonl", jira + [bad])
+    write_jsonl(workspace["landing"] / "bugs.jsonl", sample_records("bugzilla_seamonkey.jsonl", "SeaMonkey", "2024-10-13", "2024-10-13"))
+
+    def tick(cursor):
+        return new_data_sensor(dg.build_sensor_context(instance=instance, cursor=cursor, resources={"landing": landing}))
+
+    first = tick(None)
+    register_tenants(instance, ["HADOOP", "SeaMonkey"])
+    assert evaluations(run_days(resources, instance, "HADOOP", "2024-09-05"))[("failure_rate", "2024-09-05|HADOOP")].severity == dg.AssetCheckSeverity.ERROR
+    write_jsonl(path, jira)  # the line fixed
+    # A run of SeaMonkey refreshes the index before the sensor's next tick: it finds the fix.
+    assert run_days(resources, instance, "SeaMonkey", "2024-10-13").success
+    second = tick(first.cursor)
+    assert [(r.tags["dagster/asset_partition_range_start"], r.tags["dagster/asset_partition_range_end"]) for r in second.run_requests] == [("2024-09-05|HADOOP", "2024-09-05|HADOOP")]
+    assert run_days(resources, instance, "HADOOP", "2024-09-05").success
+    from vector_assets.checks import outcomes
+
+    assert {o.check: o.status for o in outcomes.latest_outcomes(instance, partitions=[("HADOOP", "2024-09-05")])}["failure_rate"] == "passed"
+    assert not tick(second.cursor).run_requests

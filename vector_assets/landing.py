@@ -47,6 +47,7 @@ CREATE TABLE IF NOT EXISTS lines (
 CREATE INDEX IF NOT EXISTS lines_by_partition ON lines (tenant, day);
 CREATE INDEX IF NOT EXISTS lines_by_pk ON lines (pk);
 CREATE TABLE IF NOT EXISTS partitions_seen (tenant TEXT NOT NULL, day TEXT NOT NULL, PRIMARY KEY (tenant, day));
+CREATE TABLE IF NOT EXISTS changes (seq INTEGER PRIMARY KEY AUTOINCREMENT, tenant TEXT NOT NULL, day TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS synced (
     store TEXT NOT NULL, tenant TEXT NOT NULL, day TEXT NOT NULL, fingerprint TEXT NOT NULL, rows INTEGER NOT NULL,
     PRIMARY KEY (store, tenant, day)
@@ -198,13 +199,15 @@ class LandingIndex:
             db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
             meta = dict(db.execute("SELECT key, value FROM meta"))
             if meta.get("schema_version") != SCHEMA_VERSION:
-                for table in ("files", "lines", "partitions_seen", "synced"):
+                for table in ("files", "lines", "partitions_seen", "synced", "changes"):
                     db.execute(f"DROP TABLE IF EXISTS {table}")
                 meta = {}
             if meta.get("landing_dir", landing) != landing:
                 raise ValueError(f"landing index {self.index_path} belongs to landing directory {meta['landing_dir']}, not {landing}")
             db.executescript(SCHEMA)
             db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", [("schema_version", SCHEMA_VERSION), ("landing_dir", landing)])
+            # Names this index's change log: a rebuilt index starts its sequence again.
+            db.execute("INSERT OR IGNORE INTO meta VALUES ('generation', ?)", (os.urandom(8).hex(),))
 
     @contextlib.contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -247,11 +250,6 @@ class LandingIndex:
             raise FileNotFoundError(f"landing directory {self.landing_dir} does not exist")
         found = sorted(p.resolve() for p in self.landing_dir.rglob("*.jsonl") if p.is_file())
         return found + [p.resolve() for p in self.extra_files if p.is_file()]
-
-    def content_state(self) -> str:
-        """``path:hash`` of every indexed file, one per line, as the last :meth:`refresh` recorded."""
-        with self._connect() as db:
-            return "\n".join(f"{p}:{d}" for p, d in db.execute("SELECT path, digest FROM files ORDER BY path"))
 
     def refreshed_at(self) -> float | None:
         """When the index was last refreshed (Unix seconds), None when never."""
@@ -312,7 +310,25 @@ class LandingIndex:
                 self._mark_superseded(db, superseded, report)
             db.execute("INSERT OR REPLACE INTO meta VALUES ('refreshed_at', ?)", (str(int(time.time())),))
             db.executemany("INSERT OR IGNORE INTO partitions_seen VALUES (?, ?)", sorted(report.changed_partitions))
+            db.executemany("INSERT INTO changes (tenant, day) VALUES (?, ?)", sorted(report.changed_partitions))
         return report
+
+    def change_position(self) -> tuple[str, int]:
+        """``(generation, seq)``: where this index's change log stands. Every refresh, whoever
+        makes it (a run, a sensor, the CLI), appends the tenant-days whose input it changed; a
+        reader that remembers the position reads every change since with :meth:`changed_since`,
+        even changes another process's refresh found. ``generation`` changes when the index is
+        rebuilt (its sequence starts again)."""
+        with self._connect() as db:
+            generation = db.execute("SELECT value FROM meta WHERE key='generation'").fetchone()
+            seq = db.execute("SELECT COALESCE(MAX(seq), 0) FROM changes").fetchone()[0]
+        return (generation[0] if generation else ""), int(seq)
+
+    def changed_since(self, seq: int) -> set[tuple[str, str]]:
+        """Tenant-days whose input a refresh changed after position ``seq`` of the change log
+        (:meth:`change_position`)."""
+        with self._connect() as db:
+            return {(t, d) for t, d in db.execute("SELECT DISTINCT tenant, day FROM changes WHERE seq > ?", (seq,))}
 
     def _scan_file(self, db: sqlite3.Connection, path: Path, report: RefreshReport) -> None:
         key = str(path)
