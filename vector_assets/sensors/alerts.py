@@ -21,7 +21,7 @@ tick's cursor unchanged, so the next tick reads the same outcomes again: it find
 observation recorded after the failing evaluation, does not alert twice and moves on.
 
 Ticks say what the sensor did and waits for (``HADOOP|2024-09-05: coverage failing, attempt 1 of
-3 done; next attempt after 01:25 UTC``); the cursor is JSON with ISO times.
+3 done; next attempt after 01:25:00 UTC``); the cursor is JSON with ISO times.
 
 A check that passes again (or a tenant-day materialised again without records to judge) resets
 the tenant-day's count.
@@ -66,7 +66,7 @@ def _seconds(iso: str) -> float:
 
 
 def _hhmm(seconds: float) -> str:
-    return time.strftime("%H:%M UTC", time.gmtime(seconds))
+    return time.strftime("%H:%M:%S UTC", time.gmtime(seconds))
 
 
 def is_input_failure(outcome: Outcome) -> bool:
