@@ -53,7 +53,11 @@ def load_model(model: str, device: str):
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     from sentence_transformers import SentenceTransformer
+    from transformers.utils import logging as transformers_logging
 
+    # The environment above is read when transformers is first imported; a process that imported
+    # it earlier (a Dagster run worker) would print a "Loading weights" bar per run.
+    transformers_logging.disable_progress_bar()
     with _LOCK:
         loaded = SentenceTransformer(resolve_model_path(model), device=pick_device(device))
         # One full-length batch so the first real batch is not charged with lazy
