@@ -36,6 +36,7 @@ materialisations and observations).
 
 from __future__ import annotations
 
+import contextlib
 from collections import defaultdict
 from collections.abc import Sequence
 
@@ -131,11 +132,22 @@ class BatchedSqliteEventLogStorage(CheckEvaluationBatches, SqliteEventLogStorage
 
     def store_event_batch(self, events: Sequence[EventLogEntry]) -> None:
         if is_check_evaluation_batch(events):
-            self._store_check_evaluation_batch(events)
+            with self._insert_batch(events) as (conn, event_ids):
+                self._store_check_evaluation_rows(conn, events, event_ids)
             return
         if not events or not all(e.is_dagster_event and e.dagster_event_type in ASSET_EVENTS for e in events):
             super().store_event_batch(events)
             return
+        with self._insert_batch(events) as (conn, event_ids):
+            self._store_asset_event_tags(conn, list(events), event_ids)
+            for event, event_id in zip(events, event_ids):
+                self._store_asset_event(conn, event, event_id)
+
+    @contextlib.contextmanager
+    def _insert_batch(self, events: Sequence[EventLogEntry]):
+        """Insert ``events`` in their runs' shards (one transaction per run) and mirror them in
+        the cross-run index, as ``store_event`` does; yields ``(index connection, event ids)``
+        inside the index transaction, for the rows that go with them."""
         statements = [self.prepare_insert_event(e) for e in events]
         by_run: dict[str, list] = defaultdict(list)
         for event, statement in zip(events, statements):
@@ -144,34 +156,14 @@ class BatchedSqliteEventLogStorage(CheckEvaluationBatches, SqliteEventLogStorage
             with self.run_connection(run_id) as conn:
                 for statement in run_statements:
                     conn.execute(statement)
-        # Mirror the events in the cross-run index, as store_event does, in one transaction.
         with self.index_transaction() as conn:
             event_ids = []
             for statement in statements:
                 with db_result(conn, statement) as result:
                     event_ids.append(result.inserted_primary_key[0])
             if any(event_id is None for event_id in event_ids):
-                raise RuntimeError("SQLite returned no id for a stored asset event")
-            self._store_asset_event_tags(conn, list(events), event_ids)
-            for event, event_id in zip(events, event_ids):
-                self._store_asset_event(conn, event, event_id)
-
-
-    def _store_check_evaluation_batch(self, events: Sequence[EventLogEntry]) -> None:
-        statements = [self.prepare_insert_event(e) for e in events]
-        by_run: dict[str, list] = defaultdict(list)
-        for event, statement in zip(events, statements):
-            by_run[event.run_id].append(statement)
-        for run_id, run_statements in by_run.items():
-            with self.run_connection(run_id) as conn:
-                for statement in run_statements:
-                    conn.execute(statement)
-        with self.index_transaction() as conn:
-            event_ids = []
-            for statement in statements:
-                with db_result(conn, statement) as result:
-                    event_ids.append(result.inserted_primary_key[0])
-            self._store_check_evaluation_rows(conn, events, event_ids)
+                raise RuntimeError("SQLite returned no id for a stored event")
+            yield conn, event_ids
 
 
 def storage_config(base_dir: str) -> dict:
