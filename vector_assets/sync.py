@@ -84,9 +84,15 @@ class PartitionResult:
     vectors: dict = field(default_factory=dict)
 
     @property
+    def bad_lines(self) -> list[BadRecord]:
+        """The quarantined lines that are bad input: ``quarantined`` without the superseded lines
+        (older versions of a record exported again: normal data, issue #17 item 10), which come
+        first in ``quarantined``."""
+        return self.quarantined[self.superseded:]
+
+    @property
     def bad_records(self) -> int:
-        """Quarantined records that are bad input: ``quarantined`` less the superseded lines
-        (older versions of a record exported again: normal data, issue #17 item 10)."""
+        """How many quarantined records are bad input (:attr:`bad_lines`)."""
         return len(self.quarantined) - self.superseded
 
 

@@ -95,7 +95,7 @@ def _quarantine_table(result: PartitionResult, limit: int = 20, bad_only: bool =
     the ``quarantine`` files). ``bad_only``: without superseded lines."""
     from pathlib import PurePath
 
-    lines = result.quarantined[result.superseded:] if bad_only else result.quarantined  # superseded lines come first
+    lines = result.bad_lines if bad_only else result.quarantined
     rows = ["| reason | line | file |", "|---|---:|---|"]
     rows += [f"| {evaluate.md_cell(b.reason)} | {b.line} | {evaluate.md_cell(PurePath(b.path).name)} |" for b in lines[:limit]]
     if len(lines) > limit:

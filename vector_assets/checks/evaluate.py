@@ -281,7 +281,7 @@ def failure_reason(check_name: str, verdict: Verdict, result: PartitionResult | 
     t = t or QualityThresholds()
     m = verdict.metadata
     if check_name == "failure_rate":
-        bad = result.quarantined[result.superseded:] if result is not None else []
+        bad = result.bad_lines if result is not None else []
         first = f"; first: {PurePath(bad[0].path).name} line {bad[0].line}: {bad[0].reason}" if bad else ""
         more = f" (and {len(bad) - 1} more in the quarantine table)" if len(bad) > 1 else ""
         return (

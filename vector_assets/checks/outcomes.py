@@ -7,7 +7,8 @@ or deletes; an empty day has nothing to judge and is not evaluated). Dagster kee
 status per partition: the latest evaluation of that tenant-day, as long as it targets the
 tenant-day's latest materialisation. So a tenant-day that failed stays failing until an
 evaluation of that same tenant-day passes, whatever runs of other tenants record, and the UI's
-Checks tab, asset overview and catalog show the worst current status over all tenant-days.
+Checks tab and each check's Partitions view show the worst current status over all tenant-days
+(the asset overview's "Latest check results" shows only the latest materialised tenant-day's).
 
 Recording cost: Dagster stores each check evaluation with its own ``store_event`` (three SQLite
 transactions). :func:`record_evaluations` hands a run's evaluations to the storage in batches
