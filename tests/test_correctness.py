@@ -14,10 +14,10 @@ from vector_assets import milvus_store
 from vector_assets.extraction import extract_records, normalise_text
 from vector_assets.landing import LandingIndex, export_git_repository
 from vector_assets.records import LocatedRecord, primary_key, safe_name
-from vector_assets.resources import MilvusResource
+from vector_assets.resources import LandingResource, MilvusResource
 from vector_assets.search import search
 from vector_assets.settings import DEFAULT_MODEL
-from vector_assets.sync import quarantine_path, record_synced, sync_partitions
+from vector_assets.sync import record_synced, sync_partitions
 
 from .conftest import register_tenants, sample_records, write_jsonl
 from .test_pipeline import COLLECTION, materialize_days, materialize_index, rows_of
@@ -58,19 +58,18 @@ def test_sync_state_belongs_to_the_collection_it_was_written_to(resources, insta
 
 
 def test_landing_index_belongs_to_its_landing_directory(resources, workspace, hadoop_days, tmp_path):
-    """Item 1: another landing directory has an index of its own; an index file opened for a
-    directory it does not belong to is refused."""
+    """Item 1: another landing directory has an index of its own (its own rows in the state
+    database): its refresh neither sees nor empties the first directory's tenant-days."""
     index = resources["landing"].index()
     index.refresh()
     assert index.tenants() == ["HADOOP"]
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     moved = resources["landing"].model_copy(update={"landing_dir": str(elsewhere)})
-    assert moved.index().index_path != index.index_path
+    assert moved.index().state_url == index.state_url and moved.index().source_key != index.source_key
     moved.index().refresh()
     assert moved.index().partitions() == [] and moved.index().vanished_tenants() == []
-    with pytest.raises(ValueError, match="belongs to landing directory"):
-        LandingIndex(elsewhere, index.index_path)
+    assert LandingIndex(workspace["landing"], index.state_url).partitions() == index.partitions() != []
 
 
 def test_an_edit_made_while_a_run_encodes_is_not_lost(resources, hadoop_days, workspace, embedding_model):
@@ -87,11 +86,11 @@ def test_an_edit_made_while_a_run_encodes_is_not_lost(resources, hadoop_days, wo
         write_jsonl(path, edited)
         index.refresh()  # another backfill refreshing the index meanwhile
 
-    results = sync_partitions([("HADOOP", day)], index, embedding_model, milvus, landing.quarantine_dir(), after_extract=edit_after_read)
+    results = sync_partitions([("HADOOP", day)], index, embedding_model, milvus, after_extract=edit_after_read)
     record_synced(index, milvus, DEFAULT_MODEL, results)
     store = milvus.store_key(DEFAULT_MODEL)
     assert ("HADOOP", day) in index.unsynced_partitions(store)
-    again = sync_partitions([("HADOOP", day)], index, embedding_model, milvus, landing.quarantine_dir())
+    again = sync_partitions([("HADOOP", day)], index, embedding_model, milvus)
     record_synced(index, milvus, DEFAULT_MODEL, again)
     assert again[("HADOOP", day)].embedded == sum(r["day"] == day for r in hadoop_days)
     assert ("HADOOP", day) not in index.unsynced_partitions(store)
@@ -180,7 +179,7 @@ def test_bad_lines_are_quarantined_alone(resources, instance, workspace, milvus_
     ]
     write_jsonl(workspace["landing"] / "bugs.jsonl", good, raw_lines=lines)
     meta = materialize_index(resources, instance)
-    reasons = {u["line"]: u["reason"] for u in map(json.loads, open(workspace["home"] / "quarantine" / "_unattributed.jsonl"))}
+    reasons = {u["line"]: u["reason"] for u in resources["landing"].index().quarantined("", "")}
     n = len(good)
     assert "years 1-9999" in reasons[n + 1]
     assert "RecursionError" in reasons[n + 2]
@@ -221,12 +220,13 @@ def test_non_ascii_tenants_are_written_and_searched(resources, instance, workspa
 
 
 def test_tenant_file_names_are_safe_and_bounded(tmp_path):
-    """Item 14: a 300-character tenant and ``..`` stay inside the quarantine folder."""
-    root = tmp_path / "quarantine"
+    """Item 14: a 300-character tenant and ``..`` stay inside the git exports' folder."""
     long = "t" * 300
-    for tenant in (long, "..", "../x", "a/b", "a__b"):
-        path = quarantine_path(root, tenant, "2024-01-01")
-        assert path.resolve().parent.parent == root.resolve() and len(path.parent.name) <= 80
+    tenants = (long, "..", "../x", "a/b", "a__b")
+    landing = LandingResource(landing_dir=str(tmp_path), state_dir=str(tmp_path / "state"), git_repos=[f"{t}=/repo" for t in tenants])
+    root = tmp_path / "state" / "git_exports"
+    for _, _, path in landing._git_exports():
+        assert path.resolve().parent == root.resolve() and len(path.name) <= 90
     assert safe_name("a/b") != safe_name("a__b")
 
 

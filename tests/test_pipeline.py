@@ -10,7 +10,6 @@ from vector_assets.settings import DEFAULT_MODEL
 from vector_assets.assets import landing_index, tenant_day_vectors
 from vector_assets.records import primary_key
 from vector_assets.search import SearchError, search
-from vector_assets.sync import quarantine_path
 
 from .conftest import sample_records, write_jsonl
 
@@ -123,7 +122,7 @@ def test_bad_input_is_quarantined_and_good_records_land(resources, instance, wor
     )
     meta = materialize_index(resources, instance)
     assert meta["unattributed_lines"].value == 2
-    unattributed = [json.loads(l) for l in open(workspace["home"] / "quarantine" / "_unattributed.jsonl")]
+    unattributed = resources["landing"].index().quarantined("", "")
     assert [(u["line"], u["reason"].split(":")[0]) for u in unattributed] == [(len(good) + 4, "malformed JSON"), (len(good) + 5, "record has no tenant")]
     assert all(u["file"] == str(path.resolve()) for u in unattributed)
 
@@ -131,8 +130,8 @@ def test_bad_input_is_quarantined_and_good_records_land(resources, instance, wor
     src = out[("source_records", f"{day}|SeaMonkey")]
     assert src["quarantined"] == 3
     assert "record has no id" in src["quarantine"] and "unknown record kind" in src["quarantine"]
-    qfile = quarantine_path(workspace["home"] / "quarantine", "SeaMonkey", day)
-    bad = [json.loads(l) for l in open(qfile)]
+    bad = resources["landing"].index().quarantined("SeaMonkey", day)
+    assert all(b["raw"] for b in bad) and json.loads(bad[0]["raw"])["tenant"] == "SeaMonkey"
     assert sorted(b["line"] for b in bad) == [len(good) + 1, len(good) + 2, len(good) + 3]
     assert {b["reason"] for b in bad} >= {"record has no id", "extracted text is empty"}
     assert {r["record_id"] for r in rows_of(milvus_client, "SeaMonkey", day)} == {r["id"] for r in good if r["day"] == day}

@@ -303,8 +303,8 @@ def test_a_corrupt_landing_index_names_its_file_cause_and_recovery(workspace):
     write_jsonl(workspace["landing"] / "jira.jsonl", records)
     env = dict(os.environ)
     assert run_cli("backfill", env=env).returncode == 0
-    (index,) = workspace["home"].glob("landing_index-*.sqlite")
-    for extra in workspace["home"].glob("landing_index-*.sqlite-*"):
+    index = workspace["home"] / "state.sqlite"
+    for extra in workspace["home"].glob("state.sqlite-*"):
         extra.unlink()
     index.write_bytes(b"this is not a database, it was overwritten" * 200)
     broken = run_cli("backfill", env=env)
@@ -313,7 +313,7 @@ def test_a_corrupt_landing_index_names_its_file_cause_and_recovery(workspace):
     assert len(error) == 1 and "file is not a database" in error[0] and str(index) in error[0] and "rm " in error[0], broken.stderr
     assert "DagsterExecutionStepExecutionError" not in broken.stderr
     assert len(_record_ids(workspace["db"])) == 6
-    for path in workspace["home"].glob("landing_index-*"):
+    for path in workspace["home"].glob("state.sqlite*"):
         path.unlink()
     again = run_cli("backfill", env=env)
     assert again.returncode == 0, again.stderr[-2000:]

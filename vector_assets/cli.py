@@ -236,7 +236,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     print(
         f"indexed {meta['lines_indexed'].value} lines in {meta['files'].value} files: {meta['tenants'].value} tenants, "
         f"{meta['tenant_days'].value} tenant-days, {unattributed} lines fit no tenant-day"
-        + (f" (see {meta['quarantine_file'].value})" if unattributed else ""),
+        + (f" (see `{meta['quarantine_report'].value}`)" if unattributed else ""),
         flush=True,
     )
     if int(meta["unsupported_files"].value):
@@ -697,6 +697,22 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 1 if stale or any(not s["materialised"] or s["changed_since_written"] for s in statuses) else 0
 
 
+def cmd_quarantine(args: argparse.Namespace) -> int:
+    """Print the quarantine reports of the state database as JSON lines (``tenant``, ``day``,
+    ``file``, ``line``, ``reason``, ``raw``): of ``--tenant`` (and ``--day``), or the lines that
+    fit no tenant-day (``--unattributed``), else all. Exit 0 (1 when ``--fail-if-any`` and some
+    line is reported)."""
+    from .definitions import defs
+
+    index = defs.resources["landing"].index()
+    tenant = "" if args.unattributed else args.tenant
+    day = "" if args.unattributed else args.day
+    reports = index.quarantined(tenant, day)
+    for report in reports:
+        print(json.dumps(report, ensure_ascii=False))
+    return 1 if args.fail_if_any and reports else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vector-assets", description="Keep Milvus in step with operational records; search them by meaning.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -733,6 +749,12 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--limit", type=int, default=366, help="at most this many days (default 366)")
     st.add_argument("--json", action="store_true", help="print JSON")
     st.set_defaults(func=cmd_status)
+    qu = sub.add_parser("quarantine", help="bad lines of the landing data, with file, line and reason (JSON lines)")
+    qu.add_argument("--tenant", help="only this tenant")
+    qu.add_argument("--day", type=_date, help="only this day (with --tenant)")
+    qu.add_argument("--unattributed", action="store_true", help="the lines that fit no tenant-day (malformed JSON, no tenant, no timestamp)")
+    qu.add_argument("--fail-if-any", action="store_true", help="exit 1 when a line is reported")
+    qu.set_defaults(func=cmd_quarantine)
     sv = sub.add_parser("server", help="the local milvus-lite server of the default database")
     sv.add_argument("action", choices=["start", "stop", "status"])
     sv.set_defaults(func=cmd_server)

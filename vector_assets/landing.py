@@ -1,9 +1,11 @@
-"""The landing directory: JSONL export files, indexed by tenant and day.
+"""The landing data: JSONL export files in a folder or an object store, indexed by tenant and day.
 
-Users drop export files (like those in ``../shared/data``) into the landing directory. Reading
-one tenant-day must not parse the whole directory, so :class:`LandingIndex` keeps a SQLite index
-of every line: file, byte offset, length, tenant, day and a hash of the line. Refreshing the
-index re-parses only files whose content hash changed, and reports which
+Users drop export files (like those in ``../shared/data``) into the landing folder, or upload
+them under a bucket prefix (``s3://bucket/landing``, read through fsspec). Reading one
+tenant-day must not parse everything, so :class:`LandingIndex` keeps an index of every line in
+the state database (:mod:`vector_assets.state`): file, byte offset, length, tenant, day and a
+hash of the line. Refreshing the index re-parses only files whose content changed (a hash, or
+the object's ETag), and reports which
 tenant-days changed (lines added, removed or edited), which the new-data sensor and
 incremental backfills use.
 
@@ -18,11 +20,9 @@ Local git repositories are exported with ``git log`` into JSONL files of the sam
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
-import sqlite3
 import subprocess
 import tempfile
 import time
@@ -30,38 +30,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
+import sqlalchemy as sa
+
+from . import state
 from .records import BadRecord, LocatedRecord, RecordError, record_identity, record_key, record_tenant, record_timestamp
-
-#: Bumped when the layout below changes; an index of another version is rebuilt from the files.
-SCHEMA_VERSION = "4"
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, digest TEXT NOT NULL, lines INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS lines (
-    path TEXT NOT NULL, line INTEGER NOT NULL, offset INTEGER NOT NULL, length INTEGER NOT NULL,
-    tenant TEXT, day TEXT, digest TEXT NOT NULL, reason TEXT,
-    pk TEXT, stamp INTEGER, superseded_by TEXT,
-    PRIMARY KEY (path, line)
-);
-CREATE INDEX IF NOT EXISTS lines_by_partition ON lines (tenant, day);
-CREATE INDEX IF NOT EXISTS lines_by_pk ON lines (pk);
-CREATE TABLE IF NOT EXISTS partitions_seen (tenant TEXT NOT NULL, day TEXT NOT NULL, PRIMARY KEY (tenant, day));
-CREATE TABLE IF NOT EXISTS changes (seq INTEGER PRIMARY KEY AUTOINCREMENT, tenant TEXT NOT NULL, day TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS synced (
-    store TEXT NOT NULL, tenant TEXT NOT NULL, day TEXT NOT NULL, fingerprint TEXT NOT NULL, rows INTEGER NOT NULL,
-    PRIMARY KEY (store, tenant, day)
-);
-"""
 
 #: Compressed exports are not read (their lines cannot be addressed by byte offset); they are
 #: reported instead of being ignored silently.
 UNSUPPORTED_SUFFIXES = (".jsonl.gz", ".jsonl.bz2", ".jsonl.xz", ".jsonl.zst", ".jsonl.zip")
 
 
-class LandingIndexError(RuntimeError):
-    """The landing index cannot be read or written (corrupt, or its disk full); the message
-    names the file, the cause and the recovery."""
+#: The landing index cannot be read or written (corrupt, unreachable, or its disk full); the
+#: message names the database, the cause and the recovery.
+LandingIndexError = state.StateError
 
 
 class StaleIndexError(RuntimeError):
@@ -167,185 +148,211 @@ def _locate_line(raw: bytes) -> tuple[str | None, str | None, str | None, int | 
     return tenant, stamp.date().isoformat(), pk, int(stamp.timestamp()), None
 
 
+def is_url(location: str) -> bool:
+    """Whether a landing location is a URL of a remote filesystem (``s3://…``, ``gs://…``)
+    rather than a local folder (``file://`` and plain paths are local)."""
+    return "://" in location and not location.startswith("file://")
+
+
+def _local_digest(path: str) -> str:
+    return file_digest(Path(path))
+
+
 class LandingIndex:
-    """SQLite index of the JSONL files under a landing directory (and exported git repos).
+    """Index of the JSONL files of one landing source (a local folder or an object-store URL)
+    and of exported git repositories, kept in the state database (:mod:`vector_assets.state`).
 
     Args:
-        landing_dir: folder scanned recursively for ``*.jsonl`` files.
-        index_path: the SQLite file (created if missing). One index belongs to one landing
-            directory: opening it for another raises ValueError (see
-            :meth:`vector_assets.resources.LandingResource.index`, which names the file after
-            the directory).
-        extra_files: further JSONL files to index (git exports).
+        landing_url: a local folder, or a URL fsspec reads (``s3://bucket/prefix``,
+            ``gs://…``; credentials and endpoint from the environment, as boto3 and gcsfs read
+            them, e.g. ``AWS_ENDPOINT_URL``), scanned recursively for ``*.jsonl`` files.
+        state_url: SQLAlchemy URL of the state database (default
+            :func:`vector_assets.state.state_url`).
+        extra_files: further local JSONL files to index (git exports).
 
-    Changes are detected by content (a hash of each file), so edits that keep a file's size
-    and modification time are seen; every line read is checked against its indexed digest, so
-    a line is never read from a stale offset (:class:`StaleIndexError` leads to a refresh).
+    Each source has its own rows (keyed by :attr:`source_key`, a hash of :attr:`source`):
+    pointing ``VECTOR_ASSETS_LANDING_DIR`` elsewhere never plans or deletes the old source's
+    tenant-days, and every worker that reaches the database reads the same index.
+
+    Changes are detected by content: a hash of each local file (edits that keep a file's size
+    and modification time are seen), the object store's ETag for a remote object. Every line
+    read is checked against its indexed digest, so a line is never read from a stale offset
+    (:class:`StaleIndexError` leads to a refresh).
 
     One record id in several lines (across files and days): the latest version wins (greatest
     timestamp; on a tie, the later file path and line); the others are *superseded*, reported
     in their tenant-day and not written.
 
-    Refreshes are serialised across processes by an ``fcntl`` lock beside the index file.
+    Refreshes of one source are serialised across workers (:func:`vector_assets.state.exclusive`).
+
+    Raises:
+        vector_assets.state.StateError: the state database cannot be opened or written.
     """
 
-    def __init__(self, landing_dir: str | Path, index_path: str | Path, extra_files: Iterable[str | Path] = ()):
-        self.landing_dir = Path(landing_dir)
-        self.index_path = Path(index_path)
-        self.extra_files = [Path(p) for p in extra_files]
-        self.index_path.parent.mkdir(parents=True, exist_ok=True)
-        landing = str(self.landing_dir.expanduser().resolve())
-        with self._lock(), self._connect() as db:
-            db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-            meta = dict(db.execute("SELECT key, value FROM meta"))
-            if meta.get("schema_version") != SCHEMA_VERSION:
-                for table in ("files", "lines", "partitions_seen", "synced", "changes"):
-                    db.execute(f"DROP TABLE IF EXISTS {table}")
-                meta = {}
-            if meta.get("landing_dir", landing) != landing:
-                raise ValueError(f"landing index {self.index_path} belongs to landing directory {meta['landing_dir']}, not {landing}")
-            db.executescript(SCHEMA)
-            db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", [("schema_version", SCHEMA_VERSION), ("landing_dir", landing)])
-            # Names this index's change log: a rebuilt index starts its sequence again.
-            db.execute("INSERT OR IGNORE INTO meta VALUES ('generation', ?)", (os.urandom(8).hex(),))
+    def __init__(self, landing_url: str | Path, state_url: str | None = None, extra_files: Iterable[str | Path] = ()):
+        import fsspec
+
+        self.landing_url = str(landing_url)
+        self.remote = is_url(self.landing_url)
+        if self.remote:
+            self.fs, self.root = fsspec.core.url_to_fs(self.landing_url)
+            self.protocol = self.landing_url.split("://", 1)[0]
+            #: The source this index reads: the landing URL, or the resolved landing directory.
+            self.source = self.landing_url.rstrip("/")
+        else:
+            local = self.landing_url[len("file://"):] if self.landing_url.startswith("file://") else self.landing_url
+            self.fs, self.root, self.protocol = None, str(Path(local).expanduser()), "file"
+            self.source = str(Path(local).expanduser().resolve())
+        self.landing_dir = self.source
+        self.extra_files = [str(Path(p).resolve()) for p in extra_files]
+        self.state_url = state_url or state.state_url()
+        self.source_key = state.source_id(self.source)
+        self.engine = state.engine(self.state_url)
+        with self._begin() as conn:
+            state.upsert(conn, state.sources, [{"source": self.source_key, "url": self.source, "generation": os.urandom(8).hex(), "refreshed_at": None}], ["source"], update=False)
+
+    # ---- database and files ----------------------------------------------------------------
 
     @contextlib.contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.index_path, timeout=60)
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            yield db
-            db.commit()
-        except sqlite3.DatabaseError as err:
-            if isinstance(err, sqlite3.OperationalError) and "locked" in str(err):
-                raise
-            # "file is not a database", "database disk image is malformed", a full disk:
-            # the cause, the file and the recovery in one line (issue #17 item 12).
-            raise LandingIndexError(
-                f"landing index {self.index_path}: {err}. The index is rebuilt from the landing files when it is removed: "
-                f"`rm {self.index_path}*` (vectors in Milvus are kept; the next backfill re-reads every tenant-day and "
-                "embeds nothing unchanged); for a full disk, free space and run again"
-            ) from err
-        finally:
-            db.close()
+    def _begin(self) -> Iterator:
+        """One transaction on the state database; failures become :class:`LandingIndexError`."""
+        with state.translate_errors(self.state_url):
+            with self.engine.begin() as conn:
+                yield conn
 
-    @contextlib.contextmanager
-    def _lock(self) -> Iterator[None]:
-        with open(str(self.index_path) + ".lock", "w") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
+    def _where(self, table, **eq):
+        clauses = [table.c.source == self.source_key]
+        clauses += [table.c[k] == v for k, v in eq.items()]
+        return sa.and_(*clauses)
+
+    def _open(self, path: str):
+        return self.fs.open(path, "rb") if is_url(path) else open(path, "rb")
+
+    def _display(self, path: str) -> str:
+        return f"{self.protocol}://{path}" if self.remote and not is_url(path) else path
+
+    def files(self) -> list[str]:
+        """Every JSONL file to index (local paths, or ``s3://…`` URLs), sorted; raises
+        FileNotFoundError if the landing folder (or bucket prefix) is missing."""
+        if self.remote:
             try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+                found = sorted(self._display(p) for p in self.fs.find(self.root) if p.endswith(".jsonl"))
+            except FileNotFoundError:
+                raise FileNotFoundError(f"landing location {self.source} does not exist") from None
+            if not found and not self.fs.exists(self.root):
+                raise FileNotFoundError(f"landing location {self.source} does not exist")
+        else:
+            root = Path(self.root)
+            if not root.is_dir():
+                raise FileNotFoundError(f"landing directory {self.root} does not exist")
+            found = sorted(str(p.resolve()) for p in root.rglob("*.jsonl") if p.is_file())
+        return found + [p for p in self.extra_files if Path(p).is_file()]
 
-    @property
-    def source(self) -> str:
-        """The landing source this index reads: the resolved landing directory. A collection
-        is bound to one source (:func:`vector_assets.milvus_store.bind_source`)."""
-        return str(self.landing_dir.expanduser().resolve())
-
-    def files(self) -> list[Path]:
-        """Every JSONL file to index, sorted; raises FileNotFoundError if the landing dir is missing."""
-        if not self.landing_dir.is_dir():
-            raise FileNotFoundError(f"landing directory {self.landing_dir} does not exist")
-        found = sorted(p.resolve() for p in self.landing_dir.rglob("*.jsonl") if p.is_file())
-        return found + [p.resolve() for p in self.extra_files if p.is_file()]
+    def file_digest(self, path: str) -> str:
+        """The content digest of one file: BLAKE2b of a local file's bytes; the object store's
+        ETag (``etag:…``) for a remote object, or BLAKE2b of its bytes where the store has none.
+        Raises FileNotFoundError when it is gone."""
+        if not is_url(path):
+            return _local_digest(path)
+        info = self.fs.info(path)
+        tag = info.get("ETag") or info.get("etag") or info.get("md5Hash") or info.get("VersionId")
+        if tag:
+            return f"etag:{str(tag).strip(chr(34))}"
+        digest = hashlib.blake2b(digest_size=16)
+        with self.fs.open(path, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                digest.update(chunk)
+        return digest.hexdigest()
 
     def refreshed_at(self) -> float | None:
         """When the index was last refreshed (Unix seconds), None when never."""
-        with self._connect() as db:
-            row = db.execute("SELECT value FROM meta WHERE key='refreshed_at'").fetchone()
-        return float(row[0]) if row else None
+        with self._begin() as conn:
+            return conn.execute(sa.select(state.sources.c.refreshed_at).where(self._where(state.sources))).scalar()
 
     def stale_files(self) -> list[str]:
         """Files whose content differs from what the index last read (edited, added or
         removed since the last :meth:`refresh`), sorted; empty when the index is current.
-        Reads every file (a hash of each); changes nothing."""
-        with self._connect() as db:
-            known = dict(db.execute("SELECT path, digest FROM files"))
-        current = {str(p) for p in self.files()}
+        Reads every file's digest; changes nothing."""
+        with self._begin() as conn:
+            known = dict(conn.execute(sa.select(state.files.c.path, state.files.c.digest).where(self._where(state.files))).all())
+        current = set(self.files())
         changed = []
         for path in sorted(current):
             try:
-                if known.get(path) != file_digest(Path(path)):
+                if known.get(path) != self.file_digest(path):
                     changed.append(path)
             except FileNotFoundError:
                 changed.append(path)
         return sorted(changed + [p for p in known if p not in current])
 
-    def unsupported_files(self) -> list[Path]:
-        """Compressed exports under the landing directory (``*.jsonl.gz`` ...), which are not read."""
-        if not self.landing_dir.is_dir():
+    def unsupported_files(self) -> list[str]:
+        """Compressed exports under the landing location (``*.jsonl.gz`` ...), which are not read."""
+        if self.remote:
+            try:
+                return sorted(self._display(p) for p in self.fs.find(self.root) if p.endswith(UNSUPPORTED_SUFFIXES))
+            except FileNotFoundError:
+                return []
+        root = Path(self.root)
+        if not root.is_dir():
             return []
-        return sorted(p.resolve() for p in self.landing_dir.rglob("*") if p.is_file() and p.name.endswith(UNSUPPORTED_SUFFIXES))
+        return sorted(str(p.resolve()) for p in root.rglob("*") if p.is_file() and p.name.endswith(UNSUPPORTED_SUFFIXES))
+
+    # ---- refresh ---------------------------------------------------------------------------
 
     def refresh(self) -> RefreshReport:
-        """Re-index files whose content changed (by hash), drop files that are gone, and work
-        out which lines are superseded by newer versions of their record.
+        """Re-index files whose content changed (by hash or ETag), drop files that are gone,
+        and work out which lines are superseded by newer versions of their record; append the
+        tenant-days whose input changed to the change log. One transaction.
 
-        Returns a :class:`RefreshReport`; files whose hash is unchanged are read but not parsed.
+        Returns a :class:`RefreshReport`; files whose digest is unchanged are not parsed.
         """
         report = RefreshReport()
-        with self._lock(), self._connect() as db:
-            known = dict(db.execute("SELECT path, digest FROM files"))
-            superseded = set(db.execute("SELECT tenant, day, digest FROM lines WHERE superseded_by IS NOT NULL"))
+        L = state.lines
+        with state.exclusive(self.engine, f"refresh:{self.source_key}"), self._begin() as conn:
+            known = dict(conn.execute(sa.select(state.files.c.path, state.files.c.digest).where(self._where(state.files))).all())
+            before = set(conn.execute(sa.select(L.c.tenant, L.c.day, L.c.digest).where(self._where(L), L.c.superseded_by.is_not(None))).all())
             current = self.files()
+            present = set()
             for path in current:
-                key = str(path)
                 try:
-                    if known.get(key) == file_digest(path):
+                    digest = self.file_digest(path)
+                    present.add(path)
+                    if known.get(path) == digest:
                         continue
-                    self._scan_file(db, path, report)
+                    self._scan_file(conn, path, digest, report)
                 except FileNotFoundError:
+                    present.discard(path)
                     continue  # removed while refreshing: dropped below
-            present = {str(p) for p in current if p.exists()}
-            for key in sorted(set(known) - present):
+            for path in sorted(set(known) - present):
                 report.changed_partitions.update(
-                    (t, d) for t, d in db.execute("SELECT DISTINCT tenant, day FROM lines WHERE path=? AND tenant IS NOT NULL", (key,))
+                    tuple(r) for r in conn.execute(sa.select(L.c.tenant, L.c.day).distinct().where(self._where(L, path=path), L.c.tenant.is_not(None))).all()
                 )
-                db.execute("DELETE FROM lines WHERE path=?", (key,))
-                db.execute("DELETE FROM files WHERE path=?", (key,))
-                report.files_removed.append(key)
+                conn.execute(sa.delete(L).where(self._where(L, path=path)))
+                conn.execute(sa.delete(state.files).where(self._where(state.files, path=path)))
+                report.files_removed.append(path)
             if report.files_scanned or report.files_removed:
-                self._mark_superseded(db, superseded, report)
-            db.execute("INSERT OR REPLACE INTO meta VALUES ('refreshed_at', ?)", (str(int(time.time())),))
-            db.executemany("INSERT OR IGNORE INTO partitions_seen VALUES (?, ?)", sorted(report.changed_partitions))
-            db.executemany("INSERT INTO changes (tenant, day) VALUES (?, ?)", sorted(report.changed_partitions))
+                self._mark_superseded(conn, before, report)
+            conn.execute(sa.update(state.sources).where(self._where(state.sources)).values(refreshed_at=time.time()))
+            changed = sorted(report.changed_partitions)
+            state.upsert(conn, state.partitions_seen, [{"source": self.source_key, "tenant": t, "day": d} for t, d in changed], ["source", "tenant", "day"])
+            if changed:
+                conn.execute(sa.insert(state.changes), [{"source": self.source_key, "tenant": t, "day": d} for t, d in changed])
         return report
 
-    def change_position(self) -> tuple[str, int]:
-        """``(generation, seq)``: where this index's change log stands. Every refresh, whoever
-        makes it (a run, a sensor, the CLI), appends the tenant-days whose input it changed; a
-        reader that remembers the position reads every change since with :meth:`changed_since`,
-        even changes another process's refresh found. ``generation`` changes when the index is
-        rebuilt (its sequence starts again)."""
-        with self._connect() as db:
-            generation = db.execute("SELECT value FROM meta WHERE key='generation'").fetchone()
-            seq = db.execute("SELECT COALESCE(MAX(seq), 0) FROM changes").fetchone()[0]
-        return (generation[0] if generation else ""), int(seq)
-
-    def changed_since(self, seq: int) -> set[tuple[str, str]]:
-        """Tenant-days whose input a refresh changed after position ``seq`` of the change log
-        (:meth:`change_position`)."""
-        with self._connect() as db:
-            return {(t, d) for t, d in db.execute("SELECT DISTINCT tenant, day FROM changes WHERE seq > ?", (seq,))}
-
-    def _scan_file(self, db: sqlite3.Connection, path: Path, report: RefreshReport) -> None:
-        key = str(path)
+    def _scan_file(self, conn, path: str, digest: str, report: RefreshReport) -> None:
+        L = state.lines
         # Keyed by line digest, not line number: a line that only moved is not a change.
         old: dict[str, list[tuple]] = {}
-        for digest, tenant, day, pk, stamp in db.execute("SELECT digest, tenant, day, pk, stamp FROM lines WHERE path=?", (key,)):
-            old.setdefault(digest, []).append((tenant, day, pk, stamp))
+        for line_digest, tenant, day, pk, stamp in conn.execute(sa.select(L.c.digest, L.c.tenant, L.c.day, L.c.pk, L.c.stamp).where(self._where(L, path=path))).all():
+            old.setdefault(line_digest, []).append((tenant, day, pk, stamp))
         rows = []
         offset = 0
-        whole = hashlib.blake2b(digest_size=16)
-        with open(path, "rb") as fh:
+        with self._open(path) as fh:
             for number, raw in enumerate(fh, start=1):
-                whole.update(raw)
                 length = len(raw)
                 if raw.strip():
-                    digest = _digest(raw)
-                    prior = old[digest].pop() if old.get(digest) else None
+                    line_digest = _digest(raw)
+                    prior = old[line_digest].pop() if old.get(line_digest) else None
                     if prior is not None and prior[0] is not None:
                         tenant, day, pk, stamp = prior
                         reason = None
@@ -354,48 +361,77 @@ class LandingIndex:
                         if prior is None and tenant is not None:
                             report.changed_partitions.add((tenant, day))
                         report.lines_scanned += 1
-                    rows.append((key, number, offset, length, tenant, day, digest, reason, pk, stamp, None))
+                    rows.append({
+                        "source": self.source_key, "path": path, "line": number, "offset": offset, "length": length, "tenant": tenant, "day": day,
+                        "digest": line_digest, "reason": reason, "pk": pk, "stamp": stamp, "superseded_by": None,
+                    })
                 offset += length
         # Lines that disappeared or changed: their old partitions changed too.
         report.changed_partitions.update((g[0], g[1]) for gone in old.values() for g in gone if g[0] is not None)
-        db.execute("DELETE FROM lines WHERE path=?", (key,))
-        db.executemany("INSERT INTO lines VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
-        db.execute("INSERT OR REPLACE INTO files VALUES (?, ?, ?)", (key, whole.hexdigest(), len(rows)))
-        report.files_scanned.append(key)
+        conn.execute(sa.delete(L).where(self._where(L, path=path)))
+        for chunk in state.batched(rows, 5000):
+            conn.execute(sa.insert(L), chunk)
+        state.upsert(conn, state.files, [{"source": self.source_key, "path": path, "digest": digest, "lines": len(rows)}], ["source", "path"])
+        report.files_scanned.append(path)
 
-    def _mark_superseded(self, db: sqlite3.Connection, before: set[tuple], report: RefreshReport) -> None:
+    def _mark_superseded(self, conn, before: set[tuple], report: RefreshReport) -> None:
         """Set ``superseded_by`` on every line whose record has a newer version (the latest
         timestamp wins, then the later file path and line); partitions whose set of current
         lines changed by it (against ``before``, the superseded ``(tenant, day, digest)`` of
         before the refresh) are added to the report."""
-        db.execute("UPDATE lines SET superseded_by = NULL WHERE superseded_by IS NOT NULL")
-        ranked = db.execute(
-            """
-            SELECT path, line, winner FROM (
-                SELECT path, line, ROW_NUMBER() OVER w AS rank,
-                       FIRST_VALUE(path || ':' || line || ' (' || CASE WHEN tenant IS NOT NULL THEN 'tenant ' || tenant || ', ' ELSE '' END || 'day ' || day || ')') OVER w AS winner
-                FROM lines
-                WHERE pk IN (SELECT pk FROM lines WHERE pk IS NOT NULL GROUP BY pk HAVING COUNT(*) > 1)
-                WINDOW w AS (PARTITION BY pk ORDER BY stamp DESC, path DESC, line DESC)
-            ) WHERE rank > 1
-            """
-        ).fetchall()
-        db.executemany("UPDATE lines SET superseded_by = ? WHERE path = ? AND line = ?", [(w, p, n) for p, n, w in ranked])
-        after = set(db.execute("SELECT tenant, day, digest FROM lines WHERE superseded_by IS NOT NULL"))
+        L = state.lines
+        conn.execute(sa.update(L).where(self._where(L), L.c.superseded_by.is_not(None)).values(superseded_by=None))
+        repeated = sa.select(L.c.pk).where(self._where(L), L.c.pk.is_not(None)).group_by(L.c.pk).having(sa.func.count() > 1)
+        versions: dict[str, list[tuple]] = {}
+        for path, line, pk, tenant, day, stamp in conn.execute(
+            sa.select(L.c.path, L.c.line, L.c.pk, L.c.tenant, L.c.day, L.c.stamp).where(self._where(L), L.c.pk.in_(repeated))
+        ).all():
+            versions.setdefault(pk, []).append((stamp, path, line, tenant, day))
+        updates = []
+        for found in versions.values():
+            found.sort(reverse=True)
+            stamp, path, line, tenant, day = found[0]
+            winner = f"{path}:{line} (" + (f"tenant {tenant}, " if tenant is not None else "") + f"day {day})"
+            updates += [{"p": p, "n": n, "w": winner} for _, p, n, _, _ in found[1:]]
+        if updates:
+            conn.execute(
+                sa.update(L).where(L.c.source == self.source_key, L.c.path == sa.bindparam("p"), L.c.line == sa.bindparam("n")).values(superseded_by=sa.bindparam("w")),
+                updates,
+            )
+        after = set(conn.execute(sa.select(L.c.tenant, L.c.day, L.c.digest).where(self._where(L), L.c.superseded_by.is_not(None))).all())
         report.changed_partitions.update((t, d) for t, d, _ in before ^ after)
 
-    # ---- queries -------------------------------------------------------------------------
+    def change_position(self) -> tuple[str, int]:
+        """``(generation, seq)``: where this source's change log stands. Every refresh, whoever
+        makes it (a run, a sensor, the CLI, on any worker), appends the tenant-days whose input
+        it changed; a reader that remembers the position reads every change since with
+        :meth:`changed_since`. ``generation`` changes when the index is rebuilt."""
+        with self._begin() as conn:
+            generation = conn.execute(sa.select(state.sources.c.generation).where(self._where(state.sources))).scalar()
+            seq = conn.execute(sa.select(sa.func.coalesce(sa.func.max(state.changes.c.seq), 0)).where(self._where(state.changes))).scalar()
+        return generation or "", int(seq)
+
+    def changed_since(self, seq: int) -> set[tuple[str, str]]:
+        """Tenant-days whose input a refresh changed after position ``seq`` of the change log
+        (:meth:`change_position`)."""
+        C = state.changes
+        with self._begin() as conn:
+            return {tuple(r) for r in conn.execute(sa.select(C.c.tenant, C.c.day).distinct().where(self._where(C), C.c.seq > seq)).all()}
+
+    # ---- queries ---------------------------------------------------------------------------
 
     def tenants(self) -> list[str]:
         """Tenants with at least one placeable line, sorted."""
-        with self._connect() as db:
-            return [r[0] for r in db.execute("SELECT DISTINCT tenant FROM lines WHERE tenant IS NOT NULL ORDER BY tenant")]
+        L = state.lines
+        with self._begin() as conn:
+            return sorted(r[0] for r in conn.execute(sa.select(L.c.tenant).distinct().where(self._where(L), L.c.tenant.is_not(None))).all())
 
     def vanished_tenants(self) -> list[str]:
         """Tenants that had lines once and have none now (their files were removed, or the
-        landing directory is empty or not mounted), sorted."""
-        with self._connect() as db:
-            return [r[0] for r in db.execute("SELECT tenant FROM partitions_seen EXCEPT SELECT tenant FROM lines WHERE tenant IS NOT NULL ORDER BY 1")]
+        landing location is empty or not mounted), sorted."""
+        with self._begin() as conn:
+            seen = {r[0] for r in conn.execute(sa.select(state.partitions_seen.c.tenant).distinct().where(self._where(state.partitions_seen))).all()}
+        return sorted(seen - set(self.tenants()))
 
     def vanished_among(self, tenants: Iterable[str]) -> set[str]:
         """Those of ``tenants`` without any line in the landing data now, whether the index saw
@@ -407,25 +443,31 @@ class LandingIndex:
         """Sorted ``(tenant, day)`` pairs that hold lines now, or held lines once
         (``include_emptied``: their Milvus rows must be deleted), filtered by tenant and by the
         inclusive ``start``/``end`` days (``YYYY-MM-DD``)."""
-        sql = "SELECT DISTINCT tenant, day FROM lines WHERE tenant IS NOT NULL"
-        if include_emptied:
-            sql = f"SELECT tenant, day FROM ({sql} UNION SELECT tenant, day FROM partitions_seen)"
-        args: list = []
-        clauses = []
         tenants = list(tenants or [])
-        if tenants:
-            clauses.append("tenant IN (%s)" % ",".join("?" * len(tenants)))
-            args += tenants
-        if start:
-            clauses.append("day >= ?")
-            args.append(start)
-        if end:
-            clauses.append("day <= ?")
-            args.append(end)
-        if clauses:
-            sql = f"SELECT tenant, day FROM ({sql}) WHERE " + " AND ".join(clauses)
-        with self._connect() as db:
-            return sorted(set(db.execute(sql, args)))
+        tables = [state.lines, state.partitions_seen] if include_emptied else [state.lines]
+        found: set[tuple[str, str]] = set()
+        with self._begin() as conn:
+            for table in tables:
+                clauses = [self._where(table), table.c.tenant.is_not(None)]
+                if tenants:
+                    clauses.append(table.c.tenant.in_(tenants))
+                if start:
+                    clauses.append(table.c.day >= start)
+                if end:
+                    clauses.append(table.c.day <= end)
+                found.update(tuple(r) for r in conn.execute(sa.select(table.c.tenant, table.c.day).distinct().where(*clauses)).all())
+        return sorted(found)
+
+    def _lines_of(self, conn, keys: list[tuple[str, str]], *columns, current_only: bool = False):
+        """Rows of ``columns`` of the lines of these tenant-days, in file and line order."""
+        L = state.lines
+        out = []
+        for chunk in state.batched(sorted(set(keys)), 400):
+            clauses = [self._where(L), sa.tuple_(L.c.tenant, L.c.day).in_(chunk)]
+            if current_only:
+                clauses.append(L.c.superseded_by.is_(None))
+            out += conn.execute(sa.select(*columns).where(*clauses)).all()
+        return out
 
     def read_partitions(self, keys: Iterable[tuple[str, str]], attempts: int = 3) -> dict[tuple[str, str], PartitionInput]:
         """The current input of each ``(tenant, day)``: :class:`PartitionInput` (an empty one for
@@ -446,19 +488,18 @@ class LandingIndex:
         raise AssertionError("unreachable")
 
     def _read_partitions(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], PartitionInput]:
+        L = state.lines
         out: dict[tuple[str, str], PartitionInput] = {k: PartitionInput() for k in keys}
-        with self._connect() as db:
-            db.execute("CREATE TEMP TABLE wanted (tenant TEXT, day TEXT)")
-            db.executemany("INSERT INTO wanted VALUES (?, ?)", keys)
-            located = db.execute(
-                "SELECT l.tenant, l.day, l.path, l.line, l.offset, l.length, l.digest, l.superseded_by FROM lines l "
-                "JOIN wanted w ON l.tenant = w.tenant AND l.day = w.day ORDER BY l.path, l.line"
-            ).fetchall()
+        with self._begin() as conn:
+            located = sorted(
+                self._lines_of(conn, keys, L.c.path, L.c.line, L.c.tenant, L.c.day, L.c.offset, L.c.length, L.c.digest, L.c.superseded_by),
+                key=lambda r: (r[0], r[1]),
+            )
         digests: dict[tuple[str, str], list[str]] = {k: [] for k in keys}
         handle = None
         current = None
         try:
-            for tenant, day, path, line, offset, length, digest, superseded_by in located:
+            for path, line, tenant, day, offset, length, digest, superseded_by in located:
                 key = (tenant, day)
                 if superseded_by is not None:
                     out[key].superseded.append(BadRecord(path, line, f"superseded: the same record id has a newer version at {superseded_by}", ""))
@@ -468,7 +509,7 @@ class LandingIndex:
                         handle.close()
                     current = path
                     try:
-                        handle = open(path, "rb")
+                        handle = self._open(path)
                     except FileNotFoundError:
                         handle = None
                         raise StaleIndexError(f"{path} was removed after it was indexed") from None
@@ -489,14 +530,11 @@ class LandingIndex:
         """A fingerprint of each tenant-day's current lines as indexed (superseded versions left
         out; ``""`` for a partition without lines). Equal fingerprints mean equal input; equal
         to :attr:`PartitionInput.fingerprint` of a read of the same lines."""
+        L = state.lines
         keys = list(keys)
         digests: dict[tuple[str, str], list[str]] = {k: [] for k in keys}
-        with self._connect() as db:
-            db.execute("CREATE TEMP TABLE fp_wanted (tenant TEXT, day TEXT)")
-            db.executemany("INSERT INTO fp_wanted VALUES (?, ?)", keys)
-            for tenant, day, digest in db.execute(
-                "SELECT l.tenant, l.day, l.digest FROM lines l JOIN fp_wanted w ON l.tenant = w.tenant AND l.day = w.day WHERE l.superseded_by IS NULL"
-            ):
+        with self._begin() as conn:
+            for tenant, day, digest in self._lines_of(conn, keys, L.c.tenant, L.c.day, L.c.digest, current_only=True):
                 digests[(tenant, day)].append(digest)
         return {k: _fingerprint(v) for k, v in digests.items()}
 
@@ -504,11 +542,14 @@ class LandingIndex:
         """Record that the Milvus collection ``store`` (see :func:`vector_assets.sync.store_key`)
         holds the rows of these tenant-days as of the input they were read from:
         ``{(tenant, day): (fingerprint of the lines read, rows)}``."""
-        with self._connect() as db:
-            db.executemany(
-                "INSERT OR REPLACE INTO synced VALUES (?, ?, ?, ?, ?)",
-                [(store, t, d, fp, rows) for (t, d), (fp, rows) in synced.items()],
-            )
+        rows = [{"source": self.source_key, "store": store, "tenant": t, "day": d, "fingerprint": fp, "rows": n} for (t, d), (fp, n) in synced.items()]
+        with self._begin() as conn:
+            state.upsert(conn, state.synced, rows, ["source", "store", "tenant", "day"])
+
+    def _synced(self, store: str | None) -> dict[tuple[str, str], tuple[str, int]]:
+        S = state.synced
+        with self._begin() as conn:
+            return {(t, d): (fp, n) for t, d, fp, n in conn.execute(sa.select(S.c.tenant, S.c.day, S.c.fingerprint, S.c.rows).where(self._where(S, store=store))).all()}
 
     def unsynced_partitions(self, store: str | None, start: str | None = None, end: str | None = None) -> list[tuple[str, str]]:
         """Tenant-days (with lines now, or emptied since) in ``[start, end]`` whose rows in the
@@ -518,53 +559,105 @@ class LandingIndex:
         if store is None:
             return keys
         current = self.fingerprints(keys)
-        with self._connect() as db:
-            done = {(t, d): fp for t, d, fp in db.execute("SELECT tenant, day, fingerprint FROM synced WHERE store=?", (store,))}
-        return [k for k in keys if done.get(k) != current[k]]
+        done = self._synced(store)
+        return [k for k in keys if k not in done or done[k][0] != current[k]]
 
     def synced_rows(self, store: str | None, keys: Iterable[tuple[str, str]]) -> int:
         """Records written to the collection ``store`` in these tenant-days (as recorded at their last write; a record of several passages counts once)."""
-        wanted = set(keys)
-        with self._connect() as db:
-            return sum(rows for t, d, rows in db.execute("SELECT tenant, day, rows FROM synced WHERE store=?", (store,)) if (t, d) in wanted)
+        done = self._synced(store)
+        return sum(done[k][1] for k in set(keys) if k in done)
 
     def synced_partitions(self, store: str | None) -> list[tuple[str, str]]:
         """Tenant-days whose rows were written to the collection ``store`` (so it is expected to hold them)."""
-        with self._connect() as db:
-            return sorted((t, d) for t, d in db.execute("SELECT tenant, day FROM synced WHERE store=?", (store,)))
+        return sorted(self._synced(store))
 
     def unattributed(self) -> list[tuple[str, int, str]]:
         """``(file, line, reason)`` of every line that cannot be placed in a tenant-day."""
-        with self._connect() as db:
-            return [tuple(r) for r in db.execute("SELECT path, line, reason FROM lines WHERE tenant IS NULL ORDER BY path, line")]
+        L = state.lines
+        with self._begin() as conn:
+            return sorted(tuple(r) for r in conn.execute(sa.select(L.c.path, L.c.line, L.c.reason).where(self._where(L), L.c.tenant.is_(None))).all())
 
     def lines_outside(self, start: str, end: str) -> list[tuple[str, int, str, str]]:
         """``(file, line, tenant, day)`` of every placed line whose day is outside ``[start, end]``."""
-        with self._connect() as db:
-            return [tuple(r) for r in db.execute(
-                "SELECT path, line, tenant, day FROM lines WHERE tenant IS NOT NULL AND (day < ? OR day > ?) ORDER BY path, line", (start, end)
-            )]
+        L = state.lines
+        with self._begin() as conn:
+            return sorted(tuple(r) for r in conn.execute(
+                sa.select(L.c.path, L.c.line, L.c.tenant, L.c.day).where(self._where(L), L.c.tenant.is_not(None), sa.or_(L.c.day < start, L.c.day > end))
+            ).all())
 
     def line_text(self, path: str, line: int) -> str:
-        """The raw text of one indexed line (for quarantine files); ``""`` if not indexed."""
-        with self._connect() as db:
-            row = db.execute("SELECT offset, length FROM lines WHERE path=? AND line=?", (path, line)).fetchone()
+        """The raw text of one indexed line (for quarantine reports); ``""`` if not indexed."""
+        L = state.lines
+        with self._begin() as conn:
+            row = conn.execute(sa.select(L.c.offset, L.c.length).where(self._where(L, path=path, line=line))).first()
         if not row:
             return ""
-        with open(path, "rb") as fh:
+        with self._open(path) as fh:
             fh.seek(row[0])
             return fh.read(row[1]).decode("utf-8", "replace").rstrip("\n")
 
     def line_counts(self) -> dict[tuple[str, str], int]:
         """``{(tenant, day): lines}`` of every tenant-day that holds lines now (what a run of it
         reads; used to balance runs across workers)."""
-        with self._connect() as db:
-            return {(t, d): n for t, d, n in db.execute("SELECT tenant, day, COUNT(*) FROM lines WHERE tenant IS NOT NULL GROUP BY tenant, day")}
+        L = state.lines
+        with self._begin() as conn:
+            return {(t, d): n for t, d, n in conn.execute(sa.select(L.c.tenant, L.c.day, sa.func.count()).where(self._where(L), L.c.tenant.is_not(None)).group_by(L.c.tenant, L.c.day)).all()}
 
     def count_lines(self) -> int:
         """Number of non-blank lines indexed."""
-        with self._connect() as db:
-            return db.execute("SELECT COUNT(*) FROM lines").fetchone()[0]
+        with self._begin() as conn:
+            return conn.execute(sa.select(sa.func.count()).select_from(state.lines).where(self._where(state.lines))).scalar()
+
+    # ---- quarantine reports ------------------------------------------------------------------
+
+    def write_quarantine(self, reports: dict[tuple[str, str], list[BadRecord]]) -> int:
+        """Replace the quarantine reports of these tenant-days, in one transaction:
+        ``{(tenant, day): bad lines}`` (``("", "")``: the lines that fit no tenant-day), one row
+        per bad line with its file, line, reason and raw text (at most 2,000 characters); an
+        empty list clears the tenant-day's report. Returns the rows written."""
+        Q = state.quarantine
+        rows = {}
+        for (tenant, day), bad in reports.items():
+            for item in bad:
+                rows[(tenant, day, item.path, item.line)] = {
+                    "source": self.source_key, "tenant": tenant, "day": day, "file": item.path, "line": item.line,
+                    "reason": item.reason, "raw": (item.raw or "")[:2000],
+                }
+        with self._begin() as conn:
+            for chunk in state.batched(sorted(reports), 400):
+                conn.execute(sa.delete(Q).where(self._where(Q), sa.tuple_(Q.c.tenant, Q.c.day).in_(chunk)))
+            for chunk in state.batched(list(rows.values()), 2000):
+                conn.execute(sa.insert(Q), chunk)
+        return len(rows)
+
+    def quarantined(self, tenant: str | None = None, day: str | None = None) -> list[dict]:
+        """The quarantine reports: ``{"tenant", "day", "file", "line", "reason", "raw"}`` dicts
+        sorted by tenant, day, file and line; of one tenant (and day) when given, the lines
+        that fit no tenant-day with ``tenant=""``."""
+        Q = state.quarantine
+        clauses = [self._where(Q)]
+        if tenant is not None:
+            clauses.append(Q.c.tenant == tenant)
+        if day is not None:
+            clauses.append(Q.c.day == day)
+        with self._begin() as conn:
+            found = conn.execute(sa.select(Q.c.tenant, Q.c.day, Q.c.file, Q.c.line, Q.c.reason, Q.c.raw).where(*clauses)).all()
+        return [dict(zip(("tenant", "day", "file", "line", "reason", "raw"), r)) for r in sorted(found)]
+
+    def import_sqlite_index(self, old_path: Path) -> tuple[int, int]:
+        """Carry the sync marks and the tenant-days seen of a landing index file of before the
+        state database (``landing_index-<hash>.sqlite``) into this source's rows. Returns
+        ``(sync marks, tenant-days seen)`` imported. The lines are not imported: the next
+        refresh re-reads the landing files."""
+        import sqlite3
+
+        with contextlib.closing(sqlite3.connect(old_path)) as old:
+            synced = old.execute("SELECT store, tenant, day, fingerprint, rows FROM synced").fetchall()
+            seen = old.execute("SELECT tenant, day FROM partitions_seen").fetchall()
+        with self._begin() as conn:
+            state.upsert(conn, state.synced, [dict(source=self.source_key, store=s, tenant=t, day=d, fingerprint=fp, rows=n) for s, t, d, fp, n in synced], ["source", "store", "tenant", "day"])
+            state.upsert(conn, state.partitions_seen, [dict(source=self.source_key, tenant=t, day=d) for t, d in seen], ["source", "tenant", "day"])
+        return len(synced), len(seen)
 
 
 # ---- git repositories ----------------------------------------------------------------------

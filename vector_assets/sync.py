@@ -96,29 +96,6 @@ class PartitionResult:
         return len(self.quarantined) - self.superseded
 
 
-def quarantine_path(directory: Path, tenant: str, day: str) -> Path:
-    """The quarantine file of one tenant-day (see :func:`write_quarantine`)."""
-    return Path(directory) / safe_name(tenant) / f"{day}.jsonl"
-
-
-def write_quarantine(directory: Path, tenant: str, day: str, bad: list[BadRecord]) -> Path | None:
-    """Write (replace) the quarantine file of one tenant-day; remove it when nothing is bad.
-
-    Path: ``<directory>/<safe_name(tenant)>/<day>.jsonl`` (:func:`vector_assets.records.safe_name`:
-    bounded, never outside ``directory``), one JSON object per bad record with ``file``,
-    ``line``, ``reason`` and ``raw``. Returns the path, or None if removed.
-    """
-    path = quarantine_path(directory, tenant, day)
-    if not bad:
-        path.unlink(missing_ok=True)
-        return None
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as fh:
-        for item in bad:
-            fh.write(json.dumps(item.as_dict()) + "\n")
-    return path
-
-
 def _rows(texts: list[ExtractedText], vectors: np.ndarray, model_id: str, now: int) -> list[dict]:
     return [
         {
@@ -184,7 +161,6 @@ def sync_partitions(
     index: LandingIndex,
     embedder: Embedder,
     milvus,
-    quarantine_dir: Path,
     before_write: Callable[[PartitionResult, list[ExtractedText], np.ndarray, np.ndarray], bool] | None = None,
     log: Callable[[str], None] = lambda msg: None,
     after_extract: Callable[[dict[PartitionKey, PartitionResult]], None] | None = None,
@@ -199,7 +175,6 @@ def sync_partitions(
         embedder: the model (loaded only if some text needs embedding).
         milvus: a :class:`~vector_assets.resources.MilvusResource` (``get_client``,
             ``collection_for``, ``ensure_collection``).
-        quarantine_dir: folder of the per-partition quarantine files.
         before_write: optional gate called per partition with the texts to write, their raw
             (pre-normalisation) and normalised ``(n, dim)`` vectors; returning False skips that
             partition's write (blocking checks).
@@ -223,8 +198,8 @@ def sync_partitions(
     keys = list(keys)
     results = extract_partitions(index, keys)
     vanished = set() if delete_vanished else index.vanished_among(t for t, _ in keys)
-    for result in results.values():
-        write_quarantine(quarantine_dir, result.tenant, result.day, result.quarantined)
+    # Each tenant-day's quarantine report, replaced (cleared when nothing is bad), in one transaction.
+    index.write_quarantine({(r.tenant, r.day): r.quarantined for r in results.values()})
     if after_extract is not None:
         after_extract(results)
     timings = timings if timings is not None else {}

@@ -11,14 +11,13 @@ the counts and the lines that fit no tenant-day. All of them carry the same data
 
 
 import datetime as dt
-import json
-
 import dagster as dg
 from dagster._core.definitions.data_version import CODE_VERSION_TAG, DATA_VERSION_IS_USER_PROVIDED_TAG, DATA_VERSION_TAG
 
 from .. import settings
 from ..checks.evaluate import md_cell
 from ..keys import LANDING_INDEX
+from ..records import BadRecord
 from ..partitions import TENANTS, in_window
 from ..resources import LandingResource
 
@@ -27,7 +26,7 @@ def _bad_lines_table(rows: list[tuple[str, int, str]], limit: int = 50) -> str:
     lines = ["| file | line | reason |", "|---|---:|---|"]
     lines += [f"| {md_cell(path)} | {line} | {md_cell(reason)} |" for path, line, reason in rows[:limit]]
     if len(rows) > limit:
-        lines.append(f"| … {len(rows) - limit} more in the quarantine file | | |")
+        lines.append(f"| … {len(rows) - limit} more: `vector-assets quarantine --unattributed` | | |")
     return "\n".join(lines)
 
 
@@ -39,7 +38,7 @@ def refresh_metadata(instance: dg.DagsterInstance, landing: LandingResource, rep
     """Metadata of one refresh of the landing index (``report``: the refresh's
     :class:`~vector_assets.landing.RefreshReport`): counts, tenants registered now (new tenants
     are added to the dynamic partitions here), the lines that fit no tenant-day (also written
-    to ``_unattributed.jsonl`` in the quarantine folder) and records outside the window.
+    to the quarantine reports of the state database, tenant ``""``) and records outside the window.
     ``log`` (a Dagster logger) gets a warning per problem.
     """
     index = landing.index()
@@ -54,11 +53,7 @@ def refresh_metadata(instance: dg.DagsterInstance, landing: LandingResource, rep
     unsupported = index.unsupported_files()
     vanished = index.vanished_tenants()
     unattributed = index.unattributed()
-    qdir = landing.quarantine_dir()
-    qdir.mkdir(parents=True, exist_ok=True)
-    with open(qdir / "_unattributed.jsonl", "w", encoding="utf-8") as fh:
-        for path, line, reason in unattributed:
-            fh.write(json.dumps({"file": path, "line": line, "reason": reason, "raw": index.line_text(path, line)[:2000]}) + "\n")
+    index.write_quarantine({("", ""): [BadRecord(path, line, reason, index.line_text(path, line)[:2000]) for path, line, reason in unattributed]})
     if log is not None:
         for path in unsupported:
             log.warning(f"{path}: compressed files are not read; decompress it into the landing directory")
@@ -84,7 +79,7 @@ def refresh_metadata(instance: dg.DagsterInstance, landing: LandingResource, rep
         "vanished_tenants": ", ".join(vanished) or "none",
         "unattributed_lines": len(unattributed),
         "unattributed": dg.MetadataValue.md(_bad_lines_table(unattributed)) if unattributed else "none",
-        "quarantine_file": str(qdir / "_unattributed.jsonl"),
+        "quarantine_report": "vector-assets quarantine --unattributed",
     }
 
 
@@ -113,7 +108,7 @@ def record_refresh(instance: dg.DagsterInstance, landing: LandingResource, repor
 
 @dg.asset(
     group_name="ingestion",
-    kinds={"sqlite", "json"},
+    kinds={"sql", "json"},
     code_version=INDEX_DATA_VERSION,
     description=(
         "Index of the landing directory's JSONL files (and exported git repositories) by tenant "

@@ -99,7 +99,7 @@ def _quarantine_table(result: PartitionResult, limit: int = 20, bad_only: bool =
     rows = ["| reason | line | file |", "|---|---:|---|"]
     rows += [f"| {evaluate.md_cell(b.reason)} | {b.line} | {evaluate.md_cell(PurePath(b.path).name)} |" for b in lines[:limit]]
     if len(lines) > limit:
-        rows.append(f"| … {len(lines) - limit} more (see the tenant-day's quarantine file) | | |")
+        rows.append(f"| … {len(lines) - limit} more: `vector-assets quarantine --tenant {result.tenant} --day {result.day}` | | |")
     return "\n".join(rows)
 
 
@@ -227,7 +227,7 @@ def tenant_day_vectors(
     cpu_before = embedding_model.stats.cpu_seconds
     try:
         results = sync_partitions(
-            keys, index, embedding_model, milvus, landing.quarantine_dir(), before_write=gate, log=context.log.info,
+            keys, index, embedding_model, milvus, before_write=gate, log=context.log.info,
             after_extract=validate_texts, timings=timings, delete_vanished=config.delete_vanished_tenants,
         )
     except milvus_store.SourceMismatchError as err:
