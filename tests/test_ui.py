@@ -224,3 +224,45 @@ def test_a_ui_backfill_is_green_materialises_every_tenant_day_and_shows_its_chec
     index = ui.gql("""{ assetOrError(assetKey: {path: ["landing_index"]}) { ... on Asset { assetMaterializations(limit: 1) { metadataEntries { label ... on IntMetadataEntry { intValue } } } } } }""")
     entries = {e["label"]: e.get("intValue") for e in index["assetOrError"]["assetMaterializations"][0]["metadataEntries"]}
     assert entries["tenants"] == 2 and entries["unattributed_lines"] == 0
+
+
+def _run_facts(ui: UI, run_id: str) -> dict:
+    """What makes a run's kind, as the webserver reports it: its tags, its code location, and
+    the event types its log starts with (queued, then launched by the launcher)."""
+    data = ui.gql(
+        """query($id: ID!) { runOrError(runId: $id) { ... on Run { status tags { key value } repositoryOrigin { repositoryLocationName }
+            eventConnection(afterCursor: null, limit: 60) { events { __typename } } } } }""",
+        {"id": run_id},
+    )["runOrError"]
+    return {
+        "status": data["status"],
+        "tags": {t["key"]: t["value"] for t in data["tags"]},
+        "location": data["repositoryOrigin"]["repositoryLocationName"],
+        "events": [e["__typename"] for e in data["eventConnection"]["events"]],
+    }
+
+
+def test_a_cli_backfill_makes_the_same_kind_of_runs_as_a_ui_backfill(ui):
+    """Issue #19 item 3: `vector-assets backfill` submits its runs through the instance: with
+    the UI's daemon running it starts none of its own, and its run is queued and launched as a
+    UI backfill's run is (same code location, run queue, launcher, partition-range tags)."""
+    ui_runs = ui.gql('{ runsOrError(filter: {tags: [{key: "dagster/asset_partition_range_start", value: "2024-07-01|HADOOP"}]}) { ... on Runs { results { runId tags { key value } } } } }')
+    ui_run = next(r["runId"] for r in ui_runs["runsOrError"]["results"] if any(t["key"] == "dagster/backfill" for t in r["tags"]))
+    cli = subprocess.run(
+        [str(Path(sys.executable).parent / "vector-assets"), "backfill", "--all", "--tenant", "HADOOP", "--start", "2024-07-01", "--end", "2024-07-03"],
+        env=ui.env, cwd=REPO, capture_output=True, text=True, timeout=600,
+    )
+    assert cli.returncode == 0, cli.stdout[-2000:] + cli.stderr[-2000:]
+    assert "starting dagster-daemon" not in cli.stdout  # the UI's daemon dequeued the run
+    runs = ui.gql('{ runsOrError(filter: {tags: [{key: "vector_assets/launched_by", value: "cli-backfill"}]}) { ... on Runs { results { runId } } } }')
+    (cli_run,) = [r["runId"] for r in runs["runsOrError"]["results"]]
+    ui_facts, cli_facts = _run_facts(ui, ui_run), _run_facts(ui, cli_run)
+    for facts in (ui_facts, cli_facts):
+        assert facts["status"] == "SUCCESS" and facts["location"] == "vector_assets"
+        events = facts["events"]
+        assert "RunEnqueuedEvent" in events and "RunDequeuedEvent" in events and "RunStartingEvent" in events, events
+        assert events.index("RunEnqueuedEvent") < events.index("RunDequeuedEvent") < events.index("RunStartingEvent"), events
+        assert "dagster/grpc_info" in facts["tags"]  # launched by the instance's run launcher
+    assert cli_facts["tags"]["dagster/asset_partition_range_start"] == "2024-07-01|HADOOP"
+    assert cli_facts["tags"]["dagster/asset_partition_range_end"] == "2024-07-03|HADOOP"
+    assert {k for k in ui_facts["tags"] if k.startswith("dagster/asset_partition_range")} == {k for k in cli_facts["tags"] if k.startswith("dagster/asset_partition_range")}

@@ -26,20 +26,6 @@ def _date(value: str) -> str:
     except ValueError:
         raise argparse.ArgumentTypeError(f"{value!r} is not a date (YYYY-MM-DD)") from None
 
-def _sum_metadata(result) -> dict[str, float]:
-    totals: dict[str, float] = defaultdict(float)
-    for event in result.get_asset_materialization_events():
-        mat = event.event_specific_data.materialization
-        key = mat.asset_key.to_user_string()
-        for name, value in mat.metadata.items():
-            if isinstance(getattr(value, "value", None), (int, float)) and not isinstance(value.value, bool):
-                totals[f"{key}.{name}"] += value.value
-        totals[f"{key}.partitions"] += 1
-    return totals
-
-
-_JOB = None
-
 
 def root_cause(error) -> str:
     """The first line of the outermost error of a Dagster :class:`SerializableErrorInfo`'s
@@ -57,144 +43,105 @@ def root_cause(error) -> str:
     return text[:300]
 
 
-def _check_errors(result) -> list[tuple[str, str]]:
-    """``(check name, tenant-day)`` of every check evaluation of a run that failed at ERROR (one
-    evaluation per check and tenant-day)."""
-    import dagster as dg
-
-    return [(e.check_name, e.partition) for e in result.get_asset_check_evaluations() if not e.passed and e.severity == dg.AssetCheckSeverity.ERROR]
-
-
-def _run_one(spec: tuple[str, str, str, int], delete_vanished: bool = False) -> tuple[tuple, bool, str, dict, float, list, str]:
-    """Execute one run of the tenant-day vectors job over ``spec``'s day range (in this process).
-
-    Returns ``(spec, success, run id, summed metadata, seconds, check errors, failure message)``.
-    """
-    global _JOB
-    from . import runs
-
-    if _JOB is None:
-        instance = settings.dagster_instance()
-        from .definitions import defs
-
-        _JOB = (defs.resolve_job_def("tenant_day_vectors_job"), instance)
-    job, instance = _JOB
-    tenant, first, last, _ = spec
-    started = time.perf_counter()
-    result = job.execute_in_process(
-        instance=instance,
-        tags={
-            "dagster/asset_partition_range_start": f"{first}|{tenant}",
-            "dagster/asset_partition_range_end": f"{last}|{tenant}",
-            "vector_assets/launched_by": "cli-backfill",
-            **runs.process_tags(),
-        },
-        run_config={
-            "loggers": {"console": {"config": {"log_level": "WARNING"}}},
-            "ops": {"tenant_day_vectors": {"config": {"delete_vanished_tenants": delete_vanished}}},
-        },
-        raise_on_error=False,
-    )
-    message = ""
-    if not result.success:
-        for event in result.all_events:
-            if event.is_step_failure and event.step_failure_data.error is not None:
-                message = root_cause(event.step_failure_data.error)
-                break
-    return spec, result.success, result.run_id, dict(_sum_metadata(result)), time.perf_counter() - started, _check_errors(result), message
-
-
-def _init_worker(threads: int) -> None:
-    import signal
-
-    import torch
-
-    # Ctrl-C reaches every process of the terminal's group: the parent decides (it interrupts
-    # the runs in progress and stops), a worker between runs ignores it.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    torch.set_num_threads(threads)
-    logging.getLogger("dagster").setLevel(logging.WARNING)
-
-
-#: Seconds the runs in progress get to stop after SIGINT/SIGTERM before their processes are killed.
-STOP_GRACE_S = 10.0
+#: Seconds the runs in progress get to stop after SIGINT/SIGTERM (they are cancelled through
+#: the instance) before the command gives up waiting for them.
+STOP_GRACE_S = 30.0
 
 
 class _Stop:
-    """Set by SIGINT/SIGTERM in the parent: no further run starts."""
+    """Set by SIGINT/SIGTERM in the command: no further run is submitted."""
 
     signal: str | None = None
 
 
-def _execute_runs(runs: list, workers: int, delete_vanished: bool, on_worker_lost, on_wait=lambda seconds: None):
-    """Yield each run's outcome (see :func:`_run_one`) as it finishes, executed in a pool of
-    ``workers`` processes (each loads the model once and gets an equal share of the CPU
-    threads).
-
-    A worker that dies (killed, out of memory) breaks the pool: ``on_worker_lost()`` is called
-    (it fails the dead runs and frees their pool slots), and the runs not finished are submitted
-    again to a new pool, twice at most; after that they are yielded as failed. After SIGINT or
-    SIGTERM (:class:`_Stop`), runs not started are not started, and the workers are
-    interrupted (their runs fail as interrupted). ``on_wait(seconds)`` is called each minute
-    in which no run finished (to say what the backfill waits for).
-    """
-    import concurrent.futures
-    import multiprocessing
+def _run_tags(tenant: str, first: str, last: str, backfill_id: str) -> dict[str, str]:
+    """The tags of one run of a CLI backfill: the tenant-day range (as a UI backfill's runs
+    carry it), the backfill it belongs to and the process that follows it."""
     import os
-    import signal
-    from concurrent.futures.process import BrokenProcessPool
+    import socket
 
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    pending = list(runs)
-    for attempt in range(3):
-        if not pending or _Stop.signal:
-            break
-        lost = []
-        pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker, initargs=(threads,))
-        try:
-            futures = {pool.submit(_run_one, spec, delete_vanished): spec for spec in pending}
-            waiting = set(futures)
-            interrupted = False
-            last_progress = time.monotonic()
-            while waiting:
-                done, waiting = concurrent.futures.wait(waiting, timeout=1.0, return_when=concurrent.futures.FIRST_COMPLETED)
-                if done:
-                    last_progress = time.monotonic()
-                elif time.monotonic() - last_progress >= 60:
-                    on_wait(time.monotonic() - last_progress)
-                    last_progress = time.monotonic()
-                for future in done:
-                    if future.cancelled():
-                        continue
-                    try:
-                        yield future.result()
-                    except BrokenProcessPool:
-                        lost.append(futures[future])
-                if _Stop.signal and not interrupted:
-                    interrupted = time.monotonic()
-                    for future in waiting:
-                        future.cancel()
-                    for process in list(getattr(pool, "_processes", {}).values()):
-                        with contextlib.suppress(ProcessLookupError):
-                            os.kill(process.pid, signal.SIGINT)
-                    waiting = {f for f in waiting if not f.cancelled()}
-                elif interrupted and waiting and time.monotonic() - interrupted > STOP_GRACE_S:
-                    # A run that does not stop on SIGINT (one waiting for a pool slot inside
-                    # Dagster ignored it and spun: issue #17 item 6) is killed; its run is failed
-                    # and its slot freed by on_worker_lost (fail_dead_runs).
-                    for process in list(getattr(pool, "_processes", {}).values()):
-                        with contextlib.suppress(ProcessLookupError):
-                            os.kill(process.pid, signal.SIGKILL)
-                    interrupted = float("inf")
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
-        if not lost:
-            break
-        on_worker_lost(len(lost), attempt)
-        pending = lost
-    else:
-        for spec in pending:
-            yield spec, False, "", {}, 0.0, [], "a worker process died three times running this run"
+    from . import launch
+
+    return {
+        "dagster/asset_partition_range_start": f"{first}|{tenant}",
+        "dagster/asset_partition_range_end": f"{last}|{tenant}",
+        "vector_assets/launched_by": "cli-backfill",
+        "vector_assets/cli_backfill": backfill_id,
+        launch.CLI_PID_TAG: str(os.getpid()),
+        launch.CLI_HOST_TAG: socket.gethostname(),
+    }
+
+
+def _launch_runs(plan: list, workers: int, delete_vanished: bool, instance, on_wait=lambda seconds: None):
+    """Submit the planned runs through the Dagster instance (its run coordinator and run
+    launcher, :mod:`vector_assets.launch`) with at most ``workers`` of them unfinished at a time,
+    and yield each one's outcome as it finishes: ``(spec, success, run id, summed metadata,
+    seconds, check errors, failure message)``.
+
+    A daemon dequeues them (one is started for the command's duration when none runs). After
+    SIGINT or SIGTERM (:class:`_Stop`) no run is submitted any more and the runs submitted and
+    not finished are cancelled through the run coordinator (queued ones never start, started
+    ones are terminated by the launcher); their outcomes are still yielded. ``on_wait(seconds)``
+    is called each minute in which no run finished.
+
+    A run whose process dies (killed, out of memory) is failed by
+    :func:`vector_assets.runs.fail_dead_runs` (its pool slot freed) and submitted again, once;
+    a second death is yielded as a failure.
+    """
+    import uuid
+
+    import dagster as dg
+
+    from . import launch
+    from . import runs as run_state
+
+    backfill_id = uuid.uuid4().hex[:8]
+    run_config = {
+        "loggers": {"console": {"config": {"log_level": "WARNING"}}},
+        "ops": {"tenant_day_vectors": {"config": {"delete_vanished_tenants": delete_vanished}}},
+    }
+    pending = list(plan)
+    active: dict[str, tuple] = {}
+    attempts: dict[tuple, int] = {}
+    cancelled = None
+    with launch.daemon_kept(instance, say=lambda m: print(m, flush=True)) as daemon, launch.workspace(instance) as context:
+        last_progress = last_check = time.monotonic()
+        while pending or active:
+            if time.monotonic() - last_check >= 5:
+                last_check = time.monotonic()
+                daemon.ensure()
+                run_state.fail_dead_runs(instance)
+            if _Stop.signal and cancelled is None:
+                cancelled = time.monotonic()
+                pending = []
+                for run_id in list(active):
+                    instance.run_coordinator.cancel_run(run_id)
+            while pending and len(active) < workers and not _Stop.signal:
+                spec = pending.pop(0)
+                tenant, first, last, _ = spec
+                run = launch.create_run(instance, context, run_config, _run_tags(tenant, first, last, backfill_id))
+                instance.submit_run(run.run_id, context)
+                active[run.run_id] = spec
+                attempts[spec] = attempts.get(spec, 0) + 1
+            finished = [r for r in instance.get_runs(dg.RunsFilter(run_ids=list(active))) if r.is_finished] if active else []
+            for run in finished:
+                spec = active.pop(run.run_id)
+                result = launch.outcome(instance, run, root_cause)
+                last_progress = time.monotonic()
+                if run.status == dg.DagsterRunStatus.FAILURE and "is gone; marked failed" in result.message and attempts[spec] < 2 and not _Stop.signal:
+                    print(f"the process of run {run.run_id} ({spec[0]} {spec[1]}..{spec[2]}) died: submitted again", file=sys.stderr, flush=True)
+                    pending.insert(0, spec)
+                    continue
+                yield spec, run.status == dg.DagsterRunStatus.SUCCESS, run.run_id, result.sums, result.seconds, result.check_errors, result.message or f"run {run.status.value.lower()}"
+            if cancelled is not None and active and time.monotonic() - cancelled > STOP_GRACE_S:
+                for run_id, spec in active.items():
+                    yield spec, False, run_id, {}, 0.0, [], f"still running {STOP_GRACE_S:.0f}s after it was cancelled"
+                active = {}
+            if time.monotonic() - last_progress >= 60:
+                on_wait(time.monotonic() - last_progress)
+                last_progress = time.monotonic()
+            if not finished:
+                time.sleep(0.5)
 
 
 def _milvus():
@@ -217,6 +164,11 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     instance = settings.dagster_instance()
     print(f"landing: {settings.landing_dir()}  milvus: {settings.milvus_uri()}  DAGSTER_HOME: {instance.root_directory}", flush=True)
+    from . import launch
+
+    orphaned = launch.cancel_orphaned_runs(instance)
+    if orphaned:
+        print(f"cancelled {len(orphaned)} queued runs whose backfill command is gone: {', '.join(orphaned)}", flush=True)
     dead = run_state.fail_dead_runs(instance)
     if dead:
         print(f"marked {len(dead)} runs failed whose process is gone (their pool slots are free again): {', '.join(dead)}", flush=True)
@@ -347,11 +299,6 @@ def cmd_backfill(args: argparse.Namespace) -> int:
 
     previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
 
-    def worker_lost(count: int, attempt: int) -> None:
-        failed_runs = run_state.fail_dead_runs(instance)
-        again = "submitted again" if attempt < 2 else "given up"
-        print(f"a worker process died: {count} runs not finished ({again}); {len(failed_runs)} dead runs marked failed", file=sys.stderr, flush=True)
-
     def waiting(seconds: float) -> None:
         holders = run_state.pool_holders(instance)
         held = ", ".join(f"{run_id} ({status})" for run_id, status in holders) or "none"
@@ -370,7 +317,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
             run_state.free_slots_of_finished_runs(instance)
             time.sleep(1.0)
         workers = max(1, min(args.workers, len(plan)))
-        for spec, ok, run_id, sums, seconds, errors, message in _execute_runs(plan, workers, args.delete_vanished_tenants, worker_lost, waiting):
+        for spec, ok, run_id, sums, seconds, errors, message in (_launch_runs(plan, workers, args.delete_vanished_tenants, instance, waiting) if plan else ()):
             finished += 1
             tenant, first, last, n_days = spec
             for name, value in sums.items():
@@ -722,7 +669,7 @@ def build_parser() -> argparse.ArgumentParser:
     bf.add_argument("--end", type=_date, help="last day (YYYY-MM-DD, inclusive)")
     bf.add_argument("--max-partitions-per-run", type=int, default=None, help="tenant-days per run (default: the backfill policy's)")
     bf.add_argument("--all", action="store_true", help="re-run every tenant-day, also those unchanged since they were written")
-    bf.add_argument("--workers", type=int, default=1, help="runs executed at once, each in its own process (default 1)")
+    bf.add_argument("--workers", type=int, default=1, help="runs submitted and not finished at once (default 1); the instance's run queue limits still apply (dagster.yaml)")
     bf.add_argument("--delete-vanished-tenants", action="store_true", help="delete the rows of tenants that have no line in the landing data any more (refused by default)")
     bf.add_argument("--rebind-landing", action="store_true", help="bind the collection to this landing directory when another one wrote it (the folder moved; with --all, rows the new folder lacks are deleted)")
     bf.set_defaults(func=cmd_backfill)
