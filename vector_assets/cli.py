@@ -72,6 +72,17 @@ def _run_tags(tenant: str, first: str, last: str, backfill_id: str) -> dict[str,
     }
 
 
+#: How a run's failure reads when its process died rather than its code failing: failed by
+#: :func:`vector_assets.runs.fail_dead_runs`; Dagster's own words when the code server saw its
+#: run worker killed (``dagster._utils.get_run_crash_explanation``); a Celery worker lost mid-step.
+PROCESS_DIED = ("is gone; marked failed", "was terminated by signal", "unexpectedly exited with code", "WorkerLostError")
+
+
+def _process_died(message: str) -> bool:
+    """Whether a run's failure ``message`` says that its process died (see :data:`PROCESS_DIED`)."""
+    return any(marker in message for marker in PROCESS_DIED)
+
+
 def _launch_runs(plan: list, workers: int, delete_vanished: bool, instance, on_wait=lambda seconds: None):
     """Submit the planned runs through the Dagster instance (its run coordinator and run
     launcher, :mod:`vector_assets.launch`) with at most ``workers`` of them unfinished at a time,
@@ -84,9 +95,9 @@ def _launch_runs(plan: list, workers: int, delete_vanished: bool, instance, on_w
     ones are terminated by the launcher); their outcomes are still yielded. ``on_wait(seconds)``
     is called each minute in which no run finished.
 
-    A run whose process dies (killed, out of memory) is failed by
-    :func:`vector_assets.runs.fail_dead_runs` (its pool slot freed) and submitted again, once;
-    a second death is yielded as a failure.
+    A run whose process dies (killed, out of memory; :func:`_process_died`) is failed (by
+    Dagster, or by :func:`vector_assets.runs.fail_dead_runs`), its pool slot freed, and it is
+    submitted again, once; a second death is yielded as a failure.
     """
     import uuid
 
@@ -111,6 +122,7 @@ def _launch_runs(plan: list, workers: int, delete_vanished: bool, instance, on_w
                 last_check = time.monotonic()
                 daemon.ensure()
                 run_state.fail_dead_runs(instance)
+                run_state.free_slots_of_finished_runs(instance)
             if _Stop.signal and cancelled is None:
                 cancelled = time.monotonic()
                 pending = []
@@ -128,8 +140,8 @@ def _launch_runs(plan: list, workers: int, delete_vanished: bool, instance, on_w
                 spec = active.pop(run.run_id)
                 result = launch.outcome(instance, run, root_cause)
                 last_progress = time.monotonic()
-                if run.status == dg.DagsterRunStatus.FAILURE and "is gone; marked failed" in result.message and attempts[spec] < 2 and not _Stop.signal:
-                    print(f"the process of run {run.run_id} ({spec[0]} {spec[1]}..{spec[2]}) died: submitted again", file=sys.stderr, flush=True)
+                if run.status == dg.DagsterRunStatus.FAILURE and _process_died(result.message) and attempts[spec] < 2 and not _Stop.signal:
+                    print(f"the process of run {run.run_id} ({spec[0]} {spec[1]}..{spec[2]}) died ({result.message[:160]}): submitted again", file=sys.stderr, flush=True)
                     pending.insert(0, spec)
                     continue
                 yield spec, run.status == dg.DagsterRunStatus.SUCCESS, run.run_id, result.sums, result.seconds, result.check_errors, result.message or f"run {run.status.value.lower()}"

@@ -21,6 +21,28 @@ os.environ.setdefault("DAGSTER_EVENT_BATCH_SIZE", "1000")
 # every process; for Postgres, `make dev` exports it to the webserver and daemon).
 os.environ.setdefault("DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS", "true")
 
+
+
+def executor_from_env():
+    """The executor of every job: Dagster's default (steps in subprocesses of the run's
+    process) unless ``VECTOR_ASSETS_EXECUTOR=celery``: then dagster-celery's, with the broker
+    and backend of ``deploy/celery/celery.yaml`` (``VECTOR_ASSETS_CELERY_BROKER``,
+    ``VECTOR_ASSETS_CELERY_BACKEND``), whose workers execute the steps wherever they run
+    (README, "Scaling out"). Raises ValueError for another value."""
+    kind = os.environ.get("VECTOR_ASSETS_EXECUTOR", "").strip()
+    if kind in ("", "default"):
+        return None
+    if kind != "celery":
+        raise ValueError(f"VECTOR_ASSETS_EXECUTOR={kind!r}: one of default, celery")
+    from dagster_celery import celery_executor
+    from dagster_shared.yaml_utils import load_yaml_from_path
+
+    from .settings import REPO_ROOT
+
+    config = load_yaml_from_path(str(REPO_ROOT / "deploy" / "celery" / "celery.yaml"))["execution"]["config"]
+    return celery_executor.configured(config, name="celery")
+
+
 defs = dg.Definitions(
     assets=all_assets,
     asset_checks=all_checks,
@@ -28,4 +50,5 @@ defs = dg.Definitions(
     sensors=all_sensors,
     schedules=all_schedules,
     resources=default_resources(),
+    executor=executor_from_env(),
 )

@@ -219,6 +219,9 @@ def outcome(instance: dg.DagsterInstance, run: dg.DagsterRun, root_cause) -> Run
                 errors.append((evaluation.asset_check_key.name, evaluation.partition))
         elif event.event_type == dg.DagsterEventType.STEP_FAILURE and not message and event.step_failure_data.error is not None:
             message = root_cause(event.step_failure_data.error)
+        elif event.event_type == dg.DagsterEventType.ENGINE_EVENT and not message and "Run execution process for" in (record.message or ""):
+            # The code server saw the run's process die (killed, out of memory): Dagster's own words.
+            message = record.message.replace("[DagsterApiServer] ", "")[:300]
         elif event.event_type == dg.DagsterEventType.RUN_FAILURE and not message:
             data = event.event_specific_data
             message = root_cause(data.error) if getattr(data, "error", None) is not None else (event.message or "")

@@ -17,8 +17,10 @@ import socket
 
 import dagster as dg
 
-#: Run tags naming the process that executes the run's tenant-day step, and its host.
+#: Run tags naming the process that executes the run's tenant-day step, its parent (the run
+#: worker that started the step's process, or a Celery worker's main process) and its host.
 PID_TAG = "vector_assets/pid"
+PARENT_PID_TAG = "vector_assets/parent_pid"
 HOST_TAG = "vector_assets/host"
 
 #: The pool of runs that write to Milvus (the tenant-day step's ``pool``).
@@ -26,8 +28,8 @@ POOL = "milvus_writes"
 
 
 def process_tags() -> dict[str, str]:
-    """``{PID_TAG: this process's pid, HOST_TAG: this host's name}``."""
-    return {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
+    """``{PID_TAG: this process's pid, PARENT_PID_TAG: its parent's, HOST_TAG: this host's name}``."""
+    return {PID_TAG: str(os.getpid()), PARENT_PID_TAG: str(os.getppid()), HOST_TAG: socket.gethostname()}
 
 
 def pid_alive(pid: int) -> bool:
@@ -49,13 +51,19 @@ def pid_alive(pid: int) -> bool:
 
 def fail_dead_runs(instance: dg.DagsterInstance) -> list[str]:
     """Mark as failed every unfinished run of this host whose recorded process is gone, and
-    free the pool slots it holds. Returns the run ids failed (empty when none)."""
+    free the pool slots it holds. Returns the run ids failed (empty when none).
+
+    A run whose step process died while the process that started it lives (the run worker of
+    Dagster's multiprocess executor, a Celery worker) is left alone: Dagster retries the step
+    there (the step's retry policy), or fails the run itself."""
     host = socket.gethostname()
     statuses = [dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.CANCELING]
     failed = []
     for run in instance.get_runs(dg.RunsFilter(statuses=statuses)):
-        pid = run.tags.get(PID_TAG, "")
+        pid, parent = run.tags.get(PID_TAG, ""), run.tags.get(PARENT_PID_TAG, "")
         if run.tags.get(HOST_TAG) != host or not pid.isdigit() or pid_alive(int(pid)):
+            continue
+        if parent.isdigit() and int(parent) > 1 and pid_alive(int(parent)):
             continue
         instance.report_run_failed(run, message=f"the process that executed this run (pid {pid} on {host}) is gone; marked failed by vector_assets")
         instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
