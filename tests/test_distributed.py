@@ -142,7 +142,7 @@ def cluster(postgres, redis, workspace, tmp_path):
     for file, tenant, first, last in SLICES:
         write_jsonl(landing / f"{tenant.replace('/', '_')}.jsonl", sample_records(file, tenant, first, last))
     env = {
-        **os.environ, **postgres, "HF_HUB_OFFLINE": "1",
+        **os.environ, **postgres, "HF_HUB_OFFLINE": "1", "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         "VECTOR_ASSETS_EXECUTOR": "celery", "VECTOR_ASSETS_CELERY_BROKER": f"{redis}/0", "VECTOR_ASSETS_CELERY_BACKEND": f"{redis}/1",
         "VECTOR_ASSETS_LANDING_DIR": str(landing), "VECTOR_ASSETS_MILVUS_URI": SERVER_URI,
     }
@@ -158,16 +158,20 @@ def _backfill(env: dict, *args: str, timeout: float = 900) -> subprocess.Complet
     return subprocess.run([EXE, "backfill", "--workers", "2", *args], env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def _celery_hosts(env: dict) -> dict[str, str]:
-    """``{run id: Celery worker}`` of every step a Celery worker executed (its engine event)."""
+def _celery_hosts(env: dict, tenant: str | None = None) -> dict[str, list[str]]:
+    """``{run id: [Celery worker, ...]}``: the workers that executed each run's step (their
+    engine events, in order; a step handed back by a lost worker appears twice), of the runs of
+    ``tenant`` when given."""
     os.environ.update({k: v for k, v in env.items() if k.startswith("DAGSTER_")})
     with dg.DagsterInstance.get() as instance:
-        out = {}
+        out: dict[str, list[str]] = {}
         for run in instance.get_runs():
+            if tenant and not run.tags.get("dagster/asset_partition_range_start", "").endswith(f"|{tenant}"):
+                continue
             for record in instance.all_logs(run.run_id, of_type=dg.DagsterEventType.ENGINE_EVENT):
                 metadata = record.dagster_event.engine_event_data.metadata or {}
                 if "Celery worker" in metadata:
-                    out[run.run_id] = metadata["Celery worker"].value
+                    out.setdefault(run.run_id, []).append(metadata["Celery worker"].value)
         return out
 
 
@@ -193,7 +197,7 @@ def test_a_backfill_runs_on_two_celery_workers(cluster):
     stats = summary(first.stdout)
     assert stats["failed_partitions"] == 0 and stats["check_errors"] == 0 and stats["embedded"] == records
     hosts = _celery_hosts(control)
-    assert {h.split("@")[0] for h in hosts.values()} == {"worker1", "worker2"}, hosts  # both machines did steps
+    assert {h.split("@")[0] for found in hosts.values() for h in found} == {"worker1", "worker2"}, hosts  # both machines did steps
     rows = _rows(records)
     assert {r["tenant"] for r in rows} == {s[1] for s in SLICES}
     # No state on the workers' disks: the landing index and sync marks live in Postgres.
@@ -218,11 +222,18 @@ def test_a_backfill_runs_on_two_celery_workers(cluster):
                 if run.tags.get(runs.PID_TAG, "").isdigit():
                     victim = int(run.tags[runs.PID_TAG])
             time.sleep(0.2)
-    assert victim is not None, "no run reached its step"
+    if victim is None:
+        proc.kill()
+        out, err = proc.communicate()
+        pytest.fail(f"no run reached its step: {out[-3000:]} {err[-3000:]}")
     os.kill(victim, signal.SIGKILL)
     out, err = proc.communicate(timeout=900)
     assert proc.returncode == 0 or "FAILED" in out, out[-3000:] + err[-3000:]
+    # The killed worker's task went back to the broker and ran again (task_acks_late,
+    # task_reject_on_worker_lost), or the command submitted the run again.
+    handed_back = [found for found in _celery_hosts(control, tenant).values() if len(found) > 1]
+    assert handed_back or "submitted again" in err, (_celery_hosts(control, tenant), err[-2000:])
     rerun = _backfill(control)
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
     _rows(records + len(late))
-    print(json.dumps({"first": summary(first.stdout), "killed": {"status": proc.returncode, "stderr": err[-500:]}, "rerun": summary(rerun.stdout), "hosts": sorted(set(hosts.values()))}))
+    print(json.dumps({"first": summary(first.stdout), "killed": {"status": proc.returncode, "stderr": err[-500:]}, "rerun": summary(rerun.stdout), "hosts": sorted({h for found in hosts.values() for h in found}), "handed_back": handed_back}))
