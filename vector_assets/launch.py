@@ -35,8 +35,20 @@ HEARTBEAT_TOLERANCE_S = 60.0
 
 
 def workspace_file() -> Path:
-    """The repository's ``workspace.yaml`` (the UI's and the daemon's code location)."""
-    return settings.REPO_ROOT / "workspace.yaml"
+    """The repository's ``workspace.yaml`` (the UI's and the daemon's code location); where the
+    package is installed without the repository, one of the same content written to
+    ``$DAGSTER_HOME/workspace.yaml`` (location ``vector_assets``, module
+    ``vector_assets.definitions``)."""
+    found = settings.REPO_ROOT / "workspace.yaml"
+    if found.is_file():
+        return found
+    made = settings.ensure_dagster_home() / "workspace.yaml"
+    if not made.is_file():
+        made.write_text(
+            "load_from:\n  - python_module:\n      module_name: vector_assets.definitions\n"
+            f"      attribute: defs\n      location_name: {LOCATION}\n"
+        )
+    return made
 
 
 @contextlib.contextmanager

@@ -65,6 +65,11 @@ SOURCE_PROPERTY = "vector_assets.landing_source"
 #: Milvus's largest ``limit`` for one query.
 QUERY_LIMIT = 16384
 
+#: HNSW ``ef`` of a search, user searches and the checks' self-searches alike. On
+#: eval_pr_commits (four tenants, 20,465 commits, kind filter) ef 64 gave recall@10 0.755 on all
+#: queries and ef 512 0.771, against 0.801 for exact search.
+DEFAULT_EF = 256
+
 
 
 def is_local_uri(uri: str) -> bool:

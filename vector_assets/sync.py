@@ -28,14 +28,26 @@ PartitionKey = tuple[str, str]  # (tenant, day)
 
 
 class Embedder(Protocol):
-    """What :func:`sync_partitions` needs of a model: its id, dimension and ``encode``."""
+    """What :func:`sync_partitions` needs of a model (the one contract of
+    :class:`~vector_assets.resources.EmbeddingModelResource` and its OpenAI-compatible
+    subclass): its id and dimension; ``get_model()`` loads it (once per process, outside the
+    timed encode); ``encode_with_raw(texts)`` gives the raw (pre-normalisation) and the
+    normalised ``(n, dim)`` float32 vectors; ``truncated_flags(texts)`` says which texts are
+    longer than the model's window (only their start is embedded)."""
 
-    model_id: str
+    @property
+    def model_id(self) -> str: ...
 
     @property
     def dimension(self) -> int: ...
 
+    def get_model(self) -> object: ...
+
     def encode(self, texts: list[str]) -> np.ndarray: ...
+
+    def encode_with_raw(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def truncated_flags(self, texts: list[str]) -> list[bool]: ...
 
 
 @dataclass
@@ -248,23 +260,18 @@ def sync_partitions(
     raw_vectors: dict[str, np.ndarray] = {}
     truncated: set[str] = set()
     if to_embed:
-        if hasattr(embedder, "get_model"):
-            # Loading the model (once per process, with its warm-up batch) is a one-time cost,
-            # not per-vector processing time: a worker's first run charged 130-186 ms/vector
-            # with it inside the timer, against 15-80 ms for its later runs.
-            embedder.get_model()
+        # Loading the model (once per process, with its warm-up batch) is a one-time cost,
+        # not per-vector processing time: a worker's first run charged 130-186 ms/vector
+        # with it inside the timer, against 15-80 ms for its later runs.
+        embedder.get_model()
         started = time.perf_counter()
         texts_in = [t.text for t in to_embed]
-        if hasattr(embedder, "encode_with_raw"):
-            raw, encoded = embedder.encode_with_raw(texts_in)
-        else:
-            encoded = embedder.encode(texts_in)
-            raw = encoded
+        raw, encoded = embedder.encode_with_raw(texts_in)
         timings["encode_s"] = timings.get("encode_s", 0.0) + time.perf_counter() - started
         log(f"encoded {len(to_embed)} texts in {time.perf_counter() - started:.1f}s")
         vectors = {t.pk: encoded[i] for i, t in enumerate(to_embed)}
         raw_vectors = {t.pk: raw[i] for i, t in enumerate(to_embed)}
-        flags = embedder.truncated_flags([t.text for t in to_embed]) if hasattr(embedder, "truncated_flags") else []
+        flags = embedder.truncated_flags(texts_in)
         truncated = {t.pk for t, flag in zip(to_embed, flags) if flag}
         if not exists:
             milvus.ensure_collection(model_id, int(encoded.shape[1]))

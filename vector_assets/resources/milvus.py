@@ -7,7 +7,6 @@ from pydantic import Field, PrivateAttr
 from pymilvus import MilvusClient
 
 from .. import milvus_store
-from ..search import DEFAULT_EF
 
 
 class MilvusResource(dg.ConfigurableResource):
@@ -21,7 +20,7 @@ class MilvusResource(dg.ConfigurableResource):
         index_type / metric_type / index_params: the vector index (default HNSW, COSINE,
             M=16, efConstruction=200).
         search_params: parameters of the checks' self-searches (default ``ef``
-            :data:`vector_assets.search.DEFAULT_EF`, what user searches use, so that the
+            :data:`vector_assets.milvus_store.DEFAULT_EF`, what user searches use, so that the
             retrievability check measures the search people run; at ef 64 the full shared
             dataset had 11 of 9,119 tenant-days whose sampled row was not its own first hit).
 
@@ -34,7 +33,7 @@ class MilvusResource(dg.ConfigurableResource):
     index_type: str = "HNSW"
     metric_type: str = "COSINE"
     index_params: dict = Field(default_factory=lambda: {"M": 16, "efConstruction": 200})
-    search_params: dict = Field(default_factory=lambda: {"ef": DEFAULT_EF})  # checks' self-searches
+    search_params: dict = Field(default_factory=lambda: {"ef": milvus_store.DEFAULT_EF})  # checks' self-searches
 
     _client: MilvusClient | None = PrivateAttr(default=None)
 
