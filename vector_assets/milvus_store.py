@@ -71,7 +71,6 @@ QUERY_LIMIT = 16384
 DEFAULT_EF = 256
 
 
-
 def is_local_uri(uri: str) -> bool:
     """True when ``uri`` is a Milvus Lite path rather than a server address."""
     return not re.match(r"^[a-z][a-z0-9+.-]*://", uri)

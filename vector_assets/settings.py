@@ -3,14 +3,16 @@
 =============================  ======================================================  ==========================
 variable                       meaning                                                 default
 =============================  ======================================================  ==========================
-``VECTOR_ASSETS_HOME``         state: landing index, quarantine files, git exports     ``<repo>/.vector_assets``
-``VECTOR_ASSETS_LANDING_DIR``  the landing directory of JSONL export files             the bundled sample
+``VECTOR_ASSETS_HOME``         this machine's files: SQLite state, git exports         ``<repo>/.vector_assets``
+``VECTOR_ASSETS_LANDING_DIR``  the landing folder, or a URL (``s3://bucket/prefix``)   the bundled sample
+``VECTOR_ASSETS_STATE_URL``    the state database (landing index, sync marks)          Dagster's Postgres, else SQLite
 ``VECTOR_ASSETS_MILVUS_URI``   a Milvus Lite path, or a server URI (``http://...``)    ``$VECTOR_ASSETS_HOME/milvus.db``
 ``VECTOR_ASSETS_MILVUS_TOKEN`` token for a Milvus server                               empty
 ``VECTOR_ASSETS_MODEL``        sentence-transformers model name or path                all-MiniLM-L6-v2 (bundled)
 ``VECTOR_ASSETS_GIT_REPOS``    ``tenant=path`` pairs, separated by ``;``               none
 ``VECTOR_ASSETS_START_DATE``   first day of the daily partitions                       ``2009-01-01``
 ``VECTOR_ASSETS_MAX_PASSAGES`` passages kept per record (1: one vector of the start)     ``16``
+``VECTOR_ASSETS_EXECUTOR``     ``celery``: steps on Celery workers (definitions.py)     Dagster's default
 =============================  ======================================================  ==========================
 """
 
