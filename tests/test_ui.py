@@ -244,8 +244,8 @@ def _run_facts(ui: UI, run_id: str) -> dict:
 
 def test_a_cli_backfill_makes_the_same_kind_of_runs_as_a_ui_backfill(ui):
     """Issue #19 item 3: `vector-assets backfill` submits its runs through the instance: with
-    the UI's daemon running it starts none of its own, and its run is queued and launched as a
-    UI backfill's run is (same code location, run queue, launcher, partition-range tags)."""
+    the UI's daemon running it leaves the dequeuing to it, and its run is queued and launched
+    as a UI backfill's run is (same code location, run queue, launcher, partition-range tags)."""
     ui_runs = ui.gql('{ runsOrError(filter: {tags: [{key: "dagster/asset_partition_range_start", value: "2024-07-01|HADOOP"}]}) { ... on Runs { results { runId tags { key value } } } } }')
     ui_run = next(r["runId"] for r in ui_runs["runsOrError"]["results"] if any(t["key"] == "dagster/backfill" for t in r["tags"]))
     cli = subprocess.run(
@@ -253,7 +253,7 @@ def test_a_cli_backfill_makes_the_same_kind_of_runs_as_a_ui_backfill(ui):
         env=ui.env, cwd=REPO, capture_output=True, text=True, timeout=600,
     )
     assert cli.returncode == 0, cli.stdout[-2000:] + cli.stderr[-2000:]
-    assert "starting dagster-daemon" not in cli.stdout  # the UI's daemon dequeued the run
+    assert "this command dequeues" not in cli.stdout  # the UI's daemon dequeued the run
     runs = ui.gql('{ runsOrError(filter: {tags: [{key: "vector_assets/launched_by", value: "cli-backfill"}]}) { ... on Runs { results { runId } } } }')
     (cli_run,) = [r["runId"] for r in runs["runsOrError"]["results"]]
     ui_facts, cli_facts = _run_facts(ui, ui_run), _run_facts(ui, cli_run)

@@ -89,7 +89,8 @@ def _launch_runs(plan: list, workers: int, delete_vanished: bool, instance, on_w
     and yield each one's outcome as it finishes: ``(spec, success, run id, summed metadata,
     seconds, check errors, failure message)``.
 
-    A daemon dequeues them (one is started for the command's duration when none runs). After
+    A daemon dequeues them; where none runs, this command runs the daemon's queue step
+    (:class:`vector_assets.launch.RunDequeuer`). After
     SIGINT or SIGTERM (:class:`_Stop`) no run is submitted any more and the runs submitted and
     not finished are cancelled through the run coordinator (queued ones never start, started
     ones are terminated by the launcher); their outcomes are still yielded. ``on_wait(seconds)``
@@ -115,19 +116,21 @@ def _launch_runs(plan: list, workers: int, delete_vanished: bool, instance, on_w
     active: dict[str, tuple] = {}
     attempts: dict[tuple, int] = {}
     cancelled = None
-    with launch.daemon_kept(instance, say=lambda m: print(m, flush=True)) as daemon, launch.workspace(instance) as context:
+    with launch.dequeuing(instance, say=lambda m: print(m, flush=True)) as (context, dequeuer):
         last_progress = last_check = time.monotonic()
         while pending or active:
             if time.monotonic() - last_check >= 5:
                 last_check = time.monotonic()
-                daemon.ensure()
                 run_state.fail_dead_runs(instance)
                 run_state.free_slots_of_finished_runs(instance)
             if _Stop.signal and cancelled is None:
                 cancelled = time.monotonic()
                 pending = []
                 for run_id in list(active):
-                    instance.run_coordinator.cancel_run(run_id)
+                    try:
+                        instance.run_coordinator.cancel_run(run_id)
+                    except Exception as err:  # noqa: BLE001 - a run whose code server is gone: said, not fatal
+                        print(f"could not cancel run {run_id}: {err}", file=sys.stderr, flush=True)
             while pending and len(active) < workers and not _Stop.signal:
                 spec = pending.pop(0)
                 tenant, first, last, _ = spec
@@ -135,6 +138,7 @@ def _launch_runs(plan: list, workers: int, delete_vanished: bool, instance, on_w
                 instance.submit_run(run.run_id, context)
                 active[run.run_id] = spec
                 attempts[spec] = attempts.get(spec, 0) + 1
+            dequeuer.step()
             finished = [r for r in instance.get_runs(dg.RunsFilter(run_ids=list(active))) if r.is_finished] if active else []
             for run in finished:
                 spec = active.pop(run.run_id)

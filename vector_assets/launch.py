@@ -6,18 +6,17 @@ instance's run coordinator (``dagster.yaml``: the run queue with its concurrency
 daemon hands it to the instance's run launcher (a run worker process per run by default; a
 Celery, Docker or Kubernetes launcher or executor where the deployment configures one). A
 laptop needs no separately started daemon: when none has sent a heartbeat lately, the command
-starts one for its own duration (:class:`DaemonKeeper`).
+runs the daemon's queue step itself (:class:`RunDequeuer`).
 
-Uses Dagster's workspace classes (``dagster._core.workspace``), read-only, as Dagster's own
-``dagster job launch`` does; nothing in Dagster's internals is written.
+Uses Dagster's workspace classes (``dagster._core.workspace``) as Dagster's own ``dagster job
+launch`` does, and the daemon's queue step (``dagster._daemon``) as the daemon does, read-only;
+nothing in Dagster's internals is written.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,17 +50,6 @@ def workspace_file() -> Path:
     return made
 
 
-@contextlib.contextmanager
-def workspace(instance: dg.DagsterInstance) -> Iterator:
-    """A request context of the workspace (``workspace.yaml``): its code location runs in a code
-    server process of its own for the duration."""
-    from dagster._core.workspace.context import WorkspaceProcessContext
-    from dagster._core.workspace.load_target import WorkspaceFileTarget
-
-    with WorkspaceProcessContext(instance, WorkspaceFileTarget(paths=[str(workspace_file())]), code_server_log_level="WARNING") as process_context:
-        yield process_context.create_request_context()
-
-
 def daemon_alive(instance: dg.DagsterInstance) -> bool:
     """Whether a ``dagster-daemon`` dequeues this instance's runs: its run queue's heartbeat is
     younger than :data:`HEARTBEAT_TOLERANCE_S`."""
@@ -69,82 +57,100 @@ def daemon_alive(instance: dg.DagsterInstance) -> bool:
     return beat is not None and time.time() - beat.timestamp < HEARTBEAT_TOLERANCE_S
 
 
-class DaemonKeeper:
-    """Makes sure a daemon dequeues this instance's runs while a command follows them.
+class RunDequeuer:
+    """Dequeues this instance's runs while a command follows them, when no daemon does.
 
-    :meth:`ensure` (called on start and then every few seconds) does nothing while a daemon of
-    the instance sends heartbeats (:func:`daemon_alive`) or the daemon this keeper started
-    runs; otherwise it starts ``dagster-daemon run -w workspace.yaml`` (same environment and
-    ``DAGSTER_HOME``; output to ``log_path``, default ``$DAGSTER_HOME/cli-daemon.log``). A
-    daemon that stopped a moment ago still looks alive by its last heartbeat (Dagster writes
-    one every 30 s): the keeper then starts its own once that heartbeat is older than
-    :data:`HEARTBEAT_TOLERANCE_S`. :meth:`close` stops the daemon it started (SIGTERM, then
-    SIGKILL after 30 s) and removes the heartbeats that only it wrote, so that the next command
-    does not take them for a running daemon. The started daemon has a session of its own (a
-    terminal's Ctrl-C reaches the command, which cancels its runs through the daemon) and gets
-    SIGTERM when the command dies, even by SIGKILL.
+    A laptop runs no ``dagster-daemon``: the command then runs the daemon's own queue step,
+    Dagster's ``QueuedRunCoordinatorDaemon.run_iteration`` (the instance's concurrency limits,
+    tag limits and pools; launches through the instance's run launcher via the command's code
+    server), each time :meth:`step` is called. Nothing is dequeued here while a daemon of the
+    instance sends heartbeats (:func:`daemon_alive`), or while another ``vector-assets`` command
+    of this machine dequeues (it holds ``$DAGSTER_HOME/cli-dequeue.lock`` until it is done: one
+    dequeuer at a time, as Dagster requires of its daemon).
+
+    :meth:`close` keeps dequeuing while runs submitted by other live ``vector-assets
+    backfill`` commands of this machine are unfinished (their runs may run under this
+    command's code server), then releases the lock.
     """
 
-    def __init__(self, instance: dg.DagsterInstance, log_path: Path | None = None, say=print):
+    def __init__(self, instance: dg.DagsterInstance, process_context, say=print):
         self.instance = instance
-        self.log_path = log_path or Path(instance.root_directory) / "cli-daemon.log"
+        self.process_context = process_context
         self.say = say
-        self.proc: subprocess.Popen | None = None
-        self.started_at = 0.0
+        self.lock_path = Path(instance.root_directory) / "cli-dequeue.lock"
+        self.lock = None
+        self.daemon = None
 
-    def ensure(self) -> None:
-        """Start a daemon when none runs (see the class docstring). Raises RuntimeError with
-        the log's tail when the daemon it starts exits."""
-        if self.proc is not None:
-            if self.proc.poll() is None:
-                return
-            raise RuntimeError(f"dagster-daemon exited with {self.proc.returncode}: {self.log_path.read_text(errors='replace')[-1500:]}")
-        if daemon_alive(self.instance):
+    def _take_lock(self) -> bool:
+        import fcntl
+
+        if self.lock is not None:
+            return True
+        handle = open(self.lock_path, "w")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            return False
+        self.lock = handle
+        return True
+
+    def step(self) -> None:
+        """Dequeue (and launch) what the instance's run queue allows now, unless a daemon or
+        another command does it."""
+        if daemon_alive(self.instance) or not self._take_lock():
             return
-        daemon = Path(sys.executable).with_name("dagster-daemon")
-        cmd = [str(daemon), "run", "-w", str(workspace_file()), "--log-level", "warning"]
-        self.say(f"starting dagster-daemon for this backfill (no daemon of {self.instance.root_directory} is running; log {self.log_path})")
-        self.started_at = time.time()
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(cmd, cwd=settings.REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_terminate_with_parent)
+        if self.daemon is None:
+            from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import QueuedRunCoordinatorDaemon
+
+            self.daemon = QueuedRunCoordinatorDaemon(interval_seconds=1)
+            self.say(f"no dagster-daemon of {self.instance.root_directory} is running: this command dequeues and launches the runs")
+        for _ in self.daemon.run_iteration(self.process_context):
+            pass
+
+    def _others_unfinished(self) -> int:
+        """Unfinished runs submitted by other live ``vector-assets backfill`` commands of this host."""
+        import socket
+
+        from .runs import pid_alive
+
+        statuses = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]
+        count = 0
+        for run in self.instance.get_runs(dg.RunsFilter(statuses=statuses, tags={CLI_HOST_TAG: socket.gethostname()})):
+            pid = run.tags.get(CLI_PID_TAG, "")
+            if pid.isdigit() and int(pid) != os.getpid() and pid_alive(int(pid)):
+                count += 1
+        return count
 
     def close(self) -> None:
-        """Stop the daemon this keeper started, and remove its heartbeats (see the class docstring)."""
-        if self.proc is None:
+        """Keep dequeuing for other commands' runs, then release the lock (see the class docstring)."""
+        if self.lock is None:
             return
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, 15)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, 9)
-                self.proc.wait()
-        beats = self.instance.get_daemon_heartbeats().values()
-        if beats and len({b.daemon_id for b in beats}) == 1 and all(b.timestamp >= self.started_at - 1 for b in beats):
-            self.instance.wipe_daemon_heartbeats()
-        self.proc = None
+        said = False
+        while waiting := self._others_unfinished():
+            if not said:
+                self.say(f"dequeuing on for {waiting} runs of another backfill command")
+                said = True
+            self.step()
+            time.sleep(1)
+        self.lock.close()  # closing the file releases the flock
+        self.lock = None
 
 
 @contextlib.contextmanager
-def daemon_kept(instance: dg.DagsterInstance, say=print) -> Iterator[DaemonKeeper]:
-    """A :class:`DaemonKeeper`, ensured on entry and closed on exit."""
-    keeper = DaemonKeeper(instance, say=say)
-    try:
-        keeper.ensure()
-        yield keeper
-    finally:
-        keeper.close()
+def dequeuing(instance: dg.DagsterInstance, say=print) -> Iterator[tuple]:
+    """``(request context, RunDequeuer)`` of the workspace (``workspace.yaml``): its code
+    location runs in a code server process for the duration, and the runs this command's
+    dequeuer launches run under it."""
+    from dagster._core.workspace.context import WorkspaceProcessContext
+    from dagster._core.workspace.load_target import WorkspaceFileTarget
 
-
-def _terminate_with_parent() -> None:
-    """In a child before exec (Linux): SIGTERM when the parent process dies (``PR_SET_PDEATHSIG``)."""
-    import ctypes
-    import signal
-
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+    with WorkspaceProcessContext(instance, WorkspaceFileTarget(paths=[str(workspace_file())]), code_server_log_level="WARNING") as process_context:
+        dequeuer = RunDequeuer(instance, process_context, say=say)
+        try:
+            yield process_context.create_request_context(), dequeuer
+        finally:
+            dequeuer.close()
 
 
 #: Run tags naming the ``vector-assets backfill`` process that submitted a run, and its host.
