@@ -95,7 +95,7 @@ def test_deletes_propagate_after_the_landing_index_is_lost(workspace):
     assert done.returncode == 0, done.stderr[-2000:]
     assert len(_record_ids(workspace["db"], "HADOOP")) == 40 and len(_record_ids(workspace["db"], "microsoft/vscode")) == 5
 
-    for path in workspace["home"].glob("landing_index*"):
+    for path in workspace["home"].glob("state.sqlite*"):
         path.unlink()
     (workspace["landing"] / "vscode.jsonl").unlink()
     days = sorted({r["day"] for r in hadoop})
