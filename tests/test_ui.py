@@ -231,7 +231,7 @@ def _run_facts(ui: UI, run_id: str) -> dict:
     the event types its log starts with (queued, then launched by the launcher)."""
     data = ui.gql(
         """query($id: ID!) { runOrError(runId: $id) { ... on Run { status tags { key value } repositoryOrigin { repositoryLocationName }
-            eventConnection(afterCursor: null, limit: 60) { events { __typename } } } } }""",
+            eventConnection(afterCursor: null, limit: 5000) { events { __typename } } } } }""",
         {"id": run_id},
     )["runOrError"]
     return {
