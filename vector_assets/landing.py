@@ -154,10 +154,6 @@ def is_url(location: str) -> bool:
     return "://" in location and not location.startswith("file://")
 
 
-def _local_digest(path: str) -> str:
-    return file_digest(Path(path))
-
-
 class LandingIndex:
     """Index of the JSONL files of one landing source (a local folder or an object-store URL)
     and of exported git repositories, kept in the state database (:mod:`vector_assets.state`).
@@ -203,7 +199,6 @@ class LandingIndex:
             local = self.landing_url[len("file://"):] if self.landing_url.startswith("file://") else self.landing_url
             self.fs, self.root, self.protocol = None, str(Path(local).expanduser()), "file"
             self.source = str(Path(local).expanduser().resolve())
-        self.landing_dir = self.source
         self.extra_files = [str(Path(p).resolve()) for p in extra_files]
         self.state_url = state_url or state.state_url()
         self.source_key = state.source_id(self.source)
@@ -253,7 +248,7 @@ class LandingIndex:
         ETag (``etag:…``) for a remote object, or BLAKE2b of its bytes where the store has none.
         Raises FileNotFoundError when it is gone."""
         if not is_url(path):
-            return _local_digest(path)
+            return file_digest(Path(path))
         info = self.fs.info(path)
         tag = info.get("ETag") or info.get("etag") or info.get("md5Hash") or info.get("VersionId")
         if tag:
