@@ -3,7 +3,7 @@
 Encodes the 16,581 corpus commits once per text variant with all-MiniLM-L6-v2 (CPU, batch 64),
 searches every query within its tenant by exact cosine, and prints recall@10 and nDCG@10 on all
 2,548 queries and on the 817 non-trivial ones. The variant the product uses is
-``subject_message_files`` (:func:`vector_assets.extraction.extract_commit`). Takes about two
+``subject_message_files`` (:func:`vector_assets.ingest.extraction.extract_commit`). Takes about two
 minutes a variant on 2 cores.
 
 Usage: python benchmarks/commit_text.py [VARIANT ...]
@@ -28,7 +28,7 @@ def _sections(*parts: str) -> str:
 
 
 def variants():
-    from vector_assets.extraction import commit_files, normalise_text
+    from vector_assets.ingest.extraction import commit_files, normalise_text
 
     def files(c):
         return "Files: " + commit_files(c["files"]) if c.get("files") else ""
@@ -44,7 +44,7 @@ def variants():
 
 def main() -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from vector_assets.embedding import load_model
+    from vector_assets.embed.embedding import load_model
 
     corpus = [json.loads(l) for l in open(EVAL / "corpus.jsonl", encoding="utf-8")]
     queries = [json.loads(l) for l in open(EVAL / "queries.jsonl", encoding="utf-8")]

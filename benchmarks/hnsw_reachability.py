@@ -13,7 +13,7 @@ Usage: python benchmarks/hnsw_reachability.py [upsert|insert]
 """
 import sys, numpy as np, tempfile, os
 sys.path.insert(0,"/work/main")
-from vector_assets import milvus_store
+from vector_assets.store import milvus_store
 base=np.load("/work/main/results/real_vectors.npy")[:1500]
 work=tempfile.mkdtemp(); db=os.path.join(work,"m.db")
 c=milvus_store.connect(db); name="t"

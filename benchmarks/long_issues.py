@@ -2,7 +2,7 @@
 
 Builds a known-item set from the real long issues of ../shared/data (Jira HADOOP and Bugzilla
 SeaMonkey, CC BY; ../shared/data/README.md): for every record whose extracted text (the text
-the product indexes, :func:`vector_assets.extraction.extract_record`) runs past 400 tokens of
+the product indexes, :func:`vector_assets.ingest.extraction.extract_record`) runs past 400 tokens of
 the model's tokenizer, the first sentence of 8 to 50 words that starts after token 300 is the
 query and the record is its one answer. Token 300 lies past the first passage (248 tokens), so
 a single vector of the record's start has never read the query's words.
@@ -33,9 +33,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from vector_assets import embedding  # noqa: E402
-from vector_assets.extraction import extract_record  # noqa: E402
-from vector_assets.records import LocatedRecord, RecordError  # noqa: E402
+from vector_assets.embed import embedding  # noqa: E402
+from vector_assets.ingest.extraction import extract_record  # noqa: E402
+from vector_assets.ingest.records import LocatedRecord, RecordError  # noqa: E402
 from vector_assets.settings import DEFAULT_MODEL  # noqa: E402
 
 FILES = ("jira_issues_hadoop.jsonl", "bugzilla_seamonkey.jsonl")

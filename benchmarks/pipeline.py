@@ -17,7 +17,7 @@ Each figure compares, inside one run on this machine, the pipeline with the libr
 * ``milvus``: insert rows/s, single-query search latency p50/p95 at N vectors in one tenant
   (real embeddings of the shared records; beyond their count, copies with small Gaussian noise,
   re-normalised) and recall@10 of the HNSW index against exact (brute-force) search; the
-  latency of Milvus alone (``engine``) and of ``vector_assets.search`` (``product``: the query
+  latency of Milvus alone (``engine``) and of ``vector_assets.serving.search`` (``product``: the query
   embedded, the tenant checked, the search). ``--uri URI`` runs it against a Milvus server:
   ``scripts/with_milvus_server.sh .venv/bin/python sh -c '.venv/bin/python benchmarks/pipeline.py
   milvus --uri $VECTOR_ASSETS_TEST_MILVUS_URI'`` (kept under ``milvus_server``).
@@ -74,7 +74,7 @@ def bench_instance(storage: str):
     from vector_assets import settings
 
     if storage == "sqlite":
-        from vector_assets.storage import storage_config
+        from vector_assets.instance.storage import storage_config
 
         # The storage dagster.yaml configures: Dagster's SQLite storage with batched asset events.
         with tempfile.TemporaryDirectory() as base, dg.instance_for_test(overrides={"storage": storage_config(base)}) as instance:
@@ -98,8 +98,8 @@ def peak_rss_mib(children: bool = False) -> float:
 
 
 def load_texts(files, limit=None):
-    from vector_assets.extraction import extract_records
-    from vector_assets.records import LocatedRecord
+    from vector_assets.ingest.extraction import extract_records
+    from vector_assets.ingest.records import LocatedRecord
 
     located = []
     for name in files:
@@ -111,7 +111,7 @@ def load_texts(files, limit=None):
 
 
 def raw_encode(texts: list[str], batch_size: int = 64) -> float:
-    from vector_assets.embedding import load_model
+    from vector_assets.embed.embedding import load_model
 
     model = load_model("sentence-transformers/all-MiniLM-L6-v2", "cpu")
     model.encode(texts[:64], batch_size=batch_size)  # warm-up
@@ -180,7 +180,7 @@ def _commit_workspace(tenant: str, days: set[str]) -> tuple[Path, dict]:
     """A temporary landing directory with ``tenant``'s commits of ``days`` (from
     ../shared/data/git_commits.jsonl), and the resources of a fresh Milvus Lite database beside
     it, with the model loaded. Returns ``(work dir, resources)``."""
-    from vector_assets.quality import QualityThresholds
+    from vector_assets.embed.quality import QualityThresholds
     from vector_assets.resources import EmbeddingModelResource, LandingResource, MilvusResource
 
     work = Path(tempfile.mkdtemp(prefix="va-bench-"))
@@ -205,7 +205,7 @@ def _encode_through_dagster(tenant: str, texts: list, storage: str, profile: boo
     import dagster as dg
 
     import vector_assets.definitions  # noqa: F401  (sets the event batching as every code location process does)
-    from vector_assets import milvus_store
+    from vector_assets.store import milvus_store
     from vector_assets.assets import landing_index, tenant_day_vectors
     from vector_assets.partitions import MAX_PARTITIONS_PER_RUN, plan_runs
 
@@ -264,7 +264,7 @@ def bench_recording(storage: str = "sqlite", spans: tuple[int, int] = (10, 1000)
     import dagster as dg
 
     import vector_assets.definitions  # noqa: F401  (sets the event batching as every code location process does)
-    from vector_assets import milvus_store
+    from vector_assets.store import milvus_store
     from vector_assets.assets import landing_index, tenant_day_vectors
 
     tenant = "pallets/flask"
@@ -340,7 +340,7 @@ def bench_recording_with_records(storage: str = "sqlite", days: int = 200) -> di
     import dagster as dg
 
     import vector_assets.definitions  # noqa: F401
-    from vector_assets import milvus_store
+    from vector_assets.store import milvus_store
     from vector_assets.assets import landing_index, tenant_day_vectors
 
     tenant = "pallets/flask"
@@ -372,9 +372,9 @@ def bench_recording_with_records(storage: str = "sqlite", days: int = 200) -> di
 _FRESH_ENCODE = """
 import json, sys, time
 started = time.perf_counter()
-from vector_assets.embedding import load_model
-from vector_assets.extraction import extract_records
-from vector_assets.records import LocatedRecord
+from vector_assets.embed.embedding import load_model
+from vector_assets.ingest.extraction import extract_records
+from vector_assets.ingest.records import LocatedRecord
 located = []
 for path in sys.argv[1:]:
     with open(path, encoding="utf-8") as fh:
@@ -463,8 +463,8 @@ def synthetic_vectors(n: int) -> tuple[list[str], np.ndarray]:
     one vector space with them: the 20,465 real commit vectors (cached in
     results/real_vectors.npy), then noisy copies of them (Gaussian noise, sigma 0.02,
     re-normalised) until there are ``n``."""
-    from vector_assets import milvus_store
-    from vector_assets.embedding import load_model
+    from vector_assets.store import milvus_store
+    from vector_assets.embed.embedding import load_model
     from vector_assets.settings import DEFAULT_MODEL
 
     texts = [t.text for t in load_texts(["git_commits.jsonl"])]
@@ -496,13 +496,13 @@ def bench_milvus(n: int, queries: int = 200, uri: str | None = None) -> dict:
 
     Two latencies per query, in ms: ``engine`` is one ``MilvusClient.search`` of an
     already-embedded query with the tenant filter (Milvus alone); ``product`` is
-    ``vector_assets.search.search`` as the CLI and the Python API call it (embeds the query on
+    ``vector_assets.serving.search.search`` as the CLI and the Python API call it (embeds the query on
     CPU, checks the tenant exists, searches at the product's ef). ``uri``: a Milvus server
     (``scripts/with_milvus_server.sh`` starts the 2.3.5 one); default Milvus Lite in a temp dir.
     """
-    from vector_assets import milvus_store
-    from vector_assets.embedding import load_model
-    from vector_assets.search import DEFAULT_EF, SEARCH_CONSISTENCY, search
+    from vector_assets.store import milvus_store
+    from vector_assets.embed.embedding import load_model
+    from vector_assets.serving.search import DEFAULT_EF, SEARCH_CONSISTENCY, search
 
     texts, vectors = synthetic_vectors(n)
     model = load_model("sentence-transformers/all-MiniLM-L6-v2", "cpu")
@@ -601,7 +601,7 @@ def bench_gpu(limit: int) -> dict:
         return {"skipped": "no CUDA device on this machine"}
     from sentence_transformers import SentenceTransformer
 
-    from vector_assets.embedding import resolve_model_path
+    from vector_assets.embed.embedding import resolve_model_path
 
     texts = [t.text for t in load_texts(["git_commits.jsonl", "jira_issues_hadoop.jsonl"])][:limit]
     out = {"texts": len(texts), "device": torch.cuda.get_device_name(0)}

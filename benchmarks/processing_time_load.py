@@ -1,7 +1,7 @@
 """Does ``processing_time`` grade the work or the machine? (issue #10 item 5)
 
 Encodes the same real texts (``--texts`` pallets/flask commits of ../shared/data) with the
-pipeline's encode (``vector_assets.embedding.encode_with_raw``, what the tenant-day step calls)
+pipeline's encode (``vector_assets.embed.embedding.encode_with_raw``, what the tenant-day step calls)
 on an idle machine and then while ``--hogs`` busy-loop processes compete for the cores, and
 prints per condition the two figures per vector: wall milliseconds (what the check graded
 before) and process CPU milliseconds (what it grades now), with the grade each would get
@@ -38,7 +38,7 @@ def main() -> int:
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from benchmarks.pipeline import load_texts
-    from vector_assets import embedding
+    from vector_assets.embed import embedding
 
     texts = [t.text for t in load_texts(["git_commits.jsonl"]) if t.tenant == "pallets/flask"][: args.texts]
     model = embedding.load_model("sentence-transformers/all-MiniLM-L6-v2", "cpu")

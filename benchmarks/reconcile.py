@@ -1,5 +1,5 @@
 """What reconciling the store costs: reading every tenant-day a collection holds rows of
-(:func:`vector_assets.milvus_store.stored_partitions`, what ``backfill --all``, a backfill on a
+(:func:`vector_assets.store.milvus_store.stored_partitions`, what ``backfill --all``, a backfill on a
 new or rebuilt landing index and the audit job do before planning; issue #17 item 2).
 
 Writes ``--rows`` rows (random unit vectors: only the ``tenant`` and ``day`` fields are read)
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vector_assets import milvus_store
+from vector_assets.store import milvus_store
 
 
 def main() -> None:

@@ -59,7 +59,7 @@ def fill(uri: str, n: int) -> str:
     """Write ``n`` rows in tenant ``bench`` into the default model's collection at ``uri``."""
     from pipeline import synthetic_vectors
 
-    from vector_assets import milvus_store
+    from vector_assets.store import milvus_store
     from vector_assets.settings import DEFAULT_MODEL
 
     texts, vectors = synthetic_vectors(n)
@@ -128,7 +128,7 @@ def main() -> int:
         version = httpx.get(base + "/readyz").json()
         store = "Milvus Lite (its local server)" if not args.uri else "Milvus server"
         if args.uri:
-            from vector_assets import milvus_store
+            from vector_assets.store import milvus_store
 
             client = milvus_store.connect(uri)
             store = f"Milvus server {'.'.join(map(str, milvus_store.server_version(client) or ()))}"
@@ -162,11 +162,11 @@ def main() -> int:
         server.terminate()
         server.wait(30)
         if not args.uri:
-            from vector_assets import milvus_store
+            from vector_assets.store import milvus_store
 
             milvus_store.stop_local_server(uri)
         else:
-            from vector_assets import milvus_store
+            from vector_assets.store import milvus_store
             from vector_assets.settings import DEFAULT_MODEL
 
             client = milvus_store.connect(uri)

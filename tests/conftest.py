@@ -8,9 +8,9 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from vector_assets import milvus_store
+from vector_assets.store import milvus_store
 from vector_assets.partitions import TENANTS
-from vector_assets.quality import QualityThresholds
+from vector_assets.embed.quality import QualityThresholds
 from vector_assets.resources import EmbeddingModelResource, LandingResource, MilvusResource
 
 REPO = Path(__file__).resolve().parents[1]
@@ -104,7 +104,7 @@ def resources(workspace, embedding_model):
 @pytest.fixture
 def instance(tmp_path_factory):
     """A real Dagster instance with the storage dagster.yaml configures (SQLite, batched asset events)."""
-    from vector_assets.storage import storage_config
+    from vector_assets.instance.storage import storage_config
 
     with dg.instance_for_test(overrides={"storage": storage_config(tmp_path_factory.mktemp("dagster"))}) as inst:
         yield inst

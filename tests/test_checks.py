@@ -10,11 +10,11 @@ import dagster as dg
 import numpy as np
 import pytest
 
-from vector_assets import milvus_store
+from vector_assets.store import milvus_store
 from vector_assets.checks import evaluate
 from vector_assets.checks.audit import audit_job
 from vector_assets.assets import tenant_day_vectors
-from vector_assets.quality import QualityThresholds, vector_quality
+from vector_assets.embed.quality import QualityThresholds, vector_quality
 from vector_assets.resources import AlertResource, EmbeddingModelResource
 from vector_assets.sensors.alerts import AlertRaised
 from vector_assets.sensors import check_alert_sensor, daily_schedule, new_data_sensor

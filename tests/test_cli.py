@@ -12,7 +12,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from vector_assets import milvus_store
+from vector_assets.store import milvus_store
 from vector_assets.settings import DEFAULT_MODEL
 
 from .conftest import days_between, sample_records, write_jsonl

@@ -10,14 +10,14 @@ import time
 
 import pytest
 
-from vector_assets import milvus_store
-from vector_assets.extraction import extract_records, normalise_text
-from vector_assets.landing import LandingIndex, export_git_repository
-from vector_assets.records import LocatedRecord, primary_key, safe_name
+from vector_assets.store import milvus_store
+from vector_assets.ingest.extraction import extract_records, normalise_text
+from vector_assets.ingest.landing import LandingIndex, export_git_repository
+from vector_assets.ingest.records import LocatedRecord, primary_key, safe_name
 from vector_assets.resources import LandingResource, MilvusResource
-from vector_assets.search import search
+from vector_assets.serving.search import search
 from vector_assets.settings import DEFAULT_MODEL
-from vector_assets.sync import record_synced, sync_partitions
+from vector_assets.store.sync import record_synced, sync_partitions
 
 from .conftest import register_tenants, sample_records, write_jsonl
 from .test_pipeline import COLLECTION, materialize_days, materialize_index, rows_of

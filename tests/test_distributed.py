@@ -26,7 +26,8 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from vector_assets import milvus_store, runs
+from vector_assets.store import milvus_store
+from vector_assets.instance import runs
 from vector_assets.settings import DEFAULT_MODEL
 
 from .conftest import REPO, SERVER_URI, sample_records, write_jsonl

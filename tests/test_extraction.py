@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from vector_assets.extraction import extract_record, extract_records, normalise_text
-from vector_assets.records import LocatedRecord, RecordError, primary_key
+from vector_assets.ingest.extraction import extract_record, extract_records, normalise_text
+from vector_assets.ingest.records import LocatedRecord, RecordError, primary_key
 
 from .conftest import SAMPLE, sample_records
 
@@ -118,8 +118,8 @@ def test_lowercase_z_zero_width_text_and_nfd_tenants():
     one tenant."""
     import unicodedata
 
-    from vector_assets.extraction import extract_record
-    from vector_assets.records import LocatedRecord, RecordError, parse_timestamp, record_tenant
+    from vector_assets.ingest.extraction import extract_record
+    from vector_assets.ingest.records import LocatedRecord, RecordError, parse_timestamp, record_tenant
 
     assert parse_timestamp("2024-05-02T23:30:00z") == parse_timestamp("2024-05-02T23:30:00Z")
     record = sample_records("jira_issues_hadoop.jsonl", "HADOOP", "2024-07-01", "2024-07-12")[0]

@@ -13,7 +13,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from vector_assets import milvus_store
+from vector_assets.store import milvus_store
 from vector_assets.settings import DEFAULT_MODEL
 
 from .test_cli import EXE, run_cli, summary
@@ -203,7 +203,7 @@ def test_a_killed_worker_does_not_abandon_the_backfill(env, hadoop_days, workspa
     """Item 9 (issue #19: runs go through the instance): a run's worker process killed with
     SIGKILL mid-run: the run fails as killed (its pool slot freed) and is submitted again; the
     backfill ends with a summary and every record lands."""
-    from vector_assets import runs
+    from vector_assets.instance import runs
 
     proc = _spawn(env, "--max-partitions-per-run", "3", "--workers", "2")
     _wait_for_line(proc, "[1/")

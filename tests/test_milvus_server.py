@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from vector_assets import milvus_store
+from vector_assets.store import milvus_store
 from vector_assets.settings import DEFAULT_MODEL
 
 from .conftest import SERVER_URI, sample_records, write_jsonl

@@ -4,10 +4,10 @@ answering from the old one until the new one is complete, and switching back emb
 import dagster as dg
 import pytest
 
-from vector_assets import milvus_store
+from vector_assets.store import milvus_store
 from vector_assets.settings import DEFAULT_MODEL
 from vector_assets.resources import EmbeddingModelResource
-from vector_assets.search import search
+from vector_assets.serving.search import search
 
 from .conftest import sample_records, write_jsonl
 from .test_pipeline import materialize_days, materialize_index
@@ -80,7 +80,7 @@ def test_unchanged_rematerialisation_loads_no_model(resources, instance, workspa
     materialize_index(resources, instance)
     materialize_days(resources, instance, "HADOOP", days_of(jira)[0], days_of(jira)[-1])
     fresh = EmbeddingModelResource()  # a resource whose model would have to be loaded
-    from vector_assets import embedding
+    from vector_assets.embed import embedding
 
     embedding.load_model.cache_clear()
     out = materialize_days({**resources, "embedding_model": fresh}, instance, "HADOOP", days_of(jira)[0], days_of(jira)[-1])

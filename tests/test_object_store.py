@@ -19,8 +19,8 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from vector_assets.landing import LandingIndex
-from vector_assets.quality import QualityThresholds
+from vector_assets.ingest.landing import LandingIndex
+from vector_assets.embed.quality import QualityThresholds
 from vector_assets.resources import LandingResource, MilvusResource
 
 from .conftest import register_tenants, sample_records

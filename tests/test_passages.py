@@ -7,9 +7,10 @@ import numpy as np
 
 import pytest
 
-from vector_assets import embedding, milvus_store
-from vector_assets.extraction import extract_issue_tracker
-from vector_assets.search import SearchError, search
+from vector_assets.embed import embedding
+from vector_assets.store import milvus_store
+from vector_assets.ingest.extraction import extract_issue_tracker
+from vector_assets.serving.search import SearchError, search
 
 from .conftest import sample_records, write_jsonl
 from .test_pipeline import COLLECTION, materialize_days, materialize_index
@@ -140,7 +141,7 @@ def test_bm25_modes_on_a_dense_only_collection_are_a_one_line_error(resources, i
 def test_passages_of_one_record_are_not_duplicates_of_each_other():
     """The duplicate rule counts distinct records whose vectors agree (cosine >= 0.9999), not the
     overlapping windows of one repetitive record (a long log), which agree legitimately."""
-    from vector_assets.quality import vector_quality
+    from vector_assets.embed.quality import vector_quality
 
     rng = np.random.default_rng(7)
     base = rng.normal(size=(4, 384)).astype(np.float32)
@@ -158,7 +159,7 @@ def test_near_identical_copies_of_an_issue_are_not_duplicates(embedding_model):
     """HADOOP 2021-11-02 of the shared Jira data: one issue filed three times, the copies
     differing in a timestamp of a pasted log; their windows agree to within cosine 0.9999. Copies
     that share >= 90% of their tokens are not duplicates; distinct texts still are."""
-    from vector_assets.quality import vector_quality
+    from vector_assets.embed.quality import vector_quality
 
     log = "\\n".join(f"[2021-10-27T17:52:{s:02d}.814Z] ERROR: jira-json (No such file or directory) at Yetus step {s}" for s in range(12))
     texts = [log, log.replace("17:52:03", "17:53:03"), "Erasure coding: reconstruct a lost block from parity in the DataNode"]

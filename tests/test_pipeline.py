@@ -5,11 +5,11 @@ import json
 import dagster as dg
 import pytest
 
-from vector_assets import milvus_store
+from vector_assets.store import milvus_store
 from vector_assets.settings import DEFAULT_MODEL
 from vector_assets.assets import landing_index, tenant_day_vectors
-from vector_assets.records import primary_key
-from vector_assets.search import SearchError, search
+from vector_assets.ingest.records import primary_key
+from vector_assets.serving.search import SearchError, search
 
 from .conftest import sample_records, write_jsonl
 

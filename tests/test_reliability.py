@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from vector_assets import milvus_store
+from vector_assets.store import milvus_store
 from vector_assets.settings import DEFAULT_MODEL
 
 from .conftest import sample_records, write_jsonl
@@ -167,7 +167,8 @@ def _runs_holding_slots(status, tags=None, n=2) -> list[str]:
     import dagster as dg
     from dagster._core.storage.dagster_run import DagsterRun
 
-    from vector_assets import runs, settings
+    from vector_assets.instance import runs
+    from vector_assets import settings
 
     instance = settings.dagster_instance()
     instance.event_log_storage.initialize_concurrency_limit_to_default(runs.POOL)
@@ -187,7 +188,7 @@ def _runs_holding_slots(status, tags=None, n=2) -> list[str]:
 
 def _held_slots(instance) -> int:
     """Claimed slots of the milvus_writes pool (read from Dagster, not through our helpers)."""
-    from vector_assets import runs
+    from vector_assets.instance import runs
 
     return instance.event_log_storage.get_concurrency_info(runs.POOL).active_slot_count
 
@@ -203,7 +204,8 @@ def test_slots_held_by_finished_runs_are_freed(workspace):
     import dagster as dg
     from dagster._daemon.monitoring.concurrency import execute_concurrency_slots_iteration
 
-    from vector_assets import runs, settings
+    from vector_assets.instance import runs
+    from vector_assets import settings
 
     write_jsonl(workspace["landing"] / "jira.jsonl", _hadoop(5))
     held = _runs_holding_slots(dg.DagsterRunStatus.FAILURE)
@@ -242,7 +244,7 @@ def test_a_backfill_waiting_for_a_slot_stops_on_a_signal(workspace, signame, sta
 
     import dagster as dg
 
-    from vector_assets import runs
+    from vector_assets.instance import runs
 
     from .test_faults import _spawn
 

@@ -16,7 +16,7 @@ import httpx
 import numpy as np
 import pytest
 
-from vector_assets import milvus_store
+from vector_assets.store import milvus_store
 
 from .conftest import sample_records, write_jsonl
 
@@ -163,7 +163,7 @@ def test_keys_tenants_and_bounds(served):
 
 
 def test_context_within_budget_and_answer_without_chat_endpoint(served):
-    from vector_assets.embedding import load_tokenizer
+    from vector_assets.embed.embedding import load_tokenizer
 
     question = "Why do S3A multipart uploads fail and how is it fixed?"
     response = post(served, "/v1/context", {"tenant": "HADOOP", "question": question, "token_budget": 400, "k": 10})

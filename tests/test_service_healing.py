@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from vector_assets import milvus_store
+from vector_assets.store import milvus_store
 
 from .conftest import sample_records, write_jsonl
 from .test_service import EXE, cli, service_env, start_service

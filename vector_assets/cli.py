@@ -60,7 +60,7 @@ def _run_tags(tenant: str, first: str, last: str, backfill_id: str) -> dict[str,
     import os
     import socket
 
-    from . import launch
+    from .instance import launch
 
     return {
         "dagster/asset_partition_range_start": f"{first}|{tenant}",
@@ -73,7 +73,7 @@ def _run_tags(tenant: str, first: str, last: str, backfill_id: str) -> dict[str,
 
 
 #: How a run's failure reads when its process died rather than its code failing: failed by
-#: :func:`vector_assets.runs.fail_dead_runs`; Dagster's own words when the code server saw its
+#: :func:`vector_assets.instance.runs.fail_dead_runs`; Dagster's own words when the code server saw its
 #: run worker killed (``dagster._utils.get_run_crash_explanation``). (A Celery worker lost
 #: mid-step hands its task back to the broker: tests/test_distributed.py.)
 PROCESS_DIED = ("is gone; marked failed", "was terminated by signal", "unexpectedly exited with code")
@@ -86,27 +86,27 @@ def _process_died(message: str) -> bool:
 
 def _launch_runs(plan: list, workers: int, delete_vanished: bool, instance, on_wait=lambda seconds: None):
     """Submit the planned runs through the Dagster instance (its run coordinator and run
-    launcher, :mod:`vector_assets.launch`) with at most ``workers`` of them unfinished at a time,
+    launcher, :mod:`vector_assets.instance.launch`) with at most ``workers`` of them unfinished at a time,
     and yield each one's outcome as it finishes: ``(spec, success, run id, summed metadata,
     seconds, check errors, failure message)``.
 
     A daemon dequeues them; where none runs, this command runs the daemon's queue step
-    (:class:`vector_assets.launch.RunDequeuer`). After
+    (:class:`vector_assets.instance.launch.RunDequeuer`). After
     SIGINT or SIGTERM (:class:`_Stop`) no run is submitted any more and the runs submitted and
     not finished are cancelled through the run coordinator (queued ones never start, started
     ones are terminated by the launcher); their outcomes are still yielded. ``on_wait(seconds)``
     is called each minute in which no run finished.
 
     A run whose process dies (killed, out of memory; :func:`_process_died`) is failed (by
-    Dagster, or by :func:`vector_assets.runs.fail_dead_runs`), its pool slot freed, and it is
+    Dagster, or by :func:`vector_assets.instance.runs.fail_dead_runs`), its pool slot freed, and it is
     submitted again, once; a second death is yielded as a failure.
     """
     import uuid
 
     import dagster as dg
 
-    from . import launch
-    from . import runs as run_state
+    from .instance import launch
+    from .instance import runs as run_state
 
     backfill_id = uuid.uuid4().hex[:8]
     run_config = {
@@ -173,7 +173,7 @@ def _milvus():
 def cmd_backfill(args: argparse.Namespace) -> int:
     import signal
 
-    from . import runs as run_state
+    from .instance import runs as run_state
     from .definitions import defs
     from .keys import MILVUS_VECTORS
     from .partitions import MAX_PARTITIONS_PER_RUN, TENANTS, in_window, make_key
@@ -181,7 +181,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     instance = settings.dagster_instance()
     print(f"landing: {settings.landing_dir()}  milvus: {settings.milvus_uri()}  DAGSTER_HOME: {instance.root_directory}", flush=True)
-    from . import launch
+    from .instance import launch
 
     orphaned = launch.cancel_orphaned_runs(instance)
     if orphaned:
@@ -227,7 +227,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     model_id = defs.resources["embedding_model"].model_id
     milvus = _milvus()
     store = milvus.store_key(model_id)
-    from . import milvus_store
+    from .store import milvus_store
 
     client = milvus.get_client()
     collection = milvus.collection_for(model_id)
@@ -385,7 +385,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
 def _search_setup():
     """Client, collection and model that search uses: the collection the search alias names
     (with the model it belongs to), else the configured model's collection."""
-    from .search import search_target
+    from .serving.search import search_target
 
     client = (resource := _milvus()).get_client(create=False)
     collection, model = search_target(client, resource.search_alias)
@@ -393,7 +393,7 @@ def _search_setup():
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from .search import SearchError, search
+    from .serving.search import SearchError, search
 
     if args.queries is None and (not args.query or not args.query.strip()):
         print("error: empty query", file=sys.stderr)
@@ -423,7 +423,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def _search_file(args, client, collection, model) -> int:
-    from .search import SearchError, search
+    from .serving.search import SearchError, search
 
     queries_by_tenant: dict[str, list[dict]] = defaultdict(list)
     errors = 0
@@ -463,7 +463,7 @@ def _search_file(args, client, collection, model) -> int:
 
 
 def cmd_server(args: argparse.Namespace) -> int:
-    from . import milvus_store
+    from .store import milvus_store
 
     uri = settings.milvus_uri()
     if not milvus_store.is_local_uri(uri):
@@ -479,8 +479,8 @@ def cmd_server(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from . import service
-    from .api_keys import keys_path
+    from .serving import service
+    from .serving.api_keys import keys_path
 
     if not milvus_exists():
         print(f"error: no Milvus Lite database at {settings.milvus_uri()}; run `vector-assets backfill` first", file=sys.stderr)
@@ -494,14 +494,14 @@ def milvus_exists() -> bool:
     """Whether the configured Milvus is a server URI or an existing Milvus Lite database."""
     from pathlib import Path
 
-    from . import milvus_store
+    from .store import milvus_store
 
     uri = settings.milvus_uri()
     return not milvus_store.is_local_uri(uri) or Path(uri).exists()
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
-    from .api_keys import ApiKeyError, KeyStore
+    from .serving.api_keys import ApiKeyError, KeyStore
 
     store = KeyStore()
     try:
@@ -750,7 +750,7 @@ def main(argv: list[str] | None = None) -> int:
     except MilvusException as err:
         # One line with the cause, not a page of gRPC traceback (a stopped server, a refused
         # connection, a collection that went away).
-        from .milvus_store import error_line
+        from .store.milvus_store import error_line
 
         print(f"error: Milvus at {settings.milvus_uri()}: {error_line(err)}", file=sys.stderr)
         return 2

@@ -17,7 +17,7 @@ from .sensors import all_schedules, all_sensors
 # (the CLI's workers, the UI's run and step workers). Measured in benchmarks/pipeline.py recording.
 os.environ.setdefault("DAGSTER_EVENT_BATCH_SIZE", "1000")
 # Runs created in these processes (the CLI's) plan a ranged run's materialisations with one event
-# per asset, not one per tenant-day, on any storage (vector_assets.storage does it for SQLite in
+# per asset, not one per tenant-day, on any storage (vector_assets.instance.storage does it for SQLite in
 # every process; for Postgres, `make dev` exports it to the webserver and daemon).
 os.environ.setdefault("DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS", "true")
 

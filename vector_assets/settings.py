@@ -53,14 +53,17 @@ def model_name() -> str:
     return os.environ.get("VECTOR_ASSETS_MODEL") or DEFAULT_MODEL
 
 
+#: Passages kept per record when ``VECTOR_ASSETS_MAX_PASSAGES`` is unset (issue #11); a record
+#: longer than this many windows is cut (counted as ``passages_cut``).
+DEFAULT_MAX_PASSAGES = 16
+
+
 def max_passages() -> int:
-    """``$VECTOR_ASSETS_MAX_PASSAGES``, else 16 (:data:`vector_assets.passages.DEFAULT_MAX_PASSAGES`).
+    """``$VECTOR_ASSETS_MAX_PASSAGES``, else 16 (:data:`DEFAULT_MAX_PASSAGES`).
 
     1 keeps one vector per record (its first window), as before passages existed. Raises
     ValueError naming the variable when it is not a positive integer.
     """
-    from .passages import DEFAULT_MAX_PASSAGES
-
     raw = os.environ.get("VECTOR_ASSETS_MAX_PASSAGES", "").strip()
     if not raw:
         return DEFAULT_MAX_PASSAGES

@@ -17,7 +17,7 @@ from dagster._core.definitions.data_version import CODE_VERSION_TAG, DATA_VERSIO
 from .. import settings
 from ..checks.evaluate import md_cell
 from ..keys import LANDING_INDEX
-from ..records import BadRecord
+from ..ingest.records import BadRecord
 from ..partitions import TENANTS, in_window
 from ..resources import LandingResource
 
@@ -36,7 +36,7 @@ INDEX_DATA_VERSION = "landing-index-3"
 
 def refresh_metadata(instance: dg.DagsterInstance, landing: LandingResource, report, log=None) -> dict:
     """Metadata of one refresh of the landing index (``report``: the refresh's
-    :class:`~vector_assets.landing.RefreshReport`): counts, tenants registered now (new tenants
+    :class:`~vector_assets.ingest.landing.RefreshReport`): counts, tenants registered now (new tenants
     are added to the dynamic partitions here), the lines that fit no tenant-day (also written
     to the quarantine reports of the state database, tenant ``""``) and records outside the window.
     ``log`` (a Dagster logger) gets a warning per problem.

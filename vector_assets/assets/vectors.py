@@ -26,18 +26,20 @@ import time
 
 import dagster as dg
 
-from .. import runs, settings
+from ..instance import runs
+from .. import settings
 import datetime as dt
 
 from ..partitions import make_key, split_key, tenant_day_partitions
-from .. import milvus_store, passages
+from ..store import milvus_store
+from ..ingest import passages
 from ..checks import evaluate, outcomes
 from ..checks.specs import CHECK_SPECS, CHECKS
-from ..quality import QualityThresholds, Verdict, vector_quality
+from ..embed.quality import QualityThresholds, Verdict, vector_quality
 from ..keys import ASSET_KEYS, EXTRACTED_TEXT, MILVUS_VECTORS, SOURCE_RECORDS
 from ..resources import EmbeddingModelResource, LandingResource, MilvusResource
 from .landing_index import record_refresh
-from ..sync import PartitionResult, cut_over_search_alias, record_synced, sync_partitions
+from ..store.sync import PartitionResult, cut_over_search_alias, record_synced, sync_partitions
 
 
 class TenantDayConfig(dg.Config):
@@ -189,7 +191,7 @@ def tenant_day_vectors(
     started = time.perf_counter()
     settings.pool_storage_connections(context.instance)  # this step writes many events
     # Which process holds this run's pool slot: a run whose process dies is failed and its slot
-    # freed by vector_assets.runs.fail_dead_runs.
+    # freed by vector_assets.instance.runs.fail_dead_runs.
     context.instance.add_run_tags(context.run_id, runs.process_tags())
     keys = [split_key(k) for k in context.partition_keys]
     # A retry of this step must not reuse a client whose server went away (a restarted local

@@ -2,7 +2,7 @@
 
 The checks are declared on the tenant-day multi-asset (``check_specs``) and evaluated inside
 its step, per partition, because a run covers many tenant-days and a blocking check must stop
-only its own partition's write. Thresholds: :class:`vector_assets.quality.QualityThresholds`.
+only its own partition's write. Thresholds: :class:`vector_assets.embed.quality.QualityThresholds`.
 
 ==================  ==============  ========  ===========================================
 check               asset           blocking  guards

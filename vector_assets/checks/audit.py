@@ -7,11 +7,11 @@ vectors that no longer agree with the model (coherence) or cannot be retrieved
 
 import dagster as dg
 
-from .. import milvus_store
+from ..store import milvus_store
 from ..keys import MILVUS_VECTORS
-from ..quality import QualityThresholds
+from ..embed.quality import QualityThresholds
 from ..resources import EmbeddingModelResource, LandingResource, MilvusResource
-from ..sync import extract_partitions, split_into_passages
+from ..store.sync import extract_partitions, split_into_passages
 from . import evaluate, outcomes
 
 

@@ -12,9 +12,9 @@ from typing import Callable
 
 import numpy as np
 
-from .. import milvus_store
-from ..quality import QualityThresholds, Verdict, graded
-from ..sync import PartitionKey, PartitionResult
+from ..store import milvus_store
+from ..embed.quality import QualityThresholds, Verdict, graded
+from ..store.sync import PartitionKey, PartitionResult
 
 
 @functools.lru_cache(maxsize=1)
@@ -86,7 +86,7 @@ def text_frame_verdicts(frame, t: QualityThresholds | None = None) -> dict[Parti
 
 def coverage_verdicts(results: dict[PartitionKey, PartitionResult], stored: dict[PartitionKey, dict[str, str]], model_id: str) -> dict[PartitionKey, Verdict]:
     """Reconciliation per written partition: ``records_read == records + quarantined``, one
-    Milvus row for every passage of every record (:mod:`vector_assets.passages`; a record that
+    Milvus row for every passage of every record (:mod:`vector_assets.ingest.passages`; a record that
     fits in the model's window is one passage) and no other, and every stored content hash
     equals the hash of its current passage text.
 

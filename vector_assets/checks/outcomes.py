@@ -13,7 +13,7 @@ Checks tab and each check's Partitions view show the worst current status over a
 Recording cost: Dagster stores each check evaluation with its own ``store_event`` (three SQLite
 transactions). :func:`record_evaluations` hands a run's evaluations to the storage in batches
 (Dagster's event batching, ``DAGSTER_EVENT_BATCH_SIZE``), which the project's storages
-(:mod:`vector_assets.storage`) write in one transaction per batch. Figures: README,
+(:mod:`vector_assets.instance.storage`) write in one transaction per batch. Figures: README,
 "Performance", ``benchmarks/pipeline.py recording``.
 """
 
@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import dagster as dg
 
 from ..partitions import make_key, split_key
-from ..quality import Verdict
+from ..embed.quality import Verdict
 from .specs import CHECKS
 
 PartitionKey = tuple[str, str]

@@ -3,7 +3,7 @@
 Every check is partitioned like its asset (tenant x day): each tenant-day has its own status,
 the outcome of its latest evaluation (:mod:`vector_assets.checks.outcomes`). The descriptions
 are what the UI shows; they state the rules the code applies, with the thresholds of
-:class:`vector_assets.quality.QualityThresholds` (its defaults).
+:class:`vector_assets.embed.quality.QualityThresholds` (its defaults).
 """
 
 import warnings

@@ -52,7 +52,7 @@ def default_resources() -> dict:
     import dagster as dg
 
     from .. import settings
-    from ..quality import QualityThresholds
+    from ..embed.quality import QualityThresholds
 
     token = dg.EnvVar("VECTOR_ASSETS_MILVUS_TOKEN") if os.environ.get("VECTOR_ASSETS_MILVUS_TOKEN") else ""
     return {

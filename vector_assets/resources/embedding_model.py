@@ -8,7 +8,8 @@ import dagster as dg
 import numpy as np
 from pydantic import PrivateAttr
 
-from .. import embedding, passages
+from ..embed import embedding
+from ..ingest import passages
 from ..settings import DEFAULT_MODEL
 
 
@@ -20,7 +21,7 @@ class EmbeddingModelResource(dg.ConfigurableResource):
         device: ``auto`` (CUDA when present, else CPU), ``cpu`` or ``cuda[:N]``.
         batch_size: texts per forward pass (default 64).
         passage_overlap: share of a window that consecutive passages of a long text share
-            (default 0.25; :mod:`vector_assets.passages`).
+            (default 0.25; :mod:`vector_assets.ingest.passages`).
         max_passages: passages kept per record (default 16; windows past it are counted as cut).
 
     The model is not loaded until :meth:`encode` or :attr:`dimension` is first used, so a run
@@ -74,7 +75,7 @@ class EmbeddingModelResource(dg.ConfigurableResource):
         return self.tokenizer_and_window()[1] - passages.SPECIAL_AND_SLACK_TOKENS
 
     def split_passages(self, texts: list) -> tuple[list, int, int]:
-        """:func:`vector_assets.passages.split_passages` with this model's tokenizer and window
+        """:func:`vector_assets.ingest.passages.split_passages` with this model's tokenizer and window
         (the tokenizer alone is loaded: a run that embeds nothing loads no weights):
         ``(passages, records_split, cut)``."""
         return passages.split_passages(texts, self.tokenizer_and_window()[0], self.passage_window, self.passage_overlap, self.max_passages)
@@ -86,12 +87,12 @@ class EmbeddingModelResource(dg.ConfigurableResource):
         return flags
 
     def model_inputs(self, texts: list[str]) -> list[tuple[int, ...]]:
-        """Per text, the token ids the model reads (see :func:`vector_assets.embedding.model_inputs`)."""
+        """Per text, the token ids the model reads (see :func:`vector_assets.embed.embedding.model_inputs`)."""
         return embedding.model_inputs(*self.tokenizer_and_window(), texts)
 
     def encode_with_raw(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """``(raw, normalised)`` ``(len(texts), dimension)`` float32: model output before and
-        after L2 normalisation (see :func:`vector_assets.embedding.encode_with_raw`)."""
+        after L2 normalisation (see :func:`vector_assets.embed.embedding.encode_with_raw`)."""
         return embedding.encode_with_raw(self.get_model(), texts, self.batch_size, self._stats)
 
     def encode(self, texts: list[str]) -> np.ndarray:

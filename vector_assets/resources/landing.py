@@ -11,8 +11,8 @@ import dagster as dg
 from pydantic import Field
 
 from .. import state
-from ..records import safe_name
-from ..landing import LandingIndex, RefreshReport, export_git_repository, git_head
+from ..ingest.records import safe_name
+from ..ingest.landing import LandingIndex, RefreshReport, export_git_repository, git_head
 
 
 class LandingResource(dg.ConfigurableResource):

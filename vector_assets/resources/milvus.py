@@ -6,7 +6,7 @@ import dagster as dg
 from pydantic import Field, PrivateAttr
 from pymilvus import MilvusClient
 
-from .. import milvus_store
+from ..store import milvus_store
 
 
 class MilvusResource(dg.ConfigurableResource):
@@ -20,7 +20,7 @@ class MilvusResource(dg.ConfigurableResource):
         index_type / metric_type / index_params: the vector index (default HNSW, COSINE,
             M=16, efConstruction=200).
         search_params: parameters of the checks' self-searches (default ``ef``
-            :data:`vector_assets.milvus_store.DEFAULT_EF`, what user searches use, so that the
+            :data:`vector_assets.store.milvus_store.DEFAULT_EF`, what user searches use, so that the
             retrievability check measures the search people run; at ef 64 the full shared
             dataset had 11 of 9,119 tenant-days whose sampled row was not its own first hit).
 
@@ -63,7 +63,7 @@ class MilvusResource(dg.ConfigurableResource):
 
     def store_key(self, model_id: str) -> str | None:
         """Identity of ``model_id``'s collection in this Milvus
-        (:func:`vector_assets.milvus_store.store_key`), None when it does not exist."""
+        (:func:`vector_assets.store.milvus_store.store_key`), None when it does not exist."""
         return milvus_store.store_key(self.uri, self.get_client(), self.collection_for(model_id))
 
     def collection_for(self, model_id: str) -> str:

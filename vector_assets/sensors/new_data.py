@@ -8,7 +8,7 @@ from ..assets.landing_index import refresh_event
 from ..jobs import vectors_job
 from ..partitions import MAX_PARTITIONS_PER_RUN, TENANTS, in_window, plan_runs, tenant_partitions
 from ..resources import LandingResource
-from ..runs import fail_dead_runs
+from ..instance.runs import fail_dead_runs
 
 
 @dg.sensor(job=vectors_job, minimum_interval_seconds=60, description="New or changed landing files and new commits in configured repositories: registers new tenants and requests runs for the tenant-days whose input changed since its last tick (whichever refresh found the change), nothing else.")

@@ -20,7 +20,6 @@ source's id (:func:`source_id`).
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import os
 import threading
@@ -31,6 +30,8 @@ from urllib.parse import quote_plus
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
+
+from ..local import file_lock
 
 #: Bumped when the tables below change; a database of another version is migrated by dropping
 #: the derived tables (files, lines: rebuilt from the landing files) and keeping the rest.
@@ -226,12 +227,8 @@ def exclusive(made: sa.Engine, name: str) -> Iterator[None]:
         yield
         return
     lock = path.with_name(f"{path.name}.{hashlib.blake2b(name.encode(), digest_size=4).hexdigest()}.lock")
-    with open(lock, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    with file_lock(lock):
+        yield
 
 
 def upsert(conn: sa.Connection, table: sa.Table, rows: list[dict], keys: list[str], update: bool = True) -> None:

@@ -17,6 +17,8 @@ import socket
 
 import dagster as dg
 
+from ..local import pid_alive
+
 #: Run tags naming the process that executes the run's tenant-day step, its parent (the run
 #: worker that started the step's process, or a Celery worker's main process) and its host.
 PID_TAG = "vector_assets/pid"
@@ -30,23 +32,6 @@ POOL = "milvus_writes"
 def process_tags() -> dict[str, str]:
     """``{PID_TAG: this process's pid, PARENT_PID_TAG: its parent's, HOST_TAG: this host's name}``."""
     return {PID_TAG: str(os.getpid()), PARENT_PID_TAG: str(os.getppid()), HOST_TAG: socket.gethostname()}
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` runs. A zombie counts as gone: a killed process whose parent
-    died too stays a zombie where PID 1 does not reap orphans (containers), and ``kill(pid, 0)``
-    still succeeds for it (seen: a killed backfill's run was never failed in CI)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True  # no /proc: what kill said
 
 
 def fail_dead_runs(instance: dg.DagsterInstance) -> list[str]:

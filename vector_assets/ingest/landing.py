@@ -32,7 +32,7 @@ from typing import Iterable, Iterator
 
 import sqlalchemy as sa
 
-from . import state
+from .. import state
 from .records import BadRecord, LocatedRecord, RecordError, record_identity, record_key, record_tenant, record_timestamp
 
 #: Compressed exports are not read (their lines cannot be addressed by byte offset); they are
@@ -120,7 +120,7 @@ def json_error_reason(err: json.JSONDecodeError) -> str:
 def _locate_line(raw: bytes) -> tuple[str | None, str | None, str | None, int | None, str | None]:
     """``(tenant, day, pk, stamp, reason)`` of one raw JSONL line; reason is None when the line
     can be placed in a tenant-day. ``pk`` (the record's key across tenants,
-    :func:`vector_assets.records.record_key`) and ``stamp`` (Unix
+    :func:`vector_assets.ingest.records.record_key`) and ``stamp`` (Unix
     seconds) are None when the record has no valid kind or id (its tenant-day quarantines it).
 
     Never raises: any failure to parse or place the line (malformed JSON, nesting too deep for
@@ -534,7 +534,7 @@ class LandingIndex:
         return {k: _fingerprint(v) for k, v in digests.items()}
 
     def mark_synced(self, store: str, synced: dict[tuple[str, str], tuple[str, int]]) -> None:
-        """Record that the Milvus collection ``store`` (see :func:`vector_assets.sync.store_key`)
+        """Record that the Milvus collection ``store`` (see :func:`vector_assets.store.sync.store_key`)
         holds the rows of these tenant-days as of the input they were read from:
         ``{(tenant, day): (fingerprint of the lines read, rows)}``."""
         rows = [{"source": self.source_key, "store": store, "tenant": t, "day": d, "fingerprint": fp, "rows": n} for (t, d), (fp, n) in synced.items()]

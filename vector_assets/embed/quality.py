@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import dagster as dg
 import numpy as np
 
-from .extraction import MAX_TEXT_CHARS
+from ..ingest.extraction import MAX_TEXT_CHARS
 
 
 class QualityThresholds(dg.ConfigurableResource):
@@ -85,7 +85,7 @@ def vector_quality(raw: np.ndarray, normalised: np.ndarray, dims: dict[str, int]
         dims: ``{"model": ..., "collection": ...}`` expected dimensions (collection may be absent
             before the collection exists).
         inputs: per row, what the model read (its text, or better the token ids within the
-            model's window, :func:`vector_assets.embedding.model_inputs`); rows with equal
+            model's window, :func:`vector_assets.embed.embedding.model_inputs`); rows with equal
             inputs (a cherry-picked commit, an issue filed three times, texts differing only
             in case for an uncased model or only past ``max_seq_length``), or near-identical
             ones (``near_identical_overlap`` of their tokens shared), legitimately share a

@@ -16,7 +16,7 @@ Routes (OpenAPI at ``/openapi.json``, interactive docs at ``/docs``):
 - ``GET /healthz`` (the process answers), ``GET /readyz`` (Milvus reachable, model loaded,
   collection present; 503 naming what is not).
 
-Every ``/v1`` route needs ``Authorization: Bearer <key>`` (:mod:`vector_assets.api_keys`): none
+Every ``/v1`` route needs ``Authorization: Bearer <key>`` (:mod:`vector_assets.serving.api_keys`): none
 or an unknown/revoked key: 401; a tenant the key does not grant: 403 with the same body whether
 that tenant exists or not. Inputs are bounded (:data:`LIMITS`); beyond a bound: 422 naming it.
 
@@ -50,8 +50,10 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
-from . import api_keys, milvus_store, settings
-from .records import KINDS, SURROGATE
+from . import api_keys
+from ..store import milvus_store
+from .. import settings
+from ..ingest.records import KINDS, SURROGATE
 from .search import MODES, SearchError, default_mode, search, search_target
 
 #: Bounds on every input (answered with 422 beyond them).
@@ -209,7 +211,7 @@ class EmbeddingsRequest(_Strict):
 @dataclass
 class ServiceConfig:
     """Where the service reads from: Milvus ``uri``/``token`` (default ``VECTOR_ASSETS_MILVUS_URI``
-    / ``VECTOR_ASSETS_MILVUS_TOKEN``), the key file (:func:`vector_assets.api_keys.keys_path`),
+    / ``VECTOR_ASSETS_MILVUS_TOKEN``), the key file (:func:`vector_assets.serving.api_keys.keys_path`),
     and whether the Dagster instance (``$DAGSTER_HOME``) is read for the tenants' last
     materialisation times in ``/metrics``."""
 
@@ -292,7 +294,7 @@ class ServiceState:
     switch is one assignment, so no request fails during a cut-over."""
 
     def __init__(self, config: ServiceConfig):
-        from .resources import MilvusResource
+        from ..resources import MilvusResource
 
         self.config = config
         self.resource = MilvusResource(uri=config.uri, token=config.token)
@@ -378,7 +380,7 @@ class ServiceState:
         except Exception as err:  # noqa: BLE001 - the old collection keeps serving; tried again later
             import logging
 
-            logging.getLogger("vector_assets.service").warning("cut-over to %s (%s) failed: %s", collection, model.model_id, milvus_store.error_line(err))
+            logging.getLogger("vector_assets.serving.service").warning("cut-over to %s (%s) failed: %s", collection, model.model_id, milvus_store.error_line(err))
         finally:
             self._loading = None
 
@@ -442,7 +444,7 @@ class ServiceState:
         the service does not read Dagster."""
         if not self.config.read_dagster:
             return []
-        from .partitions import TENANTS
+        from ..partitions import TENANTS
 
         return sorted(settings.dagster_instance().get_dynamic_partitions(TENANTS))
 
@@ -545,7 +547,7 @@ def create_app(config: ServiceConfig | None = None) -> FastAPI:
     def log_once(message: str) -> None:
         if message not in logged:
             logged.add(message)
-            logging.getLogger("vector_assets.service").error(message)
+            logging.getLogger("vector_assets.serving.service").error(message)
 
     # Every failure a caller can cause or meet is a 4xx or 503 with a one-line reason, logged
     # once (issue #17 item 9), never a 500 whose body says nothing.

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .settings import DEFAULT_MODEL
+from ..settings import DEFAULT_MODEL
 
 _LOCK = threading.Lock()
 

@@ -19,14 +19,7 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
-from .records import (
-    BadRecord,
-    LocatedRecord,
-    SURROGATE,
-    RecordError,
-    content_hash,
-    record_identity,
-)
+from .records import BadRecord, LocatedRecord, SURROGATE, RecordError, content_hash, record_identity
 
 #: Longest extracted text of one record, in characters. The bounded-text rule of the
 #: text-frame check (``QualityThresholds.max_text_chars``) defaults to it, so a longer record is
@@ -200,7 +193,7 @@ class ExtractedText:
     timestamp: int
     path: str
     line: int
-    #: Passage index within the record (:mod:`vector_assets.passages`; 0: the record's start).
+    #: Passage index within the record (:mod:`vector_assets.ingest.passages`; 0: the record's start).
     passage: int = 0
 
     def hash_for(self, model_id: str) -> str:

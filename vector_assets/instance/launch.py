@@ -24,7 +24,7 @@ from typing import Iterator
 
 import dagster as dg
 
-from . import settings
+from .. import settings
 
 #: The code location every launched run names (``workspace.yaml``'s ``location_name``).
 LOCATION = "vector_assets"
@@ -112,7 +112,7 @@ class RunDequeuer:
         """Unfinished runs submitted by other live ``vector-assets backfill`` commands of this host."""
         import socket
 
-        from .runs import pid_alive
+        from ..local import pid_alive
 
         statuses = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]
         count = 0
@@ -162,10 +162,10 @@ def cancel_orphaned_runs(instance: dg.DagsterInstance) -> list[str]:
     """Cancel the queued runs that a ``vector-assets backfill`` of this host submitted and that
     nobody follows any more (its process is gone: killed, or its machine's session ended).
     Returns their run ids. Runs already started are left to finish (or to
-    :func:`vector_assets.runs.fail_dead_runs` when their own process is gone)."""
+    :func:`vector_assets.instance.runs.fail_dead_runs` when their own process is gone)."""
     import socket
 
-    from .runs import pid_alive
+    from ..local import pid_alive
 
     host = socket.gethostname()
     cancelled = []

@@ -7,10 +7,10 @@ from dataclasses import asdict, dataclass
 
 from pymilvus import AnnSearchRequest, MilvusClient, RRFRanker, WeightedRanker
 
-from . import milvus_store
+from ..store import milvus_store
 
 
-#: HNSW ``ef`` of a search (defined in :mod:`vector_assets.milvus_store`, the layer below).
+#: HNSW ``ef`` of a search (defined in :mod:`vector_assets.store.milvus_store`, the layer below).
 DEFAULT_EF = milvus_store.DEFAULT_EF
 
 
@@ -88,7 +88,7 @@ def search_target(client: MilvusClient, alias: str):
     """``(collection, embedder)`` a search uses: the collection ``alias`` names, with the
     provider of the model that wrote it (:func:`vector_assets.resources.embedding_resource`),
     else the configured provider's collection (which may not exist yet)."""
-    from .resources import embedding_resource
+    from ..resources import embedding_resource
 
     collection = milvus_store.alias_target(client, alias)
     model_id = collection and milvus_store.collection_model(client, collection)
@@ -129,7 +129,7 @@ def search(
 ) -> list[list[Hit]]:
     """The ``k`` best records of ``tenant`` for each query, best first.
 
-    A record with a long text is stored as several passages (:mod:`vector_assets.passages`);
+    A record with a long text is stored as several passages (:mod:`vector_assets.ingest.passages`);
     hits are records, each scored by its best passage: passages are fetched ``OVERFETCH`` times
     ``k`` at a time (more until ``k`` distinct records are found or the tenant has no more), so
     the answer stays exact at k = 100 whatever the passages per record. Grouping is done here

@@ -19,10 +19,10 @@ from typing import Callable, Iterable, Protocol
 import numpy as np
 
 from . import milvus_store
-from .extraction import ExtractedText, extract_records
-from .landing import LandingIndex
-from .passages import record_pk
-from .records import BadRecord, safe_name
+from ..ingest.extraction import ExtractedText, extract_records
+from ..ingest.landing import LandingIndex
+from ..ingest.passages import record_pk
+from ..ingest.records import BadRecord, safe_name
 
 PartitionKey = tuple[str, str]  # (tenant, day)
 
@@ -62,10 +62,10 @@ class PartitionResult:
     ``max_seq_length`` (the model embeds their start only); ``rows``: rows the
     partition holds afterwards; ``superseded``: lines whose record id has a newer version
     elsewhere (counted in ``records_read`` and listed in ``quarantined``); ``fingerprint``: of
-    the lines read (:attr:`vector_assets.landing.PartitionInput.fingerprint`), what the write
+    the lines read (:attr:`vector_assets.ingest.landing.PartitionInput.fingerprint`), what the write
     is recorded against; ``refused``: why the partition was not written although its checks
     allowed it (its tenant vanished from the landing data), else None. ``records``: the
-    extracted records. With passages (:mod:`vector_assets.passages`): ``texts`` are the
+    extracted records. With passages (:mod:`vector_assets.ingest.passages`): ``texts`` are the
     passages (one per record that fits in one window), ``records_split`` the records of more
     than one passage, ``passages_cut`` the windows left out by the per-record limit; ``rows`` counts
     Milvus rows (passages); ``embedded``, ``skipped``, ``moved``, ``deleted`` count records (a
@@ -134,7 +134,7 @@ def extract_partitions(index: LandingIndex, keys: Iterable[PartitionKey]) -> dic
 
     A record whose day differs from its partition's (it cannot, unless the index is stale) is
     quarantined rather than written to the wrong partition. Superseded versions of a record id
-    (:class:`vector_assets.landing.LandingIndex`) are quarantined with their reason.
+    (:class:`vector_assets.ingest.landing.LandingIndex`) are quarantined with their reason.
     """
     keys = list(keys)
     located = index.read_partitions(keys)
@@ -158,7 +158,7 @@ def extract_partitions(index: LandingIndex, keys: Iterable[PartitionKey]) -> dic
 
 
 def split_into_passages(results: dict[PartitionKey, PartitionResult], embedder) -> None:
-    """Replace each result's record texts by their passages (:mod:`vector_assets.passages`),
+    """Replace each result's record texts by their passages (:mod:`vector_assets.ingest.passages`),
     in place, when ``embedder`` can split (``split_passages``); sets ``records_split`` and
     ``passages_cut``. An embedder without it keeps one row per record."""
     splitter = getattr(embedder, "split_passages", None)
@@ -200,7 +200,7 @@ def sync_partitions(
             (``PartitionResult.refused`` says why and how many rows would go).
 
     Returns ``{(tenant, day): PartitionResult}``. Raises
-    :class:`~vector_assets.milvus_store.SourceMismatchError` before any write when the
+    :class:`~vector_assets.store.milvus_store.SourceMismatchError` before any write when the
     collection is bound to another landing source than ``index``'s. Raises whatever Milvus raises on a failed
     write (the partition is then not in sync and the run fails). What was written is not yet
     recorded as synced: the caller does that with :func:`record_synced` once the write is
@@ -345,7 +345,7 @@ def sync_partitions(
 
 def record_synced(index: LandingIndex, milvus, model_id: str, results: dict[PartitionKey, PartitionResult]) -> int:
     """Record the written partitions of ``results`` as synced to ``model_id``'s collection in
-    ``milvus`` (:func:`vector_assets.milvus_store.store_key`), each against the fingerprint of
+    ``milvus`` (:func:`vector_assets.store.milvus_store.store_key`), each against the fingerprint of
     the lines it was read from: an edit made while the run encoded changes the fingerprint, so
     the next backfill runs that partition again. Returns the number recorded."""
     written = {k: r for k, r in results.items() if r.written}

@@ -1,7 +1,7 @@
 """Milvus storage: the collection schema, partition-scoped reads and writes, and the local server.
 
 One collection per embedding model (:func:`collection_name`). Rows are keyed by
-:func:`vector_assets.records.primary_key`, with ``tenant`` as the partition key, so a search
+:func:`vector_assets.ingest.records.primary_key`, with ``tenant`` as the partition key, so a search
 filtered on one tenant touches only that tenant's data.
 
 **Milvus Lite and concurrency.** A Milvus Lite data directory admits one process at a time
@@ -14,7 +14,6 @@ runs, sensors, ``vector-assets search`` — connects to it over gRPC, as to a Mi
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -31,7 +30,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 from pymilvus import DataType, Function, FunctionType, MilvusClient
 
-from .runs import pid_alive
+from ..local import file_lock, pid_alive
 from pymilvus.exceptions import MilvusException
 
 #: Field lengths (bytes) of the VARCHAR fields.
@@ -118,17 +117,6 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def running_local_server(data_dir: str | Path) -> str | None:
     """URI of the live server for ``data_dir``, or None when none is running."""
     state = _state_path(Path(data_dir).resolve())
@@ -154,7 +142,7 @@ def ensure_local_server(data_dir: str | Path, timeout_s: float = 60.0) -> str:
     ``timeout_s`` seconds.
     """
     data_dir = Path(data_dir).resolve()
-    with _locked(data_dir.with_name(data_dir.name + ".server.lock")):
+    with file_lock(data_dir.with_name(data_dir.name + ".server.lock")):
         uri = running_local_server(data_dir)
         if uri:
             return uri
@@ -317,7 +305,7 @@ def create_collection(client: MilvusClient, name: str, dim: int, index_type: str
     """Create collection ``name`` for ``dim``-dimensional float32 vectors if it does not exist,
     index it and load it.
 
-    Fields: pk (VARCHAR primary key; a passage's, :func:`vector_assets.passages.passage_pk`),
+    Fields: pk (VARCHAR primary key; a passage's, :func:`vector_assets.ingest.passages.passage_pk`),
     tenant (partition key), day (``YYYY-MM-DD``), kind, record_id, passage (index of the passage
     in its record), content_hash (SHA-256 hex of model id + passage text), model, created_at
     and embedded_at (Unix seconds), preview (first 200 characters), text (the passage's text,
@@ -384,7 +372,7 @@ def collection_uid(client: MilvusClient, name: str) -> str | None:
 def store_key(uri: str, client: MilvusClient, name: str) -> str | None:
     """The identity of one collection in one Milvus: ``<uri>|<collection>|<uid>`` (a local
     path resolved), or None when the collection does not exist. What was written is recorded
-    against it (:meth:`vector_assets.landing.LandingIndex.mark_synced`), so another database,
+    against it (:meth:`vector_assets.ingest.landing.LandingIndex.mark_synced`), so another database,
     or a collection dropped and re-created, is never taken to hold rows it does not."""
     uid = collection_uid(client, name)
     if uid is None:

@@ -21,12 +21,11 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from ..settings import DEFAULT_MAX_PASSAGES
 from .extraction import ExtractedText
 
 #: Overlap of consecutive windows, as a share of the window (issue #11's starting point).
 DEFAULT_OVERLAP = 0.25
-#: Passages kept per record; a record longer than this many windows is cut (counted).
-DEFAULT_MAX_PASSAGES = 16
 #: Tokens kept free of the model's window: the model adds [CLS] and [SEP], and a passage cut
 #: inside a word re-tokenises into a few more pieces than its share of the record's tokens.
 SPECIAL_AND_SLACK_TOKENS = 8

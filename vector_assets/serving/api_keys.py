@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import fcntl
 import hashlib
 import hmac
 import json
@@ -31,7 +30,8 @@ import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import settings
+from .. import settings
+from ..local import file_lock
 
 #: How key files before ``all_tenants`` wrote "every tenant" (read, never written now).
 LEGACY_ALL_TENANTS = "*"
@@ -130,8 +130,7 @@ class KeyStore:
     @contextlib.contextmanager
     def _writing(self):
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(f"{self.path}.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with file_lock(f"{self.path}.lock"):
             keys = self._read()
             yield keys
             tmp = self.path.with_name(self.path.name + ".tmp")
