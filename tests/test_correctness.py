@@ -17,6 +17,7 @@ from vector_assets.ingest.records import LocatedRecord, primary_key, safe_name
 from vector_assets.resources import LandingResource, MilvusResource
 from vector_assets.serving.search import search
 from vector_assets.settings import DEFAULT_MODEL
+from vector_assets.store import sync
 from vector_assets.store.sync import record_synced, sync_partitions
 
 from .conftest import register_tenants, sample_records, write_jsonl
@@ -81,12 +82,16 @@ def test_an_edit_made_while_a_run_encodes_is_not_lost(resources, hadoop_days, wo
     day = days_of(hadoop_days)[0]
     path = workspace["landing"] / "jira.jsonl"
 
-    def edit_after_read(results):
-        edited = [dict(r, summary=r["summary"] + " EDITED WHILE ENCODING") if r["day"] == day else r for r in hadoop_days]
-        write_jsonl(path, edited)
-        index.refresh()  # another backfill refreshing the index meanwhile
-
-    results = sync_partitions([("HADOOP", day)], index, embedding_model, milvus, after_extract=edit_after_read)
+    # The stages of one run, with an edit (and another backfill's refresh) between read and write.
+    results = sync.split_into_passages(sync.extract_partitions(index.read_partitions([("HADOOP", day)])), embedding_model)
+    edited = [dict(r, summary=r["summary"] + " EDITED WHILE ENCODING") if r["day"] == day else r for r in hadoop_days]
+    write_jsonl(path, edited)
+    index.refresh()
+    collection = sync.open_collection(milvus, DEFAULT_MODEL, index.source)
+    plan = sync.plan_embeddings(results, collection, DEFAULT_MODEL)
+    embedded = sync.embed_texts(plan, embedding_model)
+    changes = sync.partition_changes(results, plan, embedded, set())
+    results = sync.write_partitions(milvus, collection, DEFAULT_MODEL, index.source, results, changes, set(results), embedded).results
     record_synced(index, milvus, DEFAULT_MODEL, results)
     store = milvus.store_key(DEFAULT_MODEL)
     assert ("HADOOP", day) in index.unsynced_partitions(store)

@@ -102,16 +102,23 @@ def _started_runs(dagster_home):
         return instance.get_runs(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))
 
 
-def _daemons_of(dagster_home: str) -> list[int]:
-    """Pids of dagster-daemon processes whose environment names ``dagster_home``."""
-    found = []
-    for pid in subprocess.run(["pgrep", "-f", "dagster-daemon run"], capture_output=True, text=True).stdout.split():
+def _dequeue_lock_held(dagster_home: str) -> bool:
+    """Whether a process holds the backfill command's dequeue lock of the instance
+    (``$DAGSTER_HOME/cli-dequeue.lock``, :class:`vector_assets.instance.launch.RunDequeuer`): a
+    child of a killed command that inherited the lock's descriptor would keep every later
+    command from dequeuing its runs."""
+    import fcntl
+
+    path = Path(dagster_home) / "cli-dequeue.lock"
+    if not path.exists():
+        return False
+    with open(path, "a") as fh:
         try:
-            if f"DAGSTER_HOME={dagster_home}".encode() in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
-                found.append(int(pid))
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            continue
-    return found
+            return True
+        fcntl.flock(fh, fcntl.LOCK_UN)
+    return False
 
 
 def _wait_until_no_started_runs(dagster_home: str, timeout: float = 300) -> list:
@@ -123,7 +130,7 @@ def _wait_until_no_started_runs(dagster_home: str, timeout: float = 300) -> list
 
 def test_a_killed_backfill_does_not_hang_the_next(env, hadoop_days, workspace):
     """Item 7 (issue #19: runs go through the instance): kill -9 a backfill twice while its runs
-    run. No daemon is left behind; its queued runs are cancelled by the next backfill, its
+    run. Its dequeue lock is not left held; its queued runs are cancelled by the next backfill, its
     started runs finish on their own or are failed as gone; the next backfill completes and
     every record lands."""
     for _ in range(2):
@@ -135,10 +142,11 @@ def test_a_killed_backfill_does_not_hang_the_next(env, hadoop_days, workspace):
         time.sleep(2)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+        assert (Path(env["DAGSTER_HOME"]) / "cli-dequeue.lock").exists()  # it was dequeuing
         deadline = time.monotonic() + 60
-        while _daemons_of(env["DAGSTER_HOME"]) and time.monotonic() < deadline:
+        while _dequeue_lock_held(env["DAGSTER_HOME"]) and time.monotonic() < deadline:
             time.sleep(0.5)
-        assert _daemons_of(env["DAGSTER_HOME"]) == [], "a daemon outlived the killed backfill"
+        assert not _dequeue_lock_held(env["DAGSTER_HOME"]), "the killed backfill's dequeue lock is still held"
     done = run_cli("backfill", env=env, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert _wait_until_no_started_runs(env["DAGSTER_HOME"]) == []

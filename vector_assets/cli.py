@@ -72,18 +72,6 @@ def _run_tags(tenant: str, first: str, last: str, backfill_id: str) -> dict[str,
     }
 
 
-#: How a run's failure reads when its process died rather than its code failing: failed by
-#: :func:`vector_assets.instance.runs.fail_dead_runs`; Dagster's own words when the code server saw its
-#: run worker killed (``dagster._utils.get_run_crash_explanation``). (A Celery worker lost
-#: mid-step hands its task back to the broker: tests/test_distributed.py.)
-PROCESS_DIED = ("is gone; marked failed", "was terminated by signal", "unexpectedly exited with code")
-
-
-def _process_died(message: str) -> bool:
-    """Whether a run's failure ``message`` says that its process died (see :data:`PROCESS_DIED`)."""
-    return any(marker in message for marker in PROCESS_DIED)
-
-
 def _launch_runs(plan: list, workers: int, delete_vanished: bool, instance, on_wait=lambda seconds: None):
     """Submit the planned runs through the Dagster instance (its run coordinator and run
     launcher, :mod:`vector_assets.instance.launch`) with at most ``workers`` of them unfinished at a time,
@@ -97,7 +85,7 @@ def _launch_runs(plan: list, workers: int, delete_vanished: bool, instance, on_w
     ones are terminated by the launcher); their outcomes are still yielded. ``on_wait(seconds)``
     is called each minute in which no run finished.
 
-    A run whose process dies (killed, out of memory; :func:`_process_died`) is failed (by
+    A run whose process dies (killed, out of memory; :attr:`vector_assets.instance.launch.RunOutcome.process_died`) is failed (by
     Dagster, or by :func:`vector_assets.instance.runs.fail_dead_runs`), its pool slot freed, and it is
     submitted again, once; a second death is yielded as a failure.
     """
@@ -145,7 +133,7 @@ def _launch_runs(plan: list, workers: int, delete_vanished: bool, instance, on_w
                 spec = active.pop(run.run_id)
                 result = launch.outcome(instance, run, root_cause)
                 last_progress = time.monotonic()
-                if run.status == dg.DagsterRunStatus.FAILURE and _process_died(result.message) and attempts[spec] < 2 and not _Stop.signal:
+                if result.process_died and attempts[spec] < 2 and not _Stop.signal:
                     print(f"the process of run {run.run_id} ({spec[0]} {spec[1]}..{spec[2]}) died ({result.message[:160]}): submitted again", file=sys.stderr, flush=True)
                     pending.insert(0, spec)
                     continue

@@ -22,24 +22,22 @@ tenant-days reads them in one pass and loads the model once. How a run is record
 """
 
 
+import datetime as dt
 import time
 
 import dagster as dg
 
-from ..instance import runs
 from .. import settings
-import datetime as dt
-
-from ..partitions import make_key, split_key, tenant_day_partitions
-from ..store import milvus_store
-from ..ingest import passages
 from ..checks import evaluate, outcomes
 from ..checks.specs import CHECK_SPECS, CHECKS
-from ..embed.quality import QualityThresholds, Verdict, vector_quality
+from ..embed.quality import QualityThresholds, Verdict
+from ..instance import runs
 from ..keys import ASSET_KEYS, EXTRACTED_TEXT, MILVUS_VECTORS, SOURCE_RECORDS
+from ..partitions import make_key, split_key, tenant_day_partitions
 from ..resources import EmbeddingModelResource, LandingResource, MilvusResource
+from ..store import milvus_store, sync
+from ..store.sync import PartitionKey, PartitionResult
 from .landing_index import record_refresh
-from ..store.sync import PartitionResult, cut_over_search_alias, record_synced, sync_partitions
 
 
 class TenantDayConfig(dg.Config):
@@ -184,10 +182,10 @@ def tenant_day_vectors(
     milvus: MilvusResource,
     quality: QualityThresholds,
 ):
-    """Materialise each tenant-day of the run: read, extract, check, embed what changed, write,
-    check again; a materialisation of each asset per tenant-day (derived by Dagster from the
-    run's range) and one evaluation of each check per judged tenant-day (see the module
-    docstring)."""
+    """Materialise each tenant-day of the run through the stages of :mod:`vector_assets.store.sync`
+    (read, extract, gate the texts, embed what changed, gate the vectors, write, judge, record):
+    a materialisation of each asset per tenant-day (derived by Dagster from the run's range) and
+    one evaluation of each check per judged tenant-day (see the module docstring)."""
     started = time.perf_counter()
     settings.pool_storage_connections(context.instance)  # this step writes many events
     # Which process holds this run's pool slot: a run whose process dies is failed and its slot
@@ -200,107 +198,150 @@ def tenant_day_vectors(
     record_refresh(context.instance, landing, landing.refresh(), f"tenant_day_vectors run {context.run_id}", context.log)
     index = landing.index()
     model_id = embedding_model.model_id
-    verdicts: dict[str, dict] = {name: {} for name in CHECKS}
-
-    def validate_texts(results):
-        verdicts["text_frame_valid"] = evaluate.text_frame_verdicts(evaluate.text_frame(results), quality)
-
-    collection_dim: dict[str, int | None] = {}  # read from Milvus once per run
-
-    def gate(result, changed, raw, normalised) -> bool:
-        key = (result.tenant, result.day)
-        dims = {}
-        if changed:
-            dims["model"] = embedding_model.dimension
-            if "collection" not in collection_dim:
-                client = milvus.get_client()
-                name = milvus.collection_for(model_id)
-                collection_dim["collection"] = milvus_store.collection_dimension(client, name) if client.has_collection(name) else None
-            if collection_dim["collection"] is not None:
-                dims["collection"] = collection_dim["collection"]
-        verdicts["vector_quality"][key] = vector_quality(raw, normalised, dims, quality, inputs=embedding_model.model_inputs([t.text for t in changed]) if changed else [], records=[passages.record_pk(t.pk) for t in changed])
-        frame_ok = verdicts["text_frame_valid"].get(key, Verdict(True)).passed
-        ok = verdicts["vector_quality"][key].passed and frame_ok
-        if not ok:
-            context.log.error(f"{result.tenant}|{result.day}: blocking check failed, partition not written ({verdicts['vector_quality'][key].metadata.get('failures')})")
-        return ok
-
-    timings: dict[str, float] = {}
     cpu_before = embedding_model.stats.cpu_seconds
+
+    # read, extract
+    extracted = sync.extract_partitions(index.read_partitions(keys))
+    index.write_quarantine({k: r.quarantined for k, r in extracted.items()})
+    # gate (texts): the run's text frame, once, before passages and any Milvus work
+    text_verdicts = evaluate.text_frame_verdicts(evaluate.text_frame(extracted), quality)
+    results = sync.split_into_passages(extracted, embedding_model)
+    # embed
     try:
-        results = sync_partitions(
-            keys, index, embedding_model, milvus, before_write=gate, log=context.log.info,
-            after_extract=validate_texts, timings=timings, delete_vanished=config.delete_vanished_tenants,
-        )
+        collection = sync.open_collection(milvus, model_id, index.source)
     except milvus_store.SourceMismatchError as err:
         # No retry heals it: the run reads another landing folder than the collection's.
         raise dg.Failure(description=str(err), allow_retries=False) from None
+    plan = sync.plan_embeddings(results, collection, model_id)
+    embedded = sync.embed_texts(plan, embedding_model, log=context.log.info)
+    vanished = set() if config.delete_vanished_tenants else index.vanished_among(t for t, _ in keys)
+    changes = sync.partition_changes(results, plan, embedded, vanished)
+    for change in changes.values():
+        if change.refused:
+            context.log.warning(change.refused)
+    # gate (vectors)
+    vector_verdicts = evaluate.vector_quality_verdicts(changes, embedding_model, collection, quality)
+    allowed = gate(changes, text_verdicts, vector_verdicts, context.log)
+    # write
+    outcome = sync.write_partitions(milvus, collection, model_id, index.source, results, changes, allowed, embedded)
+    results = outcome.results
     stats = embedding_model.stats
     per_text = stats.seconds / stats.texts if stats.texts else 0.0
-    encode_cpu_s = stats.cpu_seconds - cpu_before  # the sync's own encode (not the checks' re-embeds)
-
-    # Checks after the write.
-    written = {k: r for k, r in results.items() if r.written and (r.records_read or r.deleted)}
-    if written:
-        client = milvus.get_client()
-        name = milvus.collection_for(model_id)
-        stored = evaluate.stored_hashes(client, name, list(written)) if client.has_collection(name) else {}
-        verdicts["coverage"] = evaluate.coverage_verdicts(written, stored, model_id)
-        sample = evaluate.sample_vectors(client, name, written, quality) if client.has_collection(name) else {}
-        reembed = lambda texts: embedding_model.encode(texts)  # noqa: E731
-        # A run that embedded nothing loads no model: its stored rows' coherence is the audit
-        # job's to judge (rows written now are still compared through the Milvus round trip).
-        verdicts["coherence"] = evaluate.coherence_verdicts(written, sample, reembed, quality, sample=None if stats.texts else 0)
-        if sample:
-            verdicts["retrievability"] = evaluate.retrievability_verdicts(client, name, written, sample, quality, milvus.search_params)
-        verdicts["failure_rate"] = {k: evaluate.failure_rate_verdict(r, quality) for k, r in written.items()}
+    encode_cpu_s = stats.cpu_seconds - cpu_before  # the run's own encode (not the checks' re-embeds)
+    # judge
+    verdicts = {name: {} for name in CHECKS}
+    verdicts["text_frame_valid"] = text_verdicts
+    verdicts["vector_quality"] = vector_verdicts
+    verdicts.update(judge(results, milvus, embedding_model, quality, reembed_sample=bool(stats.texts)))
     # Per vector: a record of several passages is several vectors.
-    embedded = sum(r.passages_embedded for r in results.values())
+    vectors = sum(r.passages_embedded for r in results.values())
     run_timing = evaluate.processing_time_verdict(
-        1000.0 * encode_cpu_s / embedded if embedded else 0.0, embedded, quality,
-        wall_ms_per_vector=1000.0 * (timings.get("encode_s", 0.0) + timings.get("write_s", 0.0)) / embedded if embedded else 0.0,
+        1000.0 * encode_cpu_s / vectors if vectors else 0.0, vectors, quality,
+        wall_ms_per_vector=1000.0 * (embedded.encode_s + outcome.write_s) / vectors if vectors else 0.0,
     )
     # Graded once for the run; listed under the tenant-days that embedded vectors.
-    verdicts["processing_time"] = {k: run_timing for k, r in written.items() if r.embedded}
-
-    total = {"records": 0, "embedded": 0, "skipped": 0, "deleted": 0, "quarantined": 0}
+    verdicts["processing_time"] = {k: run_timing for k, r in results.items() if r.written and r.embedded and (r.records_read or r.deleted)}
+    # record: the materialisations, then the check evaluations, then the synced marks
+    add_partition_metadata(context, {
+        (asset_key, make_key(*key)): metadata
+        for key, result in results.items() if result.written and (result.records_read or result.deleted)
+        for asset_key, metadata in partition_metadata(result, model_id, per_text).items()
+    })
+    yield from materializations(results, model_id, per_text)
+    evaluations, failed_checks, blocked = check_evaluations(context.instance, context.run_id, results, verdicts, run_timing)
+    yield from outcomes.record_evaluations(context, evaluations)
+    # Only now, with the materialisations recorded, are the written partitions recorded as
+    # synced: a crash before this line leaves them to be run again, never skipped unmaterialised.
+    # (A blocking check's failure is raised below, after this.)
+    sync.record_synced(index, milvus, model_id, results)
+    moved = sync.cut_over_search_alias(index, milvus, model_id, settings.start_date(), dt.datetime.now(dt.timezone.utc).date().isoformat())
+    if moved:
+        context.log.info(moved)
+    if blocked:
+        # No re-run heals it (the input or the model is at fault): not retried.
+        raise dg.Failure(
+            description=f"blocking checks failed at ERROR for {len(blocked)} tenant-days, not written: {', '.join(f'{t}|{d}' for t, d in sorted(blocked)[:10])}",
+            metadata={"checks_failed": ", ".join(failed_checks)},
+            allow_retries=False,
+        )
     refused = [r for r in results.values() if r.refused]
-    unwritten = [k for k, r in results.items() if not r.written]
-    figures = {}
-    for key, result in results.items():
-        if result.written and (result.records_read or result.deleted):
-            mk = make_key(*key)
-            for asset_key, metadata in partition_metadata(result, model_id, per_text).items():
-                figures[(asset_key, mk)] = metadata
-        total["records"] += result.records_read
-        total["embedded"] += result.embedded
-        total["skipped"] += result.skipped
-        total["deleted"] += result.deleted
-        total["quarantined"] += len(result.quarantined)
-    add_partition_metadata(context, figures)
-    if not unwritten:
-        # Dagster derives each tenant-day's materialisation (with the metadata added above and
-        # the data provenance) from these, over the run's whole partition range.
-        for asset_key in ASSET_KEYS:
-            yield dg.MaterializeResult(asset_key=asset_key)
-    else:
-        # Some tenant-days were not written (a blocking check failed, or refused): only the
-        # written ones are recorded, one by one (the rare path; the run fails below).
-        for key, result in results.items():
-            if result.written:
-                mk = make_key(*key)
-                for asset_key, metadata in partition_metadata(result, model_id, per_text).items():
-                    yield dg.AssetMaterialization(asset_key=asset_key, partition=mk, metadata=metadata if (result.records_read or result.deleted) else {}, tags={"dagster/code_version": _CODE_VERSION[asset_key]})
-    # One evaluation of each check per tenant-day it judged, partitioned: Dagster keeps each
-    # tenant-day's status (vector_assets.checks.outcomes). Days without records or deletes have
-    # nothing to judge and are not evaluated.
-    written_at = {k: (context.run_id, time.time()) for k, r in results.items() if r.written}
+    if refused:
+        raise dg.Failure(
+            description=f"{len(refused)} tenant-days refused: {refused[0].refused}",
+            metadata={"refused": dg.MetadataValue.md("\n".join(f"- {r.tenant}|{r.day}: {r.refused}" for r in refused[:50]))},
+            allow_retries=False,
+        )
+    context.log.info(run_summary(results, failed_checks, stats, encode_cpu_s, time.perf_counter() - started))
+
+
+def gate(changes: dict[PartitionKey, sync.PartitionChange], text_verdicts: dict, vector_verdicts: dict, log) -> set[PartitionKey]:
+    """The tenant-days let through to the write: not refused, their texts valid (a tenant-day
+    without a text verdict had no text to judge) and their vectors passing the blocking vector
+    check. Each one held back is logged at ERROR with the vector check's failures."""
+    allowed = set()
+    for key, change in changes.items():
+        if change.refused is not None:
+            continue
+        if text_verdicts.get(key, Verdict(True)).passed and vector_verdicts[key].passed:
+            allowed.add(key)
+        else:
+            log.error(f"{key[0]}|{key[1]}: blocking check failed, partition not written ({vector_verdicts[key].metadata.get('failures')})")
+    return allowed
+
+
+def judge(results: dict[PartitionKey, PartitionResult], milvus: MilvusResource, embedding_model: EmbeddingModelResource, quality: QualityThresholds, reembed_sample: bool) -> dict[str, dict]:
+    """The checks after the write, on what Milvus holds for the written tenant-days with records
+    or deletes: ``{check name: {(tenant, day): Verdict}}`` for coverage, coherence,
+    retrievability (when rows could be sampled) and failure_rate; ``{}`` when nothing was
+    written. ``reembed_sample`` False (a run that embedded nothing and so loaded no model)
+    leaves the stored rows' coherence to the audit job (rows written now are still compared
+    through the Milvus round trip)."""
+    written = {k: r for k, r in results.items() if r.written and (r.records_read or r.deleted)}
+    if not written:
+        return {}
+    client = milvus.get_client()
+    name = milvus.collection_for(embedding_model.model_id)
+    exists = client.has_collection(name)
+    stored = evaluate.stored_hashes(client, name, list(written)) if exists else {}
+    sample = evaluate.sample_vectors(client, name, written, quality) if exists else {}
+    verdicts = {
+        "coverage": evaluate.coverage_verdicts(written, stored, embedding_model.model_id),
+        "coherence": evaluate.coherence_verdicts(written, sample, embedding_model.encode, quality, sample=None if reembed_sample else 0),
+        "failure_rate": {k: evaluate.failure_rate_verdict(r, quality) for k, r in written.items()},
+    }
+    if sample:
+        verdicts["retrievability"] = evaluate.retrievability_verdicts(client, name, written, sample, quality, milvus.search_params)
+    return verdicts
+
+
+def materializations(results: dict[PartitionKey, PartitionResult], model_id: str, per_text: float) -> list:
+    """The run's materialisations. When every tenant-day was written: one
+    :class:`~dagster.MaterializeResult` per asset, from which Dagster derives each tenant-day's
+    materialisation over the run's range (with the metadata added by
+    :func:`add_partition_metadata` and the data provenance). Otherwise (a blocking check failed,
+    or a tenant-day was refused: the run fails) the written tenant-days only, one by one."""
+    if all(r.written for r in results.values()):
+        return [dg.MaterializeResult(asset_key=asset_key) for asset_key in ASSET_KEYS]
+    return [
+        dg.AssetMaterialization(asset_key=asset_key, partition=make_key(*key), metadata=metadata if (result.records_read or result.deleted) else {}, tags={"dagster/code_version": _CODE_VERSION[asset_key]})
+        for key, result in results.items() if result.written
+        for asset_key, metadata in partition_metadata(result, model_id, per_text).items()
+    ]
+
+
+def check_evaluations(instance: dg.DagsterInstance, run_id: str, results: dict[PartitionKey, PartitionResult], verdicts: dict[str, dict], run_timing: Verdict) -> tuple[list, list[str], set[PartitionKey]]:
+    """One evaluation of each check per tenant-day it judged, partitioned, each targeting the
+    tenant-day's materialisation (:mod:`vector_assets.checks.outcomes`); days without records or
+    deletes have nothing to judge and are not evaluated, unless a check failed on them.
+    Returns ``(evaluations, failed checks as "name (severity, n tenant-days)", tenant-days a
+    blocking check failed at ERROR)``."""
+    written_at = {k: (run_id, time.time()) for k, r in results.items() if r.written}
     judged = {
         name: {k: v for k, v in verdicts[name].items() if not v.passed or results[k].records_read or results[k].deleted}
         for name in CHECKS
     }
     targets = {
-        asset_key: outcomes.target_materializations(context.instance, asset_key, {k for name, (a, _, _) in CHECKS.items() if a == asset_key for k in judged[name]}, written_at)
+        asset_key: outcomes.target_materializations(instance, asset_key, {k for name, (a, _, _) in CHECKS.items() if a == asset_key for k in judged[name]}, written_at)
         for asset_key in {a for a, _, _ in CHECKS.values()}
     }
     failed_checks, blocked, to_record = [], set(), []
@@ -317,32 +358,17 @@ def tenant_day_vectors(
             for k in failing:
                 by_key[k].metadata["quarantine"] = dg.MetadataValue.md(_quarantine_table(results[k], bad_only=True))
         to_record += outcomes.evaluations(check_name, by_key, targets[asset_key], reasons, extra=run_timing.metadata if check_name == "processing_time" else None)
-    yield from outcomes.record_evaluations(context, to_record)
-    # Only now, with the materialisations recorded, are the written partitions recorded as
-    # synced: a crash before this line leaves them to be run again, never skipped unmaterialised.
-    # (A blocking check's failure is raised below, after this.)
-    record_synced(index, milvus, model_id, results)
-    moved = cut_over_search_alias(index, milvus, model_id, settings.start_date(), dt.datetime.now(dt.timezone.utc).date().isoformat())
-    if moved:
-        context.log.info(moved)
-    wall = time.perf_counter() - started
-    if blocked:
-        # No re-run heals it (the input or the model is at fault): not retried.
-        raise dg.Failure(
-            description=f"blocking checks failed at ERROR for {len(blocked)} tenant-days, not written: {', '.join(f'{t}|{d}' for t, d in sorted(blocked)[:10])}",
-            metadata={"checks_failed": ", ".join(failed_checks)},
-            allow_retries=False,
-        )
-    if refused:
-        raise dg.Failure(
-            description=f"{len(refused)} tenant-days refused: {refused[0].refused}",
-            metadata={"refused": dg.MetadataValue.md("\n".join(f"- {r.tenant}|{r.day}: {r.refused}" for r in refused[:50]))},
-            allow_retries=False,
-        )
+    return to_record, failed_checks, blocked
+
+
+def run_summary(results: dict[PartitionKey, PartitionResult], failed_checks: list[str], stats, encode_cpu_s: float, wall_s: float) -> str:
+    """The run's closing log line: tenant-days, records, embedded, unchanged, deleted,
+    quarantined, failed checks, encode time and speed."""
     empty = sum(1 for r in results.values() if not r.records_read and not r.deleted)
-    context.log.info(
-        f"{len(results)} tenant-days ({empty} without records or rows): {total['records']} records, "
-        f"{total['embedded']} embedded, {total['skipped']} unchanged, {total['deleted']} deleted, {total['quarantined']} quarantined; "
-        f"checks failed: {', '.join(failed_checks) or 'none'}; encode {stats.seconds:.1f}s ({encode_cpu_s:.1f} CPU s) of {wall:.1f}s "
+    return (
+        f"{len(results)} tenant-days ({empty} without records or rows): {sum(r.records_read for r in results.values())} records, "
+        f"{sum(r.embedded for r in results.values())} embedded, {sum(r.skipped for r in results.values())} unchanged, "
+        f"{sum(r.deleted for r in results.values())} deleted, {sum(len(r.quarantined) for r in results.values())} quarantined; "
+        f"checks failed: {', '.join(failed_checks) or 'none'}; encode {stats.seconds:.1f}s ({encode_cpu_s:.1f} CPU s) of {wall_s:.1f}s "
         f"({stats.texts / stats.seconds if stats.seconds else 0:.0f} texts/s), {stats.truncated} texts truncated, model load {stats.load_seconds:.1f}s"
     )

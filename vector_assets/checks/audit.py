@@ -5,6 +5,8 @@ vectors that no longer agree with the model (coherence) or cannot be retrieved
 (retrievability). The alert sensor turns ERROR evaluations into re-materialisations.
 """
 
+import dataclasses
+
 import dagster as dg
 
 from ..store import milvus_store
@@ -52,10 +54,8 @@ def audit_tenant_days(
     verdicts: dict[str, dict] = {"coverage": {}, "coherence": {}, "retrievability": {}}
     for i in range(0, len(keys), 500):
         chunk = keys[i : i + 500]
-        results = extract_partitions(index, chunk)
-        split_into_passages(results, embedding_model)
-        for result in results.values():
-            result.written = True  # judged as written: Milvus should hold exactly these texts
+        # Judged as written: Milvus should hold exactly these texts.
+        results = {k: dataclasses.replace(r, written=True) for k, r in split_into_passages(extract_partitions(index.read_partitions(chunk)), embedding_model).items()}
         exists = client.has_collection(name)
         if exists:
             client.load_collection(name)

@@ -13,8 +13,9 @@ from typing import Callable
 import numpy as np
 
 from ..store import milvus_store
-from ..embed.quality import QualityThresholds, Verdict, graded
-from ..store.sync import PartitionKey, PartitionResult
+from ..embed.quality import QualityThresholds, Verdict, graded, vector_quality
+from ..ingest.passages import record_pk
+from ..store.sync import Collection, Embedder, PartitionChange, PartitionKey, PartitionResult
 
 
 @functools.lru_cache(maxsize=1)
@@ -81,6 +82,25 @@ def text_frame_verdicts(frame, t: QualityThresholds | None = None) -> dict[Parti
                 "gx_success_percent_run": round(float(stats["success_percent"] or 0.0), 1),
             },
         )
+    return verdicts
+
+
+def vector_quality_verdicts(changes: dict[PartitionKey, PartitionChange], embedder: Embedder, collection: Collection, t: QualityThresholds | None = None) -> dict[PartitionKey, Verdict]:
+    """The blocking vector check (:func:`vector_assets.embed.quality.vector_quality`) on each
+    tenant-day's vectors before the write: the stage *gate* between *embed* and *write*.
+    Refused tenant-days are not judged (they are not written anyway). The expected dimensions
+    are the model's and, when the collection exists, the collection's."""
+    verdicts = {}
+    for key, change in changes.items():
+        if change.refused is not None:
+            continue
+        dims = {}
+        if change.changed:
+            dims["model"] = embedder.dimension
+            if collection.dimension is not None:
+                dims["collection"] = collection.dimension
+        inputs = embedder.model_inputs([x.text for x in change.changed]) if change.changed else []
+        verdicts[key] = vector_quality(change.raw, change.normalised, dims, t, inputs=inputs, records=[record_pk(x.pk) for x in change.changed])
     return verdicts
 
 

@@ -202,7 +202,9 @@ class RunOutcome:
     """What a finished run recorded: ``status`` (a ``DagsterRunStatus`` value), ``sums``
     (``{"<asset>.<metadata key>": total}`` of its materialisations' numeric metadata, and
     ``"<asset>.partitions"``), ``check_errors`` (``(check name, tenant-day)`` that failed at
-    ERROR) and ``message`` (the root cause of its first step failure, or of the run's failure)."""
+    ERROR), ``message`` (the root cause of its first step failure, or of the run's failure) and
+    ``process_died`` (the run failed because a process of it died, not because its code failed:
+    see :func:`outcome`)."""
 
     run_id: str
     status: str
@@ -210,20 +212,58 @@ class RunOutcome:
     check_errors: list[tuple[str, str]] = field(default_factory=list)
     message: str = ""
     seconds: float = 0.0
+    process_died: bool = False
+
+
+#: The event types :func:`outcome` reads: a run of many tenant-days writes many more events
+#: (logs, outputs, check evaluations' own), which are not read.
+OUTCOME_EVENTS = {
+    dg.DagsterEventType.STEP_START, dg.DagsterEventType.STEP_SUCCESS, dg.DagsterEventType.STEP_FAILURE,
+    dg.DagsterEventType.ASSET_MATERIALIZATION, dg.DagsterEventType.ASSET_CHECK_EVALUATION,
+    dg.DagsterEventType.ENGINE_EVENT, dg.DagsterEventType.RUN_FAILURE,
+}
+
+
+def _records(instance: dg.DagsterInstance, run_id: str, page: int = 5000):
+    """The run's event records of the :data:`OUTCOME_EVENTS` types, in order, read a page at a time."""
+    cursor = None
+    while True:
+        conn = instance.get_records_for_run(run_id, cursor=cursor, of_type=OUTCOME_EVENTS, limit=page)
+        yield from (r.event_log_entry for r in conn.records)
+        if not conn.has_more:
+            return
+        cursor = conn.cursor
 
 
 def outcome(instance: dg.DagsterInstance, run: dg.DagsterRun, root_cause) -> RunOutcome:
     """Read a finished run's :class:`RunOutcome` from the event log (``root_cause``: how to
-    shorten a Dagster error to its first line)."""
+    shorten a Dagster error to its first line).
+
+    ``process_died`` is read from the events' structure, not their words: a failed run one of
+    whose steps started and never ended (its process was killed, or ran out of memory, before
+    the step could report; the run was then failed by Dagster's code server, its run monitoring
+    or :func:`vector_assets.instance.runs.fail_dead_runs`), a step failure of Dagster's
+    ``ChildProcessCrashException`` (a step's child process died under the multiprocess
+    executor), or a run failed from outside (a failure without an error) before any step
+    started."""
     from collections import defaultdict
 
     sums: dict[str, float] = defaultdict(float)
     errors: list[tuple[str, str]] = []
     message = ""
-    for record in instance.all_logs(run.run_id):
+    started: set[str] = set()
+    ended: set[str] = set()
+    crashed = failed_from_outside = False
+    for record in _records(instance, run.run_id):
         event = record.dagster_event
-        if event is None:
-            continue
+        if event.event_type == dg.DagsterEventType.STEP_START:
+            started.add(event.step_key)
+        elif event.event_type in (dg.DagsterEventType.STEP_SUCCESS, dg.DagsterEventType.STEP_FAILURE):
+            ended.add(event.step_key)
+            error = event.step_failure_data.error if event.event_type == dg.DagsterEventType.STEP_FAILURE else None
+            crashed |= error is not None and error.cls_name == "ChildProcessCrashException"
+        if event.event_type == dg.DagsterEventType.RUN_FAILURE:
+            failed_from_outside = getattr(event.event_specific_data, "error", None) is None
         if event.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION:
             mat = event.event_specific_data.materialization
             key = mat.asset_key.to_user_string()
@@ -245,4 +285,5 @@ def outcome(instance: dg.DagsterInstance, run: dg.DagsterRun, root_cause) -> Run
             message = root_cause(data.error) if getattr(data, "error", None) is not None else (event.message or "")
     stats = instance.get_run_stats(run.run_id)
     seconds = (stats.end_time or time.time()) - (stats.start_time or stats.launch_time or time.time()) if stats else 0.0
-    return RunOutcome(run.run_id, run.status.value, dict(sums), errors, message, max(0.0, seconds))
+    died = run.status == dg.DagsterRunStatus.FAILURE and (bool(started - ended) or crashed or (failed_from_outside and not started))
+    return RunOutcome(run.run_id, run.status.value, dict(sums), errors, message, max(0.0, seconds), died)

@@ -1,39 +1,55 @@
 """Keeping Milvus in step with the landing data, tenant-day by tenant-day, incrementally.
 
-:func:`sync_partitions` is the domain logic behind the partitioned assets, callable without
-Dagster. For each tenant-day it reads the records, extracts their texts, compares each text's
-content hash with the row Milvus holds under the same primary key, embeds only new and changed
-texts (all partitions of a call in one ``encode``, so batches stay full), upserts them, and
-deletes the rows of records that left the partition. Afterwards the collection holds exactly
-the partition's current records: no duplicates, no stale rows, other partitions untouched.
+The tenant-day step is a chain of stages, each a plain function that returns a value (the
+asset, :mod:`vector_assets.assets.vectors`, runs the checks between them):
+
+============  ==========================================================================
+read          :meth:`LandingIndex.read_partitions`: each tenant-day's current lines
+extract       :func:`extract_partitions`, :func:`split_into_passages`: texts, bad records
+gate (texts)  the run's text frame validated (:mod:`vector_assets.checks.evaluate`)
+embed         :func:`open_collection`, :func:`plan_embeddings` (unchanged texts are skipped,
+              moved ones reuse their stored vector), :func:`embed_texts` (one ``encode`` for
+              the run), :func:`partition_changes` (rows to write, rows to delete, refusals)
+gate (vectors) the blocking vector checks per tenant-day (``vector_quality``)
+write         :func:`write_partitions`: upserts and deletes of the tenant-days let through
+judge         the checks after the write, on what Milvus holds
+record        the materialisations and check evaluations (Dagster), then :func:`record_synced`
+              and :func:`cut_over_search_alias`
+============  ==========================================================================
+
+Afterwards each written tenant-day holds exactly its current records: no duplicates, no stale
+rows, other tenant-days untouched. :func:`sync_partitions` chains the stages without the
+gates, for callers without Dagster.
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Callable, Iterable, Protocol
+from typing import Any, Callable, Iterable, Protocol
 
 import numpy as np
 
 from . import milvus_store
 from ..ingest.extraction import ExtractedText, extract_records
-from ..ingest.landing import LandingIndex
+from ..ingest.landing import LandingIndex, PartitionInput
 from ..ingest.passages import record_pk
-from ..ingest.records import BadRecord, safe_name
+from ..ingest.records import BadRecord
 
 PartitionKey = tuple[str, str]  # (tenant, day)
 
 
 class Embedder(Protocol):
-    """What :func:`sync_partitions` needs of a model (the one contract of
+    """What the stages need of a model (the one contract of
     :class:`~vector_assets.resources.EmbeddingModelResource` and its OpenAI-compatible
     subclass): its id and dimension; ``get_model()`` loads it (once per process, outside the
-    timed encode); ``encode_with_raw(texts)`` gives the raw (pre-normalisation) and the
-    normalised ``(n, dim)`` float32 vectors; ``truncated_flags(texts)`` says which texts are
-    longer than the model's window (only their start is embedded)."""
+    timed encode); ``encode(texts)`` gives normalised ``(n, dim)`` float32 vectors and
+    ``encode_with_raw(texts)`` the raw (pre-normalisation) ones too; ``truncated_flags(texts)``
+    says which texts are longer than the model's window (only their start is embedded);
+    ``model_inputs(texts)`` gives the token ids the model sees of each text (the vector check's
+    duplicate rule); ``split_passages(texts)`` cuts record texts into window-sized passages:
+    ``(passages, records split, passages cut)``."""
 
     @property
     def model_id(self) -> str: ...
@@ -48,6 +64,10 @@ class Embedder(Protocol):
     def encode_with_raw(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]: ...
 
     def truncated_flags(self, texts: list[str]) -> list[bool]: ...
+
+    def model_inputs(self, texts: list[str]) -> list[tuple[int, ...]]: ...
+
+    def split_passages(self, texts: list[ExtractedText]) -> tuple[list[ExtractedText], int, int]: ...
 
 
 @dataclass
@@ -108,6 +128,200 @@ class PartitionResult:
         return len(self.quarantined) - self.superseded
 
 
+def extract_partitions(located: dict[PartitionKey, PartitionInput]) -> dict[PartitionKey, PartitionResult]:
+    """Stage *extract*: the texts of each tenant-day's records (no Milvus, no model).
+
+    ``located``: :meth:`LandingIndex.read_partitions`' answer (stage *read*). A record whose day
+    differs from its partition's (it cannot, unless the index is stale) is quarantined rather
+    than written to the wrong partition. Superseded versions of a record id
+    (:class:`vector_assets.ingest.landing.LandingIndex`) are quarantined with their reason.
+    Returns ``{(tenant, day): PartitionResult}`` with ``texts`` one per record.
+    """
+    results: dict[PartitionKey, PartitionResult] = {}
+    for key, item in located.items():
+        tenant, day = key
+        good, bad = extract_records(item.records)
+        result = PartitionResult(
+            tenant, day, records_read=len(item.records) + len(item.superseded), quarantined=item.superseded + bad,
+            superseded=len(item.superseded), fingerprint=item.fingerprint,
+        )
+        for text in good:
+            if text.tenant != tenant or text.day != day:
+                result.quarantined.append(BadRecord(text.path, text.line, f"record belongs to {text.tenant}|{text.day}, not {tenant}|{day}", ""))
+            else:
+                result.texts.append(text)
+        result.records = len(result.texts)
+        results[key] = result
+    return results
+
+
+def split_into_passages(results: dict[PartitionKey, PartitionResult], embedder: Embedder) -> dict[PartitionKey, PartitionResult]:
+    """Stage *extract*, second half: each result with its record texts replaced by their
+    passages (:mod:`vector_assets.ingest.passages`, the embedder's window), ``records_split`` and
+    ``passages_cut`` set. Returns new results; ``results`` is left as it was."""
+    split = {}
+    for key, result in results.items():
+        texts, records_split, passages_cut = embedder.split_passages(result.texts)
+        split[key] = dataclasses.replace(result, texts=texts, records_split=records_split, passages_cut=passages_cut)
+    return split
+
+
+@dataclass(frozen=True)
+class Collection:
+    """A model's collection as a run found it: ``client`` (a pymilvus ``MilvusClient``), its
+    ``name``, whether it ``existed`` before the run (then bound to the run's landing source and
+    loaded) and its vector ``dimension`` (None when it did not exist)."""
+
+    client: Any
+    name: str
+    existed: bool
+    dimension: int | None
+
+
+def open_collection(milvus, model_id: str, source: str) -> Collection:
+    """Stage *embed*, first step: ``model_id``'s collection in ``milvus`` (a
+    :class:`~vector_assets.resources.MilvusResource`), loaded. Raises
+    :class:`~vector_assets.store.milvus_store.SourceMismatchError` before anything is written or
+    deleted when the collection is bound to another landing source than ``source`` (issue #17
+    item 1)."""
+    client = milvus.get_client()
+    name = milvus.collection_for(model_id)
+    if not client.has_collection(name):
+        return Collection(client, name, False, None)
+    milvus_store.bind_source(client, name, source)
+    client.load_collection(name)
+    return Collection(client, name, True, milvus_store.collection_dimension(client, name))
+
+
+@dataclass
+class EmbeddingPlan:
+    """Which texts of a run need a vector: ``stored`` (``{(tenant, day): {pk: {"content_hash"}}}``,
+    the rows Milvus holds for the run's tenant-days), ``to_embed`` (new or changed texts) and
+    ``reuse`` (``{pk: vector}``: texts whose record moved from another day with the same text,
+    their stored vector reused)."""
+
+    stored: dict[PartitionKey, dict[str, dict]]
+    to_embed: list[ExtractedText]
+    reuse: dict[str, list[float]]
+
+
+def plan_embeddings(results: dict[PartitionKey, PartitionResult], collection: Collection, model_id: str) -> EmbeddingPlan:
+    """Stage *embed*, second step: compare each text's content hash with the row Milvus holds
+    under its primary key (one query per tenant; one more by key for texts not found in their
+    own tenant-day). Unchanged texts are in neither list."""
+    if not collection.existed:
+        return EmbeddingPlan({}, [t for r in results.values() for t in r.texts], {})
+    client, name = collection.client, collection.name
+    stored = milvus_store.partition_rows(client, name, list(results), ["content_hash"])
+    to_embed: list[ExtractedText] = []
+    unknown: list[ExtractedText] = []
+    for key, result in results.items():
+        held = stored.get(key, {})
+        for text in result.texts:
+            row = held.get(text.pk)
+            if row is None:
+                unknown.append(text)
+            elif row["content_hash"] != text.hash_for(model_id):
+                to_embed.append(text)
+    reuse: dict[str, list[float]] = {}
+    if unknown:
+        elsewhere = milvus_store.rows_by_pk(client, name, [t.pk for t in unknown], ["pk", "content_hash", "vector"])
+        for text in unknown:
+            row = elsewhere.get(text.pk)
+            if row is not None and row["content_hash"] == text.hash_for(model_id):
+                reuse[text.pk] = row["vector"]
+            else:
+                to_embed.append(text)
+    return EmbeddingPlan(stored, to_embed, reuse)
+
+
+@dataclass
+class Embedded:
+    """The vectors of a run: ``vectors`` (``{pk: (dim,) float32}``, L2-normalised, embedded now
+    or reused), ``raw`` (pre-normalisation, for the texts embedded now), ``reused`` (pks whose
+    vector came from a stored row), ``truncated`` (pks of texts longer than the model's window)
+    and ``encode_s`` (seconds of encoding, the model's load excluded)."""
+
+    vectors: dict[str, np.ndarray] = field(default_factory=dict)
+    raw: dict[str, np.ndarray] = field(default_factory=dict)
+    reused: set[str] = field(default_factory=set)
+    truncated: set[str] = field(default_factory=set)
+    encode_s: float = 0.0
+
+
+def embed_texts(plan: EmbeddingPlan, embedder: Embedder, log: Callable[[str], None] = lambda msg: None) -> Embedded:
+    """Stage *embed*, third step: encode the plan's ``to_embed`` texts in one ``encode`` (all
+    tenant-days of the run, so batches stay full); the model is loaded only when there is
+    something to encode. ``log``: one progress message."""
+    out = Embedded(reused=set(plan.reuse))
+    if plan.to_embed:
+        # Loading the model (once per process, with its warm-up batch) is a one-time cost,
+        # not per-vector processing time: a worker's first run charged 130-186 ms/vector
+        # with it inside the timer, against 15-80 ms for its later runs.
+        embedder.get_model()
+        started = time.perf_counter()
+        texts_in = [t.text for t in plan.to_embed]
+        raw, encoded = embedder.encode_with_raw(texts_in)
+        out.encode_s = time.perf_counter() - started
+        log(f"encoded {len(plan.to_embed)} texts in {out.encode_s:.1f}s")
+        out.vectors = {t.pk: encoded[i] for i, t in enumerate(plan.to_embed)}
+        out.raw = {t.pk: raw[i] for i, t in enumerate(plan.to_embed)}
+        out.truncated = {t.pk for t, flag in zip(plan.to_embed, embedder.truncated_flags(texts_in)) if flag}
+    for pk, vec in plan.reuse.items():
+        out.vectors[pk] = np.asarray(vec, dtype=np.float32)
+    return out
+
+
+@dataclass
+class PartitionChange:
+    """What writing one tenant-day means: ``changed`` (its texts with a vector to write, embedded
+    now or reused), their ``raw`` and ``normalised`` ``(n, dim)`` vectors (``(0, 0)`` when none),
+    ``stale`` (pks of rows of records gone from the tenant-day) and ``refused`` (why it must not
+    be written whatever its checks say, else None)."""
+
+    changed: list[ExtractedText]
+    raw: np.ndarray
+    normalised: np.ndarray
+    stale: list[str]
+    refused: str | None = None
+
+
+def partition_changes(results: dict[PartitionKey, PartitionResult], plan: EmbeddingPlan, embedded: Embedded, vanished: set[str]) -> dict[PartitionKey, PartitionChange]:
+    """Stage *embed*, last step: the change of each tenant-day (what the gate judges and the
+    write applies). A tenant-day of a tenant in ``vanished`` (no line in the landing data any
+    more) with rows to delete is refused: an empty or unmounted landing directory must never
+    delete a tenant's vectors (issue #17 item 2)."""
+    changes = {}
+    vectors = embedded.vectors
+    for key, result in results.items():
+        tenant, day = key
+        changed = [t for t in result.texts if t.pk in vectors]
+        normalised = np.stack([vectors[t.pk] for t in changed]) if changed else np.zeros((0, 0), dtype=np.float32)
+        raw = np.stack([embedded.raw.get(t.pk, vectors[t.pk]) for t in changed]) if changed else normalised
+        current = {t.pk for t in result.texts}
+        stale = [pk for pk in plan.stored.get(key, {}) if pk not in current]
+        refused = None
+        if tenant in vanished and stale:
+            refused = (
+                f"tenant {tenant} has no line in the landing data any more (files removed, or the landing "
+                f"directory empty or not mounted); its {len(stale)} rows of {day} are kept. Delete them with "
+                "`vector-assets backfill --delete-vanished-tenants` (run config delete_vanished_tenants)"
+            )
+        changes[key] = PartitionChange(changed, raw, normalised, stale, refused)
+    return changes
+
+
+@dataclass
+class WriteOutcome:
+    """What the write stage did: ``results`` (every tenant-day's :class:`PartitionResult`, its
+    figures set and ``written`` True for those written; refused ones carry ``refused``) and
+    ``write_s`` (seconds of upserts, deletes and flush; a new collection's first flush, which
+    builds its indexes, excluded)."""
+
+    results: dict[PartitionKey, PartitionResult]
+    write_s: float
+
+
 def _rows(texts: list[ExtractedText], vectors: np.ndarray, model_id: str, now: int) -> list[dict]:
     return [
         {
@@ -129,218 +343,108 @@ def _rows(texts: list[ExtractedText], vectors: np.ndarray, model_id: str, now: i
     ]
 
 
-def extract_partitions(index: LandingIndex, keys: Iterable[PartitionKey]) -> dict[PartitionKey, PartitionResult]:
-    """Read and extract the records of each tenant-day (no Milvus, no model).
-
-    A record whose day differs from its partition's (it cannot, unless the index is stale) is
-    quarantined rather than written to the wrong partition. Superseded versions of a record id
-    (:class:`vector_assets.ingest.landing.LandingIndex`) are quarantined with their reason.
-    """
-    keys = list(keys)
-    located = index.read_partitions(keys)
-    results: dict[PartitionKey, PartitionResult] = {}
-    for key in keys:
-        tenant, day = key
-        item = located[key]
-        good, bad = extract_records(item.records)
-        result = PartitionResult(
-            tenant, day, records_read=len(item.records) + len(item.superseded), quarantined=item.superseded + bad,
-            superseded=len(item.superseded), fingerprint=item.fingerprint,
-        )
-        for text in good:
-            if text.tenant != tenant or text.day != day:
-                result.quarantined.append(BadRecord(text.path, text.line, f"record belongs to {text.tenant}|{text.day}, not {tenant}|{day}", ""))
-            else:
-                result.texts.append(text)
-        result.records = len(result.texts)
-        results[key] = result
-    return results
+def written_result(result: PartitionResult, change: PartitionChange, embedded: Embedded) -> PartitionResult:
+    """``result`` once its change is written, with its figures. They count records (a record is
+    embedded when any of its passages is); the ``passages_*`` figures count rows."""
+    changed = change.changed
+    current_records = {record_pk(t.pk) for t in result.texts}
+    embedded_records = {record_pk(t.pk) for t in changed if t.pk not in embedded.reused}
+    moved = len({record_pk(t.pk) for t in changed if t.pk in embedded.reused} - embedded_records)
+    return dataclasses.replace(
+        result,
+        embedded=len(embedded_records),
+        moved=moved,
+        skipped=len(current_records) - len(embedded_records) - moved,
+        deleted=len({record_pk(pk) for pk in change.stale} - current_records),
+        passages_embedded=sum(1 for t in changed if t.pk not in embedded.reused),
+        passages_deleted=len(change.stale),
+        truncated=sum(1 for t in changed if t.pk in embedded.truncated),
+        rows=len(result.texts),
+        written=True,
+        vectors={t.pk: embedded.vectors[t.pk] for t in changed},
+    )
 
 
-def split_into_passages(results: dict[PartitionKey, PartitionResult], embedder) -> None:
-    """Replace each result's record texts by their passages (:mod:`vector_assets.ingest.passages`),
-    in place, when ``embedder`` can split (``split_passages``); sets ``records_split`` and
-    ``passages_cut``. An embedder without it keeps one row per record."""
-    splitter = getattr(embedder, "split_passages", None)
-    if splitter is None:
-        return
-    for result in results.values():
-        result.texts, result.records_split, result.passages_cut = splitter(result.texts)
-
-
-def sync_partitions(
-    keys: Iterable[PartitionKey],
-    index: LandingIndex,
-    embedder: Embedder,
+def write_partitions(
     milvus,
-    before_write: Callable[[PartitionResult, list[ExtractedText], np.ndarray, np.ndarray], bool] | None = None,
-    log: Callable[[str], None] = lambda msg: None,
-    after_extract: Callable[[dict[PartitionKey, PartitionResult]], None] | None = None,
-    timings: dict[str, float] | None = None,
-    delete_vanished: bool = False,
-) -> dict[PartitionKey, PartitionResult]:
-    """Materialise tenant-days into Milvus incrementally.
+    collection: Collection,
+    model_id: str,
+    source: str,
+    results: dict[PartitionKey, PartitionResult],
+    changes: dict[PartitionKey, PartitionChange],
+    allowed: set[PartitionKey],
+    embedded: Embedded,
+) -> WriteOutcome:
+    """Stage *write*: apply the changes of the ``allowed`` tenant-days (those that passed their
+    gate) to Milvus, creating ``model_id``'s collection (bound to ``source``) when it does not
+    exist and there are rows to write. Refused tenant-days are never written.
 
-    Args:
-        keys: ``(tenant, day)`` pairs.
-        index: the landing index to read from.
-        embedder: the model (loaded only if some text needs embedding).
-        milvus: a :class:`~vector_assets.resources.MilvusResource` (``get_client``,
-            ``collection_for``, ``ensure_collection``).
-        before_write: optional gate called per partition with the texts to write, their raw
-            (pre-normalisation) and normalised ``(n, dim)`` vectors; returning False skips that
-            partition's write (blocking checks).
-        log: progress messages.
-        after_extract: called once with all partitions' extracted texts, before any Milvus work
-            (the run-wide text validation).
-        timings: if given, ``encode_s`` and ``write_s`` (seconds) are added to it.
-        delete_vanished: delete the rows of tenants that have no line in the landing data any
-            more. Off by default: a tenant whose files all vanished (removed, an empty or
-            unmounted landing directory) keeps its rows and its partitions are *refused*
-            (``PartitionResult.refused`` says why and how many rows would go).
-
-    Returns ``{(tenant, day): PartitionResult}``. Raises
-    :class:`~vector_assets.store.milvus_store.SourceMismatchError` before any write when the
-    collection is bound to another landing source than ``index``'s. Raises whatever Milvus raises on a failed
-    write (the partition is then not in sync and the run fails). What was written is not yet
-    recorded as synced: the caller does that with :func:`record_synced` once the write is
-    recorded where it must be (the Dagster materialisations), so a crash in between leaves the
-    partition to be run again.
+    Rows are upserted together, one upsert per 2,000 rows instead of one per tenant-day (about
+    20 ms each through gRPC, most of a run's non-encode time at 1-3 records a tenant-day).
+    Deletes stay per tenant-day: they filter on the day too, so a row whose record moved on to
+    another day since stays, and a moved record's old row (deleted by day) and new row (upserted
+    by key) do not depend on their order. Afterwards the tenant-day holds exactly its current
+    texts. Raises whatever Milvus raises on a failed write (the tenant-day is then not in sync
+    and the run fails). Nothing is recorded as synced here: :func:`record_synced` does that once
+    the write is recorded where it must be.
     """
-    keys = list(keys)
-    results = extract_partitions(index, keys)
-    vanished = set() if delete_vanished else index.vanished_among(t for t, _ in keys)
-    # Each tenant-day's quarantine report, replaced (cleared when nothing is bad), in one transaction.
-    index.write_quarantine({(r.tenant, r.day): r.quarantined for r in results.values()})
-    if after_extract is not None:
-        after_extract(results)
-    timings = timings if timings is not None else {}
-    split_into_passages(results, embedder)
-
-    model_id = embedder.model_id
-    client = milvus.get_client()
-    name = milvus.collection_for(model_id)
-    exists = client.has_collection(name)
-    created_now = not exists
-    if exists:
-        # Before anything is written or deleted: a collection bound to another landing source
-        # raises SourceMismatchError (issue #17 item 1).
-        milvus_store.bind_source(client, name, index.source)
-        client.load_collection(name)
-
-    # What Milvus holds for these partitions, one query per tenant.
-    stored = milvus_store.partition_rows(client, name, keys, ["content_hash"]) if exists else {}
-
-    # Classify texts: unchanged (skip), moved from another day with the same text (reuse the
-    # vector), new or changed (embed).
-    to_embed: list[ExtractedText] = []
-    unknown: list[ExtractedText] = []
-    for key, result in results.items():
-        held = stored.get(key, {})
-        for text in result.texts:
-            row = held.get(text.pk)
-            if row is None:
-                unknown.append(text)
-            elif row["content_hash"] != text.hash_for(model_id):
-                to_embed.append(text)
-            # else unchanged: counted per record once the tenant-day is written
-    reuse: dict[str, list[float]] = {}
-    if exists and unknown:
-        elsewhere = milvus_store.rows_by_pk(client, name, [t.pk for t in unknown], ["pk", "content_hash", "vector"])
-        for text in unknown:
-            row = elsewhere.get(text.pk)
-            if row is not None and row["content_hash"] == text.hash_for(model_id):
-                reuse[text.pk] = row["vector"]
-            else:
-                to_embed.append(text)
-    else:
-        to_embed.extend(unknown)
-
-    vectors: dict[str, np.ndarray] = {}
-    raw_vectors: dict[str, np.ndarray] = {}
-    truncated: set[str] = set()
-    if to_embed:
-        # Loading the model (once per process, with its warm-up batch) is a one-time cost,
-        # not per-vector processing time: a worker's first run charged 130-186 ms/vector
-        # with it inside the timer, against 15-80 ms for its later runs.
-        embedder.get_model()
-        started = time.perf_counter()
-        texts_in = [t.text for t in to_embed]
-        raw, encoded = embedder.encode_with_raw(texts_in)
-        timings["encode_s"] = timings.get("encode_s", 0.0) + time.perf_counter() - started
-        log(f"encoded {len(to_embed)} texts in {time.perf_counter() - started:.1f}s")
-        vectors = {t.pk: encoded[i] for i, t in enumerate(to_embed)}
-        raw_vectors = {t.pk: raw[i] for i, t in enumerate(to_embed)}
-        flags = embedder.truncated_flags(texts_in)
-        truncated = {t.pk for t, flag in zip(to_embed, flags) if flag}
-        if not exists:
-            milvus.ensure_collection(model_id, int(encoded.shape[1]))
-            milvus_store.bind_source(client, name, index.source)
-            exists = True
-    for pk, vec in reuse.items():
-        vectors[pk] = np.asarray(vec, dtype=np.float32)
-
-    now = int(time.time())
-    # Rows of the tenant-days that passed their gate, written together after the loop: one
-    # upsert per 2,000 rows instead of one per tenant-day (about 20 ms each through gRPC, most of
-    # a run's non-encode time at 1-3 records a tenant-day). Deletes stay per tenant-day (they
-    # filter on the day); a moved record's old row is deleted by day, its new row upserted by
-    # key, so their order does not matter.
+    started = time.perf_counter()
+    out = {}
     pending: list[dict] = []
+    now = int(time.time())
     for key, result in results.items():
+        change = changes[key]
+        if change.refused is not None:
+            out[key] = dataclasses.replace(result, refused=change.refused)
+            continue
+        if key not in allowed:
+            out[key] = result
+            continue
         tenant, day = key
-        held = stored.get(key, {})
-        changed = [t for t in result.texts if t.pk in vectors]
-        mat = np.stack([vectors[t.pk] for t in changed]) if changed else np.zeros((0, 0), dtype=np.float32)
-        raw_mat = np.stack([raw_vectors.get(t.pk, vectors[t.pk]) for t in changed]) if changed else mat
-        current = {t.pk for t in result.texts}
-        stale = [pk for pk in held if pk not in current]
-        if tenant in vanished and stale:
-            result.refused = (
-                f"tenant {tenant} has no line in the landing data any more (files removed, or the landing "
-                f"directory empty or not mounted); its {len(stale)} rows of {day} are kept. Delete them with "
-                "`vector-assets backfill --delete-vanished-tenants` (run config delete_vanished_tenants)"
-            )
-            log(result.refused)
-            continue
-        if before_write is not None and not before_write(result, changed, raw_mat, mat):
-            continue
-        write_started = time.perf_counter()
-        if changed:
-            pending.extend(_rows(changed, mat, model_id, now))
-        if stale:
-            # Filtering on the day too: a row whose record moved on to another day since must stay.
+        if change.changed:
+            pending.extend(_rows(change.changed, change.normalised, model_id, now))
+        if change.stale:
             q = milvus_store.quote
-            client.delete(name, filter=f"pk in {milvus_store.quote_list(stale)} and day == {q(day)} and tenant == {q(tenant)}")
-        # Figures count records (a record is embedded when any of its passages is); the
-        # passage_* figures count rows.
-        current_records = {record_pk(t.pk) for t in result.texts}
-        embedded_records = {record_pk(t.pk) for t in changed if t.pk not in reuse}
-        result.embedded = len(embedded_records)
-        result.moved = len({record_pk(t.pk) for t in changed if t.pk in reuse} - embedded_records)
-        result.skipped = len(current_records) - result.embedded - result.moved
-        result.deleted = len({record_pk(pk) for pk in stale} - current_records)
-        result.passages_embedded = sum(1 for t in changed if t.pk not in reuse)
-        result.passages_deleted = len(stale)
-        result.truncated = sum(1 for t in changed if t.pk in truncated)
-        result.rows = len(result.texts)
-        result.written = True
-        result.vectors = {t.pk: vectors[t.pk] for t in changed}
-        timings["write_s"] = timings.get("write_s", 0.0) + time.perf_counter() - write_started
+            collection.client.delete(collection.name, filter=f"pk in {milvus_store.quote_list(change.stale)} and day == {q(day)} and tenant == {q(tenant)}")
+        out[key] = written_result(result, change, embedded)
+    write_s = time.perf_counter() - started
+    if pending and not collection.existed:
+        # Created when there is something to write (a one-time cost, outside write_s).
+        milvus.ensure_collection(model_id, len(pending[0]["vector"]))
+        milvus_store.bind_source(collection.client, collection.name, source)
     if pending:
-        write_started = time.perf_counter()
-        milvus_store.write_rows(client, name, pending)
-        timings["write_s"] = timings.get("write_s", 0.0) + time.perf_counter() - write_started
-    if any(r.passages_embedded or r.moved or r.passages_deleted for r in results.values()):
+        upsert_started = time.perf_counter()
+        milvus_store.write_rows(collection.client, collection.name, pending)
+        write_s += time.perf_counter() - upsert_started
+    if any(r.passages_embedded or r.moved or r.passages_deleted for r in out.values()):
         # Sealing the written segment keeps later filtered reads fast (an unflushed growing
         # segment is scanned row by row: ~0.15 s a query at 3,000 rows, ~0.01 s once flushed).
         flush_started = time.perf_counter()
-        client.flush(name)
-        if not created_now:
+        collection.client.flush(collection.name)
+        if collection.existed:
             # The first flush of a collection created in this run seals its first segment and
             # builds its indexes: a one-time cost, not per-vector processing time.
-            timings["write_s"] = timings.get("write_s", 0.0) + time.perf_counter() - flush_started
-    return results
+            write_s += time.perf_counter() - flush_started
+    return WriteOutcome(out, write_s)
+
+
+def sync_partitions(keys: Iterable[PartitionKey], index: LandingIndex, embedder: Embedder, milvus, delete_vanished: bool = False) -> dict[PartitionKey, PartitionResult]:
+    """The stages without gates, for callers without Dagster (the tenant-day asset runs the same
+    stages with its checks between them): read, extract, embed what changed, write every
+    tenant-day that is not refused. Returns ``{(tenant, day): PartitionResult}``; raises what
+    the stages raise. ``delete_vanished``: delete the rows of tenants with no line in the
+    landing data (off: their tenant-days are refused). The caller records the written ones with
+    :func:`record_synced`."""
+    keys = list(keys)
+    results = extract_partitions(index.read_partitions(keys))
+    index.write_quarantine({k: r.quarantined for k, r in results.items()})
+    results = split_into_passages(results, embedder)
+    collection = open_collection(milvus, embedder.model_id, index.source)
+    plan = plan_embeddings(results, collection, embedder.model_id)
+    embedded = embed_texts(plan, embedder)
+    vanished = set() if delete_vanished else index.vanished_among(t for t, _ in keys)
+    changes = partition_changes(results, plan, embedded, vanished)
+    return write_partitions(milvus, collection, embedder.model_id, index.source, results, changes, set(results), embedded).results
 
 
 def record_synced(index: LandingIndex, milvus, model_id: str, results: dict[PartitionKey, PartitionResult]) -> int:
