@@ -12,6 +12,7 @@ variable                       meaning                                          
 ``VECTOR_ASSETS_GIT_REPOS``    ``tenant=path`` pairs, separated by ``;``               none
 ``VECTOR_ASSETS_START_DATE``   first day of the daily partitions                       ``2009-01-01``
 ``VECTOR_ASSETS_MAX_PASSAGES`` passages kept per record (1: one vector of the start)     ``16``
+``VECTOR_ASSETS_PRECISION``    the model's precision: ``auto``, fp32, bf16, fp16        ``auto`` (bf16 on CPUs with it)
 ``VECTOR_ASSETS_EXECUTOR``     ``celery``: steps on Celery workers (definitions.py)     Dagster's default
 =============================  ======================================================  ==========================
 """
@@ -46,6 +47,12 @@ def milvus_uri() -> str:
 def start_date() -> str:
     """``$VECTOR_ASSETS_START_DATE`` (``YYYY-MM-DD``), else 2009-01-01 (before the oldest shared record)."""
     return os.environ.get("VECTOR_ASSETS_START_DATE") or DEFAULT_START_DATE
+
+
+def precision() -> str:
+    """``$VECTOR_ASSETS_PRECISION``, else ``auto`` (see
+    :func:`vector_assets.embed.embedding.pick_precision`, which rejects an unknown value)."""
+    return os.environ.get("VECTOR_ASSETS_PRECISION", "").strip() or "auto"
 
 
 def model_name() -> str:

