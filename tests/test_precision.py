@@ -15,12 +15,16 @@ from .conftest import SAMPLE
 
 
 def test_auto_picks_per_machine(monkeypatch):
+    """auto: fp16 on CUDA, fp32 on a CPU (bf16 on request, where the CPU computes it natively)."""
     monkeypatch.setattr(embedding, "cpu_flags", lambda: {"avx2", "avx512_bf16"})
-    assert embedding.pick_precision("auto", "cpu") == "bf16"
-    monkeypatch.setattr(embedding, "cpu_flags", lambda: {"avx2", "amx_bf16"})
-    assert embedding.pick_precision("auto", "cpu") == "bf16"
-    monkeypatch.setattr(embedding, "cpu_flags", lambda: {"avx2", "avx512f"})
     assert embedding.pick_precision("auto", "cpu") == "fp32"
+    assert embedding.pick_precision("bf16", "cpu") == "bf16"
+    monkeypatch.setattr(embedding, "cpu_flags", lambda: {"avx2", "amx_bf16"})
+    assert embedding.pick_precision("bf16", "cpu") == "bf16"
+    monkeypatch.setattr(embedding, "cpu_flags", lambda: {"avx2", "avx512f"})
+    with pytest.raises(ValueError, match="native bfloat16"):
+        embedding.pick_precision("bf16", "cpu")
+    assert embedding.pick_precision("bf16", "cuda") == "bf16"
     assert embedding.pick_precision("auto", "cuda:0") == "fp16"
     assert embedding.pick_precision("fp32", "cuda") == "fp32"
 
@@ -41,6 +45,7 @@ def test_the_precision_setting_reaches_the_resource(monkeypatch):
         embedding_resource().resolved_precision
 
 
+@pytest.mark.skipif(not embedding.cpu_flags() & {"avx512_bf16", "amx_bf16"}, reason="the CPU has no native bfloat16")
 def test_bf16_vectors_are_unit_length_and_close_to_fp32():
     """The sample's passages in bf16 and in fp32: unit norms in float32, cosine to fp32 above
     the coherence check's pass mark by far, and each record's nearest neighbour among the

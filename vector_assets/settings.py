@@ -12,7 +12,7 @@ variable                       meaning                                          
 ``VECTOR_ASSETS_GIT_REPOS``    ``tenant=path`` pairs, separated by ``;``               none
 ``VECTOR_ASSETS_START_DATE``   first day of the daily partitions                       ``2009-01-01``
 ``VECTOR_ASSETS_MAX_PASSAGES`` passages kept per record (1: one vector of the start)     ``16``
-``VECTOR_ASSETS_PRECISION``    the model's precision: ``auto``, fp32, bf16, fp16        ``auto`` (bf16 on CPUs with it)
+``VECTOR_ASSETS_PRECISION``    the model's precision: ``auto``, fp32, bf16, fp16        ``auto`` (fp16 on CUDA)
 ``VECTOR_ASSETS_EXECUTOR``     ``celery``: steps on Celery workers (definitions.py)     Dagster's default
 =============================  ======================================================  ==========================
 """

@@ -62,20 +62,20 @@ def cpu_flags() -> set[str]:
 def pick_precision(precision: str, device: str) -> str:
     """The precision to run the model in on ``device`` (a resolved device: ``cpu``, ``cuda…``).
 
-    ``auto``: ``fp16`` on a CUDA GPU; on a CPU, ``bf16`` where it computes bfloat16 natively
-    (the ``avx512_bf16`` or ``amx_bf16`` flag), else ``fp32``. Measured on this project's 2-core
-    CPU (AVX-512 BF16, no AMX), ``benchmarks/encode_backends.py``: see the README's "Encode
-    backends" for the speed, the cosine to fp32 and recall@10 that make bf16 the same vector
-    space as fp32 within the measured tolerance. An explicit precision is returned unchanged.
-    Raises ValueError naming the value when it is not one of :data:`PRECISIONS`, or when
-    ``fp16`` is asked for on a CPU.
+    ``auto``: ``fp16`` on a CUDA GPU (not measured here: no GPU was lent), ``fp32`` on a CPU.
+    ``bf16`` on a CPU is on request only: on this project's 2-core CPU (AVX-512 BF16, no AMX) it
+    encodes 1.7x faster with cosine >= 0.9999 to fp32 (``benchmarks/encode_backends.py``), but the
+    demo backfill in bf16 left one of its 2,064 rows unreachable in Milvus Lite's HNSW graph and
+    failed the retrievability check (README "Encode backends"); it becomes the CPU default once
+    that is fixed. An explicit precision is returned unchanged. Raises ValueError naming the
+    value when it is not one of :data:`PRECISIONS`, or when ``fp16`` is asked for on a CPU.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r}: not one of {', '.join(PRECISIONS)}")
     if precision == "auto":
-        if device.startswith("cuda"):
-            return "fp16"
-        return "bf16" if cpu_flags() & {"avx512_bf16", "amx_bf16"} else "fp32"
+        return "fp16" if device.startswith("cuda") else "fp32"
+    if precision == "bf16" and not device.startswith("cuda") and not cpu_flags() & {"avx512_bf16", "amx_bf16"}:
+        raise ValueError("precision 'bf16' needs a CPU with native bfloat16 (the avx512_bf16 or amx_bf16 flag) or a GPU: emulated it is slower than fp32")
     if precision == "fp16" and not device.startswith("cuda"):
         raise ValueError("precision 'fp16' needs a CUDA device (on a CPU use bf16 or fp32)")
     return precision

