@@ -53,7 +53,7 @@ def test_bf16_vectors_are_unit_length_and_close_to_fp32():
     located = []
     for name in ("github_issues.jsonl", "git_commits.jsonl"):
         with open(SAMPLE / name, encoding="utf-8") as fh:
-            located += [LocatedRecord(name, i, json.loads(line)) for i, line in enumerate(fh, 1) if i <= 100]
+            located += [LocatedRecord(name, i, json.loads(line)) for i, line in enumerate(fh, 1) if i <= 50]
     texts = [t.text for t in EmbeddingModelResource().split_passages(extract_records(located)[0])[0]]
     fp32 = EmbeddingModelResource(precision="fp32")
     bf16 = EmbeddingModelResource(precision="bf16")
