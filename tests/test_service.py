@@ -204,7 +204,9 @@ def test_openai_client_against_embeddings(served, embedding_model):
 def test_metrics_scraped(served):
     from prometheus_client.parser import text_string_to_metric_families
 
-    post(served, "/v1/search", {"tenant": "HADOOP", "query": "erasure coding"})
+    query = "erasure coding policy of a directory, asked twice"
+    post(served, "/v1/search", {"tenant": "HADOOP", "query": query})
+    post(served, "/v1/search", {"tenant": "HADOOP", "query": query})  # answered from the query cache
     assert httpx.get(served["base"] + "/metrics", headers={"Authorization": f"Bearer {served['keys']['hadoop']}"}).status_code == 403
     text = httpx.get(served["base"] + "/metrics", headers={"Authorization": f"Bearer {served['keys']['all']}"}).text
     samples = {}
@@ -215,10 +217,38 @@ def test_metrics_scraped(served):
     assert samples[("vector_assets_http_request_duration_seconds_count", (("method", "POST"), ("route", "/v1/search")))] >= 1
     assert samples[("vector_assets_encode_seconds_count", ())] >= 1
     assert samples[("vector_assets_milvus_seconds_count", (("mode", "hybrid"),))] >= 1
+    assert samples[("vector_assets_query_cache_total", (("result", "hit"),))] >= 1
+    assert samples[("vector_assets_query_cache_total", (("result", "miss"),))] >= 1
     rows = [v for (name, labels), v in samples.items() if name == "vector_assets_collection_rows"]
     assert rows and rows[0] >= len(served["jira"]) + len(served["bugs"])
     last = {dict(labels)["tenant"]: v for (name, labels), v in samples.items() if name == "vector_assets_tenant_last_materialization_timestamp_seconds"}
     assert set(last) == {"HADOOP", "SeaMonkey"} and all(time.time() - 3600 < v <= time.time() for v in last.values())
+
+
+def test_the_query_cache_encodes_each_text_once(embedding_model):
+    """Texts seen before come from the cache, in their places among new ones, with the model's
+    vectors; the model sees only the new texts (seed 004's query cache)."""
+    from vector_assets.serving.service import BatchingEncoder
+
+    seen = []
+
+    class Counting:
+        def encode(self, texts):
+            seen.append(list(texts))
+            return embedding_model.encode(texts)
+
+    counts = []
+    encoder = BatchingEncoder(Counting(), cache_size=2, on_cache=lambda hits, misses: counts.append((hits, misses)))
+    queries = ["datanode fails to start after upgrade", "namenode safe mode never ends", "balancer is too slow"]
+    first = encoder.encode(queries[:2])
+    mixed = encoder.encode([queries[2], queries[1]])
+    assert seen == [queries[:2], [queries[2]]] and counts == [(0, 2), (1, 1)]
+    direct = embedding_model.encode(queries)
+    assert np.allclose(first, direct[:2], atol=1e-6) and np.allclose(mixed, direct[[2, 1]], atol=1e-6)
+    mixed[1][:] = 0  # a caller's array is its own: the cached vector is untouched
+    assert np.allclose(encoder.encode([queries[1]]), direct[1], atol=1e-6)
+    encoder.encode([queries[0]])  # evicted (size 2: the least recently used went): encoded again
+    assert seen[-1] == [queries[0]]
 
 
 def test_health_and_readiness(served):

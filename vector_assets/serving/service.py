@@ -22,7 +22,8 @@ that tenant exists or not. Inputs are bounded (:data:`LIMITS`); beyond a bound: 
 
 The model is loaded once per process; one Milvus client is shared; requests run concurrently
 (FastAPI's thread pool) and the query texts of concurrent requests are encoded together in one
-forward pass (:class:`BatchingEncoder`).
+forward pass (:class:`BatchingEncoder`); a query text seen before is answered from an LRU cache of
+query vectors (:data:`QUERY_CACHE_SIZE`), counted in ``/metrics``.
 """
 
 from __future__ import annotations
@@ -82,6 +83,11 @@ EmbeddingInput = Annotated[str, Field(max_length=LIMITS["embedding_chars"]), Aft
 REFRESH_S = float(os.environ.get("VECTOR_ASSETS_SERVICE_REFRESH_S") or 30.0)
 
 
+#: Query texts whose vectors the service keeps (least recently used first out; seed 004's query
+#: cache): 10,000 vectors of 384 float32 are 15 MB. ``VECTOR_ASSETS_QUERY_CACHE_SIZE=0`` turns it off.
+QUERY_CACHE_SIZE = int(os.environ.get("VECTOR_ASSETS_QUERY_CACHE_SIZE") or 10_000)
+
+
 class BatchingEncoder:
     """Encodes the texts of concurrent callers together: one thread runs the model; each
     :meth:`encode` call queues its texts and waits; the thread takes everything queued (up to
@@ -89,20 +95,54 @@ class BatchingEncoder:
     batch up while the previous pass runs, so an idle service answers one query at once and a
     busy one amortises the model over many.
 
+    A text encoded before is answered from an LRU cache of ``cache_size`` texts (``cachetools``;
+    0: none) without reaching the model; ``on_cache(hits, misses)`` counts each call's texts.
+    The cache belongs to the encoder, so to its model: a cut-over to another model's collection
+    makes a new encoder and an empty cache.
+
     ``model`` is anything with ``encode(list[str]) -> (n, dim)`` (an
     :class:`~vector_assets.resources.EmbeddingModelResource`). Errors of the model are raised in
     every caller of the failed batch.
     """
 
-    def __init__(self, model, max_batch: int = 64, observe=None):
-        self.model, self.max_batch, self.observe = model, max_batch, observe
+    def __init__(self, model, max_batch: int = 64, observe=None, cache_size: int = QUERY_CACHE_SIZE, on_cache=None):
+        import cachetools
+
+        self.model, self.max_batch, self.observe, self.on_cache = model, max_batch, observe, on_cache
+        self._cache = cachetools.LRUCache(maxsize=cache_size) if cache_size > 0 else None
+        self._cache_lock = threading.Lock()
         self._queue: queue.Queue[tuple[list[str], Future]] = queue.Queue()
         threading.Thread(target=self._run, name="query-encoder", daemon=True).start()
 
     def encode(self, texts: list[str]) -> np.ndarray:
-        """L2-normalised vectors of ``texts``, ``(len(texts), dim)`` float32."""
+        """L2-normalised vectors of ``texts``, ``(len(texts), dim)`` float32 (a new array: the
+        cache's vectors are not shared with the caller)."""
+        texts = list(texts)
+        found: dict[int, np.ndarray] = {}
+        if self._cache is not None:
+            with self._cache_lock:
+                for i, text in enumerate(texts):
+                    vector = self._cache.get(text)
+                    if vector is not None:
+                        found[i] = vector
+        missing = [text for i, text in enumerate(texts) if i not in found]
+        if self.on_cache is not None and self._cache is not None:
+            self.on_cache(len(found), len(missing))
+        if not missing:
+            return np.stack([found[i] for i in range(len(texts))]) if texts else self._encode_queued(texts)
+        encoded = self._encode_queued(missing)
+        if self._cache is not None:
+            with self._cache_lock:
+                for text, vector in zip(missing, encoded):
+                    self._cache[text] = vector.copy()
+        if not found:
+            return encoded
+        rows = iter(encoded)
+        return np.stack([found[i] if i in found else next(rows) for i in range(len(texts))])
+
+    def _encode_queued(self, texts: list[str]) -> np.ndarray:
         done: Future = Future()
-        self._queue.put((list(texts), done))
+        self._queue.put((texts, done))
         return done.result()
 
     def _run(self) -> None:
@@ -232,6 +272,7 @@ class Metrics:
         self.encode = Histogram("vector_assets_encode_seconds", "seconds of one forward pass of the model over a batch of query texts", registry=self.registry,
                                 buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
         self.encode_texts = Counter("vector_assets_encoded_texts", "query texts encoded", registry=self.registry)
+        self.cache = Counter("vector_assets_query_cache", "query texts looked up in the query-vector cache, by result (hit: not encoded)", ["result"], registry=self.registry)
         self.milvus = Histogram("vector_assets_milvus_seconds", "seconds in Milvus per search request", ["mode"], registry=self.registry,
                                 buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
         state_ref = state
@@ -255,6 +296,10 @@ class Metrics:
     def observe_encode(self, seconds: float, texts: int) -> None:
         self.encode.observe(seconds)
         self.encode_texts.inc(texts)
+
+    def observe_cache(self, hits: int, misses: int) -> None:
+        self.cache.labels("hit").inc(hits)
+        self.cache.labels("miss").inc(misses)
 
 
 class StoreUnavailable(RuntimeError):
@@ -371,7 +416,7 @@ class ServiceState:
         model.get_model()  # loaded once per model
         if self.client.has_collection(collection):
             self.client.load_collection(collection)
-        return Serving(collection, model, BatchingEncoder(model, observe=self.metrics.observe_encode), model.tokenizer_and_window()[0])
+        return Serving(collection, model, BatchingEncoder(model, observe=self.metrics.observe_encode, on_cache=self.metrics.observe_cache), model.tokenizer_and_window()[0])
 
     def _cut_over(self, collection: str, model) -> None:
         try:
