@@ -80,6 +80,7 @@ def test_backfill_then_search(storage_env, slice_records, workspace, tmp_path):
     assert materialised == expected_days and stats["materialised_partitions"] == len(expected_days)
     assert stats["records_read"] == len(jira) + len(commits)
     assert stats["rows_written"] == stats["embedded"] == len(jira) + len(commits)
+    assert stats["tokens_embedded"] > stats["passages_embedded"] >= stats["embedded"]
     assert stats["quarantined"] == 0 and stats["failed_partitions"] == 0
     assert stats["partitions"] == len({("H", r["day"]) for r in jira} | {("F", r["day"]) for r in commits})
 

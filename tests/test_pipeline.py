@@ -8,7 +8,8 @@ import pytest
 from vector_assets.store import milvus_store
 from vector_assets.settings import DEFAULT_MODEL
 from vector_assets.assets import landing_index, tenant_day_vectors
-from vector_assets.ingest.records import primary_key
+from vector_assets.ingest.extraction import extract_records
+from vector_assets.ingest.records import LocatedRecord, primary_key
 from vector_assets.serving.search import SearchError, search
 
 from .conftest import sample_records, write_jsonl
@@ -50,6 +51,11 @@ def test_one_partition_end_to_end(resources, instance, hadoop_days, milvus_clien
     assert out[("source_records", key)]["records_read"] == len(expected)
     assert out[("extracted_text", key)]["texts"] == len(expected)
     assert out[("milvus_vectors", key)]["embedded"] == len(expected)
+    # The tokens the model read: each passage's own, counted by the model's tokenizer.
+    vectors = out[("milvus_vectors", key)]
+    tokenizer, window = resources["embedding_model"].tokenizer_and_window()
+    texts = [t.text for t in resources["embedding_model"].split_passages(extract_records([LocatedRecord("x", i, r) for i, r in enumerate(expected, 1)])[0])[0]]
+    assert vectors["tokens_embedded"] == sum(min(len(tokenizer(x)["input_ids"]), window) for x in texts) > vectors["passages_embedded"]
     rows = rows_of(milvus_client, "HADOOP")
     assert sorted(r["record_id"] for r in rows) == sorted(r["id"] for r in expected)
     assert all(r["day"] == day and r["model"] == "sentence-transformers/all-MiniLM-L6-v2" for r in rows)

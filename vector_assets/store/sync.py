@@ -90,7 +90,9 @@ class PartitionResult:
     than one passage, ``passages_cut`` the windows left out by the per-record limit; ``rows`` counts
     Milvus rows (passages); ``embedded``, ``skipped``, ``moved``, ``deleted`` count records (a
     record is embedded when any of its passages was), ``passages_embedded`` and
-    ``passages_deleted`` rows.
+    ``passages_deleted`` rows. ``tokens_embedded``: the tokens the model read for the passages
+    embedded now (special tokens included, at most its window each): what an embedding
+    provider bills.
     """
 
     tenant: str
@@ -109,6 +111,7 @@ class PartitionResult:
     refused: str | None = None
     records: int = 0
     passages_embedded: int = 0
+    tokens_embedded: int = 0
     passages_deleted: int = 0
     records_split: int = 0
     passages_cut: int = 0
@@ -239,13 +242,15 @@ def plan_embeddings(results: dict[PartitionKey, PartitionResult], collection: Co
 class Embedded:
     """The vectors of a run: ``vectors`` (``{pk: (dim,) float32}``, L2-normalised, embedded now
     or reused), ``raw`` (pre-normalisation, for the texts embedded now), ``reused`` (pks whose
-    vector came from a stored row), ``truncated`` (pks of texts longer than the model's window)
-    and ``encode_s`` (seconds of encoding, the model's load excluded)."""
+    vector came from a stored row), ``truncated`` (pks of texts longer than the model's window),
+    ``tokens`` (``{pk: tokens the model read}`` for the texts embedded now) and ``encode_s``
+    (seconds of encoding, the model's load excluded)."""
 
     vectors: dict[str, np.ndarray] = field(default_factory=dict)
     raw: dict[str, np.ndarray] = field(default_factory=dict)
     reused: set[str] = field(default_factory=set)
     truncated: set[str] = field(default_factory=set)
+    tokens: dict[str, int] = field(default_factory=dict)
     encode_s: float = 0.0
 
 
@@ -267,6 +272,7 @@ def embed_texts(plan: EmbeddingPlan, embedder: Embedder, log: Callable[[str], No
         out.vectors = {t.pk: encoded[i] for i, t in enumerate(plan.to_embed)}
         out.raw = {t.pk: raw[i] for i, t in enumerate(plan.to_embed)}
         out.truncated = {t.pk for t, flag in zip(plan.to_embed, embedder.truncated_flags(texts_in)) if flag}
+        out.tokens = {t.pk: len(ids) for t, ids in zip(plan.to_embed, embedder.model_inputs(texts_in))}
     for pk, vec in plan.reuse.items():
         out.vectors[pk] = np.asarray(vec, dtype=np.float32)
     return out
@@ -357,6 +363,7 @@ def written_result(result: PartitionResult, change: PartitionChange, embedded: E
         skipped=len(current_records) - len(embedded_records) - moved,
         deleted=len({record_pk(pk) for pk in change.stale} - current_records),
         passages_embedded=sum(1 for t in changed if t.pk not in embedded.reused),
+        tokens_embedded=sum(embedded.tokens.get(t.pk, 0) for t in changed if t.pk not in embedded.reused),
         passages_deleted=len(change.stale),
         truncated=sum(1 for t in changed if t.pk in embedded.truncated),
         rows=len(result.texts),
