@@ -152,7 +152,7 @@ def test_overlapping_backfills_and_a_concurrent_search(cli_env, workspace):
     assert run_cli("backfill", "--tenant", "SeaMonkey", env=cli_env).returncode == 0
 
     procs = [
-        subprocess.Popen([EXE, "backfill", "--tenant", t, "--max-partitions-per-run", "15"], env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen([EXE, "backfill", "--tenant", t, "--max-partitions-per-run", "60"], env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for t in ("HADOOP", "BurntSushi/ripgrep")
     ]
     time.sleep(8)
