@@ -46,8 +46,8 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from vector_assets.embed import embedding  # noqa: E402
-from vector_assets.ingest.extraction import extract_record, extract_records  # noqa: E402
-from vector_assets.ingest.records import LocatedRecord, RecordError  # noqa: E402
+from vector_assets.ingest.extraction import extract_records  # noqa: E402
+from vector_assets.ingest.records import LocatedRecord  # noqa: E402
 from vector_assets.resources import EmbeddingModelResource  # noqa: E402
 from vector_assets.settings import DEFAULT_MODEL  # noqa: E402
 
@@ -205,7 +205,7 @@ def recall_sets(shared: Path, tokenizer) -> dict:
     each query ``{"id", "tenant", "text"}``, corpus ``{"id", "tenant", "doc", "text"}`` (``doc``:
     the record a passage belongs to), relevant ``{query id: set of doc ids}``."""
     sys.path.insert(0, str(REPO / "benchmarks"))
-    from long_issues import build_set
+    from long_issues import build_set, extracted_texts
 
     base = shared / "eval_pr_commits"
     corpus = [json.loads(line) for line in open(base / "corpus.jsonl", encoding="utf-8")]
@@ -222,16 +222,7 @@ def recall_sets(shared: Path, tokenizer) -> dict:
     )
     long_queries, _ = build_set(shared)
     answers = {q["answer"] for q in long_queries}
-    records = []
-    for name in ("jira_issues_hadoop.jsonl", "bugzilla_seamonkey.jsonl"):
-        with open(shared / name, encoding="utf-8") as fh:
-            for number, line in enumerate(fh, 1):
-                try:
-                    text = extract_record(LocatedRecord(name, number, json.loads(line)))
-                except (ValueError, RecordError):
-                    continue
-                if text.record_id in answers:
-                    records.append(text)
+    records = [text for text in extracted_texts(shared) if text.record_id in answers]
     passages = EmbeddingModelResource().split_passages(records)[0]
     issues = (
         [{"id": q["id"], "tenant": q["tenant"], "text": q["text"]} for q in long_queries],

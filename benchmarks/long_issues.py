@@ -62,29 +62,34 @@ def query_sentence(text: str, start_char: int) -> str | None:
     return None
 
 
+def extracted_texts(shared: Path):
+    """The extracted texts of the records of :data:`FILES` (bad records skipped), in file order."""
+    for name in FILES:
+        with open(shared / name, encoding="utf-8") as fh:
+            for number, line in enumerate(fh, 1):
+                try:
+                    yield extract_record(LocatedRecord(name, number, json.loads(line)))
+                except (ValueError, RecordError):
+                    continue
+
+
 def build_set(shared: Path) -> tuple[list[dict], dict]:
     """The known-item queries ``[{"id", "tenant", "text", "answer", "tokens"}]`` and counts
     (records read, long, without a usable sentence)."""
     tokenizer = embedding.load_tokenizer(DEFAULT_MODEL)[0]
     queries: list[dict] = []
     counts = {"records": 0, "long": 0, "no_sentence": 0}
-    for name in FILES:
-        with open(shared / name, encoding="utf-8") as fh:
-            for number, line in enumerate(fh, 1):
-                try:
-                    text = extract_record(LocatedRecord(name, number, json.loads(line)))
-                except (ValueError, RecordError):
-                    continue
-                counts["records"] += 1
-                offsets = tokenizer(text.text, add_special_tokens=False, return_offsets_mapping=True, truncation=False, verbose=False)["offset_mapping"]
-                if len(offsets) <= LONG_TOKENS:
-                    continue
-                counts["long"] += 1
-                sentence = query_sentence(text.text, offsets[QUERY_AFTER_TOKEN][0])
-                if sentence is None:
-                    counts["no_sentence"] += 1
-                    continue
-                queries.append({"id": f"q{len(queries)}", "tenant": text.tenant, "text": sentence, "answer": text.record_id, "tokens": len(offsets)})
+    for text in extracted_texts(shared):
+        counts["records"] += 1
+        offsets = tokenizer(text.text, add_special_tokens=False, return_offsets_mapping=True, truncation=False, verbose=False)["offset_mapping"]
+        if len(offsets) <= LONG_TOKENS:
+            continue
+        counts["long"] += 1
+        sentence = query_sentence(text.text, offsets[QUERY_AFTER_TOKEN][0])
+        if sentence is None:
+            counts["no_sentence"] += 1
+            continue
+        queries.append({"id": f"q{len(queries)}", "tenant": text.tenant, "text": sentence, "answer": text.record_id, "tokens": len(offsets)})
     return queries, counts
 
 
