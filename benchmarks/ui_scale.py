@@ -99,7 +99,8 @@ def main() -> int:
     check_alert_sensor(dg.build_sensor_context(instance=instance, resources={"alerts": resources["alerts"]}))
     ticks["check_alert_sensor_s"] = round(time.perf_counter() - started, 2)
     started = time.perf_counter()
-    requests = daily_schedule(dg.build_schedule_context(instance=instance, scheduled_execution_time=dt.datetime.now(dt.timezone.utc)))
+    with dg.build_schedule_context(instance=instance, scheduled_execution_time=dt.datetime.now(dt.timezone.utc), resources={k: resources[k] for k in ("landing", "milvus", "embedding_model")}) as context:
+        requests = daily_schedule(context)
     ticks["daily_schedule_s"] = round(time.perf_counter() - started, 2)
     ticks["daily_schedule_runs"] = len(requests) if isinstance(requests, list) else 0
     out["ticks"] = ticks

@@ -425,13 +425,36 @@ def test_new_data_sensor_registers_tenants_and_requests_only_changed_days(resour
     assert [(r.tags["dagster/asset_partition_range_start"], r.tags["dagster/asset_partition_range_end"]) for r in fourth.run_requests] == [(f"{jira[0]['day']}|HADOOP", f"{jira[0]['day']}|HADOOP")]
 
 
-def test_daily_schedule_yields_yesterday_for_every_tenant(instance):
+def test_daily_schedule_runs_only_tenant_days_that_need_it(resources, instance, workspace, hadoop_days):
+    """Yesterday's tenant-days (issue #20 item 2): a run only for a tenant whose lines the
+    collection does not hold as they are; tenants without records that day are recorded as
+    materialised (empty) without a run; a tenant-day already written is left alone; an edit
+    makes it a run again."""
     register_tenants(instance, ["HADOOP", "pallets/flask", "SeaMonkey"])
-    ctx = dg.build_schedule_context(instance=instance, scheduled_execution_time=dt.datetime(2024, 3, 2, 0, 15, tzinfo=dt.timezone.utc))
-    requests = daily_schedule(ctx)
-    assert sorted(r.partition_key for r in requests) == sorted(f"2024-03-01|{t}" for t in ["HADOOP", "pallets/flask", "SeaMonkey"])
+    schedule_resources = {k: resources[k] for k in ("landing", "milvus", "embedding_model")}
+
+    def tick(at=dt.datetime(2024, 7, 3, 0, 15, tzinfo=dt.timezone.utc), on=instance):
+        with dg.build_schedule_context(instance=on, scheduled_execution_time=at, resources=schedule_resources) as context:
+            return daily_schedule(context)
+
+    first = tick()
+    assert [r.partition_key for r in first] == ["2024-07-02|HADOOP"]
+    # The tenants without records that day: each asset materialised for their tenant-day, no run.
+    for asset in ("source_records", "extracted_text", "milvus_vectors"):
+        assert {"2024-07-02|pallets/flask", "2024-07-02|SeaMonkey"} <= instance.get_materialized_partitions(dg.AssetKey(asset))
+    assert not instance.get_runs()
+    mat = instance.get_latest_materialization_event(dg.AssetKey("milvus_vectors")).asset_materialization
+    assert mat.metadata["rows"].value == 0 and mat.metadata["recorded_by"].value == "daily_schedule"
+
+    assert dg.materialize([tenant_day_vectors], partition_key="2024-07-02|HADOOP", resources=resources, instance=instance).success
+    second = tick()
+    assert isinstance(second, dg.SkipReason) and "1 already in sync" in second.skip_message
+
+    day = [r for r in hadoop_days if r["day"] == "2024-07-02"]
+    write_jsonl(workspace["landing"] / "jira.jsonl", [dict(r, summary=r["summary"] + " (edited)") if r is day[0] else r for r in hadoop_days])
+    assert [r.partition_key for r in tick()] == ["2024-07-02|HADOOP"]
     with dg.instance_for_test() as empty:
-        assert isinstance(daily_schedule(dg.build_schedule_context(instance=empty, scheduled_execution_time=dt.datetime(2024, 3, 2, 0, 15, tzinfo=dt.timezone.utc))), dg.SkipReason)
+        assert "no tenants registered" in tick(on=empty).skip_message
 
 
 def test_new_data_sensor_sees_a_fix_that_another_refresh_found_first(resources, instance, workspace):

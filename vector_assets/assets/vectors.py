@@ -330,6 +330,22 @@ def materializations(results: dict[PartitionKey, PartitionResult], model_id: str
     ]
 
 
+def empty_day_materializations(tenant: str, day: str, recorded_by: str) -> list[dg.AssetMaterialization]:
+    """The materialisations of a tenant-day that holds no lines and never did: one per asset,
+    empty and in sync, as a run over that day would record them (same code versions), for a
+    caller that records them without a run (``daily_schedule``; ``recorded_by`` names it in the
+    metadata, with ``records_read`` 0 and ``rows`` 0)."""
+    figures = {SOURCE_RECORDS: {"records_read": 0}, EXTRACTED_TEXT: {"texts": 0}, MILVUS_VECTORS: {"rows": 0}}
+    return [
+        dg.AssetMaterialization(
+            asset_key=asset_key, partition=make_key(tenant, day),
+            metadata={**figures[asset_key], "recorded_by": recorded_by},
+            tags={"dagster/code_version": _CODE_VERSION[asset_key]},
+        )
+        for asset_key in ASSET_KEYS
+    ]
+
+
 def check_evaluations(instance: dg.DagsterInstance, run_id: str, results: dict[PartitionKey, PartitionResult], verdicts: dict[str, dict], run_timing: Verdict) -> tuple[list, list[str], set[PartitionKey]]:
     """One evaluation of each check per tenant-day it judged, partitioned, each targeting the
     tenant-day's materialisation (:mod:`vector_assets.checks.outcomes`); days without records or

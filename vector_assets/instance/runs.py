@@ -95,3 +95,33 @@ def pool_holders(instance: dg.DagsterInstance, pool: str = POOL) -> list[tuple[s
         run = instance.get_run_by_id(run_id)
         out.append((run_id, run.status.value if run else "unknown"))
     return out
+
+
+def record_runless_materializations(instance: dg.DagsterInstance, materializations: list[dg.AssetMaterialization]) -> int:
+    """Record ``materializations`` outside any run (as ``report_runless_asset_event`` does, the
+    UI showing them as reported), sent to the event storage in batches of
+    ``DAGSTER_EVENT_BATCH_SIZE`` (Dagster's event batching) instead of one write each. Uses
+    Dagster internals (``DagsterEvent``, ``StepMaterializationData``); where they are missing, the
+    public method stores them one by one. Returns the number recorded."""
+    if not materializations:
+        return 0
+    try:
+        from dagster._core.events import DagsterEvent, DagsterEventBatchMetadata, DagsterEventType, StepMaterializationData, generate_event_batch_id
+        from dagster._core.instance.utils import RUNLESS_JOB_NAME, RUNLESS_RUN_ID
+    except ImportError:  # another Dagster version: the public, slower way
+        for materialization in materializations:
+            instance.report_runless_asset_event(materialization)
+        return len(materializations)
+    batch_id = generate_event_batch_id()
+    last = len(materializations) - 1
+    for i, materialization in enumerate(materializations):
+        instance.report_dagster_event(
+            DagsterEvent(
+                event_type_value=DagsterEventType.ASSET_MATERIALIZATION.value,
+                event_specific_data=StepMaterializationData(materialization),
+                job_name=RUNLESS_JOB_NAME,
+            ),
+            run_id=RUNLESS_RUN_ID,
+            batch_metadata=DagsterEventBatchMetadata(batch_id, i == last),
+        )
+    return len(materializations)

@@ -1,24 +1,93 @@
 """The daily schedule (yesterday for every tenant) and the daily audit."""
 
+from __future__ import annotations
+
 import datetime as dt
+from dataclasses import dataclass, field
 
 import dagster as dg
 
+from ..assets.landing_index import record_refresh
+from ..assets.vectors import empty_day_materializations
 from ..checks.audit import audit_job
+from ..ingest.landing import LandingIndex
+from ..instance.runs import record_runless_materializations
 from ..jobs import vectors_job
 from ..partitions import TENANTS, make_key
+from ..resources import EmbeddingModelResource, LandingResource, MilvusResource
+from ..store.milvus_store import error_line
 
 
-@dg.schedule(job=vectors_job, cron_schedule="15 0 * * *", execution_timezone="UTC", description="Shortly after midnight UTC: yesterday's tenant-day of every tenant, one run per tenant (the fewest the backfill policy allows: a run covers one tenant).")
-def daily_schedule(context: dg.ScheduleEvaluationContext):
+@dataclass
+class DayPlan:
+    """What one day needs for each tenant (:func:`plan_day`), tenants sorted in each list.
+
+    Attributes:
+        to_run: tenants whose tenant-day holds lines (or held lines once) that the collection
+            does not hold as they are now: a run reads, embeds and writes them.
+        empty: tenants without any line that day, ever: nothing to read, write or delete; the
+            tenant-day is recorded as materialised (in sync, empty) without a run.
+        in_sync: tenants whose tenant-day the collection holds from its current input (a run of
+            the new-data sensor or a backfill wrote it): nothing to do.
+    """
+
+    day: str
+    to_run: list[str] = field(default_factory=list)
+    empty: list[str] = field(default_factory=list)
+    in_sync: list[str] = field(default_factory=list)
+
+
+def plan_day(index: LandingIndex, store: str | None, tenants: list[str], day: str) -> DayPlan:
+    """Sort ``tenants`` by what their tenant-day ``day`` (``YYYY-MM-DD``) needs, from the landing
+    index and what it records as synced to the collection ``store`` (its
+    :func:`~vector_assets.store.milvus_store.store_key`; None when the collection does not exist:
+    every tenant-day with lines needs a run). Three queries of the state database whatever the
+    number of tenants."""
+    with_lines = {t for t, _ in index.partitions(tenants=None, start=day, end=day)}
+    unsynced = {t for t, _ in index.unsynced_partitions(store, start=day, end=day)}
+    plan = DayPlan(day)
+    for tenant in sorted(tenants):
+        if tenant in unsynced:
+            plan.to_run.append(tenant)
+        elif tenant in with_lines:
+            plan.in_sync.append(tenant)
+        else:
+            plan.empty.append(tenant)
+    return plan
+
+
+@dg.schedule(
+    job=vectors_job, cron_schedule="15 0 * * *", execution_timezone="UTC",
+    description=(
+        "Shortly after midnight UTC: yesterday's tenant-day of every tenant. A run (one per "
+        "tenant) only where the landing data holds lines the collection does not hold as they are; "
+        "a tenant without records that day is recorded as materialised (empty, in sync) without a "
+        "run; a tenant-day the new-data sensor already wrote is left as it is."
+    ),
+)
+def daily_schedule(context: dg.ScheduleEvaluationContext, landing: LandingResource, milvus: MilvusResource, embedding_model: EmbeddingModelResource):
     yesterday = (context.scheduled_execution_time.astimezone(dt.timezone.utc) - dt.timedelta(days=1)).date().isoformat()
     tenants = context.instance.get_dynamic_partitions(TENANTS)
     if not tenants:
         return dg.SkipReason("no tenants registered yet: materialise landing_index or run `vector-assets backfill`")
-    return [
-        dg.RunRequest(run_key=f"{tenant}|{yesterday}", partition_key=make_key(tenant, yesterday))
-        for tenant in sorted(tenants)
-    ]
+    # Lines that landed since the new-data sensor's last tick (recorded on landing_index).
+    record_refresh(context.instance, landing, landing.refresh(), "daily_schedule", context.log)
+    try:
+        store = milvus.store_key(embedding_model.model_id)
+    except Exception as err:  # noqa: BLE001 - Milvus unreachable: run every tenant-day with lines
+        context.log.warning(f"Milvus at {milvus.uri} did not answer ({error_line(err)}): every tenant-day of {yesterday} with lines gets a run")
+        store = None
+    finally:
+        milvus.reset_client()
+    plan = plan_day(landing.index(), store, tenants, yesterday)
+    recorded = record_runless_materializations(context.instance, [m for tenant in plan.empty for m in empty_day_materializations(tenant, yesterday, "daily_schedule")])
+    context.log.info(
+        f"{yesterday}: {len(plan.to_run)} tenants to run, {len(plan.empty)} without records "
+        f"({recorded} materialisations recorded without a run), {len(plan.in_sync)} already in sync"
+    )
+    if not plan.to_run:
+        return dg.SkipReason(f"{yesterday}: no tenant-day to write ({len(plan.empty)} tenants without records recorded as materialised, {len(plan.in_sync)} already in sync)")
+    return [dg.RunRequest(run_key=f"{tenant}|{yesterday}", partition_key=make_key(tenant, yesterday)) for tenant in plan.to_run]
 
 
 @dg.schedule(job=audit_job, cron_schedule="30 1 * * *", execution_timezone="UTC", description="Daily audit of stored vectors; failures reach the alert sensor.")
