@@ -69,3 +69,47 @@ def test_bf16_vectors_are_unit_length_and_close_to_fp32():
     assert agree > 0.95, agree
     raw, normalised = bf16.encode_with_raw(texts[:8])
     assert raw.dtype == np.float32 and np.sum(normalised * b[:8], axis=1).min() > 0.999
+
+
+def _sample_passages(limit: int = 50) -> list[str]:
+    located = []
+    for name in ("github_issues.jsonl", "git_commits.jsonl"):
+        with open(SAMPLE / name, encoding="utf-8") as fh:
+            located += [LocatedRecord(name, i, json.loads(line)) for i, line in enumerate(fh, 1) if i <= limit]
+    return [t.text for t in EmbeddingModelResource().split_passages(extract_records(located)[0])[0]]
+
+
+def test_token_batches_respect_the_budget_and_cover_every_text():
+    lengths = [256, 12, 40, 256, 7, 100, 33, 300]
+    batches = embedding.token_batches(lengths, 512)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    for batch in batches:
+        assert len(batch) == 1 or len(batch) * max(lengths[i] for i in batch) <= 512
+    assert [7] in batches  # two of its length would pass the budget: alone
+
+
+def test_token_budget_batches_give_the_fixed_batches_vectors_and_halve_on_out_of_memory(monkeypatch):
+    """Batches by tokens (issue #20 item 4): the same vectors as batches of 64, in input order;
+    an out-of-memory error halves the budget and the batch is encoded again in smaller pieces."""
+    texts = _sample_passages(40)
+    fixed = EmbeddingModelResource(token_budget=0)
+    by_tokens = EmbeddingModelResource(token_budget=4096)
+    a, b = fixed.encode(texts), by_tokens.encode(texts)
+    assert np.sum(a * b, axis=1).min() > 0.9999
+    assert by_tokens.budget.tokens >= 4096 and by_tokens.budget.best_rate > 0
+
+    view = embedding._raw_view(fixed.get_model())
+    real = view.encode
+    seen = []
+
+    def tight_memory(batch, **kwargs):
+        seen.append(len(batch))
+        if len(batch) > 4:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(batch, **kwargs)
+
+    monkeypatch.setattr(view, "encode", tight_memory)
+    budget = embedding.TokenBudget(tokens=8192)
+    raw, normalised = embedding.encode_with_raw(fixed.get_model(), texts[:20], 64, budget=budget)
+    assert budget.tokens < 8192 and not budget.grow and max(seen) > 4
+    assert np.sum(normalised * a[:20], axis=1).min() > 0.9999

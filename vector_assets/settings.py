@@ -13,6 +13,7 @@ variable                       meaning                                          
 ``VECTOR_ASSETS_START_DATE``   first day of the daily partitions                       ``2009-01-01``
 ``VECTOR_ASSETS_MAX_PASSAGES`` passages kept per record (1: one vector of the start)     ``16``
 ``VECTOR_ASSETS_PRECISION``    the model's precision: ``auto``, fp32, bf16, fp16        ``auto`` (fp16 on CUDA)
+``VECTOR_ASSETS_TOKEN_BUDGET`` padded tokens per batch to start from; 0: batches of 64   ``-1`` (auto: CUDA only)
 ``VECTOR_ASSETS_EXECUTOR``     ``celery``: steps on Celery workers (definitions.py)     Dagster's default
 =============================  ======================================================  ==========================
 """
@@ -53,6 +54,17 @@ def precision() -> str:
     """``$VECTOR_ASSETS_PRECISION``, else ``auto`` (see
     :func:`vector_assets.embed.embedding.pick_precision`, which rejects an unknown value)."""
     return os.environ.get("VECTOR_ASSETS_PRECISION", "").strip() or "auto"
+
+
+def token_budget() -> int:
+    """``$VECTOR_ASSETS_TOKEN_BUDGET`` as an integer, else ``-1`` (auto; see
+    :class:`vector_assets.resources.EmbeddingModelResource`). Raises ValueError naming the
+    variable when it is not an integer."""
+    value = os.environ.get("VECTOR_ASSETS_TOKEN_BUDGET", "").strip() or "-1"
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"VECTOR_ASSETS_TOKEN_BUDGET={value!r}: not an integer (padded tokens per batch; 0: batches of texts)") from None
 
 
 def model_name() -> str:

@@ -190,17 +190,131 @@ def l2_normalise(raw: np.ndarray) -> np.ndarray:
         return np.where(norms > 0, raw / np.where(norms > 0, norms, 1.0), 0.0).astype(np.float32)
 
 
-def encode_with_raw(model, texts: list[str], batch_size: int, stats: EncodeStats | None = None) -> tuple[np.ndarray, np.ndarray]:
+@dataclass
+class TokenBudget:
+    """Batches by tokens (seeds 000 and 001's batch optimiser): how many padded tokens one
+    forward pass may hold (texts sorted by length, so a batch of short texts holds many and one
+    of full windows few), adapted while encoding.
+
+    Attributes:
+        tokens: the budget now (padded tokens per batch: texts x the longest text's tokens).
+        max_tokens: the most it may grow to.
+        grow: whether it still grows. After each batch of at least ``tokens / 2`` padded tokens
+            the throughput (real tokens/s) is compared with the best so far: while it rises by
+            more than 5 % the budget doubles; the first time it does not, growth stops.
+        best_rate: the best throughput seen, real tokens/s.
+
+    On an out-of-memory error (CUDA's ``OutOfMemoryError``, or a ``RuntimeError`` saying "out of
+    memory") the budget halves, growth stops and the batch is split and encoded again; at a
+    single text the error is raised.
+    """
+
+    tokens: int = 16_384
+    max_tokens: int = 262_144
+    grow: bool = True
+    best_rate: float = 0.0
+
+    def observe(self, real_tokens: int, padded_tokens: int, seconds: float) -> None:
+        """Adapt the budget after a batch of ``real_tokens`` (``padded_tokens`` with padding)
+        encoded in ``seconds``."""
+        if not self.grow or seconds <= 0 or padded_tokens < self.tokens // 2:
+            return
+        rate = real_tokens / seconds
+        if rate > self.best_rate * 1.05:
+            self.best_rate = rate
+            self.tokens = min(self.tokens * 2, self.max_tokens)
+            self.grow = self.tokens < self.max_tokens
+        else:
+            self.grow = False
+
+    def shrink(self) -> None:
+        """Halve the budget and stop growing (after an out-of-memory error)."""
+        self.tokens = max(1, self.tokens // 2)
+        self.grow = False
+
+
+def _is_out_of_memory(err: BaseException) -> bool:
+    return type(err).__name__ == "OutOfMemoryError" or (isinstance(err, RuntimeError) and "out of memory" in str(err).lower())
+
+
+def token_batches(lengths: list[int], budget: int) -> list[list[int]]:
+    """Indices of texts grouped into batches of at most ``budget`` padded tokens: sorted by
+    ``lengths`` (tokens per text, longest first, as sentence-transformers orders them), a batch
+    closed before ``(texts + 1) x longest`` would pass the budget; a text longer than the budget
+    is a batch alone. Returns ``[[index, ...], ...]`` covering every index once."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches: list[list[int]] = []
+    batch: list[int] = []
+    longest = 0
+    for i in order:
+        longest_with = max(longest, lengths[i])
+        if batch and (len(batch) + 1) * longest_with > budget:
+            batches.append(batch)
+            batch, longest_with = [], lengths[i]
+        batch.append(i)
+        longest = longest_with
+    if batch:
+        batches.append(batch)
+    return batches
+
+
+def _encode_by_tokens(view, texts: list[str], budget: TokenBudget) -> np.ndarray:
+    """Raw vectors of ``texts`` in token-budget batches (:class:`TokenBudget`), in input order."""
+    limit = int(view.max_seq_length)
+    lengths = [min(n, limit) for n in view.tokenizer(texts, add_special_tokens=True, truncation=False, return_length=True, verbose=False)["length"]]
+    out: list[np.ndarray | None] = [None] * len(texts)
+    pending = token_batches(lengths, budget.tokens)
+    while pending:
+        batch = pending.pop(0)
+        started = time.perf_counter()
+        try:
+            raw = view.encode([texts[i] for i in batch], batch_size=len(batch), normalize_embeddings=False, convert_to_numpy=True, show_progress_bar=False)
+        except Exception as err:  # noqa: BLE001 - only out-of-memory is handled; the rest re-raised
+            if not _is_out_of_memory(err) or len(batch) == 1:
+                raise
+            budget.shrink()
+            _empty_device_cache()
+            pending = [[batch[j] for j in b] for b in token_batches([lengths[i] for i in batch], budget.tokens)] + pending
+            continue
+        for i, vector in zip(batch, np.asarray(raw, dtype=np.float32)):
+            out[i] = vector
+        padded = len(batch) * max(lengths[i] for i in batch)
+        before = budget.tokens
+        budget.observe(sum(lengths[i] for i in batch), padded, time.perf_counter() - started)
+        if budget.tokens != before and pending:
+            # Re-cut what is left with the new budget.
+            rest = [i for b in pending for i in b]
+            pending = [[rest[j] for j in b] for b in token_batches([lengths[i] for i in rest], budget.tokens)]
+    return np.stack(out)
+
+
+def _empty_device_cache() -> None:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:  # pragma: no cover - torch is a dependency
+        pass
+
+
+def encode_with_raw(model, texts: list[str], batch_size: int, stats: EncodeStats | None = None, budget: TokenBudget | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``(raw, normalised)``, both ``(len(texts), dim)`` float32: the model output before L2
     normalisation (the quality checks judge its norm, seed ``000_*`` §5.2) and the
-    L2-normalised vectors that are stored. A zero raw vector stays zero.
+    L2-normalised vectors that are stored. A zero raw vector stays zero. Batches of
+    ``batch_size`` texts, or, with ``budget``, of at most ``budget.tokens`` padded tokens
+    (:class:`TokenBudget`, adapted as it goes). Raises the model's error when a single text
+    does not fit in memory.
     """
     dim = model.get_embedding_dimension()
     if not texts:
         empty = np.zeros((0, dim), dtype=np.float32)
         return empty, empty
     started, cpu = time.perf_counter(), time.process_time()
-    raw = _raw_view(model).encode(texts, batch_size=batch_size, normalize_embeddings=False, convert_to_numpy=True, show_progress_bar=False)
+    if budget is not None:
+        raw = _encode_by_tokens(_raw_view(model), texts, budget)
+    else:
+        raw = _raw_view(model).encode(texts, batch_size=batch_size, normalize_embeddings=False, convert_to_numpy=True, show_progress_bar=False)
     raw = np.asarray(raw, dtype=np.float32)
     normalised = l2_normalise(raw)
     if stats is not None:
@@ -210,8 +324,8 @@ def encode_with_raw(model, texts: list[str], batch_size: int, stats: EncodeStats
     return raw, normalised
 
 
-def encode(model, texts: list[str], batch_size: int, stats: EncodeStats | None = None) -> np.ndarray:
+def encode(model, texts: list[str], batch_size: int, stats: EncodeStats | None = None, budget: TokenBudget | None = None) -> np.ndarray:
     """L2-normalised embeddings of ``texts``: ``(len(texts), dim)`` float32, normalised in
     float32 whatever the model's precision (a bf16 model's own ``Normalize`` leaves norms of
     1 ± 1e-3): the normalised half of :func:`encode_with_raw`, with its counts in ``stats``."""
-    return encode_with_raw(model, texts, batch_size, stats)[1]
+    return encode_with_raw(model, texts, batch_size, stats, budget)[1]

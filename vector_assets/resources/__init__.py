@@ -25,7 +25,7 @@ def embedding_resource(model_id: str | None = None) -> EmbeddingModelResource:
 
     provider = os.environ.get("VECTOR_ASSETS_EMBEDDING_PROVIDER", "local").strip() or "local"
     if provider == "local":
-        configured: EmbeddingModelResource = EmbeddingModelResource(model=settings.model_name(), max_passages=settings.max_passages(), precision=settings.precision())
+        configured: EmbeddingModelResource = EmbeddingModelResource(model=settings.model_name(), max_passages=settings.max_passages(), precision=settings.precision(), token_budget=settings.token_budget())
     elif provider == "openai":
         base, name = os.environ.get("VECTOR_ASSETS_OPENAI_BASE_URL", ""), os.environ.get("VECTOR_ASSETS_OPENAI_MODEL", "")
         if not base or not name:
@@ -41,7 +41,7 @@ def embedding_resource(model_id: str | None = None) -> EmbeddingModelResource:
         raise ValueError(f"VECTOR_ASSETS_EMBEDDING_PROVIDER={provider!r}: one of local, openai")
     if model_id is None or model_id == configured.model_id:
         return configured
-    return EmbeddingModelResource(model=model_id, precision=settings.precision())
+    return EmbeddingModelResource(model=model_id, precision=settings.precision(), token_budget=settings.token_budget())
 
 
 def default_resources() -> dict:

@@ -1,0 +1,324 @@
+"""Organisation scale (issue #20 item 1): everything but the encode, per tenant-day and per record.
+
+Synthetic landing data shaped like the real records: the records of ../shared/data (the four
+files, 27,144 records by default; ``--records N`` for fewer) re-keyed over T tenants x D days
+(record k goes to tenant ``org/repo-<k mod T>`` and the ``(k div T) mod D``-th day from
+2023-01-01, its timestamp field set to that day), so that the texts, their lengths and kinds are
+the real ones and only their spread changes. The same records over a grid ten times larger show
+how the per-tenant-day cost grows with T x D.
+
+The grid is run through the product as ``vector-assets backfill`` plans it (one run per tenant
+over its days, ``plan_runs``), each run a real Dagster run in this process
+(``dg.materialize`` of ``tenant_day_vectors`` against a SQLite or PostgreSQL instance, the state
+database beside it), with:
+
+* ``--embedder null`` (default): a zero-cost embedder, a benchmark option and never a product
+  one: each text's vector is a unit vector drawn from a generator seeded by the text's hash
+  (equal texts get equal vectors, as with a model; distinct texts near-orthogonal ones, so the
+  vector checks judge them as they judge real vectors). The issue asked for constant vectors;
+  those fail the duplicate and retrievability checks, which would then block every write.
+* ``--embedder model``: the real all-MiniLM-L6-v2.
+
+Printed per grid: the landing refresh (lines/s), planning, the runs' wall time split into the
+step's stages (read, extract, passages, plan, encode, Milvus writes with rows/s, checks, sync
+marks), Dagster's event storage (ms per tenant-day, events per tenant-day) and the rest of
+Dagster (run start, step machinery); per tenant-day without records and per record. Then the
+daily schedule the morning after the grid's last day, with 1 % of the tenants given new records
+that day: its tick, the runs it requests and their time.
+
+Usage:
+    python benchmarks/org_scale.py --grid 100x365 --grid 1000x365 [--storage sqlite|postgres]
+        [--embedder null|model] [--records N] [--uri MILVUS_URI] [--json results/org_scale.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from pipeline import FILES, REPO, SHARED, bench_instance, timed_event_storage  # noqa: E402
+
+sys.path.insert(0, str(REPO))
+
+FIRST_DAY = dt.date(2023, 1, 1)
+
+#: The tenant-day step's stages, timed by wrapping these callables where the step looks them
+#: up: ``(label, module path, attribute)``.
+STAGES = [
+    ("refresh", "vector_assets.assets.vectors", "record_refresh"),
+    ("read", "vector_assets.ingest.landing", "LandingIndex.read_partitions"),
+    ("extract", "vector_assets.store.sync", "extract_partitions"),
+    ("text checks", "vector_assets.checks.evaluate", "text_frame_verdicts"),
+    ("passages", "vector_assets.store.sync", "split_into_passages"),
+    ("plan", "vector_assets.store.sync", "plan_embeddings"),
+    ("encode", "vector_assets.store.sync", "embed_texts"),
+    ("vector checks", "vector_assets.checks.evaluate", "vector_quality_verdicts"),
+    ("milvus write", "vector_assets.store.sync", "write_partitions"),
+    ("checks after write", "vector_assets.assets.vectors", "judge"),
+    ("check events", "vector_assets.assets.vectors", "check_evaluations"),
+    ("sync marks", "vector_assets.store.sync", "record_synced"),
+    ("alias", "vector_assets.store.sync", "cut_over_search_alias"),
+]
+
+
+def _null_embedder():
+    from vector_assets.resources import EmbeddingModelResource
+
+    class NullEmbedder(EmbeddingModelResource):
+        """Hash-seeded unit vectors (see the module docstring); the real tokenizer splits
+        passages and counts tokens, as the product does."""
+
+        @property
+        def model_id(self) -> str:
+            return "null-hash-384"
+
+        def get_model(self):
+            return None
+
+        @property
+        def dimension(self) -> int:
+            return 384
+
+        @property
+        def max_seq_length(self) -> int:
+            return 256
+
+        def encode_with_raw(self, texts):
+            started = time.perf_counter()
+            out = np.empty((len(texts), 384), dtype=np.float32)
+            for i, text in enumerate(texts):
+                seed = int.from_bytes(hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
+                v = np.random.default_rng(seed).standard_normal(384).astype(np.float32)
+                out[i] = v / np.linalg.norm(v)
+            self._stats.seconds += time.perf_counter() - started
+            self._stats.texts += len(texts)
+            return out, out.copy()
+
+        def encode(self, texts):
+            return self.encode_with_raw(texts)[1] if texts else np.zeros((0, 0), dtype=np.float32)
+
+    return NullEmbedder()
+
+
+def synthetic_landing(out: Path, tenants: int, days: int, limit: int | None) -> tuple[int, set]:
+    """Write the re-keyed records to ``out`` (one JSONL file). Returns ``(records, tenant-days)``."""
+    from vector_assets.ingest.records import TIMESTAMP_FIELDS
+
+    k = 0
+    keys = set()
+    with open(out, "w", encoding="utf-8") as dst:
+        for name in FILES:
+            with open(SHARED / name, encoding="utf-8") as src:
+                for line in src:
+                    if limit is not None and k >= limit:
+                        return k, keys
+                    record = json.loads(line)
+                    tenant = f"org/repo-{k % tenants:04d}"
+                    day = (FIRST_DAY + dt.timedelta(days=(k // tenants) % days)).isoformat()
+                    record["tenant"] = tenant
+                    for field in TIMESTAMP_FIELDS:
+                        if record.get(field):
+                            record[field] = f"{day}T12:00:00Z"
+                            break
+                    record.pop("day", None)
+                    dst.write(json.dumps(record) + "\n")
+                    keys.add((tenant, day))
+                    k += 1
+    return k, keys
+
+
+@contextlib.contextmanager
+def timed_stages():
+    """Wrap each of :data:`STAGES` to sum its seconds; yields ``{label: seconds}``."""
+    import importlib
+
+    spent = {label: 0.0 for label, _, _ in STAGES}
+    with contextlib.ExitStack() as stack:
+        for label, module, attr in STAGES:
+            owner = importlib.import_module(module)
+            *path, name = attr.split(".")
+            for part in path:
+                owner = getattr(owner, part)
+            original = getattr(owner, name)
+
+            def wrapped(*args, __original=original, __label=label, **kwargs):
+                started = time.perf_counter()
+                try:
+                    return __original(*args, **kwargs)
+                finally:
+                    spent[__label] += time.perf_counter() - started
+
+            stack.enter_context(mock.patch.object(owner, name, wrapped))
+        yield spent
+
+
+def _rows(milvus, model_id: str) -> int:
+    client = milvus.get_client()
+    name = milvus.collection_for(model_id)
+    if not client.has_collection(name):
+        return 0
+    return int(client.query(name, filter="", output_fields=["count(*)"])[0]["count(*)"])
+
+
+def run_grid(tenants: int, days: int, storage: str, embedder: str, limit: int | None, uri: str | None) -> dict:
+    import dagster as dg
+
+    import vector_assets.definitions  # noqa: F401  (the event batching every code location process sets)
+    from vector_assets.assets import tenant_day_vectors
+    from vector_assets.embed.quality import QualityThresholds
+    from vector_assets.partitions import MAX_PARTITIONS_PER_RUN, TENANTS, plan_runs
+    from vector_assets.resources import EmbeddingModelResource, LandingResource, MilvusResource
+    from vector_assets.store import milvus_store
+
+    work = Path(tempfile.mkdtemp(prefix="va-org-"))
+    (work / "landing").mkdir()
+    records, keys = synthetic_landing(work / "landing" / "synthetic.jsonl", tenants, days, limit)
+    out = {
+        "grid": f"{tenants}x{days}", "tenants": tenants, "days": days, "tenant_days": tenants * days,
+        "tenant_days_with_records": len(keys), "records": records, "storage": storage, "embedder": embedder,
+        "milvus": "server" if uri else "lite",
+    }
+    with bench_instance(storage) as instance:
+        model = _null_embedder() if embedder == "null" else EmbeddingModelResource()
+        model.get_model()
+        landing = LandingResource(landing_dir=str(work / "landing"), state_dir=str(work / "home"))
+        milvus = MilvusResource(uri=uri or str(work / "home" / "milvus.db"))
+        resources = {"landing": landing, "embedding_model": model, "milvus": milvus, "quality": QualityThresholds()}
+
+        started = time.perf_counter()
+        report = landing.refresh()
+        out["refresh_s"] = round(time.perf_counter() - started, 2)
+        out["refresh_lines_per_s"] = round(report.lines_scanned / max(out["refresh_s"], 1e-9))
+        started = time.perf_counter()
+        index = landing.index()
+        instance.add_dynamic_partitions(TENANTS, index.tenants())
+        unsynced = index.unsynced_partitions(None)
+        runs = plan_runs(unsynced, MAX_PARTITIONS_PER_RUN)
+        out["plan_s"] = round(time.perf_counter() - started, 2)
+        out["runs"] = len(runs)
+        covered = sum((dt.date.fromisoformat(b) - dt.date.fromisoformat(a)).days + 1 for _, a, b, _ in runs)
+        out["tenant_days_materialised"] = covered
+
+        failed = 0
+        with timed_stages() as stages, timed_event_storage(instance) as events:
+            started = time.perf_counter()
+            for i, (tenant, first, last, _) in enumerate(runs):
+                result = dg.materialize(
+                    [tenant_day_vectors], resources=resources, instance=instance, raise_on_error=False,
+                    tags={"dagster/asset_partition_range_start": f"{first}|{tenant}", "dagster/asset_partition_range_end": f"{last}|{tenant}"},
+                )
+                failed += not result.success
+                if (i + 1) % max(1, len(runs) // 10) == 0:
+                    print(f"  {out['grid']} {storage}: {i + 1}/{len(runs)} runs, {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
+            runs_s = time.perf_counter() - started
+        out["runs_failed"] = failed
+        out["runs_s"] = round(runs_s, 2)
+        rows = _rows(milvus, model.model_id)
+        out["milvus_rows"] = rows
+        event_s = sum(v[1] for v in events.values())
+        event_n = sum(v[0] for v in events.values())
+        out["stages_s"] = {k: round(v, 2) for k, v in stages.items()}
+        out["event_storage_s"] = round(event_s, 2)
+        out["events"] = event_n
+        out["dagster_rest_s"] = round(runs_s - sum(stages.values()) - event_s, 2)
+        out["milvus_write_rows_per_s"] = round(rows / max(stages["milvus write"], 1e-9))
+        out["ms_per_tenant_day_all"] = round(1000 * (runs_s - stages["encode"]) / covered, 3)
+        out["event_ms_per_tenant_day"] = round(1000 * event_s / covered, 3)
+        out["events_per_tenant_day"] = round(event_n / covered, 2)
+        per_record = ("read", "extract", "text checks", "passages", "plan", "vector checks", "milvus write", "checks after write", "check events", "sync marks")
+        out["ms_per_record_stages"] = round(1000 * sum(stages[k] for k in per_record) / max(records, 1), 3)
+        out["ms_per_run_fixed"] = round(1000 * (out["dagster_rest_s"] + stages["refresh"] + stages["alias"]) / max(len(runs), 1), 1)
+
+        # The morning after the grid's last day: 1 % of the tenants got records that day.
+        day = (FIRST_DAY + dt.timedelta(days=days)).isoformat()
+        changed = [f"org/repo-{i:04d}" for i in range(0, tenants, 100)]
+        with open(SHARED / FILES[0], encoding="utf-8") as src, open(work / "landing" / "morning.jsonl", "w") as dst:
+            for tenant, line in zip(changed, src):
+                record = json.loads(line)
+                record.update(tenant=tenant, author_date_utc=f"{day}T08:00:00Z")
+                dst.write(json.dumps(record) + "\n")
+        at = dt.datetime.combine(dt.date.fromisoformat(day) + dt.timedelta(days=1), dt.time(0, 15), tzinfo=dt.timezone.utc)
+        before = len(instance.get_runs())
+        recorded = []
+        from vector_assets.sensors import schedules
+
+        def counted(instance, materializations, __record=schedules.record_runless_materializations):
+            recorded.append(__record(instance, materializations))
+            return recorded[-1]
+
+        with mock.patch.object(schedules, "record_runless_materializations", counted):
+            started = time.perf_counter()
+            with dg.build_schedule_context(instance=instance, scheduled_execution_time=at, resources={k: resources[k] for k in ("landing", "milvus", "embedding_model")}) as context:
+                requests = schedules.daily_schedule(context)
+            tick_s = time.perf_counter() - started
+        requests = requests if isinstance(requests, list) else []
+        started = time.perf_counter()
+        ok = sum(dg.materialize([tenant_day_vectors], partition_key=r.partition_key, resources=resources, instance=instance, raise_on_error=False).success for r in requests)
+        out["schedule"] = {
+            "day": day, "tenants_with_new_records": len(changed), "tick_s": round(tick_s, 2),
+            "materialisations_without_run": sum(recorded), "runs_requested": len(requests), "runs_ok": ok,
+            "runs_s": round(time.perf_counter() - started, 2), "runs_before": before,
+            "runs_requested_before_issue_20": tenants,
+        }
+        milvus.reset_client()
+    if not uri:
+        milvus_store.stop_local_server(work / "home" / "milvus.db")
+    shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+def _line(r: dict) -> str:
+    s = r["schedule"]
+    return (
+        f"| {r['grid']} | {r['storage']} | {r['records']:,} | {r['tenant_days_materialised']:,} | {r['runs']} | {r['refresh_lines_per_s']:,} | "
+        f"{r['runs_s']:.1f} | {r['event_ms_per_tenant_day']:.3f} | {r['events_per_tenant_day']:.2f} | {r['ms_per_tenant_day_all']:.3f} | "
+        f"{r['ms_per_record_stages']:.2f} | {r['milvus_write_rows_per_s']:,} | {r['ms_per_run_fixed']:.0f} | "
+        f"{s['tick_s']:.2f} s, {s['runs_requested']} runs ({s['runs_s']:.1f} s) |"
+    )
+
+
+HEADER = (
+    "| grid TxD | storage | records | tenant-days | runs | refresh lines/s | runs s | events ms/tenant-day | events/tenant-day | "
+    "all but encode ms/tenant-day | stages ms/record | Milvus rows/s | fixed ms/run | daily tick (1 % changed) |\n"
+    "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--grid", action="append", default=[], help="TxD, e.g. 100x365 (repeatable)")
+    parser.add_argument("--storage", default="sqlite", choices=["sqlite", "postgres"])
+    parser.add_argument("--embedder", default="null", choices=["null", "model"])
+    parser.add_argument("--records", type=int, default=None)
+    parser.add_argument("--uri", default=None, help="a Milvus server's URI (default: a fresh Milvus Lite file)")
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    results = []
+    for grid in args.grid or ["100x365"]:
+        t, d = (int(x) for x in grid.lower().split("x"))
+        results.append(run_grid(t, d, args.storage, args.embedder, args.records, args.uri))
+        print(json.dumps(results[-1]), flush=True)
+    print(HEADER)
+    for r in results:
+        print(_line(r))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
