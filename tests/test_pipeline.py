@@ -40,7 +40,8 @@ def rows_of(client, tenant, day=None, passages=False):
     return client.query(COLLECTION, filter=expr, output_fields=["pk", "day", "record_id", "content_hash", "model", "passage"], limit=16384)
 
 
-def test_one_partition_end_to_end(resources, instance, hadoop_days, milvus_client):
+def test_one_partition_end_to_end(resources, instance, hadoop_days, milvus_client, monkeypatch):
+    monkeypatch.setenv("VECTOR_ASSETS_PRICE_PER_MTOK", "0.02")  # a configured price: the cost figure
     meta = materialize_index(resources, instance)
     assert meta["tenants_registered"].value == 1
     assert instance.get_dynamic_partitions("tenants") == ["HADOOP"]
@@ -56,6 +57,7 @@ def test_one_partition_end_to_end(resources, instance, hadoop_days, milvus_clien
     tokenizer, window = resources["embedding_model"].tokenizer_and_window()
     texts = [t.text for t in resources["embedding_model"].split_passages(extract_records([LocatedRecord("x", i, r) for i, r in enumerate(expected, 1)])[0])[0]]
     assert vectors["tokens_embedded"] == sum(min(len(tokenizer(x)["input_ids"]), window) for x in texts) > vectors["passages_embedded"]
+    assert vectors["embedding_cost_usd"] == pytest.approx(vectors["tokens_embedded"] * 0.02 / 1e6) and vectors["embedding_cost_usd"] > 0
     rows = rows_of(milvus_client, "HADOOP")
     assert sorted(r["record_id"] for r in rows) == sorted(r["id"] for r in expected)
     assert all(r["day"] == day and r["model"] == "sentence-transformers/all-MiniLM-L6-v2" for r in rows)

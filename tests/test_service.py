@@ -76,7 +76,7 @@ def start_service(env: dict, output=subprocess.PIPE) -> tuple[subprocess.Popen, 
 def served(tmp_path_factory):
     """Backfill two tenants, make keys, start the service; yields what the tests need."""
     root = tmp_path_factory.mktemp("service")
-    env = service_env(root)
+    env = service_env(root, VECTOR_ASSETS_PRICE_PER_MTOK="0.13")  # a configured price: the cost figures
     jira = sample_records("jira_issues_hadoop.jsonl", *HADOOP)
     bugs = sample_records("bugzilla_seamonkey.jsonl", *SEAMONKEY)
     assert len(jira) >= 10 and len(bugs) >= 5
@@ -219,6 +219,9 @@ def test_metrics_scraped(served):
     assert samples[("vector_assets_milvus_seconds_count", (("mode", "hybrid"),))] >= 1
     assert samples[("vector_assets_query_cache_total", (("result", "hit"),))] >= 1
     assert samples[("vector_assets_query_cache_total", (("result", "miss"),))] >= 1
+    # The query's tokens, counted once (the second ask was a cache hit), at the configured price.
+    assert samples[("vector_assets_query_tokens_total", ())] >= 10
+    assert samples[("vector_assets_query_embedding_cost_usd_total", ())] == pytest.approx(samples[("vector_assets_query_tokens_total", ())] * 0.13 / 1e6)
     rows = [v for (name, labels), v in samples.items() if name == "vector_assets_collection_rows"]
     assert rows and rows[0] >= len(served["jira"]) + len(served["bugs"])
     last = {dict(labels)["tenant"]: v for (name, labels), v in samples.items() if name == "vector_assets_tenant_last_materialization_timestamp_seconds"}

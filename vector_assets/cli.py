@@ -352,7 +352,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     print(
         f"backfill: partitions={len(partitions)} unchanged_partitions={len(unchanged)} runs={len(plan)} "
         f"materialised_partitions={int(totals['milvus_vectors.partitions'])} records_read={int(totals['source_records.records_read']) + unplaced} "
-        f"rows_written={written} embedded={int(totals['milvus_vectors.embedded'])} passages_embedded={int(totals.get('milvus_vectors.passages_embedded', 0))} tokens_embedded={int(totals.get('milvus_vectors.tokens_embedded', 0))} skipped={int(totals['milvus_vectors.skipped_unchanged']) + unchanged_rows} "
+        f"rows_written={written} embedded={int(totals['milvus_vectors.embedded'])} passages_embedded={int(totals.get('milvus_vectors.passages_embedded', 0))} tokens_embedded={int(totals.get('milvus_vectors.tokens_embedded', 0))} embedding_cost_usd={totals.get('milvus_vectors.embedding_cost_usd', 0.0):.6f} skipped={int(totals['milvus_vectors.skipped_unchanged']) + unchanged_rows} "
         f"deleted={int(totals['milvus_vectors.deleted'])} quarantined={quarantined} superseded={int(totals['source_records.superseded'])} failed_partitions={failed} "
         f"refused_partitions={len(refused)} check_errors={len(check_errors)} "
         f"encode_s={totals['milvus_vectors.encode_seconds_est']:.1f} wall_s={wall:.1f}",
@@ -552,7 +552,7 @@ def cmd_checks(args: argparse.Namespace) -> int:
 STATUS_FIGURES = {
     "source_records": ("records_read", "superseded", "quarantined"),
     "extracted_text": ("texts", "passages", "records_split", "passages_cut", "mean_chars", "kinds"),
-    "milvus_vectors": ("rows", "embedded", "passages_embedded", "tokens_embedded", "skipped_unchanged", "moved_in", "deleted", "passages_deleted", "truncated"),
+    "milvus_vectors": ("rows", "embedded", "passages_embedded", "tokens_embedded", "embedding_cost_usd", "skipped_unchanged", "moved_in", "deleted", "passages_deleted", "truncated"),
 }
 
 

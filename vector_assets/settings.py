@@ -14,6 +14,7 @@ variable                       meaning                                          
 ``VECTOR_ASSETS_MAX_PASSAGES`` passages kept per record (1: one vector of the start)     ``16``
 ``VECTOR_ASSETS_PRECISION``    the model's precision: ``auto``, fp32, bf16, fp16        ``auto`` (fp16 on CUDA)
 ``VECTOR_ASSETS_TOKEN_BUDGET`` padded tokens per batch to start from; 0: batches of 64   ``-1`` (auto: CUDA only)
+``VECTOR_ASSETS_PRICE_PER_MTOK`` embedding price, USD per million tokens (cost figures)   ``0`` (a local model)
 ``VECTOR_ASSETS_EXECUTOR``     ``celery``: steps on Celery workers (definitions.py)     Dagster's default
 =============================  ======================================================  ==========================
 """
@@ -65,6 +66,27 @@ def token_budget() -> int:
         return int(value)
     except ValueError:
         raise ValueError(f"VECTOR_ASSETS_TOKEN_BUDGET={value!r}: not an integer (padded tokens per batch; 0: batches of texts)") from None
+
+
+def price_per_million_tokens() -> float:
+    """``$VECTOR_ASSETS_PRICE_PER_MTOK``: what embedding a million tokens costs, in USD (an
+    endpoint's list price, e.g. 0.02 for OpenAI's text-embedding-3-small in 2024; or a GPU's
+    hourly price over its measured tokens per hour), else 0.0. Cost figures are tokens times this
+    price. Raises ValueError naming the variable when it is not a number >= 0."""
+    raw = os.environ.get("VECTOR_ASSETS_PRICE_PER_MTOK", "").strip() or "0"
+    try:
+        price = float(raw)
+    except ValueError:
+        price = -1.0
+    if not price >= 0:
+        raise ValueError(f"VECTOR_ASSETS_PRICE_PER_MTOK={raw!r}: not a price in USD per million tokens (a number >= 0)")
+    return price
+
+
+def embedding_cost_usd(tokens: int) -> float:
+    """The cost of embedding ``tokens`` tokens at :func:`price_per_million_tokens`, USD rounded to
+    1e-9 (a nano-dollar)."""
+    return round(tokens * price_per_million_tokens() / 1_000_000, 9)
 
 
 def model_name() -> str:

@@ -127,6 +127,7 @@ def partition_metadata(result: PartitionResult, model_id: str, seconds_per_text:
             "embedded": result.embedded,
             "passages_embedded": result.passages_embedded,
             "tokens_embedded": result.tokens_embedded,
+            "embedding_cost_usd": settings.embedding_cost_usd(result.tokens_embedded),
             "passages_deleted": result.passages_deleted,
             "truncated": result.truncated,
             "skipped_unchanged": result.skipped,

@@ -164,7 +164,9 @@ class BatchingEncoder:
                     done.set_exception(err)
                 continue
             if self.observe:
-                self.observe(time.perf_counter() - started, size)
+                texts = [t for texts, _ in batch for t in texts]
+                inputs = getattr(self.model, "model_inputs", None)
+                self.observe(time.perf_counter() - started, size, sum(len(ids) for ids in inputs(texts)) if inputs else 0)
             start = 0
             for texts, done in batch:
                 done.set_result(vectors[start : start + len(texts)])
@@ -272,6 +274,8 @@ class Metrics:
         self.encode = Histogram("vector_assets_encode_seconds", "seconds of one forward pass of the model over a batch of query texts", registry=self.registry,
                                 buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
         self.encode_texts = Counter("vector_assets_encoded_texts", "query texts encoded", registry=self.registry)
+        self.query_tokens = Counter("vector_assets_query_tokens", "tokens of the query texts encoded (cache misses; special tokens included, at most the model's window each)", registry=self.registry)
+        self.query_cost = Counter("vector_assets_query_embedding_cost_usd", "what encoding the query texts cost at VECTOR_ASSETS_PRICE_PER_MTOK (USD)", registry=self.registry)
         self.cache = Counter("vector_assets_query_cache", "query texts looked up in the query-vector cache, by result (hit: not encoded)", ["result"], registry=self.registry)
         self.milvus = Histogram("vector_assets_milvus_seconds", "seconds in Milvus per search request", ["mode"], registry=self.registry,
                                 buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
@@ -293,9 +297,11 @@ class Metrics:
 
         self.registry.register(_Collector())
 
-    def observe_encode(self, seconds: float, texts: int) -> None:
+    def observe_encode(self, seconds: float, texts: int, tokens: int = 0) -> None:
         self.encode.observe(seconds)
         self.encode_texts.inc(texts)
+        self.query_tokens.inc(tokens)
+        self.query_cost.inc(settings.embedding_cost_usd(tokens))
 
     def observe_cache(self, hits: int, misses: int) -> None:
         self.cache.labels("hit").inc(hits)
