@@ -445,6 +445,15 @@ def test_daily_schedule_runs_only_tenant_days_that_need_it(resources, instance, 
     assert not instance.get_runs()
     mat = instance.get_latest_materialization_event(dg.AssetKey("milvus_vectors")).asset_materialization
     assert mat.metadata["rows"].value == 0 and mat.metadata["recorded_by"].value == "daily_schedule"
+    # With the provenance a run writes: in sync in the UI, not "Unsynced".
+    from dagster._core.definitions.data_version import StaleStatus
+    from dagster._utils.test.data_versions import get_stale_status_resolver
+
+    from vector_assets.assets import landing_index
+
+    resolver = get_stale_status_resolver(instance, [landing_index, tenant_day_vectors])
+    for asset in ("source_records", "extracted_text", "milvus_vectors"):
+        assert resolver.get_status(dg.AssetKey(asset), "2024-07-02|SeaMonkey") == StaleStatus.FRESH, resolver.get_stale_causes(dg.AssetKey(asset), "2024-07-02|SeaMonkey")
 
     assert dg.materialize([tenant_day_vectors], partition_key="2024-07-02|HADOOP", resources=resources, instance=instance).success
     second = tick()

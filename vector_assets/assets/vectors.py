@@ -333,18 +333,40 @@ def materializations(results: dict[PartitionKey, PartitionResult], model_id: str
 
 def empty_day_materializations(tenant: str, day: str, recorded_by: str) -> list[dg.AssetMaterialization]:
     """The materialisations of a tenant-day that holds no lines and never did: one per asset,
-    empty and in sync, as a run over that day would record them (same code versions), for a
-    caller that records them without a run (``daily_schedule``; ``recorded_by`` names it in the
-    metadata, with ``records_read`` 0 and ``rows`` 0)."""
+    empty and in sync, as a run over that day would record them, for a caller that records them
+    without a run (``daily_schedule``; ``recorded_by`` names it in the metadata, with
+    ``records_read`` 0 and ``rows`` 0).
+
+    They carry the data provenance a run writes (code version, each input's data version, the
+    data version Dagster computes from them: ``compute_logical_data_version``) and the
+    partition's dimension tags, so the UI shows the tenant-day materialised and not "Unsynced".
+    The input event pointers are ``NULL`` (Dagster's own value for an unknown pointer): Dagster
+    then compares against the input's latest materialisation.
+    """
+    from dagster._core.definitions.data_version import (
+        CODE_VERSION_TAG, DATA_VERSION_TAG, NULL_EVENT_POINTER, compute_logical_data_version, get_input_data_version_tag, get_input_event_pointer_tag,
+    )
+    from dagster._core.definitions.partitions.utils.multi import get_tags_from_multi_partition_key
+
+    from .landing_index import INDEX_DATA_VERSION
+
+    key = make_key(tenant, day)
     figures = {SOURCE_RECORDS: {"records_read": 0}, EXTRACTED_TEXT: {"texts": 0}, MILVUS_VECTORS: {"rows": 0}}
-    return [
-        dg.AssetMaterialization(
-            asset_key=asset_key, partition=make_key(tenant, day),
-            metadata={**figures[asset_key], "recorded_by": recorded_by},
-            tags={"dagster/code_version": _CODE_VERSION[asset_key]},
-        )
-        for asset_key in ASSET_KEYS
-    ]
+    upstream = {SOURCE_RECORDS: dg.AssetKey("landing_index"), EXTRACTED_TEXT: SOURCE_RECORDS, MILVUS_VECTORS: EXTRACTED_TEXT}
+    versions = {dg.AssetKey("landing_index"): dg.DataVersion(INDEX_DATA_VERSION)}
+    out = []
+    for asset_key in ASSET_KEYS:  # upstream first
+        dep = upstream[asset_key]
+        versions[asset_key] = compute_logical_data_version(_CODE_VERSION[asset_key], {dep: versions[dep]})
+        tags = {
+            CODE_VERSION_TAG: _CODE_VERSION[asset_key],
+            DATA_VERSION_TAG: versions[asset_key].value,
+            get_input_data_version_tag(dep): versions[dep].value,
+            get_input_event_pointer_tag(dep): NULL_EVENT_POINTER,
+            **get_tags_from_multi_partition_key(key),
+        }
+        out.append(dg.AssetMaterialization(asset_key=asset_key, partition=key, metadata={**figures[asset_key], "recorded_by": recorded_by}, tags=tags))
+    return out
 
 
 def check_evaluations(instance: dg.DagsterInstance, run_id: str, results: dict[PartitionKey, PartitionResult], verdicts: dict[str, dict], run_timing: Verdict) -> tuple[list, list[str], set[PartitionKey]]:
