@@ -383,3 +383,73 @@ def test_openai_compatible_provider(served, embedding_model, tmp_path):
         broken.close()
         milvus_store.stop_local_server(str(tmp_path / "home2" / "milvus.db"))
         milvus_store.stop_local_server(str(tmp_path / "home" / "milvus.db"))
+
+
+class _OtherModel:
+    """An OpenAI-compatible /v1/embeddings on loopback whose vectors are another model's (the
+    local model's vectors reversed: unit length, 384 dimensions, another space)."""
+
+    def __init__(self, model):
+        import http.server
+        import threading
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                texts = body["input"] if isinstance(body["input"], list) else [body["input"]]
+                vectors = model.encode(texts)[:, ::-1]
+                payload = json.dumps({"object": "list", "model": body["model"], "usage": {"prompt_tokens": 0, "total_tokens": 0},
+                                      "data": [{"object": "embedding", "index": i, "embedding": v.tolist()} for i, v in enumerate(vectors)]}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+
+
+def test_provider_routing_by_preference_with_fallback(served, embedding_model):
+    """Provider routing (issue #20 item 6, seed 002): the local model and the service's own
+    /v1/embeddings (the same model) chosen by preference; a failing endpoint falls back to the
+    local model; an endpoint of another model is refused before it writes anything."""
+    from vector_assets.resources import RoutedEmbeddingResource
+
+    texts = [r["summary"] for r in served["jira"][:6]]
+    local = embedding_model.encode(texts)
+    endpoint = {"base_url": served["base"] + "/v1", "api_model": "sentence-transformers/all-MiniLM-L6-v2", "api_key": served["keys"]["hadoop"]}
+    fast = RoutedEmbeddingResource(preference="fast", **endpoint)
+    assert (fast.encode(texts) * local).sum(axis=1).min() >= 0.9999
+    assert fast.routed == {"local": 0, "endpoint": len(texts)} and fast.fallbacks == 0 and fast.model_id == embedding_model.model_id
+    quality = RoutedEmbeddingResource(preference="quality", **endpoint)
+    quality.encode(texts)
+    assert quality.routed == {"local": len(texts), "endpoint": 0}
+    balanced = RoutedEmbeddingResource(preference="balanced", balanced_min_texts=4, **endpoint)
+    balanced.encode(texts[:2])
+    balanced.encode(texts)
+    assert balanced.routed == {"local": 2, "endpoint": len(texts)}
+
+    broken = _Flaky(served["base"], [500], forever=True)
+    try:
+        routed = RoutedEmbeddingResource(preference="fast", **{**endpoint, "base_url": broken.url + "/v1"}, max_retries=0)
+        assert (routed.encode(texts) * local).sum(axis=1).min() >= 0.9999
+        assert routed.routed == {"local": len(texts), "endpoint": 0} and routed.fallbacks == 1
+    finally:
+        broken.close()
+    other = _OtherModel(embedding_model)
+    try:
+        routed = RoutedEmbeddingResource(preference="fast", **{**endpoint, "base_url": other.url + "/v1"})
+        assert (routed.encode(texts) * local).sum(axis=1).min() >= 0.9999
+        assert routed.routed["endpoint"] == 0 and "another model" in routed.endpoint_refused
+    finally:
+        other.close()
+    with pytest.raises(ValueError, match="preference 'cheap'"):
+        RoutedEmbeddingResource(preference="cheap", **endpoint).encode(texts)

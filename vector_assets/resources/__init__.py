@@ -1,7 +1,7 @@
 """Dagster resources: the landing directory, the embedding model and the Milvus store."""
 
 from .alerts import AlertResource
-from .embedding_model import EmbeddingModelResource, OpenAIEmbeddingResource
+from .embedding_model import EmbeddingModelResource, OpenAIEmbeddingResource, RoutedEmbeddingResource
 from .landing import LandingResource
 from .milvus import MilvusResource
 
@@ -37,8 +37,18 @@ def embedding_resource(model_id: str | None = None) -> EmbeddingModelResource:
             max_concurrency=int(os.environ.get("VECTOR_ASSETS_OPENAI_MAX_CONCURRENCY") or 4),
             max_retries=int(os.environ.get("VECTOR_ASSETS_OPENAI_MAX_RETRIES") or 5),
         )
+    elif provider == "routed":
+        base, name = os.environ.get("VECTOR_ASSETS_OPENAI_BASE_URL", ""), os.environ.get("VECTOR_ASSETS_OPENAI_MODEL", "")
+        if not base or not name:
+            raise ValueError("VECTOR_ASSETS_EMBEDDING_PROVIDER=routed needs VECTOR_ASSETS_OPENAI_BASE_URL and VECTOR_ASSETS_OPENAI_MODEL (an endpoint serving the local model)")
+        configured = RoutedEmbeddingResource(
+            model=settings.model_name(), max_passages=settings.max_passages(), precision=settings.precision(), token_budget=settings.token_budget(),
+            preference=os.environ.get("VECTOR_ASSETS_PROVIDER_PREFERENCE", "balanced").strip() or "balanced", base_url=base, api_model=name,
+            api_key=dg.EnvVar("VECTOR_ASSETS_OPENAI_API_KEY") if os.environ.get("VECTOR_ASSETS_OPENAI_API_KEY") else "",
+            max_retries=int(os.environ.get("VECTOR_ASSETS_OPENAI_MAX_RETRIES") or 1),
+        )
     else:
-        raise ValueError(f"VECTOR_ASSETS_EMBEDDING_PROVIDER={provider!r}: one of local, openai")
+        raise ValueError(f"VECTOR_ASSETS_EMBEDDING_PROVIDER={provider!r}: one of local, openai, routed")
     if model_id is None or model_id == configured.model_id:
         return configured
     return EmbeddingModelResource(model=model_id, precision=settings.precision(), token_budget=settings.token_budget())
@@ -64,4 +74,4 @@ def default_resources() -> dict:
     }
 
 
-__all__ = ["AlertResource", "EmbeddingModelResource", "OpenAIEmbeddingResource", "embedding_resource", "LandingResource", "MilvusResource", "default_resources"]
+__all__ = ["AlertResource", "EmbeddingModelResource", "OpenAIEmbeddingResource", "RoutedEmbeddingResource", "embedding_resource", "LandingResource", "MilvusResource", "default_resources"]

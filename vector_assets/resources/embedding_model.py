@@ -231,3 +231,144 @@ class OpenAIEmbeddingResource(EmbeddingModelResource):
     def encode(self, texts: list[str]) -> np.ndarray:
         """L2-normalised vectors of ``texts`` (see :meth:`encode_with_raw`)."""
         return self.encode_with_raw(texts)[1]
+
+
+#: Texts both providers of a routed resource embed before the endpoint is used: real record
+#: shapes (an issue title, a commit message with a path, a stack trace line, prose).
+SAME_SPACE_PROBES = [
+    "NullPointerException in DataNode when the block report arrives before registration",
+    "Fix typo in docs/quickstart.rst and update the changelog for 3.1",
+    "at org.apache.hadoop.hdfs.server.namenode.FSNamesystem.getBlockLocations(FSNamesystem.java:1912)",
+    "The bookmarks toolbar loses its folders after an upgrade from the previous release.",
+]
+
+#: Preferences of :class:`RoutedEmbeddingResource` (seed 002's names).
+PREFERENCES = ("fast", "quality", "balanced")
+
+
+class RoutedEmbeddingResource(EmbeddingModelResource):
+    """The local model and an OpenAI-compatible endpoint serving **the same model** (e.g.
+    ``vector-assets serve`` on a GPU machine), one tried after the other by a preference, the
+    other taking over when one fails (seed 002's provider routing).
+
+    Seed 002 routes between providers of different models (local sentence-transformers, OpenAI)
+    within one table: their vectors are not comparable, so a search across them is meaningless.
+    Here both providers must give the local model's vectors: before its first use the endpoint
+    embeds :data:`SAME_SPACE_PROBES`, and unless each vector's cosine to the local one is at
+    least ``min_cosine`` (0.999; the endpoint's vectors measured 0.9999 in
+    ``tests/test_service.py``) it is never used (the reason is kept in :attr:`endpoint_refused`)
+    and the local model answers. The collection stays the local model's (``model_id``). Another
+    model is a model switch (a new collection, cut over when complete), not a route.
+
+    Attributes:
+        preference: ``fast``: the endpoint first (a GPU serves far more texts/s than these
+            CPUs), the local model on failure; ``quality``: the local model first (the fp32
+            reference the checks' thresholds were measured on), the endpoint on failure;
+            ``balanced``: the endpoint first for calls of at least ``balanced_min_texts`` texts
+            (a request's round trip outweighs a few texts' encode), else the local model.
+        base_url, api_model, api_key, max_retries, timeout_s, request_batch, max_concurrency: the
+            endpoint (:class:`OpenAIEmbeddingResource`; fewer retries by default, since another
+            provider waits).
+        balanced_min_texts: see ``preference`` (default 256).
+        min_cosine: the agreement the endpoint must show (default 0.999).
+
+    :attr:`routed` counts texts per provider and :attr:`fallbacks` the calls a provider failed
+    and the other answered. Raises RuntimeError naming both failures when neither answers, and
+    ValueError for an unknown preference.
+    """
+
+    preference: str = "balanced"
+    base_url: str = ""
+    api_model: str = ""
+    api_key: str = ""
+    max_retries: int = 1
+    timeout_s: float = 30.0
+    request_batch: int = 64
+    max_concurrency: int = 4
+    balanced_min_texts: int = 256
+    min_cosine: float = 0.999
+
+    _endpoint: OpenAIEmbeddingResource | None = PrivateAttr(default=None)
+    _checked: bool = PrivateAttr(default=False)
+    _refused: str | None = PrivateAttr(default=None)
+    _routed: dict = PrivateAttr(default_factory=lambda: {"local": 0, "endpoint": 0})
+    _fallbacks: int = PrivateAttr(default=0)
+
+    @property
+    def routed(self) -> dict[str, int]:
+        """Texts answered by each provider: ``{"local": n, "endpoint": n}``."""
+        return dict(self._routed)
+
+    @property
+    def fallbacks(self) -> int:
+        """Calls whose first provider failed and whose second answered."""
+        return self._fallbacks
+
+    @property
+    def endpoint_refused(self) -> str | None:
+        """Why the endpoint is not used (its vectors are another model's), or None."""
+        return self._refused
+
+    def endpoint(self) -> OpenAIEmbeddingResource:
+        """The endpoint as an :class:`OpenAIEmbeddingResource` (made once)."""
+        if self._endpoint is None:
+            self._endpoint = OpenAIEmbeddingResource(
+                model=self.model, base_url=self.base_url, api_model=self.api_model, api_key=self.api_key, max_retries=self.max_retries,
+                timeout_s=self.timeout_s, request_batch=self.request_batch, max_concurrency=self.max_concurrency, tokenizer=self.model,
+            )
+        return self._endpoint
+
+    def order(self, n: int) -> list[str]:
+        """The providers to try for a call of ``n`` texts, first to last."""
+        if self.preference not in PREFERENCES:
+            raise ValueError(f"preference {self.preference!r}: one of {', '.join(PREFERENCES)}")
+        endpoint_first = self.preference == "fast" or (self.preference == "balanced" and n >= self.balanced_min_texts)
+        order = ["endpoint", "local"] if endpoint_first else ["local", "endpoint"]
+        return [p for p in order if p == "local" or (self.base_url and self._refused is None)]
+
+    def _check_same_space(self) -> None:
+        if self._checked:
+            return
+        remote = self.endpoint().encode_with_raw(SAME_SPACE_PROBES)[1]  # raises when the endpoint fails: checked next time
+        local = super().encode_with_raw(SAME_SPACE_PROBES)[1]
+        self._checked = True
+        if remote.shape != local.shape:
+            self._refused = f"endpoint {self.base_url} gives {remote.shape[1]}-dimensional vectors, {self.model} {local.shape[1]}-dimensional: another model"
+            return
+        cosine = float((remote * local).sum(axis=1).min())
+        if cosine < self.min_cosine:
+            self._refused = f"endpoint {self.base_url} ({self.api_model}): cosine {cosine:.4f} to {self.model}'s vectors, under {self.min_cosine}: another model or vector space"
+
+    def encode_with_raw(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """``(raw, normalised)`` from the first provider of :meth:`order` that answers."""
+        import logging
+
+        failures = []
+        for provider in self.order(len(texts)):
+            try:
+                if provider == "endpoint":
+                    self._check_same_space()
+                    if self._refused is not None:
+                        logging.getLogger(__name__).warning(self._refused)
+                        failures.append(self._refused)
+                        continue
+                    before = self.endpoint().stats.seconds
+                    out = self.endpoint().encode_with_raw(texts)
+                    self._stats.seconds += self.endpoint().stats.seconds - before
+                    self._stats.texts += len(texts)
+                else:
+                    out = super().encode_with_raw(texts)
+            except Exception as err:  # noqa: BLE001 - the other provider takes over
+                failures.append(f"{provider}: {err}")
+                logging.getLogger(__name__).warning(f"embedding provider {provider} failed ({err}); trying the next")
+                continue
+            self._routed[provider] += len(texts)
+            self._fallbacks += bool(failures)
+            return out
+        raise RuntimeError("no embedding provider answered: " + "; ".join(failures))
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        """L2-normalised vectors of ``texts`` (see :meth:`encode_with_raw`)."""
+        if not texts:
+            return np.zeros((0, 0), dtype=np.float32)
+        return self.encode_with_raw(texts)[1]
