@@ -2,9 +2,10 @@
 
 Synthetic landing data shaped like the real records: the records of ../shared/data (the four
 files, 27,144 records by default; ``--records N`` for fewer) re-keyed over T tenants x D days
-(record k goes to tenant ``org/repo-<k mod T>`` and the ``(k div T) mod D``-th day from
-2023-01-01, its timestamp field set to that day), so that the texts, their lengths and kinds are
-the real ones and only their spread changes. The same records over a grid ten times larger show
+(record k goes to tenant ``org/repo-<k mod T>``; a tenant's n records are spread evenly over the D
+days from 2023-01-01, the j-th on day ``j * D div n``, its timestamp field set to that day), so
+that the texts, their lengths and kinds are the real ones and only their spread changes: each
+tenant's run covers all D days, and the days between its records are tenant-days without records. The same records over a grid ten times larger show
 how the per-tenant-day cost grows with T x D.
 
 The grid is run through the product as ``vector-assets backfill`` plans it (one run per tenant
@@ -117,6 +118,8 @@ def synthetic_landing(out: Path, tenants: int, days: int, limit: int | None) -> 
     """Write the re-keyed records to ``out`` (one JSONL file). Returns ``(records, tenant-days)``."""
     from vector_assets.ingest.records import TIMESTAMP_FIELDS
 
+    total = limit if limit is not None else sum(sum(1 for _ in open(SHARED / name, encoding="utf-8")) for name in FILES)
+    per_tenant = -(-total // tenants)
     k = 0
     keys = set()
     with open(out, "w", encoding="utf-8") as dst:
@@ -127,7 +130,7 @@ def synthetic_landing(out: Path, tenants: int, days: int, limit: int | None) -> 
                         return k, keys
                     record = json.loads(line)
                     tenant = f"org/repo-{k % tenants:04d}"
-                    day = (FIRST_DAY + dt.timedelta(days=(k // tenants) % days)).isoformat()
+                    day = (FIRST_DAY + dt.timedelta(days=(k // tenants) * days // per_tenant)).isoformat()
                     record["tenant"] = tenant
                     for field in TIMESTAMP_FIELDS:
                         if record.get(field):
@@ -233,6 +236,7 @@ def run_grid(tenants: int, days: int, storage: str, embedder: str, limit: int | 
         out["stages_s"] = {k: round(v, 2) for k, v in stages.items()}
         out["event_storage_s"] = round(event_s, 2)
         out["events"] = event_n
+        out["events_by_type"] = {k: {"events": v[0], "ms_each": round(1000 * v[1] / max(v[0], 1), 3)} for k, v in sorted(events.items())}
         out["dagster_rest_s"] = round(runs_s - sum(stages.values()) - event_s, 2)
         out["milvus_write_rows_per_s"] = round(rows / max(stages["milvus write"], 1e-9))
         out["ms_per_tenant_day_all"] = round(1000 * (runs_s - stages["encode"]) / covered, 3)

@@ -21,7 +21,7 @@ def test_workspace_validates(tmp_path):
 def test_graph_partitions_policy_and_automation():
     graph = defs.resolve_asset_graph()
     keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
-    assert keys == {"landing_index", "source_records", "extracted_text", "milvus_vectors"}
+    assert keys == {"landing_index", "source_records", "extracted_text", "milvus_vectors", "search_quality"}
     vectors = defs.resolve_assets_def("milvus_vectors")
     assert isinstance(vectors.partitions_def, dg.MultiPartitionsDefinition)
     assert {d.name for d in vectors.partitions_def.partitions_defs} == {"tenant", "day"}
@@ -29,7 +29,10 @@ def test_graph_partitions_policy_and_automation():
     assert all(spec.partitions_def == vectors.partitions_def for spec in vectors.check_specs)  # a status per tenant-day (#18)
     assert {c.name for c in vectors.check_specs} == {"text_frame_valid", "vector_quality", "coverage", "coherence", "retrievability", "processing_time", "failure_rate"}
     assert {s.name for s in defs.sensors} == {"check_alert_sensor", "new_data_sensor"}
-    assert {s.name for s in defs.schedules} == {"daily_schedule", "audit_schedule"}
+    assert {s.name for s in defs.schedules} == {"daily_schedule", "audit_schedule", "search_quality_schedule"}
+    quality = defs.resolve_assets_def("search_quality")
+    assert quality.partitions_def == vectors.partitions_def.get_partitions_def_for_dimension("tenant")  # a status per tenant (#21)
+    assert [c.name for c in quality.check_specs] == ["retrieval_quality"] and all(c.partitions_def == quality.partitions_def for c in quality.check_specs)
 
 
 def test_the_dagster_internals_we_rely_on_are_still_there():

@@ -7,3 +7,4 @@ EXTRACTED_TEXT = dg.AssetKey("extracted_text")
 MILVUS_VECTORS = dg.AssetKey("milvus_vectors")
 ASSET_KEYS = [SOURCE_RECORDS, EXTRACTED_TEXT, MILVUS_VECTORS]
 LANDING_INDEX = dg.AssetKey("landing_index")
+SEARCH_QUALITY = dg.AssetKey("search_quality")

@@ -580,6 +580,16 @@ class LandingIndex:
                 sa.select(L.c.path, L.c.line, L.c.tenant, L.c.day).where(self._where(L), L.c.tenant.is_not(None), sa.or_(L.c.day < start, L.c.day > end))
             ).all())
 
+    def current_records(self, tenant: str) -> list[tuple[str, str, str, int]]:
+        """``(record key, line digest, file, line)`` of every current (not superseded) record line
+        of ``tenant``, by record key: what the tenant's search should find now."""
+        L = state.lines
+        with self._begin() as conn:
+            rows = conn.execute(
+                sa.select(L.c.pk, L.c.digest, L.c.path, L.c.line).where(self._where(L), L.c.tenant == tenant, L.c.pk.is_not(None), L.c.superseded_by.is_(None))
+            ).all()
+        return sorted((pk, digest, path, line) for pk, digest, path, line in rows)
+
     def line_text(self, path: str, line: int) -> str:
         """The raw text of one indexed line (for quarantine reports); ``""`` if not indexed."""
         L = state.lines

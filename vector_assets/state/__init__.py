@@ -111,6 +111,32 @@ quarantine = sa.Table(
     sa.Column("reason", sa.Text, nullable=False),
     sa.Column("raw", sa.Text, nullable=False),
 )
+#: Each tenant's golden queries (:mod:`vector_assets.serving.retrieval`): the sample's version, each
+#: query's kind, text and answer record.
+golden_queries = sa.Table(
+    "va_golden_queries", metadata,
+    sa.Column("tenant", sa.Text, primary_key=True),
+    sa.Column("position", sa.Integer, primary_key=True),
+    sa.Column("version", sa.String(32), nullable=False),
+    sa.Column("query_id", sa.Text, nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("text", sa.Text, nullable=False),
+    sa.Column("record_id", sa.Text, nullable=False),
+)
+#: Recall@10 and MRR@10 of each evaluation of a tenant's golden queries, per collection (its
+#: store key) and search mode: the first of a store, tenant, mode and sample version is the baseline.
+retrieval_figures = sa.Table(
+    "va_retrieval_figures", metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("store", sa.Text, nullable=False),
+    sa.Column("tenant", sa.Text, nullable=False),
+    sa.Column("mode", sa.String(16), nullable=False),
+    sa.Column("version", sa.String(32), nullable=False),
+    sa.Column("recall", sa.Float, nullable=False),
+    sa.Column("mrr", sa.Float, nullable=False),
+    sa.Column("measured_at", sa.Float, nullable=False),
+    sa.Index("va_retrieval_figures_by_tenant", "store", "tenant", "mode", "version"),
+)
 meta = sa.Table(
     "va_meta", metadata,
     sa.Column("key", sa.String(64), primary_key=True),

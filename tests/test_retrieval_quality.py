@@ -1,0 +1,81 @@
+"""Retrieval quality as a check (issue #21): golden queries mined from a tenant's own records,
+recall@10 and MRR@10 per search mode on the collection search serves, judged against the
+tenant's baseline. Real records, the real model, Milvus Lite, a real Dagster instance."""
+
+import dagster as dg
+import pytest
+
+from vector_assets import state
+from vector_assets.assets import search_quality, tenant_day_vectors
+from vector_assets.serving import retrieval
+
+from .conftest import register_tenants, sample_records, write_jsonl
+from .test_pipeline import materialize_days, materialize_index
+
+
+def evaluate(resources, instance, tenants):
+    tags = {"dagster/asset_partition_range_start": tenants[0], "dagster/asset_partition_range_end": tenants[-1]}
+    result = dg.materialize([search_quality], resources={k: resources[k] for k in ("landing", "embedding_model", "milvus")}, instance=instance, tags=tags)
+    assert result.success
+    evaluations = {e.partition: e for e in (ev.event_specific_data for ev in result.all_events if ev.event_type_value == "ASSET_CHECK_EVALUATION")}
+    materialised = {e.partition: {k: v.value for k, v in e.event_specific_data.materialization.metadata.items()} for e in result.get_asset_materialization_events()}
+    return evaluations, materialised
+
+
+@pytest.fixture(scope="module")
+def squeezed_model(tmp_path_factory, embedding_model):
+    """A real but poor sentence-transformers model: all-MiniLM-L6-v2 followed by a fixed random
+    384->24 projection, saved to a folder."""
+    import torch
+    from sentence_transformers import SentenceTransformer, models
+
+    from vector_assets.resources import EmbeddingModelResource
+
+    base = embedding_model.get_model()
+    torch.manual_seed(0)
+    dense = models.Dense(384, 24, activation_function=torch.nn.Identity())
+    model = SentenceTransformer(modules=[base[0], base[1], dense, models.Normalize()], device="cpu")
+    path = tmp_path_factory.mktemp("models") / "minilm-proj24"
+    model.save(str(path))
+    return EmbeddingModelResource(model=str(path))
+
+
+def test_golden_queries_figures_and_a_forced_regression(resources, instance, workspace, squeezed_model):
+    jira = sample_records("jira_issues_hadoop.jsonl", "HADOOP", "2024-07-01", "2024-12-31")
+    bugs = sample_records("bugzilla_seamonkey.jsonl", "SeaMonkey", "2024-01-01", "2024-01-20")
+    write_jsonl(workspace["landing"] / "jira.jsonl", jira)
+    write_jsonl(workspace["landing"] / "bugs.jsonl", bugs)
+    materialize_index(resources, instance)
+    register_tenants(instance, ["HADOOP", "SeaMonkey"])
+    materialize_days(resources, instance, "HADOOP", "2024-07-01", "2024-12-31")
+    materialize_days(resources, instance, "SeaMonkey", "2024-01-01", "2024-01-20")
+
+    first, meta = evaluate(resources, instance, ["HADOOP", "SeaMonkey"])
+    assert set(first) == {"HADOOP", "SeaMonkey"} and all(e.passed for e in first.values())
+    version, queries = retrieval.load(state.engine(resources["landing"].database_url()), "HADOOP")
+    assert version and 20 <= len(queries) <= retrieval.SAMPLE_QUERIES and {q.kind for q in queries} == {"known_item", "title"}
+    assert {q.record_id for q in queries} <= {r["id"] for r in jira}
+    for mode in ("dense", "bm25", "hybrid"):
+        assert 0.5 <= meta["HADOOP"][f"recall_at_10_{mode}"] <= 1.0 and meta["HADOOP"][f"mrr_at_10_{mode}"] > 0
+    # The same collection again: the same figures (a fixed index answers alike), the same sample.
+    again, meta_again = evaluate(resources, instance, ["HADOOP", "SeaMonkey"])
+    assert all(e.passed for e in again.values()) and meta_again["HADOOP"]["recall_at_10_dense"] == meta["HADOOP"]["recall_at_10_dense"]
+    assert meta_again["HADOOP"]["golden_refreshed"] is False
+
+    # A forced regression: the tenant rebuilt into another Milvus database by a worse model
+    # (all-MiniLM-L6-v2 squeezed to 24 dimensions by a fixed random projection); the golden set
+    # stays the same (it comes from the records, not from the collection).
+    from vector_assets.resources import MilvusResource
+    from vector_assets.store import milvus_store
+
+    other = workspace["root"] / "rebuilt" / "milvus.db"
+    resources = {**resources, "milvus": MilvusResource(uri=str(other)), "embedding_model": squeezed_model}
+    try:
+        materialize_days(resources, instance, "HADOOP", "2024-07-01", "2024-12-31")
+        regressed, meta_regressed = evaluate(resources, instance, ["HADOOP"])
+    finally:
+        milvus_store.stop_local_server(other)
+    check = regressed["HADOOP"]
+    assert not check.passed and check.severity == dg.AssetCheckSeverity.ERROR, check.metadata
+    assert meta_regressed["HADOOP"]["recall_at_10_dense"] < meta["HADOOP"]["recall_at_10_dense"] - retrieval.ERROR_DROP
+    assert "against baseline" in check.description and meta_regressed["HADOOP"]["golden_refreshed"] is False
