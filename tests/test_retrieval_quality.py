@@ -40,7 +40,7 @@ def squeezed_model(tmp_path_factory, embedding_model):
     return EmbeddingModelResource(model=str(path))
 
 
-def test_golden_queries_figures_and_a_forced_regression(resources, instance, workspace, squeezed_model):
+def test_golden_queries_figures_a_forced_regression_and_the_cut_over_gate(resources, instance, workspace, squeezed_model, monkeypatch):
     jira = sample_records("jira_issues_hadoop.jsonl", "HADOOP", "2024-07-01", "2024-12-31")
     bugs = sample_records("bugzilla_seamonkey.jsonl", "SeaMonkey", "2024-01-01", "2024-01-20")
     write_jsonl(workspace["landing"] / "jira.jsonl", jira)
@@ -62,19 +62,29 @@ def test_golden_queries_figures_and_a_forced_regression(resources, instance, wor
     assert all(e.passed for e in again.values()) and meta_again["HADOOP"]["recall_at_10_dense"] == meta["HADOOP"]["recall_at_10_dense"]
     assert meta_again["HADOOP"]["golden_refreshed"] is False
 
-    # A forced regression: the tenant rebuilt into another Milvus database by a worse model
-    # (all-MiniLM-L6-v2 squeezed to 24 dimensions by a fixed random projection); the golden set
-    # stays the same (it comes from the records, not from the collection).
-    from vector_assets.resources import MilvusResource
+    # A forced regression: a model switch to a worse model (all-MiniLM-L6-v2 squeezed to 24
+    # dimensions by a fixed random projection). Its collection is built beside the live one;
+    # when complete, the cut-over compares both on every tenant's golden queries (the same set:
+    # it comes from the records) and refuses: the old collection keeps serving.
     from vector_assets.store import milvus_store
 
-    other = workspace["root"] / "rebuilt" / "milvus.db"
-    resources = {**resources, "milvus": MilvusResource(uri=str(other)), "embedding_model": squeezed_model}
-    try:
-        materialize_days(resources, instance, "HADOOP", "2024-07-01", "2024-12-31")
-        regressed, meta_regressed = evaluate(resources, instance, ["HADOOP"])
-    finally:
-        milvus_store.stop_local_server(other)
+    switched = {**resources, "embedding_model": squeezed_model}
+    alias, old = resources["milvus"].search_alias, resources["milvus"].collection_for(resources["embedding_model"].model_id)
+    new = resources["milvus"].collection_for(squeezed_model.model_id)
+    materialize_days(switched, instance, "HADOOP", "2024-07-01", "2024-12-31")
+    result = dg.materialize([tenant_day_vectors], resources=switched, instance=instance, tags={"dagster/asset_partition_range_start": "2024-01-01|SeaMonkey", "dagster/asset_partition_range_end": "2024-01-20|SeaMonkey"})
+    client = resources["milvus"].get_client()
+    assert milvus_store.alias_target(client, alias) == old and client.has_collection(new)
+    refusal = [e.user_message for e in instance.all_logs(result.run_id) if "stays on" in e.user_message]
+    assert any(f"stays on {old}" in m and "HADOOP dense recall@10" in m for m in refusal), refusal
+    kept, _ = evaluate(resources, instance, ["HADOOP"])
+    assert kept["HADOOP"].passed and kept["HADOOP"].metadata["collection"].value == old
+
+    # Forced through (the tolerance lifted): the alias moves, and the check fails on what is served.
+    monkeypatch.setenv("VECTOR_ASSETS_CUTOVER_MAX_DROP", "1.0")
+    materialize_days(switched, instance, "SeaMonkey", "2024-01-01", "2024-01-20")
+    assert milvus_store.alias_target(client, alias) == new
+    regressed, meta_regressed = evaluate(switched, instance, ["HADOOP"])
     check = regressed["HADOOP"]
     assert not check.passed and check.severity == dg.AssetCheckSeverity.ERROR, check.metadata
     assert meta_regressed["HADOOP"]["recall_at_10_dense"] < meta["HADOOP"]["recall_at_10_dense"] - retrieval.ERROR_DROP

@@ -256,9 +256,12 @@ def tenant_day_vectors(
     # synced: a crash before this line leaves them to be run again, never skipped unmaterialised.
     # (A blocking check's failure is raised below, after this.)
     sync.record_synced(index, milvus, model_id, results)
-    moved = sync.cut_over_search_alias(index, milvus, model_id, settings.start_date(), dt.datetime.now(dt.timezone.utc).date().isoformat())
+    moved = sync.cut_over_search_alias(
+        index, milvus, model_id, settings.start_date(), dt.datetime.now(dt.timezone.utc).date().isoformat(),
+        gate=lambda old, new: retrieval_gate(landing, milvus, embedding_model, old, new),
+    )
     if moved:
-        context.log.info(moved)
+        (context.log.warning if " stays on " in moved else context.log.info)(moved)
     if blocked:
         # No re-run heals it (the input or the model is at fault): not retried.
         raise dg.Failure(
@@ -274,6 +277,27 @@ def tenant_day_vectors(
             allow_retries=False,
         )
     context.log.info(run_summary(results, failed_checks, stats, encode_cpu_s, time.perf_counter() - started))
+
+
+def retrieval_gate(landing: LandingResource, milvus: MilvusResource, embedding_model: EmbeddingModelResource, old: str, new: str) -> str | None:
+    """Why the search alias must not move from collection ``old`` to the complete collection
+    ``new`` (``embedding_model``'s), or None: a tenant whose golden queries lose
+    :func:`~vector_assets.serving.retrieval.cut_over_tolerance` or more of recall@10 or MRR@10 in
+    any mode on ``new`` (issue #21). Every registered tenant with golden queries is compared, each
+    collection searched with its own model."""
+    from .. import state
+    from ..resources import embedding_resource
+    from ..serving import retrieval
+
+    client = milvus.get_client()
+    old_model = milvus_store.collection_model(client, old)
+    old_embedder = embedding_model if old_model in (None, embedding_model.model_id) else embedding_resource(old_model)
+    index = landing.index()
+    comparisons = retrieval.compare(state.engine(landing.database_url()), index, client, old, new, old_embedder, embedding_model, index.tenants())
+    losses = [loss for c in comparisons for loss in c.losses(retrieval.cut_over_tolerance())]
+    if not losses:
+        return None
+    return f"{new} loses retrieval quality on golden queries (tolerance {retrieval.cut_over_tolerance():.2f}): " + "; ".join(losses[:20])
 
 
 def gate(changes: dict[PartitionKey, sync.PartitionChange], text_verdicts: dict, vector_verdicts: dict, log) -> set[PartitionKey]:

@@ -237,3 +237,52 @@ def verdict(figures: dict[str, Figures], baselines: dict[str, tuple[float, float
     if worst >= WARN_DROP:
         return Verdict(False, "WARN", {**metadata, "failures": "; ".join(failures)})
     return Verdict(True, metadata=metadata)
+
+
+@dataclass
+class Comparison:
+    """One tenant's golden-query figures on two collections, per mode: ``{mode: (old, new)}``
+    of :class:`Figures`."""
+
+    tenant: str
+    queries: int
+    modes: dict[str, tuple[Figures, Figures]]
+
+    def losses(self, tolerance: float) -> list[str]:
+        """What the new collection loses beyond ``tolerance`` (recall@10 or MRR@10, per mode)."""
+        out = []
+        for mode, (old, new) in self.modes.items():
+            for name, a, b in (("recall@10", old.recall, new.recall), ("MRR@10", old.mrr, new.mrr)):
+                if a - b >= tolerance:
+                    out.append(f"{self.tenant} {mode} {name} {a:.3f} -> {b:.3f}")
+        return out
+
+
+def compare(engine: sa.Engine, index, client: MilvusClient, old: str, new: str, old_embedder, new_embedder, tenants: list[str]) -> list[Comparison]:
+    """Every tenant's golden queries (:func:`golden_set`) on the collections ``old`` and ``new``
+    (names, both loaded here), each searched with its own model: a :class:`Comparison` per
+    tenant with queries, in the modes both collections serve."""
+    for name in (old, new):
+        client.load_collection(name)
+    out = []
+    for tenant in tenants:
+        _, queries, _ = golden_set(engine, index, tenant)
+        if not queries:
+            continue
+        a = evaluate(client, old, old_embedder, tenant, queries)
+        b = evaluate(client, new, new_embedder, tenant, queries)
+        out.append(Comparison(tenant, len(queries), {m: (a[m], b[m]) for m in a if m in b}))
+    return out
+
+
+def cut_over_tolerance() -> float:
+    """``$VECTOR_ASSETS_CUTOVER_MAX_DROP``: how much recall@10 or MRR@10 a tenant may lose in any
+    mode when the search alias moves to a new collection, else :data:`ERROR_DROP`. Raises
+    ValueError naming the variable when it is not a number."""
+    import os
+
+    raw = os.environ.get("VECTOR_ASSETS_CUTOVER_MAX_DROP", "").strip()
+    try:
+        return float(raw) if raw else ERROR_DROP
+    except ValueError:
+        raise ValueError(f"VECTOR_ASSETS_CUTOVER_MAX_DROP={raw!r}: not a number (recall@10 / MRR@10 a tenant may lose at a cut-over)") from None

@@ -470,14 +470,16 @@ def record_synced(index: LandingIndex, milvus, model_id: str, results: dict[Part
     return len(written)
 
 
-def cut_over_search_alias(index: LandingIndex, milvus, model_id: str, start: str | None = None, end: str | None = None) -> str | None:
+def cut_over_search_alias(index: LandingIndex, milvus, model_id: str, start: str | None = None, end: str | None = None, gate=None) -> str | None:
     """Point the search alias at ``model_id``'s collection once that collection is complete.
 
     Complete means every tenant-day of the landing data in ``[start, end]`` was written for
     this model from its current input (:meth:`LandingIndex.unsynced_partitions` is empty). Until
     then search keeps answering from the collection the alias names (the previous model's).
-    With no alias yet, the first model's collection gets it at once. Returns a message when the
-    alias moved, else None.
+    With no alias yet, the first model's collection gets it at once. ``gate(old, new)`` (names of
+    the collection the alias names and of the complete one) may refuse the move by returning why
+    (the tenant-day step passes the retrieval-quality gate, issue #21); the alias then stays.
+    Returns a message when the alias moved or the gate refused it, else None.
     """
     client = milvus.get_client()
     name = milvus.collection_for(model_id)
@@ -489,5 +491,9 @@ def cut_over_search_alias(index: LandingIndex, milvus, model_id: str, start: str
         return None
     if target is not None and index.unsynced_partitions(milvus.store_key(model_id), start, end):
         return None
+    if target is not None and gate is not None:
+        refused = gate(target, name)
+        if refused:
+            return f"search alias {alias} stays on {target}: {refused}"
     milvus_store.point_alias(client, alias, name)
     return f"search alias {alias} now names {name} (was {target or 'unset'})"
