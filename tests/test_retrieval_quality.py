@@ -77,6 +77,13 @@ def test_golden_queries_figures_a_forced_regression_and_the_cut_over_gate(resour
     assert milvus_store.alias_target(client, alias) == old and client.has_collection(new)
     refusal = [e.user_message for e in instance.all_logs(result.run_id) if "stays on" in e.user_message]
     assert any(f"stays on {old}" in m and "HADOOP dense recall@10" in m for m in refusal), refusal
+    # `vector-assets eval --against` prints both side by side and exits 1 on the loss (the real CLI).
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "vector_assets.cli", "eval", "--against", new, "--tenant", "HADOOP"], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "| HADOOP | 50 | dense |" in out.stdout and "loses (tolerance 0.10): HADOOP dense recall@10" in out.stderr
     kept, _ = evaluate(resources, instance, ["HADOOP"])
     assert kept["HADOOP"].passed and kept["HADOOP"].metadata["collection"].value == old
 

@@ -380,6 +380,61 @@ def _search_setup():
     return client, collection, model
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Golden-query figures of every tenant (or ``--tenant``) on the collection search serves (or
+    ``--collection``), and with ``--against`` on a second collection beside them: recall@10 and
+    MRR@10 per mode and the change. Exit 1 when the second collection loses the cut-over
+    tolerance or more for some tenant, 2 on a usage error."""
+    from . import state
+    from .definitions import defs
+    from .resources import embedding_resource
+    from .serving import retrieval
+    from .store import milvus_store
+
+    try:
+        client, served, model = _search_setup()
+    except FileNotFoundError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    first = args.collection or served
+    names = [first] + ([args.against] if args.against else [])
+    for name in names:
+        if not client.has_collection(name):
+            print(f"error: no collection {name} (collections: {', '.join(sorted(client.list_collections())) or 'none'})", file=sys.stderr)
+            return 2
+    embedders = [model if milvus_store.collection_model(client, n) == model.model_id else embedding_resource(milvus_store.collection_model(client, n)) for n in names]
+    landing = defs.resources["landing"]
+    index = landing.index()
+    tenants = args.tenant or index.tenants()
+    engine = state.engine(landing.database_url())
+    tolerance = retrieval.cut_over_tolerance()
+    if args.against:
+        comparisons = retrieval.compare(engine, index, client, names[0], names[1], embedders[0], embedders[1], tenants)
+    else:
+        client.load_collection(first)
+        comparisons = []
+        for tenant in tenants:
+            _, queries, _ = retrieval.golden_set(engine, index, tenant)
+            figures = retrieval.evaluate(client, first, embedders[0], tenant, queries)
+            if figures:
+                comparisons.append(retrieval.Comparison(tenant, len(queries), {m: (f, f) for m, f in figures.items()}))
+    if args.json:
+        print(json.dumps([{"tenant": c.tenant, "queries": c.queries, "modes": {m: {"recall_at_10": [a.recall, b.recall], "mrr_at_10": [a.mrr, b.mrr]} for m, (a, b) in c.modes.items()}} for c in comparisons]))
+    else:
+        print(f"golden queries of {len(comparisons)} tenants on {first}" + (f" (a) and {args.against} (b)" if args.against else ""))
+        head = "| tenant | queries | mode | recall@10 | MRR@10 |" if not args.against else "| tenant | queries | mode | recall@10 a | b | MRR@10 a | b |"
+        print(head)
+        print("|---|---:|---|" + ("---:|---:|" if not args.against else "---:|---:|---:|---:|"))
+        for c in comparisons:
+            for mode, (a, b) in c.modes.items():
+                row = f"| {c.tenant} | {c.queries} | {mode} | {a.recall:.3f} | {a.mrr:.3f} |" if not args.against else f"| {c.tenant} | {c.queries} | {mode} | {a.recall:.3f} | {b.recall:.3f} | {a.mrr:.3f} | {b.mrr:.3f} |"
+                print(row)
+    losses = [loss for c in comparisons for loss in c.losses(tolerance)] if args.against else []
+    for loss in losses:
+        print(f"loses (tolerance {tolerance:.2f}): {loss}", file=sys.stderr)
+    return 1 if losses else 0
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     from .serving.search import SearchError, search
 
@@ -691,6 +746,12 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--mode", choices=["dense", "bm25", "hybrid"], help="dense vectors, BM25 over the passage text, or both fused by RRF (default: hybrid where the collection has BM25, else dense)")
     se.add_argument("--fusion", default="rrf", help="hybrid: rrf (default) or weighted:W (dense weight W in [0, 1]; BM25 gets 1 - W)")
     se.set_defaults(func=cmd_search)
+    ev = sub.add_parser("eval", help="retrieval quality on every tenant's golden queries; with --against, two collections side by side")
+    ev.add_argument("--collection", help="the collection to evaluate (default: the one search serves)")
+    ev.add_argument("--against", help="a second collection (e.g. a new model's, built beside the served one) to compare")
+    ev.add_argument("--tenant", action="append", help="only this tenant (repeatable)")
+    ev.add_argument("--json", action="store_true", help="print one JSON array")
+    ev.set_defaults(func=cmd_eval)
     ch = sub.add_parser("checks", help="latest check results per tenant-day, by check")
     ch.add_argument("--tenant", action="append", help="only this tenant (repeatable)")
     ch.add_argument("--limit", type=int, default=20, help="failures to list (default 20)")
