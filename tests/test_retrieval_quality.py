@@ -96,3 +96,25 @@ def test_golden_queries_figures_a_forced_regression_and_the_cut_over_gate(resour
     assert not check.passed and check.severity == dg.AssetCheckSeverity.ERROR, check.metadata
     assert meta_regressed["HADOOP"]["recall_at_10_dense"] < meta["HADOOP"]["recall_at_10_dense"] - retrieval.ERROR_DROP
     assert "against baseline" in check.description and meta_regressed["HADOOP"]["golden_refreshed"] is False
+
+
+def test_search_quality_sensor_requests_the_tenants_materialised_since_its_last_tick(instance):
+    from vector_assets.assets.vectors import empty_day_materializations
+    from vector_assets.instance.runs import record_runless_materializations
+    from vector_assets.sensors import search_quality_sensor
+
+    register_tenants(instance, ["HADOOP", "SeaMonkey", "pallets/flask"])
+    record_runless_materializations(instance, empty_day_materializations("HADOOP", "2024-07-01", "test"))
+
+    def tick(cursor):
+        return search_quality_sensor(dg.build_sensor_context(instance=instance, cursor=cursor))
+
+    first = tick(None)
+    assert not first.run_requests and first.cursor  # starts from now
+    assert not tick(first.cursor).run_requests
+    for tenant in ("SeaMonkey", "pallets/flask"):
+        record_runless_materializations(instance, empty_day_materializations(tenant, "2024-07-02", "test"))
+    third = tick(first.cursor)
+    [request] = third.run_requests
+    assert (request.tags["dagster/asset_partition_range_start"], request.tags["dagster/asset_partition_range_end"]) == ("SeaMonkey", "pallets/flask")
+    assert not tick(third.cursor).run_requests
