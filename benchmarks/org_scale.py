@@ -195,6 +195,9 @@ def run_grid(tenants: int, days: int, storage: str, embedder: str, limit: int | 
         "milvus": "server" if uri else "lite",
     }
     with bench_instance(storage) as instance:
+        from vector_assets import state
+
+        state._ENGINES.clear()  # a fresh database per grid: its tables are created anew
         model = _null_embedder() if embedder == "null" else EmbeddingModelResource()
         model.get_model()
         landing = LandingResource(landing_dir=str(work / "landing"), state_dir=str(work / "home"))
