@@ -283,21 +283,37 @@ def retrieval_gate(landing: LandingResource, milvus: MilvusResource, embedding_m
     """Why the search alias must not move from collection ``old`` to the complete collection
     ``new`` (``embedding_model``'s), or None: a tenant whose golden queries lose
     :func:`~vector_assets.serving.retrieval.cut_over_tolerance` or more of recall@10 or MRR@10 in
-    any mode on ``new`` (issue #21). Every registered tenant with golden queries is compared, each
-    collection searched with its own model."""
+    any mode on ``new`` (issue #21). Every tenant of the landing data with golden queries is
+    compared, each collection searched with its own model. The outcome is kept in the state
+    database with both collections' row counts: while they and the tolerance stay the same, later
+    runs reuse it instead of searching again."""
     from .. import state
     from ..resources import embedding_resource
     from ..serving import retrieval
 
+    import json
+
+    import sqlalchemy as sa
+
     client = milvus.get_client()
+    engine = state.engine(landing.database_url())
+    # A refusal is remembered with both collections' row counts and the tolerance: the runs that
+    # follow it do not search every tenant's golden queries again until one of them changes.
+    memo_key = f"cutover_gate:{new}"[:64]
+    seen = json.dumps([old, new, milvus_store.count_rows(client, old), milvus_store.count_rows(client, new), retrieval.cut_over_tolerance()])
+    with engine.begin() as conn:
+        row = conn.execute(sa.select(state.meta.c.value).where(state.meta.c.key == memo_key)).scalar()
+    if row is not None and json.loads(row)["seen"] == seen:
+        return json.loads(row)["refused"]
     old_model = milvus_store.collection_model(client, old)
     old_embedder = embedding_model if old_model in (None, embedding_model.model_id) else embedding_resource(old_model)
     index = landing.index()
-    comparisons = retrieval.compare(state.engine(landing.database_url()), index, client, old, new, old_embedder, embedding_model, index.tenants())
+    comparisons = retrieval.compare(engine, index, client, old, new, old_embedder, embedding_model, index.tenants())
     losses = [loss for c in comparisons for loss in c.losses(retrieval.cut_over_tolerance())]
-    if not losses:
-        return None
-    return f"{new} loses retrieval quality on golden queries (tolerance {retrieval.cut_over_tolerance():.2f}): " + "; ".join(losses[:20])
+    refused = f"{new} loses retrieval quality on golden queries (tolerance {retrieval.cut_over_tolerance():.2f}): " + "; ".join(losses[:20]) if losses else None
+    with engine.begin() as conn:
+        state.upsert(conn, state.meta, [{"key": memo_key, "value": json.dumps({"seen": seen, "refused": refused})}], ["key"])
+    return refused
 
 
 def gate(changes: dict[PartitionKey, sync.PartitionChange], text_verdicts: dict, vector_verdicts: dict, log) -> set[PartitionKey]:
