@@ -43,23 +43,8 @@ FILES = ("jira_issues_hadoop.jsonl", "bugzilla_seamonkey.jsonl")
 LONG_TOKENS = 400
 #: The query sentence starts at or after this token (past the first 248-token passage).
 QUERY_AFTER_TOKEN = 300
-MIN_WORDS, MAX_WORDS = 8, 50
-SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
-
-
-def query_sentence(text: str, start_char: int) -> str | None:
-    """The first sentence of ``text`` that starts at or after character ``start_char`` and has
-    ``MIN_WORDS``..``MAX_WORDS`` words (sentences end at ``.``, ``!``, ``?`` before white space,
-    or at a line break), on one line; None when there is none."""
-    position = 0
-    for match in [*SENTENCE_END.finditer(text), None]:
-        end = match.start() if match else len(text)
-        sentence = text[position:end].strip()
-        if position >= start_char and MIN_WORDS <= len(sentence.split()) <= MAX_WORDS:
-            return " ".join(sentence.split())
-        if match:
-            position = match.end()
-    return None
+# The known-item sentence rule is the product's (golden queries, issue #21).
+from vector_assets.serving.retrieval import MAX_WORDS, MIN_WORDS, query_sentence  # noqa: E402
 
 
 def extracted_texts(shared: Path):
