@@ -258,10 +258,10 @@ def tenant_day_vectors(
     sync.record_synced(index, milvus, model_id, results)
     moved = sync.cut_over_search_alias(
         index, milvus, model_id, settings.start_date(), dt.datetime.now(dt.timezone.utc).date().isoformat(),
-        gate=lambda old, new: retrieval_gate(landing, milvus, embedding_model, old, new),
+        gate=lambda old, new: logged_refusal(context.log, milvus.search_alias, old, retrieval_gate(landing, milvus, embedding_model, old, new)),
     )
     if moved:
-        (context.log.warning if " stays on " in moved else context.log.info)(moved)
+        context.log.info(moved)
     if blocked:
         # No re-run heals it (the input or the model is at fault): not retried.
         raise dg.Failure(
@@ -277,6 +277,13 @@ def tenant_day_vectors(
             allow_retries=False,
         )
     context.log.info(run_summary(results, failed_checks, stats, encode_cpu_s, time.perf_counter() - started))
+
+
+def logged_refusal(log, alias: str, old: str, refused: str | None) -> str | None:
+    """Log a refused cut-over at WARNING (the alias, the collection it stays on, why); returns ``refused``."""
+    if refused:
+        log.warning(f"search alias {alias} stays on {old}: {refused}")
+    return refused
 
 
 def retrieval_gate(landing: LandingResource, milvus: MilvusResource, embedding_model: EmbeddingModelResource, old: str, new: str) -> str | None:

@@ -322,10 +322,3 @@ def encode_with_raw(model, texts: list[str], batch_size: int, stats: EncodeStats
         stats.cpu_seconds += time.process_time() - cpu
         stats.texts += len(texts)
     return raw, normalised
-
-
-def encode(model, texts: list[str], batch_size: int, stats: EncodeStats | None = None, budget: TokenBudget | None = None) -> np.ndarray:
-    """L2-normalised embeddings of ``texts``: ``(len(texts), dim)`` float32, normalised in
-    float32 whatever the model's precision (a bf16 model's own ``Normalize`` leaves norms of
-    1 ± 1e-3): the normalised half of :func:`encode_with_raw`, with its counts in ``stats``."""
-    return encode_with_raw(model, texts, batch_size, stats, budget)[1]

@@ -126,10 +126,11 @@ class EmbeddingModelResource(dg.ConfigurableResource):
         return embedding.encode_with_raw(self.get_model(), texts, self.batch_size, self._stats, self.budget)
 
     def encode(self, texts: list[str]) -> np.ndarray:
-        """L2-normalised embeddings, ``(len(texts), dimension)`` float32."""
+        """L2-normalised embeddings, ``(len(texts), dimension)`` float32: the normalised half of
+        :meth:`encode_with_raw` (which subclasses provide), without loading anything for no text."""
         if not texts:
             return np.zeros((0, 0), dtype=np.float32)
-        return embedding.encode(self.get_model(), texts, self.batch_size, self._stats, self.budget)
+        return self.encode_with_raw(texts)[1]
 
 
 class OpenAIEmbeddingResource(EmbeddingModelResource):
@@ -228,9 +229,6 @@ class OpenAIEmbeddingResource(EmbeddingModelResource):
         self._stats.texts += len(texts)
         return raw, normalised
 
-    def encode(self, texts: list[str]) -> np.ndarray:
-        """L2-normalised vectors of ``texts`` (see :meth:`encode_with_raw`)."""
-        return self.encode_with_raw(texts)[1]
 
 
 #: Texts both providers of a routed resource embed before the endpoint is used: real record
@@ -366,9 +364,3 @@ class RoutedEmbeddingResource(EmbeddingModelResource):
             self._fallbacks += bool(failures)
             return out
         raise RuntimeError("no embedding provider answered: " + "; ".join(failures))
-
-    def encode(self, texts: list[str]) -> np.ndarray:
-        """L2-normalised vectors of ``texts`` (see :meth:`encode_with_raw`)."""
-        if not texts:
-            return np.zeros((0, 0), dtype=np.float32)
-        return self.encode_with_raw(texts)[1]

@@ -478,8 +478,8 @@ def cut_over_search_alias(index: LandingIndex, milvus, model_id: str, start: str
     then search keeps answering from the collection the alias names (the previous model's).
     With no alias yet, the first model's collection gets it at once. ``gate(old, new)`` (names of
     the collection the alias names and of the complete one) may refuse the move by returning why
-    (the tenant-day step passes the retrieval-quality gate, issue #21); the alias then stays.
-    Returns a message when the alias moved or the gate refused it, else None.
+    (the tenant-day step passes the retrieval-quality gate, issue #21, which logs its refusal);
+    the alias then stays. Returns a message when the alias moved, else None.
     """
     client = milvus.get_client()
     name = milvus.collection_for(model_id)
@@ -491,9 +491,7 @@ def cut_over_search_alias(index: LandingIndex, milvus, model_id: str, start: str
         return None
     if target is not None and index.unsynced_partitions(milvus.store_key(model_id), start, end):
         return None
-    if target is not None and gate is not None:
-        refused = gate(target, name)
-        if refused:
-            return f"search alias {alias} stays on {target}: {refused}"
+    if target is not None and gate is not None and gate(target, name):
+        return None  # refused: the gate says why
     milvus_store.point_alias(client, alias, name)
     return f"search alias {alias} now names {name} (was {target or 'unset'})"
