@@ -62,11 +62,32 @@ def test_golden_queries_figures_a_forced_regression_and_the_cut_over_gate(resour
     assert all(e.passed for e in again.values()) and meta_again["HADOOP"]["recall_at_10_dense"] == meta["HADOOP"]["recall_at_10_dense"]
     assert meta_again["HADOOP"]["golden_refreshed"] is False
 
+    # Index tuning (optuna on the golden queries, scratch collections beside the live one): the
+    # live collection's tuned ef is recorded on it, and search sends it.
+    from vector_assets.assets import index_tuning
+    from vector_assets.store import milvus_store
+
+    tuned = dg.materialize([index_tuning], resources={k: resources[k] for k in ("landing", "embedding_model", "milvus")}, instance=instance, run_config={"ops": {"index_tuning": {"config": {"trials": 4}}}})
+    assert tuned.success
+    tmeta = {k: v.value for k, v in tuned.get_asset_materialization_events()[0].event_specific_data.materialization.metadata.items()}
+    assert tmeta["recorded"] is True and tmeta["live_recall_at_10"] >= 0.95 and tmeta["queries"] >= 60 and tmeta["trials"].count("\n") == 2 + 4 - 1
+    client = resources["milvus"].get_client()
+    live = resources["milvus"].collection_for(resources["embedding_model"].model_id)
+    assert milvus_store.tuned_search_params(client, live) == tmeta["live_search_params"] and "ef" in tmeta["live_search_params"]
+    assert not [n for n in client.list_collections() if n.startswith("tuning_scratch")]
+    sent = []
+    real_search = client.search
+    client.search = lambda *a, **kw: sent.append(kw.get("search_params")) or real_search(*a, **kw)
+    from vector_assets.serving.search import search
+
+    search(client, live, resources["embedding_model"], "HADOOP", ["S3A multipart upload fails"], mode="dense")
+    assert sent and sent[0]["params"]["ef"] == max(tmeta["live_search_params"]["ef"], 40), sent
+    del client.search
+
     # A forced regression: a model switch to a worse model (all-MiniLM-L6-v2 squeezed to 24
     # dimensions by a fixed random projection). Its collection is built beside the live one;
     # when complete, the cut-over compares both on every tenant's golden queries (the same set:
     # it comes from the records) and refuses: the old collection keeps serving.
-    from vector_assets.store import milvus_store
 
     switched = {**resources, "embedding_model": squeezed_model}
     alias, old = resources["milvus"].search_alias, resources["milvus"].collection_for(resources["embedding_model"].model_id)

@@ -380,6 +380,33 @@ def _search_setup():
     return client, collection, model
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    """Tune the served collection's vector index on every tenant's golden queries with optuna
+    (:mod:`vector_assets.serving.tuning`): print the trials, the fastest setting at the recall
+    target and the live collection's tuned ``ef``, recorded where search reads it unless
+    ``--dry-run``. Exit 1 when nothing reached the target, 2 when there is nothing to tune."""
+    import dagster as dg
+
+    from .assets.search_quality import tune_served
+    from .definitions import defs
+    from .serving import tuning
+
+    try:
+        result, recorded = tune_served(defs.resources["landing"], _milvus(), defs.resources["embedding_model"], trials=args.trials, record=not args.dry_run, collection=args.collection)
+    except (dg.Failure, ValueError, FileNotFoundError) as err:
+        print(f"error: {getattr(err, 'description', None) or err}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps({**result.as_dict(), "recorded": recorded}))
+    else:
+        print(f"{result.collection}: {result.rows} rows, {result.queries} golden queries, {len(result.trials)} trials in {result.seconds:.0f} s (target recall@10 {result.target} of exact search)")
+        print(tuning.trials_table(result))
+        best, live = result.best, result.live
+        print(f"fastest at the target: {best.index_type} {json.dumps(best.build)} {json.dumps(best.search)} recall {best.recall:.3f} p95 {best.p95_ms:.2f} ms" if best else "fastest at the target: none reached it")
+        print(f"live index {live.index_type} {json.dumps(live.build)}: {json.dumps(live.search)} recall {live.recall:.3f} p95 {live.p95_ms:.2f} ms" + (" (recorded: search uses it)" if recorded else " (not recorded)"))
+    return 0 if result.live.feasible else 1
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     """Golden-query figures of every tenant (or ``--tenant``) on the collection search serves (or
     ``--collection``), and with ``--against`` on a second collection beside them: recall@10 and
@@ -752,6 +779,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--tenant", action="append", help="only this tenant (repeatable)")
     ev.add_argument("--json", action="store_true", help="print one JSON array")
     ev.set_defaults(func=cmd_eval)
+    tu = sub.add_parser("tune", help="search the vector index parameters with optuna on the golden queries; record the served collection's tuned ef")
+    tu.add_argument("--trials", type=int, default=24, help="optuna trials (default 24)")
+    tu.add_argument("--collection", help="the collection to tune (default: the one search serves)")
+    tu.add_argument("--dry-run", action="store_true", help="measure only; search keeps its parameters")
+    tu.add_argument("--json", action="store_true", help="print one JSON object")
+    tu.set_defaults(func=cmd_tune)
     ch = sub.add_parser("checks", help="latest check results per tenant-day, by check")
     ch.add_argument("--tenant", action="append", help="only this tenant (repeatable)")
     ch.add_argument("--limit", type=int, default=20, help="failures to list (default 20)")

@@ -4,7 +4,7 @@ import os
 
 import dagster as dg
 
-from .assets import all_assets, search_quality_job, search_quality_schedule
+from .assets import all_assets, index_tuning_job, search_quality_job, search_quality_schedule
 from .checks import all_checks
 from .checks.audit import audit_job
 from .jobs import all_jobs
@@ -51,7 +51,7 @@ def executor_from_env():
 defs = dg.Definitions(
     assets=all_assets,
     asset_checks=all_checks,
-    jobs=[*all_jobs, audit_job, search_quality_job],
+    jobs=[*all_jobs, audit_job, search_quality_job, index_tuning_job],
     sensors=all_sensors,
     schedules=[*all_schedules, search_quality_schedule],
     resources=default_resources(),

@@ -8,3 +8,4 @@ MILVUS_VECTORS = dg.AssetKey("milvus_vectors")
 ASSET_KEYS = [SOURCE_RECORDS, EXTRACTED_TEXT, MILVUS_VECTORS]
 LANDING_INDEX = dg.AssetKey("landing_index")
 SEARCH_QUALITY = dg.AssetKey("search_quality")
+INDEX_TUNING = dg.AssetKey("index_tuning")

@@ -16,10 +16,10 @@ import dagster as dg
 
 from .. import state
 from ..checks import outcomes
-from ..keys import SEARCH_QUALITY
+from ..keys import INDEX_TUNING, SEARCH_QUALITY
 from ..partitions import TENANTS, tenant_partitions
 from ..resources import EmbeddingModelResource, LandingResource, MilvusResource, embedding_resource
-from ..serving import retrieval
+from ..serving import retrieval, tuning
 from ..store import milvus_store
 from .vectors import add_partition_metadata
 
@@ -34,6 +34,14 @@ with warnings.catch_warnings():  # partitioned checks are a preview in Dagster 1
             f"{retrieval.ERROR_DROP:.2f} or more ERROR."
         ),
     )
+
+
+class IndexTuningConfig(dg.Config):
+    """``trials``: optuna trials (each one setting; a build is made once per build parameters);
+    ``record``: keep the live collection's tuned search parameters where search reads them."""
+
+    trials: int = tuning.TRIALS
+    record: bool = True
 
 
 def evaluate_tenants(instance: dg.DagsterInstance, landing: LandingResource, milvus: MilvusResource, embedder: EmbeddingModelResource, tenants: list[str], collection: str | None = None):
@@ -118,3 +126,60 @@ def search_quality_schedule(context: dg.ScheduleEvaluationContext):
         run_key=context.scheduled_execution_time.isoformat(),
         tags={"dagster/asset_partition_range_start": tenants[0], "dagster/asset_partition_range_end": tenants[-1]},
     )
+
+
+def tune_served(landing: LandingResource, milvus: MilvusResource, embedder: EmbeddingModelResource, trials: int = tuning.TRIALS, record: bool = True, collection: str | None = None):
+    """Tune the index of ``collection`` (default: what the search alias names) on every tenant's
+    golden queries (:func:`vector_assets.serving.tuning.tune`) and, with ``record``, keep the
+    result where search reads it: ``(TuningResult, recorded dict)``. Raises
+    :class:`dagster.Failure` when there is no collection or no golden query to tune on."""
+    client = milvus.get_client()
+    collection = collection or milvus_store.alias_target(client, milvus.search_alias)
+    if collection is None or not client.has_collection(collection):
+        raise dg.Failure(description=f"no collection to tune (the search alias {milvus.search_alias} names none): run `vector-assets backfill` first", allow_retries=False)
+    client.load_collection(collection)
+    model_id = milvus_store.collection_model(client, collection) or embedder.model_id
+    model = embedder if model_id == embedder.model_id else embedding_resource(model_id)
+    engine = state.engine(landing.database_url())
+    index = landing.index()
+    queries = {}
+    for tenant in index.tenants():
+        _, golden, _ = retrieval.golden_set(engine, index, tenant)
+        if golden:
+            queries[tenant] = [q.text for q in golden]
+    if not queries:
+        raise dg.Failure(description="no golden queries: the landing data has no records to mine them from", allow_retries=False)
+    result = tuning.tune(client, collection, model, queries, trials=trials)
+    return result, (tuning.record(client, collection, result) if record else {})
+
+
+@dg.asset(
+    key=INDEX_TUNING,
+    group_name="quality",
+    kinds={"milvus", "optuna"},
+    description=(
+        "The vector index parameters with the least search latency at recall@10 >= 0.95 of exact search on every tenant's "
+        "golden queries, found by optuna on the store at hand (HNSW M / efConstruction / ef, IVF_FLAT nlist / nprobe, "
+        "each build a scratch collection beside the live one); the live collection's smallest ef reaching the target is "
+        "recorded on the collection, where search reads it."
+    ),
+)
+def index_tuning(context: dg.AssetExecutionContext, config: IndexTuningConfig, landing: LandingResource, embedding_model: EmbeddingModelResource, milvus: MilvusResource) -> dg.MaterializeResult:
+    result, recorded = tune_served(landing, milvus, embedding_model, trials=config.trials, record=config.record)
+    live, best = result.live, result.best
+    context.log.info(
+        f"{result.collection}: {len(result.trials)} trials in {result.seconds:.0f} s; live {live.index_type} {live.search} recall {live.recall:.3f} p95 {live.p95_ms:.2f} ms"
+        + (f"; fastest build {best.index_type} {best.build} {best.search} recall {best.recall:.3f} p95 {best.p95_ms:.2f} ms" if best else "; no trial reached the target")
+        + ("" if recorded else "; nothing recorded")
+    )
+    return dg.MaterializeResult(metadata={
+        "collection": result.collection, "rows": result.rows, "queries": result.queries, "target_recall": result.target,
+        "live_search_params": dg.MetadataValue.json(live.search), "live_recall_at_10": live.recall, "live_p95_ms": live.p95_ms,
+        "recorded": bool(recorded),
+        "best_index_type": best.index_type if best else "none", "best_build": dg.MetadataValue.json(best.build if best else {}),
+        "best_search_params": dg.MetadataValue.json(best.search if best else {}), "best_recall_at_10": best.recall if best else 0.0,
+        "best_p95_ms": best.p95_ms if best else 0.0, "trials": dg.MetadataValue.md(tuning.trials_table(result)), "seconds": result.seconds,
+    })
+
+
+index_tuning_job = dg.define_asset_job("index_tuning_job", selection=dg.AssetSelection.assets(INDEX_TUNING), description="Search the index parameters with optuna on every tenant's golden queries; record the live collection's tuned ef.")

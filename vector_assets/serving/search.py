@@ -99,6 +99,12 @@ def search_target(client: MilvusClient, alias: str):
 FIELDS = ["record_id", "day", "kind", "preview", "passage", "text"]
 
 
+def at_least(params: dict, limit: int) -> dict:
+    """``params`` with an HNSW ``ef`` of at least ``limit`` (HNSW finds at most ``ef`` results);
+    parameters of other indexes (IVF ``nprobe``) as they are."""
+    return {**params, "ef": max(params["ef"], limit)} if "ef" in params else dict(params)
+
+
 def _best_per_record(hits: list[dict], k: int) -> list[Hit]:
     """The first ``k`` distinct records of ``hits`` (best first), each with its best passage."""
     out: dict[str, Hit] = {}
@@ -180,18 +186,20 @@ def search(
             if not DAY.match(day):
                 raise SearchError(f"bad day {day!r}: YYYY-MM-DD")
             expr += f" and day {op} {milvus_store.quote(day)}"
-    dense_params = {"params": dict(search_params or {"ef": max(DEFAULT_EF, k)})}
+    # The caller's parameters, else those tuned on this collection's index
+    # (:mod:`vector_assets.serving.tuning`), else DEFAULT_EF.
+    dense_params = {"params": dict(search_params or milvus_store.tuned_search_params(client, collection) or {"ef": max(DEFAULT_EF, k)})}
     vectors = [v.tolist() for v in embedder.encode(texts)] if mode != "bm25" else None
 
     def fetch(ids: list[int], limit: int) -> list[list[dict]]:
         if mode == "dense":
-            return client.search(collection, data=[vectors[i] for i in ids], anns_field="vector", filter=expr, limit=limit, output_fields=FIELDS, search_params=dense_params, consistency_level=SEARCH_CONSISTENCY)
+            return client.search(collection, data=[vectors[i] for i in ids], anns_field="vector", filter=expr, limit=limit, output_fields=FIELDS, search_params={"params": at_least(dense_params["params"], limit)}, consistency_level=SEARCH_CONSISTENCY)
         if mode == "bm25":
             return client.search(collection, data=[texts[i] for i in ids], anns_field="sparse", filter=expr, limit=limit, output_fields=FIELDS, search_params={"params": {}}, consistency_level=SEARCH_CONSISTENCY)
         out = []
         for i in ids:  # one hybrid request per query
             requests = [
-                AnnSearchRequest(data=[vectors[i]], anns_field="vector", param={"params": {**dense_params["params"], "ef": max(dense_params["params"].get("ef", DEFAULT_EF), limit)}}, limit=limit, expr=expr),
+                AnnSearchRequest(data=[vectors[i]], anns_field="vector", param={"params": at_least(dense_params["params"], limit)}, limit=limit, expr=expr),
                 AnnSearchRequest(data=[texts[i]], anns_field="sparse", param={"params": {}}, limit=limit, expr=expr),
             ]
             out.append(client.hybrid_search(collection, requests, ranker=ranker, limit=limit, output_fields=FIELDS, consistency_level=SEARCH_CONSISTENCY)[0])

@@ -536,6 +536,38 @@ def collection_model(client: MilvusClient, name: str) -> str | None:
     return (client.describe_collection(name).get("properties") or {}).get(MODEL_PROPERTY)
 
 
+#: Collection property holding the search parameters tuned on the collection's own index
+#: (JSON: ``{"search": {"ef": 64}, "recall": ..., "p95_ms": ..., "recommended_build": {...}}``;
+#: :mod:`vector_assets.serving.tuning`).
+SEARCH_PARAMS_PROPERTY = "vector_assets.search_params"
+#: Seconds a client keeps a collection's tuned search parameters before reading them again.
+TUNED_TTL_S = 60.0
+
+
+def tuned(client: MilvusClient, name: str) -> dict:
+    """The tuning recorded on collection ``name`` (:data:`SEARCH_PARAMS_PROPERTY`), ``{}`` when
+    none. Cached on the client for :data:`TUNED_TTL_S` seconds (searches ask on every call; a
+    long-running service sees a new tuning within a minute)."""
+    cache = client.__dict__.setdefault("_vector_assets_tuned", {})
+    hit = cache.get(name)
+    if hit is None or time.monotonic() - hit[0] > TUNED_TTL_S:
+        raw = (client.describe_collection(name).get("properties") or {}).get(SEARCH_PARAMS_PROPERTY)
+        hit = cache[name] = (time.monotonic(), json.loads(raw) if raw else {})
+    return hit[1]
+
+
+def tuned_search_params(client: MilvusClient, name: str) -> dict | None:
+    """The search parameters tuned for collection ``name`` (e.g. ``{"ef": 64}``), None when
+    it was never tuned."""
+    return tuned(client, name).get("search") or None
+
+
+def set_tuned_search_params(client: MilvusClient, name: str, value: dict) -> None:
+    """Record ``value`` (see :data:`SEARCH_PARAMS_PROPERTY`) on collection ``name``."""
+    client.alter_collection_properties(name, properties={SEARCH_PARAMS_PROPERTY: json.dumps(value, sort_keys=True)})
+    client.__dict__.setdefault("_vector_assets_tuned", {}).pop(name, None)
+
+
 def alias_target(client: MilvusClient, alias: str) -> str | None:
     """The collection ``alias`` names, or None when the alias does not exist.
 
