@@ -21,7 +21,7 @@ def test_workspace_validates(tmp_path):
 def test_graph_partitions_policy_and_automation():
     graph = defs.resolve_asset_graph()
     keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
-    assert keys == {"landing_index", "source_records", "extracted_text", "milvus_vectors", "search_quality"}
+    assert keys == {"landing_index", "source_records", "extracted_text", "milvus_vectors", "search_quality", "index_tuning"}
     vectors = defs.resolve_assets_def("milvus_vectors")
     assert isinstance(vectors.partitions_def, dg.MultiPartitionsDefinition)
     assert {d.name for d in vectors.partitions_def.partitions_defs} == {"tenant", "day"}
