@@ -175,7 +175,7 @@ def test_checks_pass_on_real_records(resources, instance, workspace):
     assert result.success
     evs = evaluations(result)
     days = {r["day"] for r in jira}
-    assert {name for name, _ in evs} >= {"text_frame_valid", "vector_quality", "coverage", "coherence", "retrievability", "failure_rate", "processing_time"}
+    assert {name for name, _ in evs} >= {"text_frame_valid", "vector_quality", "coverage", "coherence", "retrievability", "failure_rate", "processing_time", "drift"}
     for name in ("text_frame_valid", "vector_quality", "coverage", "coherence", "retrievability", "failure_rate"):
         for day in days:
             ev = evs[(name, f"{day}|HADOOP")]

@@ -89,7 +89,7 @@ def test_backfill_then_search(storage_env, slice_records, workspace, tmp_path):
 
     checks = run_cli("checks", env=cli_env)
     assert checks.returncode == 0, checks.stdout + checks.stderr[-2000:]
-    table = {line.split()[0]: [int(x) for x in line.split()[1:]] for line in checks.stdout.splitlines()[1:8]}
+    table = {line.split()[0]: [int(x) for x in line.split()[1:]] for line in checks.stdout.splitlines()[1:9]}
     for name in ("text_frame_valid", "vector_quality", "coverage", "retrievability", "failure_rate"):
         assert table[name] == [stats["partitions"], stats["partitions"], 0, 0, 0], (name, checks.stdout)  # tenant-days, passed, WARN, ERROR, not evaluated
 

@@ -40,6 +40,35 @@ def squeezed_model(tmp_path_factory, embedding_model):
     return EmbeddingModelResource(model=str(path))
 
 
+def check_drift(resources, instance):
+    """The drift check of the HADOOP run just made (its six months in one run): graded on the
+    days with enough history, few alarms on the real records (the rule's measured rate on the
+    shared data is README "Embedding drift"), and a broken extraction caught."""
+    import numpy as np
+    from dagster._core.events import DagsterEventType
+
+    from vector_assets.checks import evaluate as checks
+    from vector_assets.embed.quality import drift_series, drift_verdict
+
+    run_id = instance.get_runs(limit=1)[0].run_id
+    drift = [e.dagster_event.event_specific_data for e in instance.all_logs(run_id, of_type=DagsterEventType.ASSET_CHECK_EVALUATION) if e.dagster_event.event_specific_data.check_name == "drift"]
+    graded = [e for e in drift if e.metadata["graded"].value]
+    assert len(drift) >= 80 and len(graded) >= 30, (len(drift), len(graded))
+    alarms = [e for e in graded if not e.passed]
+    assert len(alarms) <= 0.1 * len(graded) and all(e.severity == dg.AssetCheckSeverity.WARN for e in alarms)
+    # A broken extraction (every text of one day became "None"): the last ten graded days, each
+    # faulted alone, read back from Milvus as the check reads them.
+    client = resources["milvus"].get_client()
+    collection = resources["milvus"].collection_for(resources["embedding_model"].model_id)
+    sums = checks.day_sums(client, collection, "HADOOP", "2024-01-01", "2024-12-31")
+    days = sorted(e.partition.split("|")[0] for e in graded)[-10:]
+    caught = 0
+    for day in days:
+        faulted = {**sums, day: (np.asarray(resources["embedding_model"].encode(["None"] * sums[day][1]), np.float64).sum(axis=0), sums[day][1])}
+        caught += not drift_verdict(drift_series(faulted, [day])[day]).passed
+    assert caught >= 6, caught
+
+
 def test_golden_queries_figures_a_forced_regression_and_the_cut_over_gate(resources, instance, workspace, squeezed_model, monkeypatch):
     jira = sample_records("jira_issues_hadoop.jsonl", "HADOOP", "2024-07-01", "2024-12-31")
     bugs = sample_records("bugzilla_seamonkey.jsonl", "SeaMonkey", "2024-01-01", "2024-01-20")
@@ -48,6 +77,7 @@ def test_golden_queries_figures_a_forced_regression_and_the_cut_over_gate(resour
     materialize_index(resources, instance)
     register_tenants(instance, ["HADOOP", "SeaMonkey"])
     materialize_days(resources, instance, "HADOOP", "2024-07-01", "2024-12-31")
+    check_drift(resources, instance)
     materialize_days(resources, instance, "SeaMonkey", "2024-01-01", "2024-01-20")
 
     first, meta = evaluate(resources, instance, ["HADOOP", "SeaMonkey"])

@@ -341,7 +341,8 @@ def gate(changes: dict[PartitionKey, sync.PartitionChange], text_verdicts: dict,
 def judge(results: dict[PartitionKey, PartitionResult], milvus: MilvusResource, embedding_model: EmbeddingModelResource, quality: QualityThresholds, reembed_sample: bool) -> dict[str, dict]:
     """The checks after the write, on what Milvus holds for the written tenant-days with records
     or deletes: ``{check name: {(tenant, day): Verdict}}`` for coverage, coherence,
-    retrievability (when rows could be sampled) and failure_rate; ``{}`` when nothing was
+    retrievability (when rows could be sampled), drift (when the collection exists) and
+    failure_rate; ``{}`` when nothing was
     written. ``reembed_sample`` False (a run that embedded nothing and so loaded no model)
     leaves the stored rows' coherence to the audit job (rows written now are still compared
     through the Milvus round trip)."""
@@ -360,6 +361,8 @@ def judge(results: dict[PartitionKey, PartitionResult], milvus: MilvusResource, 
     }
     if sample:
         verdicts["retrievability"] = evaluate.retrievability_verdicts(client, name, written, sample, quality, milvus.search_params)
+    if exists:
+        verdicts["drift"] = evaluate.drift_verdicts(client, name, written, quality)
     return verdicts
 
 

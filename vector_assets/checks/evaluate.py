@@ -13,7 +13,7 @@ from typing import Callable
 import numpy as np
 
 from ..store import milvus_store
-from ..embed.quality import QualityThresholds, Verdict, graded, vector_quality
+from ..embed.quality import QualityThresholds, Verdict, drift_series, drift_verdict, graded, vector_quality
 from ..ingest.passages import record_pk
 from ..store.sync import Collection, Embedder, PartitionChange, PartitionKey, PartitionResult
 
@@ -225,6 +225,39 @@ def retrievability_verdicts(client, collection: str, results: dict[PartitionKey,
     return verdicts
 
 
+def day_sums(client, collection: str, tenant: str, first: str, last: str) -> dict[str, tuple[np.ndarray, int]]:
+    """The sum and count of ``tenant``'s stored vectors per day, days ``first``..``last``
+    (inclusive): ``{day: (sum (dim,) float64, count)}``."""
+    out: dict[str, tuple[np.ndarray, int]] = {}
+    expr = f"tenant == {milvus_store.quote(tenant)} and day >= {milvus_store.quote(first)} and day <= {milvus_store.quote(last)}"
+    for row in milvus_store.query_all(client, collection, expr, ["day", "vector"]):
+        total, n = out.get(row["day"], (0.0, 0))
+        out[row["day"]] = (total + np.asarray(row["vector"], dtype=np.float64), n + 1)
+    return out
+
+
+def drift_verdicts(client, collection: str, results: dict[PartitionKey, PartitionResult], t: QualityThresholds | None = None) -> dict[PartitionKey, Verdict]:
+    """The ``drift`` check of each written tenant-day with records
+    (:func:`vector_assets.embed.quality.drift_series` and
+    :func:`~vector_assets.embed.quality.drift_verdict`): one read per tenant of its stored vectors
+    from the history the first judged day needs to the last judged day."""
+    import datetime as dt
+
+    t = t or QualityThresholds()
+    by_tenant: dict[str, list[str]] = {}
+    for (tenant, day), result in results.items():
+        if result.written and result.records_read:
+            by_tenant.setdefault(tenant, []).append(day)
+    reach = dt.timedelta(days=t.drift_current_days + t.drift_window_days + t.drift_history_days)
+    verdicts: dict[PartitionKey, Verdict] = {}
+    for tenant, days in by_tenant.items():
+        days = sorted(days)
+        sums = day_sums(client, collection, tenant, (dt.date.fromisoformat(days[0]) - reach).isoformat(), days[-1])
+        for day, point in drift_series(sums, days, t).items():
+            verdicts[(tenant, day)] = drift_verdict(point, t)
+    return verdicts
+
+
 def processing_time_verdict(cpu_ms_per_vector: float, vectors: int, t: QualityThresholds | None = None, wall_ms_per_vector: float | None = None) -> Verdict:
     """CPU milliseconds of the encode per embedded vector of the run: pass < 100 ms, ERROR >
     250 ms, WARN between (seed ``000_*`` §5.2 pass line, ``001_*`` §5.2 ERROR line).
@@ -323,6 +356,13 @@ def failure_reason(check_name: str, verdict: Verdict, result: PartitionResult | 
         return f"stored vectors differ from the model's now: mean cosine {m.get('mean_cosine')} over {m.get('compared')} rows (passes at {t.coherence_pass}, ERROR below {t.coherence_error})"
     if check_name == "retrievability":
         return f"recall@1 {m.get('recall_at_1')} over {m.get('sampled')} sampled vectors (passes at {t.min_recall_at_1})"
+    if check_name == "drift":
+        return (
+            f"the {m.get('vectors')} vectors of the {m.get('current_days')} days to this day are further from the {m.get('window_vectors')} of the "
+            f"{m.get('window_days')} days before than on any of the tenant's last {m.get('history_days')} graded days: centroid cosine distance "
+            f"{m.get('centroid_cosine_distance')} (its highest before: {m.get('history_max')}, median {m.get('history_median')}). "
+            "New topics, or a change of extraction or model: compare with the days around it."
+        )
     if check_name == "processing_time":
         return f"encode CPU time {m.get('cpu_ms_per_vector')} ms per vector over {m.get('vectors_in_run')} vectors of the run (passes under {t.ms_per_vector_pass:.0f} ms, ERROR above {t.ms_per_vector_error:.0f} ms)"
     return ", ".join(f"{k}={v}" for k, v in m.items())

@@ -20,6 +20,7 @@ CHECKS: dict[str, tuple[dg.AssetKey, bool, str]] = {
     "coherence": (MILVUS_VECTORS, False, "Stored vectors against the model now (rows written in the run through the Milvus round trip, a sample of older rows re-embedded): mean cosine 0.95 or above passes, 0.85 to 0.95 WARN, below 0.85 ERROR."),
     "retrievability": (MILVUS_VECTORS, False, "Sampled stored vectors searched within their tenant find themselves first: recall@1 of 0.99 or above passes, else ERROR."),
     "processing_time": (MILVUS_VECTORS, False, "CPU time of the encode per embedded vector, for the run (the same figure on each tenant-day that embedded vectors): under 100 ms passes, 100 to 250 ms WARN, above 250 ms ERROR; not graded below 32 vectors a run."),
+    "drift": (MILVUS_VECTORS, False, "Embedding drift: the cosine distance between the centroid of the tenant's vectors of the 7 days to this day and that of the 30 days before them (Evidently's distance method), against the tenant's own distances of its last 90 days: WARN when above all of them (at least 20) and 0.15 or more; not graded under 5 vectors in the week or 20 in the window."),
     "failure_rate": (SOURCE_RECORDS, False, "Bad lines (quarantined with file, line and reason) / lines read: under 1% passes, 1% to 5% WARN, above 5% ERROR. Superseded lines (older versions of a record exported again) count in neither."),
 }
 
