@@ -12,7 +12,8 @@ a week, the days' passages are embedded again after an extraction fault, and the
 on each of those days (the days before unchanged):
 
 * ``first_line``: only each passage's first line is kept (a body dropped);
-* ``first_words``: only its first 12 words.
+* ``first_words``: only its first 12 words;
+* ``none``: every text is ``"None"`` (a field read under a name the source does not have).
 
 Prints the distance quantiles per tenant, the alarm rate on the history and the share of faults
 caught within the week (and the days it took), on a grid of the rule's settings.
@@ -37,10 +38,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from vector_assets.embed.quality import QualityThresholds, drift_series, drift_verdict  # noqa: E402
 from vector_assets.store import milvus_store  # noqa: E402
 
-FAULTS = ("first_line", "first_words")
+FAULTS = ("first_line", "first_words", "none")
 
 
 def faulted(text: str, fault: str) -> str:
+    if fault == "none":
+        return "None"
     if fault == "first_line":
         return text.strip().split("\n", 1)[0] or text[:80]
     return " ".join(text.split()[:12]) or text[:80]
