@@ -169,3 +169,21 @@ def test_search_quality_sensor_requests_the_tenants_materialised_since_its_last_
     [request] = third.run_requests
     assert (request.tags["dagster/asset_partition_range_start"], request.tags["dagster/asset_partition_range_end"]) == ("SeaMonkey", "pallets/flask")
     assert not tick(third.cursor).run_requests
+
+
+def test_pull_request_titles_become_golden_queries_answered_by_their_head_commit(resources, instance, workspace):
+    """A sampled merge commit of a pull request gives its title as a query whose answer is the
+    pull request's head commit (the merge's second parent), when the tenant's data holds it."""
+    commits = sample_records("git_commits.jsonl", "psf/requests", "2000-01-01", "2100-01-01")
+    write_jsonl(workspace["landing"] / "commits.jsonl", commits)
+    materialize_index(resources, instance)
+    _, queries = retrieval.mine(resources["landing"].index(), "psf/requests")
+    links = [q for q in queries if q.kind == "pull_request"]
+    assert len(links) >= 3, [q.kind for q in queries]
+    by_sha = {c["sha"]: c for c in commits}
+    for q in links:
+        head = q.record_id.rsplit(":", 1)[1]
+        assert head in by_sha
+        merges = [c for c in commits if len(c["parents"]) > 1 and c["parents"][1] == head]
+        titles = {" ".join([line for line in m["message"].splitlines() if line.strip()][1].split()) for m in merges}
+        assert any(m["message"].startswith("Merge pull request #") for m in merges) and q.text in titles, (q, titles)

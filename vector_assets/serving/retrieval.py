@@ -7,10 +7,14 @@ No labels are needed: a record is the one right answer to a query made from its 
   third of it); the query's words are deep in the record, not in its title.
 * **Title**: the record's first line (an issue's summary, a commit's subject) of at least three
   words; its answer is the record, whose body the title summarises.
+* **Pull request** (a link): a sampled merge commit of a pull request (``Merge pull request #N
+  ...`` with the title on a line of its own) gives the pull request's title; its answer is the
+  head commit of the pull request (the merge's second parent), when the tenant's data holds it.
+  The Jira and Bugzilla exports name no duplicate targets, so there are no duplicate links.
 
 The queries are mined from the landing data (the records as extracted), never from a
 collection, so a rebuilt or replaced collection is judged on the same set. The sample of a
-tenant is fixed and versioned: records are ranked by a hash of ``(GOLDEN_VERSION, tenant,
+tenant is fixed and versioned: records are ranked by a hash of ``(SAMPLE_SEED, tenant,
 record key)`` and the first ones that yield queries are taken, up to
 :data:`SAMPLE_QUERIES` queries; so a new record enters the sample only where it ranks, and the
 sample's version (a hash of its records' keys and line digests) changes only when one of them
@@ -39,8 +43,12 @@ from ..embed.quality import Verdict
 from ..store import milvus_store
 from .search import MODES, SearchError, search
 
-#: Bumped when the mining rules change (every tenant's sample is mined again).
-GOLDEN_VERSION = "1"
+#: Bumped when the mining rules change (every tenant's sample is mined again, and its baseline
+#: starts again). 2: pull-request links.
+GOLDEN_VERSION = "2"
+#: Seed of the order in which records enter a tenant's sample: kept when the rules change, so
+#: that a tenant keeps its sampled records (and queries) where the new rules do not touch them.
+SAMPLE_SEED = "1"
 #: Queries per tenant (known-item and title queries of the first records of the hash order).
 SAMPLE_QUERIES = 50
 MIN_WORDS, MAX_WORDS = 8, 50
@@ -54,7 +62,7 @@ ERROR_DROP = 0.10
 
 @dataclass(frozen=True)
 class GoldenQuery:
-    """One golden query: ``kind`` (``known_item`` or ``title``), its text and the id of the
+    """One golden query: ``kind`` (``known_item``, ``title`` or ``pull_request``), its text and the id of the
     record that answers it."""
 
     query_id: str
@@ -79,7 +87,7 @@ def query_sentence(text: str, start_char: int) -> str | None:
 
 
 def _rank(tenant: str, key: str) -> str:
-    return hashlib.blake2b(f"{GOLDEN_VERSION}|{tenant}|{key}".encode(), digest_size=12).hexdigest()
+    return hashlib.blake2b(f"{SAMPLE_SEED}|{tenant}|{key}".encode(), digest_size=12).hexdigest()
 
 
 #: A known-item sentence of a record longer than this many tokens starts past this token: past
@@ -103,6 +111,28 @@ def queries_of_text(text: str, tokenizer) -> list[tuple[str, str]]:
     return out
 
 
+MERGE_PULL = re.compile(r"^Merge pull request #\d+")
+
+
+def pull_request_query(record: dict, tenant: str, keys: set[str]) -> tuple[str, str] | None:
+    """``(pull request title, record id of its head commit)`` of a merge commit ``record`` (a
+    landing record) whose message is GitHub's ``Merge pull request #N from ...`` followed by the
+    title, when the head commit (the second parent) is one of the tenant's record ``keys``; else
+    None."""
+    from ..ingest.records import record_key
+
+    parents = record.get("parents") or []
+    if isinstance(parents, str):  # exported as a Python list's text
+        parents = re.findall(r"[0-9a-f]{7,40}", parents)
+    lines = [line.strip() for line in str(record.get("message") or "").splitlines() if line.strip()]
+    if len(parents) < 2 or len(lines) < 2 or not MERGE_PULL.match(lines[0]) or len(lines[1].split()) < 3:
+        return None
+    head = f"git:{tenant}:{parents[1].strip()}"
+    if not any(record_key(kind, head) in keys for kind in ("git_commit", "git_merge_commit")):
+        return None
+    return " ".join(lines[1].split()), head
+
+
 def mine(index, tenant: str, size: int = SAMPLE_QUERIES) -> tuple[str, list[GoldenQuery]]:
     """The golden queries of ``tenant`` from its records in the landing data (``index``: a
     :class:`~vector_assets.ingest.landing.LandingIndex`), not from the store, so that how a
@@ -118,21 +148,26 @@ def mine(index, tenant: str, size: int = SAMPLE_QUERIES) -> tuple[str, list[Gold
 
     tokenizer = load_tokenizer(DEFAULT_MODEL)[0]
     records = sorted(index.current_records(tenant), key=lambda r: _rank(tenant, r[0]))
+    keys = {r[0] for r in records}
     queries: list[GoldenQuery] = []
     used: list[tuple[str, str]] = []
     for key, digest, path, line in records:
         if len(queries) >= size:
             break
         try:
-            text = extract_record(LocatedRecord(path, line, json.loads(index.line_text(path, line))))
+            raw = json.loads(index.line_text(path, line))
+            text = extract_record(LocatedRecord(path, line, raw))
         except (ValueError, RecordError):
             continue  # a bad record is quarantined by the tenant-day runs; it answers no query
-        made = queries_of_text(text.text, tokenizer)
+        made = [(kind, query, text.record_id) for kind, query in queries_of_text(text.text, tokenizer)]
+        link = pull_request_query(raw, tenant, keys) if isinstance(raw, dict) else None
+        if link:
+            made.append(("pull_request", *link))
         if not made:
             continue
         used.append((key, digest))
-        for kind, query in made[: size - len(queries)]:
-            queries.append(GoldenQuery(f"{tenant}:{len(queries)}", kind, query, text.record_id))
+        for kind, query, answer in made[: size - len(queries)]:
+            queries.append(GoldenQuery(f"{tenant}:{len(queries)}", kind, query, answer))
     version = hashlib.blake2b(repr((GOLDEN_VERSION, sorted(used))).encode(), digest_size=8).hexdigest() if used else ""
     return version, queries
 
