@@ -97,6 +97,17 @@ def test_golden_queries_figures_a_forced_regression_and_the_cut_over_gate(resour
     from vector_assets.assets import index_tuning
     from vector_assets.store import milvus_store
 
+    # A scratch collection left by a killed tuning run a day ago: the next run drops it.
+    import time
+
+    from pymilvus import DataType, MilvusClient
+
+    client = resources["milvus"].get_client()
+    stale = f"tuning_scratch_{int(time.time()) - 86400}_deadbeef"
+    schema = MilvusClient.create_schema(auto_id=False)
+    schema.add_field("pk", DataType.VARCHAR, max_length=64, is_primary=True)
+    schema.add_field("vector", DataType.FLOAT_VECTOR, dim=4)
+    client.create_collection(stale, schema=schema)
     tuned = dg.materialize([index_tuning], resources={k: resources[k] for k in ("landing", "embedding_model", "milvus")}, instance=instance, run_config={"ops": {"index_tuning": {"config": {"trials": 4}}}})
     assert tuned.success
     tmeta = {k: v.value for k, v in tuned.get_asset_materialization_events()[0].event_specific_data.materialization.metadata.items()}
@@ -104,7 +115,7 @@ def test_golden_queries_figures_a_forced_regression_and_the_cut_over_gate(resour
     client = resources["milvus"].get_client()
     live = resources["milvus"].collection_for(resources["embedding_model"].model_id)
     assert milvus_store.tuned_search_params(client, live) == tmeta["live_search_params"] and "ef" in tmeta["live_search_params"]
-    assert not [n for n in client.list_collections() if n.startswith("tuning_scratch")]
+    assert not [n for n in client.list_collections() if n.startswith("tuning_scratch")]  # the stale one too
     sent = []
     real_search = client.search
     client.search = lambda *a, **kw: sent.append(kw.get("search_params")) or real_search(*a, **kw)

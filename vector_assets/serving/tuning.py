@@ -15,7 +15,8 @@ The search space: HNSW (``M`` 4-64, ``efConstruction`` 32-512, ``ef`` 40-1024) a
 (``nlist`` 16-1024, ``nprobe`` 1-128; ``nprobe`` at most ``nlist``). Each build is a scratch
 collection beside the live one (pk, tenant as partition key, vector: the live rows copied),
 built once per build parameters and dropped at the end; the live collection is never touched
-by a trial. Optuna's TPE sampler (seeded) minimises p95 under the constraint recall >= target
+by a trial (scratch collections a killed run left behind are dropped by the next run:
+:func:`drop_stale_scratch`). Optuna's TPE sampler (seeded) minimises p95 under the constraint recall >= target
 (``constraints_func``: a trial under the target is infeasible, whatever its speed).
 
 What is recorded where search reads it: the smallest search ``ef`` of the live collection's
@@ -149,8 +150,27 @@ def measure(client: MilvusClient, collection: str, queries: QuerySet, search_par
     return round(hits / (K * n), 4), round(float(np.percentile(latencies, 95)), 3), round(float(np.percentile(latencies, 50)), 3)
 
 
+#: A scratch collection older than this (seconds, from the creation time in its name) is left
+#: over from a tuning run that was killed or failed mid-build, and the next run drops it.
+SCRATCH_STALE_S = 6 * 3600
+
+
+def drop_stale_scratch(client: MilvusClient, now: float | None = None) -> list[str]:
+    """Drop the scratch collections (``tuning_scratch_<unix seconds>_<hex>``) created more than
+    :data:`SCRATCH_STALE_S` ago; returns their names. Younger ones may belong to a run in progress
+    and are kept."""
+    now = time.time() if now is None else now
+    dropped = []
+    for name in client.list_collections():
+        parts = name.split("_")
+        if name.startswith(SCRATCH_PREFIX + "_") and len(parts) == 4 and parts[2].isdigit() and now - int(parts[2]) > SCRATCH_STALE_S:
+            client.drop_collection(name)
+            dropped.append(name)
+    return dropped
+
+
 def _scratch(client: MilvusClient, rows: list[dict], dim: int, index_type: str, build: dict) -> str:
-    name = f"{SCRATCH_PREFIX}_{uuid.uuid4().hex[:12]}"
+    name = f"{SCRATCH_PREFIX}_{int(time.time())}_{uuid.uuid4().hex[:8]}"
     schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
     schema.add_field("pk", DataType.VARCHAR, max_length=64, is_primary=True)
     schema.add_field("tenant", DataType.VARCHAR, max_length=milvus_store.MAX_TENANT, is_partition_key=True)
@@ -222,6 +242,8 @@ def tune(client: MilvusClient, collection: str, embedder, queries: dict[str, lis
     import optuna
 
     started = time.perf_counter()
+    for name in drop_stale_scratch(client):
+        log.warning("dropped %s, left over from an earlier tuning run", name)
     rows = _rows(client, collection, list(queries))
     if not rows:
         raise ValueError(f"collection {collection} holds no rows of the tenants {sorted(queries)[:5]}: nothing to tune on")
