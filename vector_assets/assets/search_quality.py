@@ -44,17 +44,24 @@ class IndexTuningConfig(dg.Config):
     record: bool = True
 
 
+def served_collection(milvus: MilvusResource, embedder: EmbeddingModelResource, collection: str | None, purpose: str):
+    """``(client, collection, model)``: ``collection`` (default: what the search alias names),
+    loaded, with the model it belongs to (``embedder`` when it is that model). Raises
+    :class:`dagster.Failure` naming ``purpose`` when there is no such collection."""
+    client = milvus.get_client()
+    collection = collection or milvus_store.alias_target(client, milvus.search_alias)
+    if collection is None or not client.has_collection(collection):
+        raise dg.Failure(description=f"no collection to {purpose} (the search alias {milvus.search_alias} names none): run `vector-assets backfill` first", allow_retries=False)
+    client.load_collection(collection)
+    model_id = milvus_store.collection_model(client, collection) or embedder.model_id
+    return client, collection, (embedder if model_id == embedder.model_id else embedding_resource(model_id))
+
+
 def evaluate_tenants(instance: dg.DagsterInstance, landing: LandingResource, milvus: MilvusResource, embedder: EmbeddingModelResource, tenants: list[str], collection: str | None = None):
     """Golden-query figures of ``tenants`` on ``collection`` (default: what the search alias
     names): ``(collection, {tenant: Verdict})``. Raises :class:`dagster.Failure` when there is no
     collection to evaluate."""
-    client = milvus.get_client()
-    collection = collection or milvus_store.alias_target(client, milvus.search_alias)
-    if collection is None or not client.has_collection(collection):
-        raise dg.Failure(description=f"no collection to evaluate (the search alias {milvus.search_alias} names none): run `vector-assets backfill` first", allow_retries=False)
-    client.load_collection(collection)
-    model_id = milvus_store.collection_model(client, collection) or embedder.model_id
-    model = embedder if model_id == embedder.model_id else embedding_resource(model_id)
+    client, collection, model = served_collection(milvus, embedder, collection, "evaluate")
     store = milvus_store.store_key(milvus.uri, client, collection) or collection
     engine = state.engine(landing.database_url())
     index = landing.index()
@@ -133,13 +140,7 @@ def tune_served(landing: LandingResource, milvus: MilvusResource, embedder: Embe
     golden queries (:func:`vector_assets.serving.tuning.tune`) and, with ``record``, keep the
     result where search reads it: ``(TuningResult, recorded dict)``. Raises
     :class:`dagster.Failure` when there is no collection or no golden query to tune on."""
-    client = milvus.get_client()
-    collection = collection or milvus_store.alias_target(client, milvus.search_alias)
-    if collection is None or not client.has_collection(collection):
-        raise dg.Failure(description=f"no collection to tune (the search alias {milvus.search_alias} names none): run `vector-assets backfill` first", allow_retries=False)
-    client.load_collection(collection)
-    model_id = milvus_store.collection_model(client, collection) or embedder.model_id
-    model = embedder if model_id == embedder.model_id else embedding_resource(model_id)
+    client, collection, model = served_collection(milvus, embedder, collection, "tune")
     engine = state.engine(landing.database_url())
     index = landing.index()
     queries = {}
