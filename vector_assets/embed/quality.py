@@ -18,6 +18,7 @@ Every threshold lives in :class:`QualityThresholds`, with its source:
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import dagster as dg
@@ -228,6 +229,7 @@ def drift_series(day_sums: dict[str, tuple[np.ndarray, int]], days: list[str], t
     def shift(day: str, by: int) -> str:
         return (dt.date.fromisoformat(day) - dt.timedelta(days=by)).isoformat()
 
+    @functools.lru_cache(maxsize=None)  # a day's point is read again as history of the days after it
     def point(day: str) -> tuple[float | None, int, int]:
         end_s, end_n = upto(day)
         mid_s, mid_n = upto(shift(day, t.drift_current_days))
