@@ -17,7 +17,7 @@ labelled figure over the settings.
 
 Usage (``VECTOR_ASSETS_HOME`` / ``VECTOR_ASSETS_LANDING_DIR`` of that backfill in the environment)::
 
-    python benchmarks/golden_correlation.py [--shared ../shared/data]
+    python benchmarks/golden_correlation.py [--shared ../shared/data] [--labelled EARLIER_OUTPUT]
 """
 
 from __future__ import annotations
@@ -70,7 +70,17 @@ def correlation(a, b) -> tuple[float, float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shared", default=str(REPO.parent / "shared" / "data"))
+    parser.add_argument("--labelled", type=Path, help="an earlier output of this benchmark on the same collection: its labelled-set columns are read from there, not searched again (they do not change when only the golden set does)")
     args = parser.parse_args()
+    earlier = {}
+    if args.labelled:
+        for line in args.labelled.read_text(encoding="utf-8").splitlines():
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            if len(cells) == 7 and cells[0] not in ("setting", "---"):
+                try:
+                    earlier[cells[0]] = tuple(float(c) for c in cells[3:6])
+                except ValueError:
+                    continue
     shared = Path(args.shared)
 
     from long_issues import build_set
@@ -85,10 +95,13 @@ def main() -> int:
     landing = defs.resources["landing"]
     index = landing.index()
     engine = state.engine(landing.database_url())
-    golden = {}
+    golden, links = {}, {}
     for tenant in index.tenants():
         _, queries, _ = retrieval.golden_set(engine, index, tenant)
-        golden[tenant] = [{"tenant": tenant, "text": q.text, "answers": {q.record_id}} for q in queries]
+        golden[tenant] = [{"tenant": tenant, "text": q.text, "answers": set(q.answers)} for q in queries]
+        if any(q.kind == "pull_request" for q in queries):
+            links[tenant] = sorted((len(q.answers) for q in queries if q.kind == "pull_request"), reverse=True)
+    print("golden pull-request queries (answers each): " + "; ".join(f"{t} {len(n)} ({', '.join(map(str, n))})" for t, n in links.items()))
     queries = [json.loads(line) for line in open(shared / "eval_pr_commits" / "queries.jsonl", encoding="utf-8")]
     qrels = defaultdict(set)
     for line in open(shared / "eval_pr_commits" / "qrels.jsonl", encoding="utf-8"):
@@ -108,10 +121,13 @@ def main() -> int:
         g_hits, g_answers = searched(client, collection, model, golden, mode, fusion)
         ranks = [next((i for i, h in enumerate(found, 1) if h.id in relevant), None) for found, relevant in zip(g_hits, g_answers)]
         g_recall, g_mrr = recall_at_10(g_hits, g_answers), float(np.mean([1 / r if r else 0 for r in ranks]))
-        pr_r = recall_at_10(*searched(client, collection, model, pr_all, mode, fusion, kinds=["git_commit"]))
-        hard_r = recall_at_10(*searched(client, collection, model, pr_hard, mode, fusion, kinds=["git_commit"]))
-        long_r = recall_at_10(*searched(client, collection, model, long_groups, mode, fusion))
         label = mode if mode != "hybrid" else f"hybrid {fusion}"
+        if label in earlier:
+            pr_r, hard_r, long_r = earlier[label]
+        else:
+            pr_r = recall_at_10(*searched(client, collection, model, pr_all, mode, fusion, kinds=["git_commit"]))
+            hard_r = recall_at_10(*searched(client, collection, model, pr_hard, mode, fusion, kinds=["git_commit"]))
+            long_r = recall_at_10(*searched(client, collection, model, long_groups, mode, fusion))
         rows.append((label, g_recall, g_mrr, pr_r, hard_r, long_r))
         print(f"| {label} | {g_recall:.3f} | {g_mrr:.3f} | {pr_r:.3f} | {hard_r:.3f} | {long_r:.3f} | {time.perf_counter() - started:.0f} |", flush=True)
     g = [r[1] for r in rows]

@@ -51,3 +51,37 @@ def test_the_hadoop_sample_on_a_milvus_23_server(workspace):
     assert second.returncode == 0 and stats["embedded"] == 0 and stats["rows_written"] == 0 and stats["skipped"] == 165
     assert milvus_store.count_records(client, name) == 165
     client.close()
+
+
+def test_a_tuning_build_is_measured_only_once_the_server_serves_it_from_its_index():
+    """Index tuning on a 2.3.5 server (issue #21 item 4): ``load_collection`` returns before the
+    query nodes hold the sealed segments, and a search in that window is answered without the
+    index (recall 1.000 for any ``nprobe``). A scratch build is measured only once every row is
+    served from a segment with its index, so its recall is the index's: a small ``nprobe`` of
+    a 1,024-list IVF_FLAT loses neighbours there, the largest does not."""
+    import numpy as np
+
+    from vector_assets.serving import tuning
+
+    client = milvus_store.connect(SERVER_URI)
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(64, 32)).astype(np.float32)
+    vectors = centres[rng.integers(0, 64, 6000)] + 0.6 * rng.normal(size=(6000, 32)).astype(np.float32)
+    rows = [{"pk": f"r{i}", "tenant": "T", "vector": v.tolist()} for i, v in enumerate(vectors)]
+    name = tuning._scratch(client, rows, 32, "IVF_FLAT", {"nlist": 1024})
+    try:
+        segments = client._get_connection().get_query_segment_info(name)
+        assert sum(s.num_rows for s in segments if s.index_name) == len(rows), segments
+        queries = tuning.QuerySet(["T"] * 50, vectors[:50] + 0.3 * rng.normal(size=(50, 32)).astype(np.float32), [], [])
+        m = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+        for v in queries.vectors:
+            scores = m @ (v / np.linalg.norm(v))
+            order = np.argsort(-scores, kind="stable")[: tuning.K]
+            queries.exact.append([rows[i]["pk"] for i in order])
+            queries.kth.append(float(scores[order[-1]]))
+        low, _, _ = tuning.measure(client, name, queries, {"nprobe": 1})
+        high, _, _ = tuning.measure(client, name, queries, {"nprobe": 128})
+        assert low < 0.9 and high > low, (low, high)
+    finally:
+        client.drop_collection(name)
+        client.close()

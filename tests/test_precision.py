@@ -97,6 +97,10 @@ def test_token_budget_batches_give_the_fixed_batches_vectors_and_halve_on_out_of
     a, b = fixed.encode(texts), by_tokens.encode(texts)
     assert np.sum(a * b, axis=1).min() > 0.9999
     assert by_tokens.budget.tokens >= 4096 and by_tokens.budget.best_rate > 0
+    # The CPU default: 4,096 tokens, not grown (README "Batches by tokens").
+    default = EmbeddingModelResource(device="cpu")
+    assert np.sum(a * default.encode(texts), axis=1).min() > 0.9999
+    assert (default.budget.tokens, default.budget.max_tokens) == (4096, 4096)
 
     view = embedding._raw_view(fixed.get_model())
     real = view.encode

@@ -8,9 +8,11 @@ No labels are needed: a record is the one right answer to a query made from its 
 * **Title**: the record's first line (an issue's summary, a commit's subject) of at least three
   words; its answer is the record, whose body the title summarises.
 * **Pull request** (a link): a sampled merge commit of a pull request (``Merge pull request #N
-  ...`` with the title on a line of its own) gives the pull request's title; its answer is the
-  head commit of the pull request (the merge's second parent), when the tenant's data holds it.
-  The Jira and Bugzilla exports name no duplicate targets, so there are no duplicate links.
+  ...`` with the title on a line of its own) gives the pull request's title; its answers are the
+  pull request's commits that the tenant's data holds (:func:`pull_request_commits`: reachable
+  from the merge's second parent, not from its first, as ``git log base..head`` lists them), the
+  head commit first. The Jira and Bugzilla exports name no duplicate targets, so there are no
+  duplicate links.
 
 The queries are mined from the landing data (the records as extracted), never from a
 collection, so a rebuilt or replaced collection is judged on the same set. The sample of a
@@ -21,8 +23,9 @@ sample's version (a hash of its records' keys and line digests) changes only whe
 is edited, deleted or outranked. The queries are kept in the state database (every worker reads
 the same set) and mined again when the version moves.
 
-Figures are recall@10 and MRR@10 (the answer record among the first 10 records; the reciprocal
-of its rank), per search mode, on the tenant's rows as :func:`vector_assets.serving.search.search`
+Figures are recall@10 and MRR@10 (the share of a query's answer records among the first 10
+records, as ``benchmarks/search_quality.py`` scores ``eval_pr_commits``; the reciprocal of the
+first answer's rank), averaged over the queries, per search mode, on the tenant's rows as :func:`vector_assets.serving.search.search`
 serves them. The ``retrieval_quality`` check compares them with the tenant's baseline (its
 first figures on this sample version, on any collection): see :func:`verdict` for the thresholds and
 where they come from.
@@ -44,8 +47,8 @@ from ..store import milvus_store
 from .search import MODES, SearchError, search
 
 #: Bumped when the mining rules change (every tenant's sample is mined again, and its baseline
-#: starts again). 2: pull-request links.
-GOLDEN_VERSION = "2"
+#: starts again). 2: pull-request links. 3: a pull request's commits, not only its head, answer it.
+GOLDEN_VERSION = "3"
 #: Seed of the order in which records enter a tenant's sample: kept when the rules change, so
 #: that a tenant keeps its sampled records (and queries) where the new rules do not touch them.
 SAMPLE_SEED = "1"
@@ -62,13 +65,19 @@ ERROR_DROP = 0.10
 
 @dataclass(frozen=True)
 class GoldenQuery:
-    """One golden query: ``kind`` (``known_item``, ``title`` or ``pull_request``), its text and the id of the
-    record that answers it."""
+    """One golden query: ``kind`` (``known_item``, ``title`` or ``pull_request``), its text and the ids
+    of the records that answer it (``record_id``: one id, or several joined by newlines, as
+    stored; :attr:`answers` splits them)."""
 
     query_id: str
     kind: str
     text: str
     record_id: str
+
+    @property
+    def answers(self) -> tuple[str, ...]:
+        """The ids of the records that answer the query (one for known-item and title queries)."""
+        return tuple(self.record_id.split("\n"))
 
 
 def query_sentence(text: str, start_char: int) -> str | None:
@@ -114,23 +123,74 @@ def queries_of_text(text: str, tokenizer) -> list[tuple[str, str]]:
 MERGE_PULL = re.compile(r"^Merge pull request #\d+")
 
 
-def pull_request_query(record: dict, tenant: str, keys: set[str]) -> tuple[str, str] | None:
-    """``(pull request title, record id of its head commit)`` of a merge commit ``record`` (a
-    landing record) whose message is GitHub's ``Merge pull request #N from ...`` followed by the
-    title, when the head commit (the second parent) is one of the tenant's record ``keys``; else
-    None."""
-    from ..ingest.records import record_key
+#: A pull request with more commits than this in the data is a branch merged into another (a
+#: release or maintenance branch), not one change: its title makes no golden query.
+PR_MAX_COMMITS = 20
 
+
+def _parents(record: dict) -> list[str]:
     parents = record.get("parents") or []
     if isinstance(parents, str):  # exported as a Python list's text
         parents = re.findall(r"[0-9a-f]{7,40}", parents)
+    return [p.strip() for p in parents]
+
+
+def pull_request_commits(parents: list[str], parents_of: dict[str, list[str]], limit: int = PR_MAX_COMMITS) -> list[str] | None:
+    """The commits of the pull request merged by a merge commit with ``parents`` (base, head),
+    as ``git log base..head`` lists them: reachable from the head, not from the base, walking
+    ``parents_of`` (``{sha: [parent sha]}``, the tenant's commits; a commit missing from it ends
+    that path), head first. None when there are more than ``limit``."""
+    base: set[str] = set()
+    stack = [parents[0]]
+    while stack:
+        sha = stack.pop()
+        if sha not in base and sha in parents_of:
+            base.add(sha)
+            stack.extend(parents_of[sha])
+    commits: list[str] = []
+    seen: set[str] = set()
+    stack = [parents[1]]
+    while stack:
+        sha = stack.pop()
+        if sha in seen or sha in base or sha not in parents_of:
+            continue
+        seen.add(sha)
+        commits.append(sha)
+        if len(commits) > limit:
+            return None
+        stack.extend(reversed(parents_of[sha]))
+    return commits
+
+
+def pull_request_query(record: dict, tenant: str, parents_of: dict[str, list[str]]) -> tuple[str, str] | None:
+    """``(pull request title, its commits' record ids joined by newlines)`` of a merge commit
+    ``record`` (a landing record) whose message is GitHub's ``Merge pull request #N from ...``
+    followed by the title, when the tenant's commits (``parents_of``: ``{sha: [parent sha]}``)
+    hold its head commit (the second parent); see :func:`pull_request_commits`. Else None."""
+    parents = _parents(record)
     lines = [line.strip() for line in str(record.get("message") or "").splitlines() if line.strip()]
     if len(parents) < 2 or len(lines) < 2 or not MERGE_PULL.match(lines[0]) or len(lines[1].split()) < 3:
         return None
-    head = f"git:{tenant}:{parents[1].strip()}"
-    if not any(record_key(kind, head) in keys for kind in ("git_commit", "git_merge_commit")):
+    commits = pull_request_commits(parents, parents_of)
+    if not commits:
         return None
-    return " ".join(lines[1].split()), head
+    return " ".join(lines[1].split()), "\n".join(f"git:{tenant}:{sha}" for sha in commits)
+
+
+def commit_graph(index, records) -> dict[str, list[str]]:
+    """``{sha: [parent sha]}`` of the commits among ``records`` (``(key, digest, path, line)`` of
+    the landing index); lines that do not parse are left out (their runs quarantine them)."""
+    import json
+
+    graph = {}
+    for _, _, path, line in records:
+        try:
+            raw = json.loads(index.line_text(path, line))
+        except ValueError:
+            continue
+        if isinstance(raw, dict) and raw.get("sha") and "parents" in raw:
+            graph[str(raw["sha"]).strip()] = _parents(raw)
+    return graph
 
 
 def mine(index, tenant: str, size: int = SAMPLE_QUERIES) -> tuple[str, list[GoldenQuery]]:
@@ -138,7 +198,8 @@ def mine(index, tenant: str, size: int = SAMPLE_QUERIES) -> tuple[str, list[Gold
     :class:`~vector_assets.ingest.landing.LandingIndex`), not from the store, so that how a
     collection indexes them (passages, model, index) never changes the set: ``(version,
     queries)``, ``("", [])`` for a tenant without records. The version hashes the sampled
-    records' keys and line digests: an edit of one of them, or its deletion, moves it."""
+    records' keys and line digests and the pull-request queries' answers: an edit of one of them,
+    or its deletion, moves it."""
     import json
 
     from ..embed.embedding import load_tokenizer
@@ -148,7 +209,7 @@ def mine(index, tenant: str, size: int = SAMPLE_QUERIES) -> tuple[str, list[Gold
 
     tokenizer = load_tokenizer(DEFAULT_MODEL)[0]
     records = sorted(index.current_records(tenant), key=lambda r: _rank(tenant, r[0]))
-    keys = {r[0] for r in records}
+    graph: dict[str, list[str]] | None = None  # read once, when a sampled record is a merge
     queries: list[GoldenQuery] = []
     used: list[tuple[str, str]] = []
     for key, digest, path, line in records:
@@ -160,7 +221,11 @@ def mine(index, tenant: str, size: int = SAMPLE_QUERIES) -> tuple[str, list[Gold
         except (ValueError, RecordError):
             continue  # a bad record is quarantined by the tenant-day runs; it answers no query
         made = [(kind, query, text.record_id) for kind, query in queries_of_text(text.text, tokenizer)]
-        link = pull_request_query(raw, tenant, keys) if isinstance(raw, dict) else None
+        link = None
+        if isinstance(raw, dict) and len(_parents(raw)) > 1:
+            if graph is None:
+                graph = commit_graph(index, records)
+            link = pull_request_query(raw, tenant, graph)
         if link:
             made.append(("pull_request", *link))
         if not made:
@@ -168,7 +233,9 @@ def mine(index, tenant: str, size: int = SAMPLE_QUERIES) -> tuple[str, list[Gold
         used.append((key, digest))
         for kind, query, answer in made[: size - len(queries)]:
             queries.append(GoldenQuery(f"{tenant}:{len(queries)}", kind, query, answer))
-    version = hashlib.blake2b(repr((GOLDEN_VERSION, sorted(used))).encode(), digest_size=8).hexdigest() if used else ""
+    # A pull request's answers are other records: their set is part of the version too.
+    links = [q.record_id for q in queries if q.kind == "pull_request"]
+    version = hashlib.blake2b(repr((GOLDEN_VERSION, sorted(used), links)).encode(), digest_size=8).hexdigest() if used else ""
     return version, queries
 
 
@@ -227,8 +294,10 @@ def evaluate(client: MilvusClient, collection: str, embedder, tenant: str, queri
             hits = search(client, collection, embedder, tenant, texts, k=k, mode=mode, check_tenant=False, ensure_loaded=False, search_params=search_params)
         except SearchError:
             continue
-        ranks = [next((i for i, h in enumerate(found, 1) if h.id == q.record_id), None) for q, found in zip(queries, hits)]
-        out[mode] = Figures(mode, round(sum(r is not None for r in ranks) / len(ranks), 4), round(sum(1 / r for r in ranks if r) / len(ranks), 4), len(ranks))
+        answers = [set(q.answers) for q in queries]
+        ranks = [next((i for i, h in enumerate(found, 1) if h.id in relevant), None) for relevant, found in zip(answers, hits)]
+        recall = sum(len(relevant & {h.id for h in found[:k]}) / len(relevant) for relevant, found in zip(answers, hits))
+        out[mode] = Figures(mode, round(recall / len(ranks), 4), round(sum(1 / r for r in ranks if r) / len(ranks), 4), len(ranks))
     return out
 
 
