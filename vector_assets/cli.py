@@ -442,6 +442,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         comparisons = []
         for tenant in tenants:
             _, queries, _ = retrieval.golden_set(engine, index, tenant)
+            queries, _ = retrieval.answerable(client, first, tenant, queries)
             figures = retrieval.evaluate(client, first, embedders[0], tenant, queries)
             if figures:
                 comparisons.append(retrieval.Comparison(tenant, len(queries), {m: (f, f) for m, f in figures.items()}))

@@ -72,10 +72,13 @@ def evaluate_tenants(instance: dg.DagsterInstance, landing: LandingResource, mil
             verdicts[tenant] = retrieval.Verdict(True, metadata={"collection": collection, "queries": 0, "skipped": "no rows of this tenant in the collection yet"})
             continue
         version, queries, refreshed = retrieval.golden_set(engine, index, tenant)
+        queries, left_out = retrieval.answerable(client, collection, tenant, queries)
         figures = retrieval.evaluate(client, collection, model, tenant, queries)
-        baselines = retrieval.record(engine, store, tenant, version, figures) if figures else {}
+        baselines = retrieval.record(engine, store, tenant, retrieval.baseline_key(version, queries, left_out), figures) if figures else {}
         verdicts[tenant] = retrieval.verdict(figures, baselines, version, refreshed)
         verdicts[tenant].metadata["collection"] = collection
+        # Queries whose answer records are not in the collection yet: left out of the figures.
+        verdicts[tenant].metadata["queries_without_rows"] = left_out
     return collection, verdicts
 
 
