@@ -28,7 +28,8 @@ with warnings.catch_warnings():  # partitioned checks are a preview in Dagster 1
     RETRIEVAL_CHECK = dg.AssetCheckSpec(
         "retrieval_quality", asset=SEARCH_QUALITY, partitions_def=tenant_partitions,
         description=(
-            f"The tenant's golden queries (up to {retrieval.SAMPLE_QUERIES} known-item and title queries mined from its own records) "
+            f"The tenant's golden queries (up to {retrieval.SAMPLE_QUERIES} known-item, title and pull-request queries mined from its "
+            "own records; those whose answers are not written yet are left out, as queries_without_rows) "
             "on the collection search serves, every search mode: recall@10 or MRR@10 "
             f"{retrieval.WARN_DROP:.2f} or more under the tenant's baseline (its first figures on this sample, on any collection) WARN, "
             f"{retrieval.ERROR_DROP:.2f} or more ERROR."
@@ -90,7 +91,7 @@ def evaluate_tenants(instance: dg.DagsterInstance, landing: LandingResource, mil
     group_name="quality",
     kinds={"milvus"},
     description=(
-        "Retrieval quality of each tenant's search: its golden queries (known-item sentences and titles mined from its own "
+        "Retrieval quality of each tenant's search: its golden queries (known-item sentences, titles and pull-request titles mined from its own "
         "records, a fixed versioned sample kept in the state database) searched in every mode on the collection the search "
         "alias names; recall@10 and MRR@10 per mode in the metadata, judged by the retrieval_quality check."
     ),
