@@ -58,7 +58,8 @@ def test_a_tuning_build_is_measured_only_once_the_server_serves_it_from_its_inde
     query nodes hold the sealed segments, and a search in that window is answered without the
     index (recall 1.000 for any ``nprobe``). A scratch build is measured only once every row is
     served from a segment with its index, so its recall is the index's: a small ``nprobe`` of
-    a 1,024-list IVF_FLAT loses neighbours there, the largest does not."""
+    a 1,024-list IVF_FLAT loses neighbours there, the largest does not. Segments too small for an
+    index are waited for until loaded, not until an index that never comes."""
     import numpy as np
 
     from vector_assets.serving import tuning
@@ -82,6 +83,15 @@ def test_a_tuning_build_is_measured_only_once_the_server_serves_it_from_its_inde
         low, _, _ = tuning.measure(client, name, queries, {"nprobe": 1})
         high, _, _ = tuning.measure(client, name, queries, {"nprobe": 128})
         assert low < 0.9 and high > low, (low, high)
+    finally:
+        client.drop_collection(name)
+    # Segments too small to get an index (100-200 rows each: 16 tenants) are served by brute
+    # force: the wait ends once they are loaded, it does not wait for an index that never comes.
+    small = [{"pk": f"s{i}", "tenant": f"T{i % 16}", "vector": v.tolist()} for i, v in enumerate(vectors[:1600])]
+    name = tuning._scratch(client, small, 32, "HNSW", {"M": 16, "efConstruction": 64})
+    try:
+        segments = client._get_connection().get_query_segment_info(name)
+        assert sum(s.num_rows for s in segments) == len(small) and max(s.num_rows for s in segments) < tuning.MIN_INDEXED_SEGMENT_ROWS
     finally:
         client.drop_collection(name)
         client.close()
