@@ -95,3 +95,35 @@ def test_a_tuning_build_is_measured_only_once_the_server_serves_it_from_its_inde
     finally:
         client.drop_collection(name)
         client.close()
+
+
+def test_a_collection_loaded_before_its_last_index_is_loaded_again():
+    """Two workers creating the collection at once can leave a 2.3 server with it loaded before
+    the other's last index was made; the server then refuses every later load (seen: the
+    two-Celery-worker test, every run after the first failed with "can't change the index for
+    loaded collection"). ``milvus_store.load`` releases and loads it again."""
+    from pymilvus import DataType, MilvusClient
+    from pymilvus.exceptions import MilvusException
+
+    client = milvus_store.connect(SERVER_URI)
+    schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+    schema.add_field("pk", DataType.VARCHAR, max_length=64, is_primary=True)
+    schema.add_field("tenant", DataType.VARCHAR, max_length=64, is_partition_key=True)
+    schema.add_field("day", DataType.VARCHAR, max_length=10)
+    schema.add_field("vector", DataType.FLOAT_VECTOR, dim=4)
+    params = client.prepare_index_params()
+    params.add_index("vector", index_type="HNSW", metric_type="COSINE", params={"M": 8, "efConstruction": 32})
+    params.add_index("tenant", index_type="Trie")
+    client.create_collection("loaded_early", schema=schema, index_params=params, num_partitions=4, consistency_level="Strong")
+    try:
+        late = client.prepare_index_params()
+        late.add_index("day", index_type="Trie")
+        client.create_index("loaded_early", late)  # the other worker's last index
+        with pytest.raises(MilvusException, match=milvus_store.STALE_LOAD):
+            client.load_collection("loaded_early")
+        milvus_store.load(client, "loaded_early")
+        client.insert("loaded_early", [{"pk": "a", "tenant": "T", "day": "2024-01-01", "vector": [1.0, 0.0, 0.0, 0.0]}])
+        assert client.query("loaded_early", filter='tenant == "T" and day == "2024-01-01"', output_fields=["pk"]) == [{"pk": "a"}]
+    finally:
+        client.drop_collection("loaded_early")
+        client.close()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -32,6 +33,8 @@ from pymilvus import DataType, Function, FunctionType, MilvusClient
 
 from ..local import file_lock, pid_alive
 from pymilvus.exceptions import MilvusException
+
+log = logging.getLogger(__name__)
 
 #: Field lengths (bytes) of the VARCHAR fields.
 MAX_TENANT = 256
@@ -354,7 +357,28 @@ def create_collection(client: MilvusClient, name: str, dim: int, index_type: str
         if not (client.describe_collection(name).get("properties") or {}).get(UID_PROPERTY):
             properties[UID_PROPERTY] = uuid.uuid4().hex
         client.alter_collection_properties(name, properties=properties)
-    client.load_collection(name)
+    load(client, name)
+
+
+#: What a 2.3 server says when a collection's indexes changed after it was loaded.
+STALE_LOAD = "can't change the index for loaded collection"
+
+
+def load(client: MilvusClient, name: str) -> None:
+    """Load collection ``name``. Two workers that create it at once (:func:`create_collection`)
+    can leave a 2.3 server with the collection loaded before the other worker's last index was
+    made; the server then refuses that load and every later one ("can't change the index for
+    loaded collection", code 1100; seen in the two-Celery-worker test: every run after the first
+    failed). The collection is then released and loaded again, with all its indexes. Other
+    errors propagate."""
+    try:
+        client.load_collection(name)
+    except MilvusException as err:
+        if STALE_LOAD not in str(err):
+            raise
+        log.warning("collection %s was loaded before all its indexes were made: loading it again", name)
+        client.release_collection(name)
+        client.load_collection(name)
 
 
 def collection_uid(client: MilvusClient, name: str) -> str | None:

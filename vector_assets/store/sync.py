@@ -192,7 +192,7 @@ def open_collection(milvus, model_id: str, source: str) -> Collection:
     if not client.has_collection(name):
         return Collection(client, name, False, None)
     milvus_store.bind_source(client, name, source)
-    client.load_collection(name)
+    milvus_store.load(client, name)
     return Collection(client, name, True, milvus_store.collection_dimension(client, name))
 
 
