@@ -81,11 +81,7 @@ def load(path: Path, uri: str, trials: int) -> None:
     print(f"loaded {len(rows)} rows into {name} on {uri} (server version {milvus_store.server_version(client)}) in {time.perf_counter() - t:.0f} s")
     result = tuning.tune(client, name, embedding_resource(data["model"]), queries, trials=trials)
     recorded = tuning.record(client, name, result)
-    print(f"{result.collection}: {result.rows} rows, {result.queries} golden queries, {len(result.trials)} trials in {result.seconds:.0f} s (target recall@10 {result.target} of exact search)")
-    print(tuning.trials_table(result))
-    best, live = result.best, result.live
-    print(f"fastest at the target: {best.index_type} {json.dumps(best.build)} {json.dumps(best.search)} recall {best.recall:.3f} p95 {best.p95_ms:.2f} ms" if best else "fastest at the target: none reached it")
-    print(f"live index {live.index_type} {json.dumps(live.build)}: {json.dumps(live.search)} recall {live.recall:.3f} p95 {live.p95_ms:.2f} ms" + (" (recorded: search uses it)" if recorded else " (not recorded)"))
+    print(tuning.report(result, bool(recorded)))
     print(f"recorded on {name}: {json.dumps(milvus_store.tuned_search_params(client, name))}")
 
 

@@ -399,11 +399,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({**result.as_dict(), "recorded": recorded}))
     else:
-        print(f"{result.collection}: {result.rows} rows, {result.queries} golden queries, {len(result.trials)} trials in {result.seconds:.0f} s (target recall@10 {result.target} of exact search)")
-        print(tuning.trials_table(result))
-        best, live = result.best, result.live
-        print(f"fastest at the target: {best.index_type} {json.dumps(best.build)} {json.dumps(best.search)} recall {best.recall:.3f} p95 {best.p95_ms:.2f} ms" if best else "fastest at the target: none reached it")
-        print(f"live index {live.index_type} {json.dumps(live.build)}: {json.dumps(live.search)} recall {live.recall:.3f} p95 {live.p95_ms:.2f} ms" + (" (recorded: search uses it)" if recorded else " (not recorded)"))
+        print(tuning.report(result, bool(recorded)))
     return 0 if result.live.feasible else 1
 
 

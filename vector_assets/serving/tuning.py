@@ -351,6 +351,19 @@ def record(client: MilvusClient, collection: str, result: TuningResult) -> dict:
     return value
 
 
+def report(result: TuningResult, recorded: bool) -> str:
+    """What a tuning run found, as ``vector-assets tune`` prints it: a summary line, the trials
+    table (:func:`trials_table`), the fastest setting at the target and the live index's tuned
+    parameters (``recorded``: whether they were kept where search reads them)."""
+    best, live = result.best, result.live
+    return "\n".join([
+        f"{result.collection}: {result.rows} rows, {result.queries} golden queries, {len(result.trials)} trials in {result.seconds:.0f} s (target recall@10 {result.target} of exact search)",
+        trials_table(result),
+        f"fastest at the target: {best.index_type} {json.dumps(best.build)} {json.dumps(best.search)} recall {best.recall:.3f} p95 {best.p95_ms:.2f} ms" if best else "fastest at the target: none reached it",
+        f"live index {live.index_type} {json.dumps(live.build)}: {json.dumps(live.search)} recall {live.recall:.3f} p95 {live.p95_ms:.2f} ms" + (" (recorded: search uses it)" if recorded else " (not recorded)"),
+    ])
+
+
 def trials_table(result: TuningResult) -> str:
     """The trials as a Markdown table, fastest feasible first."""
     lines = ["| index | build | search | recall@10 vs exact | p95 ms | p50 ms |", "|---|---|---|---|---|---|"]
