@@ -23,11 +23,11 @@ demo: install
 	$(BIN)/vector-assets search --tenant HADOOP -k 5 "multipart upload to S3 fails and cannot recover"
 	$(BIN)/vector-assets search --tenant pallets/flask -k 5 "support async views"
 
-## test: install and run the test suite (real model, Milvus Lite, Dagster instance), then the
-## end-to-end tests again against a real Milvus 2.3.5 server on loopback (make test-server).
+## test: install and run the test suite (real model, Milvus Lite, Dagster instance) and, at the
+## same time, the end-to-end tests against a real Milvus 2.3.5 server on loopback
+## (make test-server; scripts/test_all.sh says why at the same time).
 test: install
-	$(BIN)/python -m pytest
-	scripts/server_tests.sh $(BIN)/python
+	scripts/test_all.sh $(BIN)/python
 
 ## test-server: only the end-to-end tests against the Milvus 2.3.5 server (scripts/server_tests.sh).
 test-server: install
