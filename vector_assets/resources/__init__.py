@@ -4,6 +4,7 @@ from .alerts import AlertResource
 from .embedding_model import EmbeddingModelResource, OpenAIEmbeddingResource, RoutedEmbeddingResource
 from .landing import LandingResource
 from .milvus import MilvusResource
+from .pgvector import PgvectorResource
 
 
 def embedding_resource(model_id: str | None = None) -> EmbeddingModelResource:
@@ -74,4 +75,4 @@ def default_resources() -> dict:
     }
 
 
-__all__ = ["AlertResource", "EmbeddingModelResource", "OpenAIEmbeddingResource", "RoutedEmbeddingResource", "embedding_resource", "LandingResource", "MilvusResource", "default_resources"]
+__all__ = ["AlertResource", "EmbeddingModelResource", "OpenAIEmbeddingResource", "RoutedEmbeddingResource", "embedding_resource", "LandingResource", "MilvusResource", "PgvectorResource", "default_resources"]

@@ -7,6 +7,7 @@ from pydantic import Field, PrivateAttr
 from pymilvus import MilvusClient
 
 from ..store import milvus_store
+from ..store.milvus_store import MilvusStore
 
 
 class MilvusResource(dg.ConfigurableResource):
@@ -36,6 +37,7 @@ class MilvusResource(dg.ConfigurableResource):
     search_params: dict = Field(default_factory=lambda: {"ef": milvus_store.DEFAULT_EF})  # checks' self-searches
 
     _client: MilvusClient | None = PrivateAttr(default=None)
+    _store: MilvusStore | None = PrivateAttr(default=None)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         self._client = None
@@ -60,6 +62,13 @@ class MilvusResource(dg.ConfigurableResource):
             except Exception:  # noqa: BLE001 - a client of a dead server may fail to close
                 pass
             self._client = None
+
+    def get_store(self, create: bool = True) -> MilvusStore:
+        """This Milvus as a :class:`~vector_assets.store.base.VectorStore` (over :meth:`get_client`)."""
+        client = self.get_client(create)
+        if self._store is None or self._store.client is not client:
+            self._store = MilvusStore(client, self.uri)
+        return self._store
 
     def store_key(self, model_id: str) -> str | None:
         """Identity of ``model_id``'s collection in this Milvus

@@ -5,31 +5,28 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass
 
-from pymilvus import AnnSearchRequest, MilvusClient, RRFRanker, WeightedRanker
+from pymilvus import MilvusClient
 
-from ..store import milvus_store
+from ..store import base, milvus_store
+from ..store.base import SearchRequest, VectorStore
 
 
 #: HNSW ``ef`` of a search (defined in :mod:`vector_assets.store.milvus_store`, the layer below).
 DEFAULT_EF = milvus_store.DEFAULT_EF
 
 
-#: Consistency of a search. The collection is Strong (the checks read what a run has just
-#: written); a search need not wait for that: "Bounded" sees every write older than the server's
-#: graceful time (5 s by default). A Strong search on the Milvus 2.3.5 standalone server waits for
-#: its next time tick: p50 200 ms at 5,000 vectors against a few ms (benchmarks/pipeline.py
-#: milvus --uri, README "Performance"). Milvus Lite answers both alike.
-SEARCH_CONSISTENCY = "Bounded"
+#: Consistency of a search (:data:`vector_assets.store.milvus_store.SEARCH_CONSISTENCY`).
+SEARCH_CONSISTENCY = milvus_store.SEARCH_CONSISTENCY
 
 
 #: Search modes: ``dense`` (the model's vectors), ``bm25`` (Milvus's BM25 over the passage
-#: text), ``hybrid`` (both, fused by reciprocal rank, :data:`RRF_K`).
-MODES = ("dense", "bm25", "hybrid")
+#: text; Postgres's ``ts_rank_cd``), ``hybrid`` (both, fused by reciprocal rank, :data:`RRF_K`).
+MODES = base.MODES
 #: The mode used when none is asked for, on a collection with BM25 (else ``dense``). Chosen by
 #: measurement through the product (README "Search quality"; benchmarks/search_quality.py).
 DEFAULT_MODE = "hybrid"
 #: RRF's constant (Cormack et al. 2009; Milvus's ``RRFRanker`` default).
-RRF_K = 60
+RRF_K = base.RRF_K
 #: Passages fetched per wanted record before grouping by record (:func:`search`); doubled until
 #: ``k`` distinct records are found or the tenant has no more passages.
 OVERFETCH = 4
@@ -64,62 +61,55 @@ class Hit:
         return asdict(self)
 
 
-def default_mode(client: MilvusClient, collection: str) -> str:
+def as_store(where: VectorStore | MilvusClient) -> VectorStore:
+    """``where`` as a store: a :class:`~vector_assets.store.base.VectorStore` as it is, a
+    ``MilvusClient`` wrapped in :class:`~vector_assets.store.milvus_store.MilvusStore`."""
+    return where if isinstance(where, VectorStore) else milvus_store.MilvusStore(where, "")
+
+
+def default_mode(where: VectorStore | MilvusClient, collection: str) -> str:
     """The mode a search without one uses: :data:`DEFAULT_MODE` where ``collection`` has BM25,
-    else ``dense`` (``has_bm25`` is cached per client)."""
-    return DEFAULT_MODE if milvus_store.has_bm25(client, collection) else "dense"
+    else ``dense`` (``has_bm25`` is cached per Milvus client)."""
+    return DEFAULT_MODE if as_store(where).has_bm25(collection) else "dense"
 
 
-def _ranker(fusion: str):
-    """The Milvus ranker of ``fusion`` (``rrf`` or ``weighted:W``); SearchError otherwise."""
-    if fusion == "rrf":
-        return RRFRanker(RRF_K)
-    kind, _, weight = fusion.partition(":")
-    try:
-        w = float(weight)
-    except ValueError:
-        w = -1.0
-    if kind != "weighted" or not 0 <= w <= 1:
-        raise SearchError(f"unknown fusion {fusion!r}: rrf, or weighted:W with the dense weight W in [0, 1]")
-    return WeightedRanker(w, 1 - w)
+def check_fusion(fusion: str) -> None:
+    """SearchError unless ``fusion`` is ``rrf`` or ``weighted:W`` with W in [0, 1]."""
+    if fusion != "rrf":
+        try:
+            milvus_store.fusion_weights(fusion)
+        except ValueError as err:
+            raise SearchError(str(err)) from None
 
 
-def search_target(client: MilvusClient, alias: str):
+def search_target(where: VectorStore | MilvusClient, alias: str):
     """``(collection, embedder)`` a search uses: the collection ``alias`` names, with the
     provider of the model that wrote it (:func:`vector_assets.resources.embedding_resource`),
     else the configured provider's collection (which may not exist yet)."""
     from ..resources import embedding_resource
 
-    collection = milvus_store.alias_target(client, alias)
-    model_id = collection and milvus_store.collection_model(client, collection)
+    store = as_store(where)
+    collection = store.alias_target(alias)
+    model_id = collection and store.collection_model(collection)
     embedder = embedding_resource(model_id or None)
     return collection or milvus_store.collection_name(embedder.model_id), embedder
 
 
-FIELDS = ["record_id", "day", "kind", "preview", "passage", "text"]
-
-
-def at_least(params: dict, limit: int) -> dict:
-    """``params`` with an HNSW ``ef`` of at least ``limit`` (HNSW finds at most ``ef`` results);
-    parameters of other indexes (IVF ``nprobe``) as they are."""
-    return {**params, "ef": max(params["ef"], limit)} if "ef" in params else dict(params)
-
-
 def _best_per_record(hits: list[dict], k: int) -> list[Hit]:
-    """The first ``k`` distinct records of ``hits`` (best first), each with its best passage."""
+    """The first ``k`` distinct records of ``hits`` (passages of
+    :meth:`~vector_assets.store.base.VectorStore.search`, best first), each with its best passage."""
     out: dict[str, Hit] = {}
-    for h in hits:
-        e = h["entity"]
+    for e in hits:
         if e["record_id"] in out:
             continue
-        out[e["record_id"]] = Hit(e["record_id"], round(float(h["distance"]), 6), e["day"], e["kind"], e["preview"], int(e.get("passage") or 0), e.get("text") or "")
+        out[e["record_id"]] = Hit(e["record_id"], round(float(e["score"]), 6), e["day"], e["kind"], e["preview"] or "", int(e.get("passage") or 0), e.get("text") or "")
         if len(out) == k:
             break
     return list(out.values())
 
 
 def search(
-    client: MilvusClient,
+    client: VectorStore | MilvusClient,
     collection: str,
     embedder,
     tenant: str,
@@ -142,7 +132,9 @@ def search(
     rather than with Milvus's ``group_by_field``, which hybrid search and the 2.3 server lack.
 
     Args:
-        client / collection: where the vectors are (``collection`` may be an alias).
+        client / collection: where the vectors are: a store
+            (:class:`~vector_assets.store.base.VectorStore`) or a ``MilvusClient``, and the
+            collection (may be an alias).
         embedder: anything with ``encode(list[str]) -> (n, dim)`` (the same model that wrote them).
         tenant: only this tenant's rows are searched (Milvus partition key filter).
         queries: query texts.
@@ -166,44 +158,34 @@ def search(
         raise SearchError("empty query")
     if mode is not None and mode not in MODES:
         raise SearchError(f"unknown search mode {mode!r}; one of {', '.join(MODES)}")
+    store = as_store(client)
     if ensure_loaded:
-        if not client.has_collection(collection):
-            collection = milvus_store.alias_target(client, collection) or collection
-        if not client.has_collection(collection):
+        if not store.has_collection(collection):
+            collection = store.alias_target(collection) or collection
+        if not store.has_collection(collection):
             raise SearchError(f"collection {collection} does not exist; run `vector-assets backfill` first")
-        client.load_collection(collection)
-    bm25 = milvus_store.has_bm25(client, collection)
-    mode = mode or default_mode(client, collection)
+        store.prepare(collection)
+    bm25 = store.has_bm25(collection)
+    mode = mode or (DEFAULT_MODE if bm25 else "dense")
     if mode != "dense" and not bm25:
-        version = milvus_store.server_version(client)
+        version = milvus_store.server_version(store.client) if isinstance(store, milvus_store.MilvusStore) else None
         where = f"Milvus server {'.'.join(map(str, version))}" if version else "this store"
         raise SearchError(f"--mode {mode} needs BM25, which {where} does not have (Milvus 2.5 or later, or Milvus Lite); collection {collection} is dense only: use --mode dense")
-    ranker = _ranker(fusion)
+    check_fusion(fusion)
     texts = [q.strip() for q in queries]
-    expr = f"tenant == {milvus_store.quote(tenant)}" + (f" and kind in {milvus_store.quote_list(kinds)}" if kinds else "")
-    for op, day in zip((">=", "<="), days or (None, None)):
-        if day is not None:
-            if not DAY.match(day):
-                raise SearchError(f"bad day {day!r}: YYYY-MM-DD")
-            expr += f" and day {op} {milvus_store.quote(day)}"
+    for day in days or (None, None):
+        if day is not None and not DAY.match(day):
+            raise SearchError(f"bad day {day!r}: YYYY-MM-DD")
     # The caller's parameters, else those tuned on this collection's index
-    # (:mod:`vector_assets.serving.tuning`), else DEFAULT_EF.
-    dense_params = {"params": dict(search_params or milvus_store.tuned_search_params(client, collection) or {"ef": max(DEFAULT_EF, k)})}
+    # (:mod:`vector_assets.serving.tuning`), else DEFAULT_EF (at least k): the store decides.
     vectors = [v.tolist() for v in embedder.encode(texts)] if mode != "bm25" else None
 
     def fetch(ids: list[int], limit: int) -> list[list[dict]]:
-        if mode == "dense":
-            return client.search(collection, data=[vectors[i] for i in ids], anns_field="vector", filter=expr, limit=limit, output_fields=FIELDS, search_params={"params": at_least(dense_params["params"], limit)}, consistency_level=SEARCH_CONSISTENCY)
-        if mode == "bm25":
-            return client.search(collection, data=[texts[i] for i in ids], anns_field="sparse", filter=expr, limit=limit, output_fields=FIELDS, search_params={"params": {}}, consistency_level=SEARCH_CONSISTENCY)
-        out = []
-        for i in ids:  # one hybrid request per query
-            requests = [
-                AnnSearchRequest(data=[vectors[i]], anns_field="vector", param={"params": at_least(dense_params["params"], limit)}, limit=limit, expr=expr),
-                AnnSearchRequest(data=[texts[i]], anns_field="sparse", param={"params": {}}, limit=limit, expr=expr),
-            ]
-            out.append(client.hybrid_search(collection, requests, ranker=ranker, limit=limit, output_fields=FIELDS, consistency_level=SEARCH_CONSISTENCY)[0])
-        return out
+        request = SearchRequest(
+            tenant=tenant, mode=mode, texts=[texts[i] for i in ids], vectors=None if vectors is None else [vectors[i] for i in ids],
+            limit=limit, kinds=kinds, days=days, params=dict(search_params) if search_params else None, fusion=fusion,
+        )
+        return store.search(collection, request)
 
     results: list[list[Hit]] = [[] for _ in texts]
     pending, limit = list(range(len(texts))), min(MAX_LIMIT, k * OVERFETCH)
@@ -215,6 +197,6 @@ def search(
                 again.append(i)  # passages of fewer than k records: fetch deeper
         pending, limit = again, min(MAX_LIMIT, limit * 4)
     # Only an empty answer costs the extra query that tells an unknown tenant from no match.
-    if check_tenant and not any(results) and not milvus_store.tenant_exists(client, collection, tenant, SEARCH_CONSISTENCY):
+    if check_tenant and not any(results) and not store.tenant_exists(collection, tenant):
         raise SearchError(f"unknown tenant {tenant!r}: no vectors stored for it")
     return results

@@ -32,6 +32,7 @@ from typing import Any, Iterable, Iterator, Sequence
 from pymilvus import DataType, Function, FunctionType, MilvusClient
 
 from ..local import file_lock, pid_alive
+from .base import RRF_K, VectorStore
 from pymilvus.exceptions import MilvusException
 
 log = logging.getLogger(__name__)
@@ -442,14 +443,19 @@ def bind_source(client: MilvusClient, name: str, source: str, rebind: bool = Fal
     if bound == source:
         return None
     if bound and not rebind:
-        raise SourceMismatchError(
-            f"collection {name} holds the records of landing directory {bound}, not of {source}: one collection "
-            f"takes one landing source (each deletes the rows the other's data lacks). Point VECTOR_ASSETS_LANDING_DIR "
-            f"back at {bound}, use another VECTOR_ASSETS_MILVUS_URI, or move the collection to the new folder with "
-            "`vector-assets backfill --all --rebind-landing`"
-        )
+        raise source_mismatch(name, bound, source)
     client.alter_collection_properties(name, properties={SOURCE_PROPERTY: source})
     return bound
+
+
+def source_mismatch(name: str, bound: str, source: str) -> SourceMismatchError:
+    """The error of a run reading landing ``source`` into collection ``name``, bound to ``bound``."""
+    return SourceMismatchError(
+        f"collection {name} holds the records of landing directory {bound}, not of {source}: one collection "
+        f"takes one landing source (each deletes the rows the other's data lacks). Point VECTOR_ASSETS_LANDING_DIR "
+        f"back at {bound}, use another store (VECTOR_ASSETS_MILVUS_URI, VECTOR_ASSETS_STORE_URL), or move the collection "
+        "to the new folder with `vector-assets backfill --all --rebind-landing`"
+    )
 
 
 def collection_dimension(client: MilvusClient, name: str) -> int:
@@ -620,3 +626,153 @@ def point_alias(client: MilvusClient, alias: str, collection: str) -> None:
         if "already exist" not in str(err):
             raise
         client.alter_alias(collection, alias)
+
+
+# ---- the store interface ---------------------------------------------------------------------
+
+
+#: Consistency of a search. The collection is Strong (the checks read what a run has just
+#: written); a search need not wait for that: "Bounded" sees every write older than the server's
+#: graceful time (5 s by default). A Strong search on the Milvus 2.3.5 standalone server waits for
+#: its next time tick: p50 200 ms at 5,000 vectors against a few ms (benchmarks/pipeline.py
+#: milvus --uri, README "Performance"). Milvus Lite answers both alike.
+SEARCH_CONSISTENCY = "Bounded"
+
+#: The fields a search returns of each passage.
+SEARCH_FIELDS = ["record_id", "day", "kind", "preview", "passage", "text"]
+
+
+def search_filter(request) -> str:
+    """The Milvus filter of a :class:`~vector_assets.store.base.SearchRequest`: its tenant, kinds
+    and days (each value quoted by :func:`quote`)."""
+    expr = f"tenant == {quote(request.tenant)}" + (f" and kind in {quote_list(request.kinds)}" if request.kinds else "")
+    for op, day in zip((">=", "<="), request.days or (None, None)):
+        if day is not None:
+            expr += f" and day {op} {quote(day)}"
+    return expr
+
+
+def with_ef(params: dict, limit: int) -> dict:
+    """``params`` with an HNSW ``ef`` of at least ``limit`` (HNSW finds at most ``ef`` results);
+    parameters of other indexes (IVF ``nprobe``) as they are."""
+    return {**params, "ef": max(params["ef"], limit)} if "ef" in params else dict(params)
+
+
+def milvus_ranker(fusion: str):
+    """Milvus's ranker of ``fusion``: ``rrf`` (``RRFRanker(RRF_K)``) or ``weighted:W``
+    (``WeightedRanker(W, 1 - W)``); ValueError otherwise."""
+    from pymilvus import RRFRanker, WeightedRanker
+
+    if fusion == "rrf":
+        return RRFRanker(RRF_K)
+    return WeightedRanker(*fusion_weights(fusion))
+
+
+def fusion_weights(fusion: str) -> tuple[float, float]:
+    """``(dense, bm25)`` weights of ``weighted:W``; ValueError for anything else."""
+    kind, _, weight = fusion.partition(":")
+    try:
+        w = float(weight)
+    except ValueError:
+        w = -1.0
+    if kind != "weighted" or not 0 <= w <= 1:
+        raise ValueError(f"unknown fusion {fusion!r}: rrf, or weighted:W with the dense weight W in [0, 1]")
+    return w, 1 - w
+
+
+class MilvusStore(VectorStore):
+    """A Milvus database (Milvus Lite through its local server, a 2.3+ server, a cluster) as a
+    :class:`~vector_assets.store.base.VectorStore`: the functions of this module bound to one
+    ``client`` (a ``MilvusClient``) and its ``url``."""
+
+    def __init__(self, client: MilvusClient, url: str):
+        self.client = client
+        self.url = str(url)
+
+    def has_collection(self, name: str) -> bool:
+        return self.client.has_collection(name)
+
+    def create_collection(self, name: str, dim: int, model_id: str, index_type: str = "HNSW", metric_type: str = "COSINE", index_params: dict | None = None) -> None:
+        create_collection(self.client, name, dim, index_type, metric_type, index_params, model_id)
+
+    def prepare(self, name: str) -> None:
+        load(self.client, name)
+
+    def collection_dimension(self, name: str) -> int:
+        return collection_dimension(self.client, name)
+
+    def collection_model(self, name: str) -> str | None:
+        return collection_model(self.client, name)
+
+    def store_key(self, name: str) -> str | None:
+        return store_key(self.url, self.client, name)
+
+    def bound_source(self, name: str) -> str | None:
+        return bound_source(self.client, name)
+
+    def bind_source(self, name: str, source: str, rebind: bool = False) -> str | None:
+        return bind_source(self.client, name, source, rebind)
+
+    def has_bm25(self, name: str) -> bool:
+        return has_bm25(self.client, name)
+
+    def write_rows(self, name: str, rows: list[dict]) -> None:
+        write_rows(self.client, name, rows)
+
+    def delete_rows(self, name: str, tenant: str, day: str, pks: Iterable[str]) -> None:
+        self.client.delete(name, filter=f"pk in {quote_list(pks)} and day == {quote(day)} and tenant == {quote(tenant)}")
+
+    def flush(self, name: str) -> None:
+        self.client.flush(name)
+
+    def partition_rows(self, name: str, keys: Iterable[tuple[str, str]], fields: list[str]) -> dict[tuple[str, str], dict[str, dict]]:
+        return partition_rows(self.client, name, keys, fields)
+
+    def rows_by_pk(self, name: str, pks: Iterable[str], fields: list[str]) -> dict[str, dict]:
+        return rows_by_pk(self.client, name, pks, fields)
+
+    def stored_partitions(self, name: str, tenants: Iterable[str] | None = None, start: str | None = None, end: str | None = None) -> set[tuple[str, str]]:
+        return stored_partitions(self.client, name, tenants, start, end)
+
+    def count_rows(self, name: str, tenant: str | None = None, days: Sequence[str] | None = None, records: bool = False) -> int:
+        parts = ([f"tenant == {quote(tenant)}"] if tenant is not None else []) + ([f"day in {quote_list(days)}"] if days is not None else [])
+        expr = " and ".join(parts)
+        return count_records(self.client, name, expr) if records else count_rows(self.client, name, expr)
+
+    def tenant_exists(self, name: str, tenant: str) -> bool:
+        return tenant_exists(self.client, name, tenant, SEARCH_CONSISTENCY)
+
+    def search(self, name: str, request) -> list[list[dict]]:
+        """See :meth:`vector_assets.store.base.VectorStore.search`: one Milvus search for all
+        queries (dense, bm25), one ``hybrid_search`` per query (hybrid). Dense parameters:
+        ``request.params``, else those tuned on the collection, else ``ef`` :data:`DEFAULT_EF`."""
+        from pymilvus import AnnSearchRequest
+
+        expr, limit = search_filter(request), request.limit
+        params = with_ef(dict(request.params or tuned_search_params(self.client, name) or {"ef": DEFAULT_EF}), limit)
+        common = dict(filter=expr, limit=limit, output_fields=SEARCH_FIELDS, consistency_level=SEARCH_CONSISTENCY)
+        if request.mode == "dense":
+            raw = self.client.search(name, data=list(request.vectors), anns_field="vector", search_params={"params": params}, **common)
+        elif request.mode == "bm25":
+            raw = self.client.search(name, data=list(request.texts), anns_field="sparse", search_params={"params": {}}, **common)
+        elif request.mode == "hybrid":
+            ranker = milvus_ranker(request.fusion)
+            raw = []
+            for vector, text in zip(request.vectors, request.texts):
+                sides = [
+                    AnnSearchRequest(data=[vector], anns_field="vector", param={"params": params}, limit=limit, expr=expr),
+                    AnnSearchRequest(data=[text], anns_field="sparse", param={"params": {}}, limit=limit, expr=expr),
+                ]
+                raw.append(self.client.hybrid_search(name, sides, ranker=ranker, limit=limit, output_fields=SEARCH_FIELDS, consistency_level=SEARCH_CONSISTENCY)[0])
+        else:
+            raise ValueError(f"unknown search mode {request.mode!r}")
+        return [[{**h["entity"], "score": float(h["distance"])} for h in hits] for hits in raw]
+
+    def alias_target(self, alias: str) -> str | None:
+        return alias_target(self.client, alias)
+
+    def point_alias(self, alias: str, name: str) -> None:
+        point_alias(self.client, alias, name)
+
+    def close(self) -> None:
+        self.client.close()

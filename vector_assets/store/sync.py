@@ -1,4 +1,4 @@
-"""Keeping Milvus in step with the landing data, tenant-day by tenant-day, incrementally.
+"""Keeping the vector store (Milvus, or Postgres with pgvector) in step with the landing data, tenant-day by tenant-day, incrementally.
 
 The tenant-day step is a chain of stages, each a plain function that returns a value (the
 asset, :mod:`vector_assets.assets.vectors`, runs the checks between them):
@@ -32,6 +32,7 @@ from typing import Any, Callable, Iterable, Protocol
 import numpy as np
 
 from . import milvus_store
+from .base import VectorStore
 from ..ingest.extraction import ExtractedText, extract_records
 from ..ingest.landing import LandingIndex, PartitionInput
 from ..ingest.passages import record_pk
@@ -171,29 +172,31 @@ def split_into_passages(results: dict[PartitionKey, PartitionResult], embedder: 
 
 @dataclass(frozen=True)
 class Collection:
-    """A model's collection as a run found it: ``client`` (a pymilvus ``MilvusClient``), its
-    ``name``, whether it ``existed`` before the run (then bound to the run's landing source and
-    loaded) and its vector ``dimension`` (None when it did not exist)."""
+    """A model's collection as a run found it: ``store`` (a
+    :class:`~vector_assets.store.base.VectorStore`), its ``name``, whether it ``existed`` before
+    the run (then bound to the run's landing source and ready) and its vector ``dimension``
+    (None when it did not exist)."""
 
-    client: Any
+    store: VectorStore
     name: str
     existed: bool
     dimension: int | None
 
 
 def open_collection(milvus, model_id: str, source: str) -> Collection:
-    """Stage *embed*, first step: ``model_id``'s collection in ``milvus`` (a
-    :class:`~vector_assets.resources.MilvusResource`), loaded. Raises
+    """Stage *embed*, first step: ``model_id``'s collection in ``milvus`` (a store resource:
+    :class:`~vector_assets.resources.MilvusResource` or
+    :class:`~vector_assets.resources.PgvectorResource`), ready. Raises
     :class:`~vector_assets.store.milvus_store.SourceMismatchError` before anything is written or
     deleted when the collection is bound to another landing source than ``source`` (issue #17
     item 1)."""
-    client = milvus.get_client()
+    store = milvus.get_store()
     name = milvus.collection_for(model_id)
-    if not client.has_collection(name):
-        return Collection(client, name, False, None)
-    milvus_store.bind_source(client, name, source)
-    milvus_store.load(client, name)
-    return Collection(client, name, True, milvus_store.collection_dimension(client, name))
+    if not store.has_collection(name):
+        return Collection(store, name, False, None)
+    store.bind_source(name, source)
+    store.prepare(name)
+    return Collection(store, name, True, store.collection_dimension(name))
 
 
 @dataclass
@@ -214,8 +217,8 @@ def plan_embeddings(results: dict[PartitionKey, PartitionResult], collection: Co
     own tenant-day). Unchanged texts are in neither list."""
     if not collection.existed:
         return EmbeddingPlan({}, [t for r in results.values() for t in r.texts], {})
-    client, name = collection.client, collection.name
-    stored = milvus_store.partition_rows(client, name, list(results), ["content_hash"])
+    store, name = collection.store, collection.name
+    stored = store.partition_rows(name, list(results), ["content_hash"])
     to_embed: list[ExtractedText] = []
     unknown: list[ExtractedText] = []
     for key, result in results.items():
@@ -228,7 +231,7 @@ def plan_embeddings(results: dict[PartitionKey, PartitionResult], collection: Co
                 to_embed.append(text)
     reuse: dict[str, list[float]] = {}
     if unknown:
-        elsewhere = milvus_store.rows_by_pk(client, name, [t.pk for t in unknown], ["pk", "content_hash", "vector"])
+        elsewhere = store.rows_by_pk(name, [t.pk for t in unknown], ["pk", "content_hash", "vector"])
         for text in unknown:
             row = elsewhere.get(text.pk)
             if row is not None and row["content_hash"] == text.hash_for(model_id):
@@ -411,23 +414,22 @@ def write_partitions(
         if change.changed:
             pending.extend(_rows(change.changed, change.normalised, model_id, now))
         if change.stale:
-            q = milvus_store.quote
-            collection.client.delete(collection.name, filter=f"pk in {milvus_store.quote_list(change.stale)} and day == {q(day)} and tenant == {q(tenant)}")
+            collection.store.delete_rows(collection.name, tenant, day, change.stale)
         out[key] = written_result(result, change, embedded)
     write_s = time.perf_counter() - started
     if pending and not collection.existed:
         # Created when there is something to write (a one-time cost, outside write_s).
         milvus.ensure_collection(model_id, len(pending[0]["vector"]))
-        milvus_store.bind_source(collection.client, collection.name, source)
+        collection.store.bind_source(collection.name, source)
     if pending:
         upsert_started = time.perf_counter()
-        milvus_store.write_rows(collection.client, collection.name, pending)
+        collection.store.write_rows(collection.name, pending)
         write_s += time.perf_counter() - upsert_started
     if any(r.passages_embedded or r.moved or r.passages_deleted for r in out.values()):
         # Sealing the written segment keeps later filtered reads fast (an unflushed growing
         # segment is scanned row by row: ~0.15 s a query at 3,000 rows, ~0.01 s once flushed).
         flush_started = time.perf_counter()
-        collection.client.flush(collection.name)
+        collection.store.flush(collection.name)
         if collection.existed:
             # The first flush of a collection created in this run seals its first segment and
             # builds its indexes: a one-time cost, not per-vector processing time.
@@ -481,17 +483,17 @@ def cut_over_search_alias(index: LandingIndex, milvus, model_id: str, start: str
     (the tenant-day step passes the retrieval-quality gate, issue #21, which logs its refusal);
     the alias then stays. Returns a message when the alias moved, else None.
     """
-    client = milvus.get_client()
+    store = milvus.get_store()
     name = milvus.collection_for(model_id)
-    if not client.has_collection(name):
+    if not store.has_collection(name):
         return None
     alias = milvus.search_alias
-    target = milvus_store.alias_target(client, alias)
+    target = store.alias_target(alias)
     if target == name:
         return None
     if target is not None and index.unsynced_partitions(milvus.store_key(model_id), start, end):
         return None
     if target is not None and gate is not None and gate(target, name):
         return None  # refused: the gate says why
-    milvus_store.point_alias(client, alias, name)
+    store.point_alias(alias, name)
     return f"search alias {alias} now names {name} (was {target or 'unset'})"
