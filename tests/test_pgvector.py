@@ -136,7 +136,6 @@ def test_pgvector_and_milvus_lite_give_the_same_hits(workspace, pg_url, embeddin
     lite_index, _ = _sync(workspace, lite, embedding_model)
     name = pg.collection_for(DEFAULT_MODEL)
     titles = [(r["tenant"], r["summary"], r["id"]) for r in records if r["tenant"] == "HADOOP"][:8]
-    same_top5 = 0
     for tenant, title, record_id in titles:
         for mode in ("dense", "bm25", "hybrid"):
             on_pg = search(pg.get_store(), name, embedding_model, tenant, [title], k=5, mode=mode)[0]

@@ -58,9 +58,9 @@ def check_drift(resources, instance):
     assert len(alarms) <= 0.1 * len(graded) and all(e.severity == dg.AssetCheckSeverity.WARN for e in alarms)
     # A broken extraction (every text of one day became "None"): the last ten graded days, each
     # faulted alone, read back from Milvus as the check reads them.
-    client = resources["milvus"].get_client()
+    store = resources["milvus"].get_store()
     collection = resources["milvus"].collection_for(resources["embedding_model"].model_id)
-    sums = checks.day_sums(client, collection, "HADOOP", "2024-01-01", "2024-12-31")
+    sums = checks.day_sums(store, collection, "HADOOP", "2024-01-01", "2024-12-31")
     days = sorted(e.partition.split("|")[0] for e in graded)[-10:]
     caught = 0
     for day in days:

@@ -150,11 +150,15 @@ def _launch_runs(plan: list, workers: int, delete_vanished: bool, instance, on_w
 
 
 def _milvus():
-    """The Milvus resource of the CLI (URI and token from the environment)."""
+    """The store resource of the CLI: Milvus (URI and token from the environment), or pgvector
+    when ``VECTOR_ASSETS_STORE_URL`` names PostgreSQL (:func:`vector_assets.resources.store_resource`)."""
     import os
 
-    from .resources import MilvusResource
+    from .resources import MilvusResource, PgvectorResource
+    from .store.base import is_postgres_url
 
+    if is_postgres_url(settings.store_url()):
+        return PgvectorResource(url=settings.store_url())
     return MilvusResource(uri=settings.milvus_uri(), token=os.environ.get("VECTOR_ASSETS_MILVUS_TOKEN", ""))
 
 
@@ -217,10 +221,10 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     store = milvus.store_key(model_id)
     from .store import milvus_store
 
-    client = milvus.get_client()
+    vectors = milvus.get_store()
     collection = milvus.collection_for(model_id)
     try:
-        was = milvus_store.bind_source(client, collection, index.source, rebind=args.rebind_landing) if store else None
+        was = vectors.bind_source(collection, index.source, rebind=args.rebind_landing) if store else None
     except milvus_store.SourceMismatchError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -232,7 +236,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     # lost or rebuilt). With --all, or when the index knows nothing of this collection.
     orphans: set[tuple[str, str]] = set()
     if store and (args.all or not index.synced_partitions(store)):
-        held = {p for p in milvus_store.stored_partitions(client, collection, args.tenant, args.start, args.end) if in_window(p[1])}
+        held = {p for p in vectors.stored_partitions(collection, args.tenant, args.start, args.end) if in_window(p[1])}
         orphans = held - set(partitions)
         if orphans:
             print(f"reconciling: the collection holds rows of {len(orphans)} tenant-days that the landing index lists no lines of; they are materialised against the landing data", flush=True)
@@ -260,7 +264,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     if vanished and not args.delete_vanished_tenants:
         for tenant in sorted(vanished):
             days = [p for p in partitions_to_run if p[0] == tenant]
-            rows = milvus_store.count_records(client, collection, f"tenant == {milvus_store.quote(tenant)}") if store else 0
+            rows = vectors.count_rows(collection, tenant, records=True) if store else 0
             print(
                 f"refusing: tenant {tenant} has no line in the landing data any more (its files were removed, or the landing "
                 f"directory is empty or not mounted); its {len(days)} tenant-days ({rows} records) are kept, not deleted. "
@@ -375,9 +379,9 @@ def _search_setup():
     (with the model it belongs to), else the configured model's collection."""
     from .serving.search import search_target
 
-    client = (resource := _milvus()).get_client(create=False)
-    collection, model = search_target(client, resource.search_alias)
-    return client, collection, model
+    store = (resource := _milvus()).get_store(create=False)
+    collection, model = search_target(store, resource.search_alias)
+    return store, collection, model
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
@@ -412,7 +416,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .definitions import defs
     from .resources import embedding_resource
     from .serving import retrieval
-    from .store import milvus_store
 
     try:
         client, served, model = _search_setup()
@@ -423,9 +426,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     names = [first] + ([args.against] if args.against else [])
     for name in names:
         if not client.has_collection(name):
-            print(f"error: no collection {name} (collections: {', '.join(sorted(client.list_collections())) or 'none'})", file=sys.stderr)
+            print(f"error: no collection {name}", file=sys.stderr)
             return 2
-    embedders = [model if milvus_store.collection_model(client, n) == model.model_id else embedding_resource(milvus_store.collection_model(client, n)) for n in names]
+    embedders = [model if client.collection_model(n) == model.model_id else embedding_resource(client.collection_model(n)) for n in names]
     landing = defs.resources["landing"]
     index = landing.index()
     tenants = args.tenant or index.tenants()
@@ -434,7 +437,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.against:
         comparisons = retrieval.compare(engine, index, client, names[0], names[1], embedders[0], embedders[1], tenants)
     else:
-        client.load_collection(first)
+        client.prepare(first)
         comparisons = []
         for tenant in tenants:
             _, queries, _ = retrieval.golden_set(engine, index, tenant)
@@ -558,11 +561,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def milvus_exists() -> bool:
-    """Whether the configured Milvus is a server URI or an existing Milvus Lite database."""
+    """Whether the configured store is a PostgreSQL store, a Milvus server URI or an existing
+    Milvus Lite database."""
     from pathlib import Path
 
     from .store import milvus_store
+    from .store.base import is_postgres_url
 
+    if is_postgres_url(settings.store_url()):
+        return True
     uri = settings.milvus_uri()
     return not milvus_store.is_local_uri(uri) or Path(uri).exists()
 

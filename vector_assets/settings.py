@@ -41,6 +41,13 @@ def landing_dir() -> str:
     return os.environ.get("VECTOR_ASSETS_LANDING_DIR") or str(SAMPLE_DIR)
 
 
+def store_url() -> str:
+    """``$VECTOR_ASSETS_STORE_URL``: a PostgreSQL + pgvector store (``postgresql://…`` or
+    ``pgserver:PATH``, :mod:`vector_assets.store.pgvector_store`) instead of Milvus; empty
+    (the default): Milvus at :func:`milvus_uri`."""
+    return os.environ.get("VECTOR_ASSETS_STORE_URL", "").strip()
+
+
 def milvus_uri() -> str:
     """``$VECTOR_ASSETS_MILVUS_URI``, else the embedded database ``$VECTOR_ASSETS_HOME/milvus.db``."""
     return os.environ.get("VECTOR_ASSETS_MILVUS_URI") or str(home_dir() / "milvus.db")

@@ -20,7 +20,7 @@ from ..keys import INDEX_TUNING, SEARCH_QUALITY
 from ..partitions import TENANTS, tenant_partitions
 from ..resources import EmbeddingModelResource, LandingResource, MilvusResource, embedding_resource
 from ..serving import retrieval, tuning
-from ..store import milvus_store
+from ..store.milvus_store import MilvusStore
 from .vectors import add_partition_metadata
 
 with warnings.catch_warnings():  # partitioned checks are a preview in Dagster 1.13
@@ -46,16 +46,17 @@ class IndexTuningConfig(dg.Config):
 
 
 def served_collection(milvus: MilvusResource, embedder: EmbeddingModelResource, collection: str | None, purpose: str):
-    """``(client, collection, model)``: ``collection`` (default: what the search alias names),
-    loaded, with the model it belongs to (``embedder`` when it is that model). Raises
-    :class:`dagster.Failure` naming ``purpose`` when there is no such collection."""
-    client = milvus.get_client()
-    collection = collection or milvus_store.alias_target(client, milvus.search_alias)
-    if collection is None or not client.has_collection(collection):
+    """``(store, collection, model)``: ``collection`` (default: what the search alias names),
+    ready, in ``milvus``'s store (a :class:`~vector_assets.store.base.VectorStore`), with the
+    model it belongs to (``embedder`` when it is that model). Raises :class:`dagster.Failure`
+    naming ``purpose`` when there is no such collection."""
+    store = milvus.get_store()
+    collection = collection or store.alias_target(milvus.search_alias)
+    if collection is None or not store.has_collection(collection):
         raise dg.Failure(description=f"no collection to {purpose} (the search alias {milvus.search_alias} names none): run `vector-assets backfill` first", allow_retries=False)
-    client.load_collection(collection)
-    model_id = milvus_store.collection_model(client, collection) or embedder.model_id
-    return client, collection, (embedder if model_id == embedder.model_id else embedding_resource(model_id))
+    store.prepare(collection)
+    model_id = store.collection_model(collection) or embedder.model_id
+    return store, collection, (embedder if model_id == embedder.model_id else embedding_resource(model_id))
 
 
 def evaluate_tenants(instance: dg.DagsterInstance, landing: LandingResource, milvus: MilvusResource, embedder: EmbeddingModelResource, tenants: list[str], collection: str | None = None):
@@ -63,12 +64,12 @@ def evaluate_tenants(instance: dg.DagsterInstance, landing: LandingResource, mil
     names): ``(collection, {tenant: Verdict})``. Raises :class:`dagster.Failure` when there is no
     collection to evaluate."""
     client, collection, model = served_collection(milvus, embedder, collection, "evaluate")
-    store = milvus_store.store_key(milvus.uri, client, collection) or collection
+    store = client.store_key(collection) or collection
     engine = state.engine(landing.database_url())
     index = landing.index()
     verdicts = {}
     for tenant in tenants:
-        if not milvus_store.tenant_exists(client, collection, tenant):
+        if not client.tenant_exists(collection, tenant):
             # Not written yet: figures of an empty search would become its baseline.
             verdicts[tenant] = retrieval.Verdict(True, metadata={"collection": collection, "queries": 0, "skipped": "no rows of this tenant in the collection yet"})
             continue
@@ -144,7 +145,10 @@ def tune_served(landing: LandingResource, milvus: MilvusResource, embedder: Embe
     golden queries (:func:`vector_assets.serving.tuning.tune`) and, with ``record``, keep the
     result where search reads it: ``(TuningResult, recorded dict)``. Raises
     :class:`dagster.Failure` when there is no collection or no golden query to tune on."""
-    client, collection, model = served_collection(milvus, embedder, collection, "tune")
+    store, collection, model = served_collection(milvus, embedder, collection, "tune")
+    if not isinstance(store, MilvusStore):
+        raise dg.Failure(description=f"index tuning builds Milvus indexes: {type(store).__name__} is not tuned (its HNSW index takes ef_search per search)", allow_retries=False)
+    client = store.client
     engine = state.engine(landing.database_url())
     index = landing.index()
     queries = {}

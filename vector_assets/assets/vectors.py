@@ -302,20 +302,20 @@ def retrieval_gate(landing: LandingResource, milvus: MilvusResource, embedding_m
 
     import sqlalchemy as sa
 
-    client = milvus.get_client()
+    store = milvus.get_store()
     engine = state.engine(landing.database_url())
     # A refusal is remembered with both collections' row counts and the tolerance: the runs that
     # follow it do not search every tenant's golden queries again until one of them changes.
     memo_key = f"cutover_gate:{new}"[:64]
-    seen = json.dumps([old, new, milvus_store.count_rows(client, old), milvus_store.count_rows(client, new), retrieval.cut_over_tolerance()])
+    seen = json.dumps([old, new, store.count_rows(old), store.count_rows(new), retrieval.cut_over_tolerance()])
     with engine.begin() as conn:
         row = conn.execute(sa.select(state.meta.c.value).where(state.meta.c.key == memo_key)).scalar()
     if row is not None and json.loads(row)["seen"] == seen:
         return json.loads(row)["refused"]
-    old_model = milvus_store.collection_model(client, old)
+    old_model = store.collection_model(old)
     old_embedder = embedding_model if old_model in (None, embedding_model.model_id) else embedding_resource(old_model)
     index = landing.index()
-    comparisons = retrieval.compare(engine, index, client, old, new, old_embedder, embedding_model, index.tenants())
+    comparisons = retrieval.compare(engine, index, store, old, new, old_embedder, embedding_model, index.tenants())
     losses = [loss for c in comparisons for loss in c.losses(retrieval.cut_over_tolerance())]
     refused = f"{new} loses retrieval quality on golden queries (tolerance {retrieval.cut_over_tolerance():.2f}): " + "; ".join(losses[:20]) if losses else None
     with engine.begin() as conn:
@@ -349,20 +349,20 @@ def judge(results: dict[PartitionKey, PartitionResult], milvus: MilvusResource, 
     written = {k: r for k, r in results.items() if r.written and (r.records_read or r.deleted)}
     if not written:
         return {}
-    client = milvus.get_client()
+    store = milvus.get_store()
     name = milvus.collection_for(embedding_model.model_id)
-    exists = client.has_collection(name)
-    stored = evaluate.stored_hashes(client, name, list(written)) if exists else {}
-    sample = evaluate.sample_vectors(client, name, written, quality) if exists else {}
+    exists = store.has_collection(name)
+    stored = evaluate.stored_hashes(store, name, list(written)) if exists else {}
+    sample = evaluate.sample_vectors(store, name, written, quality) if exists else {}
     verdicts = {
         "coverage": evaluate.coverage_verdicts(written, stored, embedding_model.model_id),
         "coherence": evaluate.coherence_verdicts(written, sample, embedding_model.encode, quality, sample=None if reembed_sample else 0),
         "failure_rate": {k: evaluate.failure_rate_verdict(r, quality) for k, r in written.items()},
     }
     if sample:
-        verdicts["retrievability"] = evaluate.retrievability_verdicts(client, name, written, sample, quality, milvus.search_params)
+        verdicts["retrievability"] = evaluate.retrievability_verdicts(store, name, written, sample, quality, milvus.search_params)
     if exists:
-        verdicts["drift"] = evaluate.drift_verdicts(client, name, written, quality)
+        verdicts["drift"] = evaluate.drift_verdicts(store, name, written, quality)
     return verdicts
 
 

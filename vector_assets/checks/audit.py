@@ -9,7 +9,6 @@ import dataclasses
 
 import dagster as dg
 
-from ..store import milvus_store
 from ..keys import MILVUS_VECTORS
 from ..embed.quality import QualityThresholds
 from ..resources import EmbeddingModelResource, LandingResource, MilvusResource
@@ -37,12 +36,12 @@ def audit_tenant_days(
 ):
     index = landing.index()
     model_id = embedding_model.model_id
-    client = milvus.get_client()
+    store = milvus.get_store()
     name = milvus.collection_for(model_id)
     # Every tenant-day written for this collection, and every tenant-day the collection holds
     # rows of, whatever the landing index remembers (issue #17 item 2): rows of days or tenants
     # the landing data lacks fail coverage, and the alert sensor's re-run deletes them.
-    held = milvus_store.stored_partitions(client, name, config.tenants or None, config.start or None, config.end or None)
+    held = store.stored_partitions(name, config.tenants or None, config.start or None, config.end or None)
     keys = sorted(
         {
             k
@@ -56,15 +55,15 @@ def audit_tenant_days(
         chunk = keys[i : i + 500]
         # Judged as written: Milvus should hold exactly these texts.
         results = {k: dataclasses.replace(r, written=True) for k, r in split_into_passages(extract_partitions(index.read_partitions(chunk)), embedding_model).items()}
-        exists = client.has_collection(name)
+        exists = store.has_collection(name)
         if exists:
-            client.load_collection(name)
-        stored = evaluate.stored_hashes(client, name, chunk) if exists else {}
+            store.prepare(name)
+        stored = evaluate.stored_hashes(store, name, chunk) if exists else {}
         verdicts["coverage"].update(evaluate.coverage_verdicts(results, stored, model_id))
-        sample = evaluate.sample_vectors(client, name, results, quality) if exists else {}
+        sample = evaluate.sample_vectors(store, name, results, quality) if exists else {}
         verdicts["coherence"].update(evaluate.coherence_verdicts(results, sample, lambda texts: embedding_model.encode(texts), quality))
         if sample:
-            verdicts["retrievability"].update(evaluate.retrievability_verdicts(client, name, results, sample, quality, milvus.search_params))
+            verdicts["retrievability"].update(evaluate.retrievability_verdicts(store, name, results, sample, quality, milvus.search_params))
     # One evaluation of each check per audited tenant-day, partitioned, as the tenant-day runs
     # record them: a tenant-day's status is its latest evaluation, the audit's or a run's.
     targets = outcomes.target_materializations(context.instance, MILVUS_VECTORS, keys)

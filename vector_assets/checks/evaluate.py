@@ -12,7 +12,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..store import milvus_store
+from ..store.base import SearchRequest, VectorStore
 from ..embed.quality import QualityThresholds, Verdict, drift_series, drift_verdict, graded, vector_quality
 from ..ingest.passages import record_pk
 from ..store.sync import Collection, Embedder, PartitionChange, PartitionKey, PartitionResult
@@ -191,7 +191,7 @@ def coherence_verdicts(
     return verdicts
 
 
-def retrievability_verdicts(client, collection: str, results: dict[PartitionKey, PartitionResult], stored_vectors: dict[str, np.ndarray], t: QualityThresholds | None = None, search_params: dict | None = None, seed: int = 0) -> dict[PartitionKey, Verdict]:
+def retrievability_verdicts(store: VectorStore, collection: str, results: dict[PartitionKey, PartitionResult], stored_vectors: dict[str, np.ndarray], t: QualityThresholds | None = None, search_params: dict | None = None, seed: int = 0) -> dict[PartitionKey, Verdict]:
     """Up to ``retrievability_sample`` stored vectors per written partition, searched within
     their tenant: recall@1 (the row itself first, or a row of identical score) >= 0.99."""
     t = t or QualityThresholds()
@@ -207,16 +207,11 @@ def retrievability_verdicts(client, collection: str, results: dict[PartitionKey,
     for tenant, items in by_tenant.items():
         for i in range(0, len(items), 256):
             chunk = items[i : i + 256]
-            hits = client.search(
-                collection,
-                data=[stored_vectors[pk].tolist() for _, pk in chunk],
-                filter=f"tenant == {milvus_store.quote(tenant)}",
-                limit=1,
-                output_fields=["pk"],
-                search_params={"params": dict(search_params or {"ef": 64})},
-            )
+            vectors = [stored_vectors[pk].tolist() for _, pk in chunk]
+            request = SearchRequest(tenant=tenant, mode="dense", texts=[""] * len(chunk), vectors=vectors, limit=1, params=dict(search_params or {"ef": 64}), strong=True)
+            hits = store.search(collection, request)
             for (key, pk), top in zip(chunk, hits):
-                ok = bool(top) and (top[0]["entity"]["pk"] == pk or float(top[0]["distance"]) >= float(np.dot(stored_vectors[pk], stored_vectors[pk])) - 1e-5)
+                ok = bool(top) and (top[0]["pk"] == pk or float(top[0]["score"]) >= float(np.dot(stored_vectors[pk], stored_vectors[pk])) - 1e-5)
                 found[key].append(ok)
     verdicts = {}
     for key, values in found.items():
@@ -225,18 +220,17 @@ def retrievability_verdicts(client, collection: str, results: dict[PartitionKey,
     return verdicts
 
 
-def day_sums(client, collection: str, tenant: str, first: str, last: str) -> dict[str, tuple[np.ndarray, int]]:
+def day_sums(store: VectorStore, collection: str, tenant: str, first: str, last: str) -> dict[str, tuple[np.ndarray, int]]:
     """The sum and count of ``tenant``'s stored vectors per day, days ``first``..``last``
     (inclusive): ``{day: (sum (dim,) float64, count)}``."""
     out: dict[str, tuple[np.ndarray, int]] = {}
-    expr = f"tenant == {milvus_store.quote(tenant)} and day >= {milvus_store.quote(first)} and day <= {milvus_store.quote(last)}"
-    for row in milvus_store.query_all(client, collection, expr, ["day", "vector"]):
+    for row in store.rows_between(collection, tenant, first, last, ["day", "vector"]):
         total, n = out.get(row["day"], (0.0, 0))
         out[row["day"]] = (total + np.asarray(row["vector"], dtype=np.float64), n + 1)
     return out
 
 
-def drift_verdicts(client, collection: str, results: dict[PartitionKey, PartitionResult], t: QualityThresholds | None = None) -> dict[PartitionKey, Verdict]:
+def drift_verdicts(store: VectorStore, collection: str, results: dict[PartitionKey, PartitionResult], t: QualityThresholds | None = None) -> dict[PartitionKey, Verdict]:
     """The ``drift`` check of each written tenant-day with records
     (:func:`vector_assets.embed.quality.drift_series` and
     :func:`~vector_assets.embed.quality.drift_verdict`): one read per tenant of its stored vectors
@@ -252,7 +246,7 @@ def drift_verdicts(client, collection: str, results: dict[PartitionKey, Partitio
     verdicts: dict[PartitionKey, Verdict] = {}
     for tenant, days in by_tenant.items():
         days = sorted(days)
-        sums = day_sums(client, collection, tenant, (dt.date.fromisoformat(days[0]) - reach).isoformat(), days[-1])
+        sums = day_sums(store, collection, tenant, (dt.date.fromisoformat(days[0]) - reach).isoformat(), days[-1])
         for day, point in drift_series(sums, days, t).items():
             verdicts[(tenant, day)] = drift_verdict(point, t)
     return verdicts
@@ -295,22 +289,22 @@ def failure_rate_verdict(result: PartitionResult, t: QualityThresholds | None = 
     return verdict
 
 
-def stored_hashes(client, collection: str, keys: list[PartitionKey]) -> dict[PartitionKey, dict[str, str]]:
-    """``{(tenant, day): {pk: content_hash}}`` of the rows Milvus holds for ``keys`` now."""
-    rows = milvus_store.partition_rows(client, collection, keys, ["content_hash"])
+def stored_hashes(store: VectorStore, collection: str, keys: list[PartitionKey]) -> dict[PartitionKey, dict[str, str]]:
+    """``{(tenant, day): {pk: content_hash}}`` of the rows the store holds for ``keys`` now."""
+    rows = store.partition_rows(collection, keys, ["content_hash"])
     return {k: {pk: row["content_hash"] for pk, row in rows.get(k, {}).items()} for k in keys}
 
 
-def sample_vectors(client, collection: str, results: dict[PartitionKey, PartitionResult], t: QualityThresholds | None = None, seed: int = 0) -> dict[str, np.ndarray]:
+def sample_vectors(store: VectorStore, collection: str, results: dict[PartitionKey, PartitionResult], t: QualityThresholds | None = None, seed: int = 0) -> dict[str, np.ndarray]:
     """Stored vectors of up to ``retrievability_sample`` rows per partition (``{pk: vector}``),
-    read back from Milvus."""
+    read back from the store."""
     t = t or QualityThresholds()
     rng = random.Random(seed)
     pks = []
     for result in results.values():
         ids = [x.pk for x in result.texts]
         pks += rng.sample(ids, min(len(ids), max(t.retrievability_sample, 1)))
-    rows = milvus_store.rows_by_pk(client, collection, pks, ["pk", "vector"])
+    rows = store.rows_by_pk(collection, pks, ["pk", "vector"])
     return {pk: np.asarray(row["vector"], dtype=np.float32) for pk, row in rows.items()}
 
 

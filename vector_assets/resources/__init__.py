@@ -55,6 +55,24 @@ def embedding_resource(model_id: str | None = None) -> EmbeddingModelResource:
     return EmbeddingModelResource(model=model_id, precision=settings.precision(), token_budget=settings.token_budget())
 
 
+def store_resource() -> MilvusResource | PgvectorResource:
+    """The vector store of the deployment: :class:`PgvectorResource` when
+    ``VECTOR_ASSETS_STORE_URL`` names PostgreSQL (the URL through ``EnvVar``: it may hold a
+    password), else :class:`MilvusResource` at ``VECTOR_ASSETS_MILVUS_URI`` (token through
+    ``EnvVar``). Bound under the resource key ``milvus`` either way (run configs keep working)."""
+    import os
+
+    import dagster as dg
+
+    from .. import settings
+    from ..store.base import is_postgres_url
+
+    if is_postgres_url(settings.store_url()):
+        return PgvectorResource(url=dg.EnvVar("VECTOR_ASSETS_STORE_URL"))
+    token = dg.EnvVar("VECTOR_ASSETS_MILVUS_TOKEN") if os.environ.get("VECTOR_ASSETS_MILVUS_TOKEN") else ""
+    return MilvusResource(uri=settings.milvus_uri(), token=token)
+
+
 def default_resources() -> dict:
     """The resources of the deployed definitions, configured from the environment
     (see :mod:`vector_assets.settings`; the Milvus token through ``EnvVar``)."""
@@ -65,14 +83,13 @@ def default_resources() -> dict:
     from .. import settings
     from ..embed.quality import QualityThresholds
 
-    token = dg.EnvVar("VECTOR_ASSETS_MILVUS_TOKEN") if os.environ.get("VECTOR_ASSETS_MILVUS_TOKEN") else ""
     return {
         "landing": LandingResource(landing_dir=settings.landing_dir(), state_dir=str(settings.home_dir()), git_repos=settings.git_repos()),
         "embedding_model": embedding_resource(),
-        "milvus": MilvusResource(uri=settings.milvus_uri(), token=token),
+        "milvus": store_resource(),
         "quality": QualityThresholds(),
         "alerts": AlertResource(webhook_url=dg.EnvVar("VECTOR_ASSETS_ALERT_WEBHOOK") if os.environ.get("VECTOR_ASSETS_ALERT_WEBHOOK") else ""),
     }
 
 
-__all__ = ["AlertResource", "EmbeddingModelResource", "OpenAIEmbeddingResource", "RoutedEmbeddingResource", "embedding_resource", "LandingResource", "MilvusResource", "PgvectorResource", "default_resources"]
+__all__ = ["AlertResource", "EmbeddingModelResource", "OpenAIEmbeddingResource", "RoutedEmbeddingResource", "embedding_resource", "LandingResource", "MilvusResource", "PgvectorResource", "default_resources", "store_resource"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dagster as dg
-from pydantic import PrivateAttr
+from pydantic import Field, PrivateAttr
 
 from ..store import milvus_store
 from ..store.pgvector_store import PgvectorStore, redacted
@@ -19,12 +19,15 @@ class PgvectorResource(dg.ConfigurableResource):
             or ``pgserver:PATH`` for the bundled PostgreSQL + pgvector started on data
             directory PATH (:mod:`vector_assets.store.pgvector_store`).
         collection_prefix: tables are named ``<prefix>__<model slug>``, as Milvus collections.
+        search_params: the checks' self-searches (``ef``: pgvector's ``hnsw.ef_search``, the
+            default of user searches too, as for Milvus).
 
     Owns one connection per run (``setup_for_execution`` / ``teardown_after_execution``).
     """
 
     url: str
     collection_prefix: str = milvus_store.COLLECTION_PREFIX
+    search_params: dict = Field(default_factory=lambda: {"ef": milvus_store.DEFAULT_EF})
 
     _store: PgvectorStore | None = PrivateAttr(default=None)
 

@@ -43,8 +43,8 @@ from pymilvus import MilvusClient
 
 from .. import state
 from ..embed.quality import Verdict
-from ..store import milvus_store
-from .search import MODES, SearchError, search
+from ..store.base import VectorStore
+from .search import MODES, SearchError, as_store, search
 
 #: Bumped when the mining rules change (every tenant's sample is mined again, and its baseline
 #: starts again). 2: pull-request links. 3: a pull request's commits, not only its head, answer it.
@@ -270,17 +270,13 @@ def golden_set(engine: sa.Engine, index, tenant: str) -> tuple[str, list[GoldenQ
     return version, queries, True
 
 
-def answerable(client: MilvusClient, collection: str, tenant: str, queries: list[GoldenQuery]) -> tuple[list[GoldenQuery], int]:
+def answerable(client: VectorStore | MilvusClient, collection: str, tenant: str, queries: list[GoldenQuery]) -> tuple[list[GoldenQuery], int]:
     """The ``queries`` of ``tenant`` whose answer records ``collection`` holds, each keeping only
     its answers that are there (a pull request's commits not written yet are left out):
     ``(queries, how many were left out)``. A record not written yet (a backfill under way, a
     tenant's later days not materialised) is not a miss of search: the coverage checks judge what
     is written, this judges how search finds it."""
-    ids = sorted({a for q in queries for a in q.answers})
-    present: set[str] = set()
-    for i in range(0, len(ids), 500):
-        expr = f"tenant == {milvus_store.quote(tenant)} and record_id in {milvus_store.quote_list(ids[i : i + 500])}"
-        present |= {r["record_id"] for r in milvus_store.query_all(client, collection, expr, ["record_id"])}
+    present = as_store(client).records_present(collection, tenant, sorted({a for q in queries for a in q.answers}))
     out = []
     for q in queries:
         kept = [a for a in q.answers if a in present]
@@ -310,13 +306,13 @@ class Figures:
     queries: int
 
 
-def evaluate(client: MilvusClient, collection: str, embedder, tenant: str, queries: list[GoldenQuery], modes: list[str] | None = None, k: int = 10, search_params: dict | None = None) -> dict[str, Figures]:
+def evaluate(client: VectorStore | MilvusClient, collection: str, embedder, tenant: str, queries: list[GoldenQuery], modes: list[str] | None = None, k: int = 10, search_params: dict | None = None) -> dict[str, Figures]:
     """:class:`Figures` per mode (default: every mode the collection serves) of ``queries`` on
     ``collection`` (a name; the caller has loaded it) searched as the product searches, through
     ``embedder``. A mode the collection cannot serve (BM25 on a 2.3 server) is left out."""
     if not queries:
         return {}
-    modes = modes or [m for m in MODES if m == "dense" or milvus_store.has_bm25(client, collection)]
+    modes = modes or [m for m in MODES if m == "dense" or as_store(client).has_bm25(collection)]
     out = {}
     texts = [q.text for q in queries]
     for mode in modes:
@@ -392,13 +388,13 @@ class Comparison:
         return out
 
 
-def compare(engine: sa.Engine, index, client: MilvusClient, old: str, new: str, old_embedder, new_embedder, tenants: list[str]) -> list[Comparison]:
+def compare(engine: sa.Engine, index, client: VectorStore | MilvusClient, old: str, new: str, old_embedder, new_embedder, tenants: list[str]) -> list[Comparison]:
     """Every tenant's golden queries (:func:`golden_set`) whose answers ``old`` holds
     (:func:`answerable`) on the collections ``old`` and ``new`` (names, both loaded here), each
     searched with its own model: a :class:`Comparison` per tenant with queries, in the modes
     both collections serve (an answer missing from ``new`` counts as its miss)."""
     for name in (old, new):
-        client.load_collection(name)
+        as_store(client).prepare(name)
     out = []
     for tenant in tenants:
         _, queries, _ = golden_set(engine, index, tenant)

