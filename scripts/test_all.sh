@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole suite, as `make test` and CI run it: the pytest suite (real model, Milvus Lite,
-# PostgreSQL + pgvector, Dagster instances, the UI path) and, at the same time, the end-to-end
-# tests against the Milvus 2.3.5 server (scripts/server_tests.sh, in its own network namespace).
+# Dagster instances, the UI path), then the end-to-end tests on PostgreSQL + pgvector
+# (scripts/pgvector_tests.sh), and at the same time the end-to-end tests against the Milvus
+# 2.3.5 server (scripts/server_tests.sh, in its own network namespace).
 #
 # Why at the same time: the UI tests wait on the daemon and the webserver for most of their
 # time (test_ui_checks: 25% of one core over its 170 s), so the two suites overlap well on two
@@ -32,10 +33,13 @@ scripts/server_tests.sh "$PYTHON" --basetemp="$base/server" > "$server_log" 2>&1
 server=$!
 "$PYTHON" -m pytest --basetemp="$base/lite" "$@"
 lite_rc=$?
-echo "== pytest (Milvus Lite, pgvector): exit $lite_rc after $((SECONDS - started)) s; waiting for the Milvus 2.3.5 server suite"
+echo "== pytest (Milvus Lite): exit $lite_rc after $((SECONDS - started)) s; the end-to-end tests on PostgreSQL + pgvector next"
+scripts/pgvector_tests.sh "$PYTHON" --basetemp="$base/pgvector"
+pg_rc=$?
+echo "== pgvector suite (scripts/pgvector_tests.sh): exit $pg_rc after $((SECONDS - started)) s; waiting for the Milvus 2.3.5 server suite"
 wait $server
 server_rc=$?
 echo "== Milvus 2.3.5 server suite (scripts/server_tests.sh): exit $server_rc, both done after $((SECONDS - started)) s; its log:"
 cat "$server_log"
 rm -rf "$base"
-[ $lite_rc -eq 0 ] && [ $server_rc -eq 0 ]
+[ $lite_rc -eq 0 ] && [ $pg_rc -eq 0 ] && [ $server_rc -eq 0 ]

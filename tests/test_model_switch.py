@@ -35,7 +35,7 @@ def days_of(records):
     return sorted({r["day"] for r in records})
 
 
-def test_model_switch_uses_new_collection_and_cuts_over_when_complete(resources, instance, workspace, milvus_client, projected_model, embedding_model):
+def test_model_switch_uses_new_collection_and_cuts_over_when_complete(resources, instance, workspace, store, projected_model, embedding_model):
     jira = sample_records("jira_issues_hadoop.jsonl", "HADOOP", "2024-07-01", "2024-07-06")
     bugs = sample_records("bugzilla_seamonkey.jsonl", "SeaMonkey", "2024-01-01", "2024-01-20")
     write_jsonl(workspace["landing"] / "jira.jsonl", jira)
@@ -44,26 +44,26 @@ def test_model_switch_uses_new_collection_and_cuts_over_when_complete(resources,
     materialize_days(resources, instance, "HADOOP", days_of(jira)[0], days_of(jira)[-1])
     materialize_days(resources, instance, "SeaMonkey", days_of(bugs)[0], days_of(bugs)[-1])
     alias = resources["milvus"].search_alias
-    assert milvus_store.alias_target(milvus_client, alias) == OLD
+    assert store.alias_target(alias) == OLD
 
     switched = {**resources, "embedding_model": projected_model}
     new = resources["milvus"].collection_for(projected_model.model_id)
     assert new != OLD
     out = materialize_days(switched, instance, "HADOOP", days_of(jira)[0], days_of(jira)[-1])
     assert sum(m.get("embedded", 0) for (a, _), m in out.items() if a == "milvus_vectors") == len(jira)
-    assert milvus_store.collection_dimension(milvus_client, new) == 128
-    assert milvus_store.collection_model(milvus_client, new) == projected_model.model_id
+    assert store.collection_dimension(new) == 128
+    assert store.collection_model(new) == projected_model.model_id
     # Incomplete (SeaMonkey not yet re-embedded): search still answers from the old collection,
     # which is untouched.
-    assert milvus_store.alias_target(milvus_client, alias) == OLD
-    assert milvus_store.count_records(milvus_client, OLD) == len(jira) + len(bugs)
-    hits = search(milvus_client, alias, embedding_model, "SeaMonkey", [bugs[0]["summary"]], k=1)[0]
+    assert store.alias_target(alias) == OLD
+    assert store.count_rows(OLD, records=True) == len(jira) + len(bugs)
+    hits = search(store, alias, embedding_model, "SeaMonkey", [bugs[0]["summary"]], k=1)[0]
     assert hits[0].id == bugs[0]["id"]
 
     materialize_days(switched, instance, "SeaMonkey", days_of(bugs)[0], days_of(bugs)[-1])
-    assert milvus_store.alias_target(milvus_client, alias) == new
-    assert milvus_store.count_records(milvus_client, new) == len(jira) + len(bugs)
-    hits = search(milvus_client, alias, projected_model, "HADOOP", [jira[0]["summary"]], k=1)[0]
+    assert store.alias_target(alias) == new
+    assert store.count_rows(new, records=True) == len(jira) + len(bugs)
+    hits = search(store, alias, projected_model, "HADOOP", [jira[0]["summary"]], k=1)[0]
     assert hits[0].id == jira[0]["id"]
 
     # Back to the first model: its collection is complete and current, nothing is embedded.
@@ -71,7 +71,7 @@ def test_model_switch_uses_new_collection_and_cuts_over_when_complete(resources,
     back.update(materialize_days(resources, instance, "SeaMonkey", days_of(bugs)[0], days_of(bugs)[-1]))
     vec = [m for (a, _), m in back.items() if a == "milvus_vectors"]
     assert sum(m.get("embedded", 0) for m in vec) == 0 and sum(m.get("skipped_unchanged", 0) for m in vec) == len(jira) + len(bugs)
-    assert milvus_store.alias_target(milvus_client, alias) == OLD
+    assert store.alias_target(alias) == OLD
 
 
 def test_unchanged_rematerialisation_loads_no_model(resources, instance, workspace):

