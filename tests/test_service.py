@@ -18,7 +18,7 @@ import pytest
 
 from vector_assets.store import milvus_store
 
-from .conftest import sample_records, write_jsonl
+from .conftest import ON_PGVECTOR, sample_records, write_jsonl
 
 EXE = str(Path(sys.executable).with_name("vector-assets"))
 HADOOP = ("HADOOP", "2024-07-01", "2024-07-12")
@@ -49,8 +49,9 @@ def service_env(root: Path, **extra) -> dict:
         "DAGSTER_HOME": str(root / "dagster_home"),
         **extra,
     }
-    for var in ("VECTOR_ASSETS_LLM_BASE_URL", "VECTOR_ASSETS_LLM_MODEL", "VECTOR_ASSETS_TEST_MILVUS_URI", "VECTOR_ASSETS_MODEL"):
-        env.pop(var, None)
+    for var in ("VECTOR_ASSETS_LLM_BASE_URL", "VECTOR_ASSETS_LLM_MODEL", "VECTOR_ASSETS_TEST_MILVUS_URI", "VECTOR_ASSETS_MODEL", "VECTOR_ASSETS_STORE_URL"):
+        if var not in extra:
+            env.pop(var, None)
     return env
 
 
@@ -73,10 +74,18 @@ def start_service(env: dict, output=subprocess.PIPE) -> tuple[subprocess.Popen, 
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    """Backfill two tenants, make keys, start the service; yields what the tests need."""
+def served(tmp_path_factory, request):
+    """Backfill two tenants, make keys, start the service; yields what the tests need. On
+    pgvector (``VECTOR_ASSETS_TEST_STORE``) the store is a fresh database of the session's
+    PostgreSQL, selected by ``VECTOR_ASSETS_STORE_URL`` as a deployment selects it."""
     root = tmp_path_factory.mktemp("service")
-    env = service_env(root, VECTOR_ASSETS_PRICE_PER_MTOK="0.13")  # a configured price: the cost figures
+    extra = {}
+    if ON_PGVECTOR:
+        server = request.getfixturevalue("pg_server")
+        server.psql("DROP DATABASE IF EXISTS service WITH (FORCE);")
+        server.psql("CREATE DATABASE service;")
+        extra["VECTOR_ASSETS_STORE_URL"] = server.get_uri("service")
+    env = service_env(root, VECTOR_ASSETS_PRICE_PER_MTOK="0.13", **extra)  # a configured price: the cost figures
     jira = sample_records("jira_issues_hadoop.jsonl", *HADOOP)
     bugs = sample_records("bugzilla_seamonkey.jsonl", *SEAMONKEY)
     assert len(jira) >= 10 and len(bugs) >= 5
@@ -336,6 +345,7 @@ class _Flaky:
         self.server.shutdown()
 
 
+@pytest.mark.skipif(ON_PGVECTOR, reason="the provider's collections are read from Milvus Lite databases of their own")
 def test_openai_compatible_provider(served, embedding_model, tmp_path):
     """The OpenAI-compatible embedding provider against the service's own /v1/embeddings: the
     same vectors as the local model; 429 then 200 retried; 500 forever fails the run clearly;

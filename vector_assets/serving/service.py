@@ -44,6 +44,7 @@ import grpc
 import numpy as np
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
+import psycopg2
 from pymilvus.exceptions import MilvusException
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -253,12 +254,14 @@ class EmbeddingsRequest(_Strict):
 @dataclass
 class ServiceConfig:
     """Where the service reads from: Milvus ``uri``/``token`` (default ``VECTOR_ASSETS_MILVUS_URI``
-    / ``VECTOR_ASSETS_MILVUS_TOKEN``), the key file (:func:`vector_assets.serving.api_keys.keys_path`),
+    / ``VECTOR_ASSETS_MILVUS_TOKEN``), or PostgreSQL + pgvector when ``store_url`` (default
+    ``VECTOR_ASSETS_STORE_URL``) names one, the key file (:func:`vector_assets.serving.api_keys.keys_path`),
     and whether the Dagster instance (``$DAGSTER_HOME``) is read for the tenants' last
     materialisation times in ``/metrics``."""
 
     uri: str = field(default_factory=settings.milvus_uri)
     token: str = field(default_factory=lambda: os.environ.get("VECTOR_ASSETS_MILVUS_TOKEN", ""))
+    store_url: str = field(default_factory=settings.store_url)
     keys: api_keys.KeyStore = field(default_factory=api_keys.KeyStore)
     read_dagster: bool = True
 
@@ -286,7 +289,7 @@ class Metrics:
                 rows = GaugeMetricFamily("vector_assets_collection_rows", "rows (passages) in the collection searched", labels=["collection"])
                 try:
                     collection = state_ref.collection()
-                    rows.add_metric([collection], milvus_store.count_rows(state_ref.client, collection))
+                    rows.add_metric([collection], state_ref.client.count_rows(collection))
                 except Exception:  # noqa: BLE001 - a scrape must not fail because Milvus is down
                     pass
                 yield rows
@@ -309,7 +312,7 @@ class Metrics:
 
 
 class StoreUnavailable(RuntimeError):
-    """Milvus cannot be reached now; the message says why and when the service tries again."""
+    """The store cannot be reached now; the message says why and when the service tries again."""
 
 
 @dataclass(frozen=True)
@@ -345,11 +348,16 @@ class ServiceState:
     switch is one assignment, so no request fails during a cut-over."""
 
     def __init__(self, config: ServiceConfig):
-        from ..resources import MilvusResource
+        from ..resources import MilvusResource, PgvectorResource
+        from ..store.base import is_postgres_url
 
         self.config = config
-        self.resource = MilvusResource(uri=config.uri, token=config.token)
-        self._client = self.resource.get_client(create=False)
+        if is_postgres_url(config.store_url):
+            self.resource = PgvectorResource(url=config.store_url)
+        else:
+            self.resource = MilvusResource(uri=config.uri, token=config.token)
+        self.where = f"{'PostgreSQL' if is_postgres_url(config.store_url) else 'Milvus'} at {self.resource.uri}"
+        self._client = self.resource.get_store(create=False)
         self._lock = threading.Lock()
         self._counts: dict[str, tuple[float, int]] = {}
         self._last: tuple[float, dict[str, float]] | None = None
@@ -366,8 +374,8 @@ class ServiceState:
 
     @property
     def client(self):
-        """The Milvus client; reconnects when the last one failed and the backoff has passed,
-        else raises :class:`StoreUnavailable`."""
+        """The store (:class:`~vector_assets.store.base.VectorStore`); reconnects when the last
+        connection failed and the backoff has passed, else raises :class:`StoreUnavailable`."""
         client = self._client
         if client is not None:
             return client
@@ -376,19 +384,19 @@ class ServiceState:
                 return self._client
             wait = self._retry_at - time.monotonic()
             if wait > 0:
-                raise StoreUnavailable(f"Milvus at {self.config.uri} is unavailable ({self._down_reason}); next reconnection attempt in {wait:.0f} s")
+                raise StoreUnavailable(f"{self.where} is unavailable ({self._down_reason}); next reconnection attempt in {wait:.0f} s")
             try:
                 self.resource.reset_client()
-                client = self.resource.get_client(create=False)
+                client = self.resource.get_store(create=False)
                 serving = getattr(self, "serving", None)
                 # A restarted server holds every collection released: load the one served.
                 if serving is not None and client.has_collection(serving.collection):
-                    client.load_collection(serving.collection)
+                    client.prepare(serving.collection)
                 else:
-                    client.list_collections()
-            except Exception as err:  # noqa: BLE001 - any failure to reach Milvus
+                    client.alias_target(self.resource.search_alias)  # a round trip: reachable
+            except Exception as err:  # noqa: BLE001 - any failure to reach the store
                 self._failed(err)
-                raise StoreUnavailable(f"Milvus at {self.config.uri} is unavailable ({self._down_reason}); next reconnection attempt in {self._backoff / 2:.0f} s") from None
+                raise StoreUnavailable(f"{self.where} is unavailable ({self._down_reason}); next reconnection attempt in {self._backoff / 2:.0f} s") from None
             self._client, self._backoff, self._down_reason = client, RECONNECT_BACKOFF_S[0], ""
             self._resolved_at = 0.0  # re-read the alias on the new connection
             return client
@@ -421,7 +429,7 @@ class ServiceState:
         """Load ``model`` and ``collection``: a :class:`Serving` ready to answer."""
         model.get_model()  # loaded once per model
         if self.client.has_collection(collection):
-            self.client.load_collection(collection)
+            self.client.prepare(collection)
         return Serving(collection, model, BatchingEncoder(model, observe=self.metrics.observe_encode, on_cache=self.metrics.observe_cache), model.tokenizer_and_window()[0])
 
     def _cut_over(self, collection: str, model) -> None:
@@ -451,7 +459,7 @@ class ServiceState:
             return serving
         if model.model_id == serving.model_id:
             if self.client.has_collection(collection):
-                self.client.load_collection(collection)
+                self.client.prepare(collection)
             self.serving = Serving(collection, serving.model, serving.encoder, serving.tokenizer)
             return self.serving
         with self._lock:
@@ -486,7 +494,7 @@ class ServiceState:
         cached = self._counts.get(tenant)
         if cached and time.monotonic() - cached[0] < REFRESH_S:
             return cached[1]
-        rows = milvus_store.count_rows(self.client, self.collection(), f"tenant == {milvus_store.quote(tenant)}")
+        rows = self.client.count_rows(self.collection(), tenant)
         self._counts[tenant] = (time.monotonic(), rows)
         return rows
 
@@ -625,11 +633,11 @@ def create_app(config: ServiceConfig | None = None) -> FastAPI:
 
     async def store_failed(request: Request, exc: Exception):
         reason = request.app.state.service.milvus_failed(exc)
-        message = f"Milvus at {config.uri} failed: {reason}; reconnecting"
+        message = f"{request.app.state.service.where} failed: {reason}; reconnecting"
         log_once(message)
         return JSONResponse({"detail": message}, status_code=503, headers={"Retry-After": "5"})
 
-    for error_type in (MilvusException, grpc.RpcError, ConnectionError):
+    for error_type in (MilvusException, grpc.RpcError, ConnectionError, psycopg2.OperationalError, psycopg2.InterfaceError):
         app.add_exception_handler(error_type, store_failed)
 
     @app.exception_handler(UnicodeError)
