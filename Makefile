@@ -57,4 +57,5 @@ eval: install
 
 clean:
 	-$(BIN)/vector-assets server stop
+	-VECTOR_ASSETS_STORE_URL=pgserver:$(CURDIR)/.vector_assets/pg $(BIN)/vector-assets server stop
 	rm -rf .vector_assets .dagster_home

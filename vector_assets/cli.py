@@ -533,8 +533,19 @@ def _search_file(args, client, collection, model) -> int:
 
 
 def cmd_server(args: argparse.Namespace) -> int:
-    from .store import milvus_store
+    from .store import milvus_store, pgvector_store
 
+    url = settings.store_url()
+    if url.startswith("pgserver:"):
+        # The bundled PostgreSQL of VECTOR_ASSETS_STORE_URL=pgserver:PATH.
+        path = pgvector_store.local_path(url)
+        if args.action == "stop":
+            print("stopped" if pgvector_store.stop_local_server(url) else "no server was running")
+        elif args.action == "start":
+            print(pgvector_store.connection_url(url))
+        else:
+            print(f"running (PostgreSQL on {path})" if (path / "postmaster.pid").exists() else "not running")
+        return 0
     uri = settings.milvus_uri()
     if not milvus_store.is_local_uri(uri):
         print(f"error: {uri} is a server URI; nothing local to {args.action}", file=sys.stderr)
@@ -807,7 +818,7 @@ def build_parser() -> argparse.ArgumentParser:
     qu.add_argument("--unattributed", action="store_true", help="the lines that fit no tenant-day (malformed JSON, no tenant, no timestamp)")
     qu.add_argument("--fail-if-any", action="store_true", help="exit 1 when a line is reported")
     qu.set_defaults(func=cmd_quarantine)
-    sv = sub.add_parser("server", help="the local milvus-lite server of the default database")
+    sv = sub.add_parser("server", help="the local milvus-lite server of the default database (or the bundled PostgreSQL of VECTOR_ASSETS_STORE_URL=pgserver:PATH)")
     sv.add_argument("action", choices=["start", "stop", "status"])
     sv.set_defaults(func=cmd_server)
     api = sub.add_parser("serve", help="the HTTP search service (FastAPI + uvicorn; README, 'Search service')")
