@@ -91,7 +91,7 @@ def main() -> int:
     from vector_assets.serving import retrieval
 
     client, collection, model = _search_setup()
-    client.load_collection(collection)
+    client.prepare(collection)
     landing = defs.resources["landing"]
     index = landing.index()
     engine = state.engine(landing.database_url())

