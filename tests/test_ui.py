@@ -20,7 +20,7 @@ from typing import Iterator
 
 import pytest
 
-from .conftest import REPO, SERVER_URI, days_between, sample_records, write_jsonl
+from .conftest import ON_PGVECTOR, REPO, SERVER_URI, days_between, sample_records, write_jsonl
 
 pytestmark = pytest.mark.skipif(bool(SERVER_URI), reason="the UI test runs on Milvus Lite only")
 
@@ -170,9 +170,18 @@ def _landing(landing: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def ui(tmp_path_factory):
-    with running_ui(tmp_path_factory.mktemp("ui"), _landing) as running:
-        yield running
+def ui(tmp_path_factory, request):
+    """The UI over Milvus Lite, or on pgvector (``VECTOR_ASSETS_TEST_STORE``) over a fresh
+    database of the session's PostgreSQL, selected by ``VECTOR_ASSETS_STORE_URL`` in the
+    webserver's, the daemon's and every run's environment."""
+    with pytest.MonkeyPatch.context() as mp:
+        if ON_PGVECTOR:
+            server = request.getfixturevalue("pg_server")
+            server.psql("DROP DATABASE IF EXISTS ui WITH (FORCE);")
+            server.psql("CREATE DATABASE ui;")
+            mp.setenv("VECTOR_ASSETS_STORE_URL", server.get_uri("ui"))
+        with running_ui(tmp_path_factory.mktemp("ui"), _landing) as running:
+            yield running
 
 
 def test_a_ui_backfill_is_green_materialises_every_tenant_day_and_shows_its_checks(ui):
