@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -44,6 +45,10 @@ ALIASES = "vector_assets_aliases"
 #: English stop words dropped, Snowball stems). Milvus's BM25 analyzer only lower-cases, but
 #: ``ts_rank_cd`` has no inverse document frequency to discount "the" and "in" as BM25 does.
 TEXT_SEARCH_CONFIG = "english"
+#: BM25's parameters (Milvus's and Lucene's defaults).
+BM25_K1, BM25_B = 1.2, 0.75
+#: Seconds a store keeps a tenant's BM25 statistics (passages, mean length, lexeme frequencies).
+STATS_TTL_S = 60.0
 #: pgvector's largest ``hnsw.ef_search``.
 MAX_EF_SEARCH = 1000
 #: HNSW build parameters (the Milvus default's, README "Index").
@@ -117,6 +122,7 @@ class PgvectorStore(VectorStore):
     def __init__(self, url: str):
         self.url = str(url)
         self._lock = threading.RLock()
+        self._stats: dict[tuple[str, str], tuple[float, int, float, dict[str, int]]] = {}
         self._conn = psycopg2.connect(connection_url(self.url))
         with self._tx() as cur:
             cur.execute("CREATE EXTENSION IF NOT EXISTS vector")
@@ -316,14 +322,17 @@ class PgvectorStore(VectorStore):
 
     # ---- search --------------------------------------------------------------------------
 
-    def _filter(self, request: SearchRequest) -> tuple[str, list]:
-        clauses, params = ["tenant = %s"], [request.tenant]
+    def _filter(self, request: SearchRequest, table: str = "") -> tuple[str, list]:
+        """The WHERE clause of a search (its tenant, kinds and days, as parameters) with
+        columns qualified by ``table`` (an alias of this query's own, not user input)."""
+        q = f"{table}." if table else ""
+        clauses, params = [f"{q}tenant = %s"], [request.tenant]
         if request.kinds:
-            clauses.append("kind = ANY(%s)")
+            clauses.append(f"{q}kind = ANY(%s)")
             params.append(list(request.kinds))
         for op, day in zip((">=", "<="), request.days or (None, None)):
             if day is not None:
-                clauses.append(f"day {op} %s")
+                clauses.append(f"{q}day {op} %s")
                 params.append(day)
         return " AND ".join(clauses), params
 
@@ -342,12 +351,40 @@ class PgvectorStore(VectorStore):
             out.append([dict(zip((*SEARCH_FIELDS, "score"), row)) for row in cur.fetchall()])
         return out
 
+    def _tenant_stats(self, cur, name: str, tenant: str, lexemes: Sequence[str]) -> tuple[int, float, dict[str, int]]:
+        """``(passages, mean lexemes per passage, {lexeme: passages holding it})`` of ``tenant``:
+        BM25's collection statistics, per tenant as the search is (cached :data:`STATS_TTL_S`)."""
+        now = time.monotonic()
+        key = (name, tenant)
+        hit = self._stats.get(key)
+        if hit is None or now - hit[0] > STATS_TTL_S:
+            cur.execute(sql.SQL("SELECT count(*), coalesce(avg(length(tsv)), 0) FROM {} WHERE tenant = %s").format(sql.Identifier(name)), (tenant,))
+            n, avgdl = cur.fetchone()
+            hit = self._stats[key] = (now, int(n), float(avgdl), {})
+        _, n, avgdl, df = hit
+        for lexeme in lexemes:
+            if lexeme not in df:
+                cur.execute(sql.SQL("SELECT count(*) FROM {} WHERE tenant = %s AND tsv @@ CAST(%s AS tsquery)").format(sql.Identifier(name)), (tenant, lexemes_query([lexeme])))
+                df[lexeme] = int(cur.fetchone()[0])
+        return n, avgdl, {lexeme: df[lexeme] for lexeme in lexemes}
+
     def _full_text(self, cur, name: str, request: SearchRequest, where: str, params: list) -> list[list[dict]]:
-        columns = sql.SQL(", ").join(map(sql.Identifier, SEARCH_FIELDS))
+        """BM25 over the passages' ``tsvector``: the passages holding any of the query's
+        lexemes (GIN index), scored sum over those lexemes of idf * tf (k1 + 1) / (tf + k1 (1 - b +
+        b len / avglen)), Lucene's idf ln(1 + (N - df + 0.5) / (df + 0.5)), k1 1.2 and b 0.75 as
+        Milvus's BM25; tf the lexeme's positions in the passage, len its distinct lexemes, N, df
+        and avglen over the tenant's passages. Measured against ``ts_rank_cd`` (no idf) on
+        eval_pr_commits: recall@10 0.534 / 0.738 (non-trivial / all) for ts_rank_cd."""
+        columns = sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(f)) for f in SEARCH_FIELDS)
         statement = (
-            sql.SQL("SELECT {}, ts_rank_cd(tsv, q) AS score FROM {}, CAST(%s AS tsquery) q WHERE tsv @@ q AND ").format(columns, sql.Identifier(name))
-            + sql.SQL(where)
-            + sql.SQL(" ORDER BY score DESC, pk LIMIT %s")
+            sql.SQL(
+                "SELECT {}, sum(w.idf * m.tf * (%s + 1) / (m.tf + %s * (1 - %s + %s * length(t.tsv) / %s))) AS score"
+                " FROM {} t CROSS JOIN LATERAL (SELECT u.lexeme, coalesce(array_length(u.positions, 1), 1) AS tf FROM unnest(t.tsv) u) m"
+                " JOIN unnest(%s::text[], %s::float8[]) AS w(lexeme, idf) ON w.lexeme = m.lexeme"
+                " WHERE t.tsv @@ CAST(%s AS tsquery) AND "
+            ).format(columns, sql.Identifier(name))
+            + sql.SQL(self._filter(request, "t")[0])
+            + sql.SQL(" GROUP BY t.pk ORDER BY score DESC, t.pk LIMIT %s")
         )
         out = []
         for text in request.texts:
@@ -356,8 +393,10 @@ class PgvectorStore(VectorStore):
             if not lexemes:
                 out.append([])
                 continue
+            n, avgdl, df = self._tenant_stats(cur, name, request.tenant, lexemes)
+            idf = [math.log(1 + (n - df[lexeme] + 0.5) / (df[lexeme] + 0.5)) for lexeme in lexemes]
             # Cast, not to_tsquery: the lexemes were normalised by the configuration already.
-            cur.execute(statement, (lexemes_query(lexemes), *params, request.limit))
+            cur.execute(statement, (BM25_K1, BM25_K1, BM25_B, BM25_B, max(avgdl, 1.0), list(lexemes), idf, lexemes_query(lexemes), *params, request.limit))
             out.append([dict(zip((*SEARCH_FIELDS, "score"), row)) for row in cur.fetchall()])
         return out
 
