@@ -79,7 +79,10 @@ def build_set(shared: Path) -> tuple[list[dict], dict]:
 
 
 def du(path: Path) -> int:
-    """Bytes of the files under ``path``."""
+    """Bytes of the files under ``path`` (0 when it does not exist: a store that is not Milvus
+    Lite, ``VECTOR_ASSETS_STORE_URL``)."""
+    if not path.exists():
+        return 0
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
 
 
@@ -165,12 +168,13 @@ def main() -> int:
             results[name] = run_index(name, max_passages, shared, work, qfile, queries, args.modes, args.workers)
             saved.write_text(json.dumps(results, indent=2))
     print(f"\n{'index':<14} {'mode':<7} {'recall@10':>9} {'MRR@10':>7}")
-    for name in ("single_vector", "passages"):
+    built = [name for name in ("single_vector", "passages") if name in results]
+    for name in built:
         for mode in args.modes:
             r = results[name][mode]
             print(f"{name:<14} {mode:<7} {r['recall@10']:>9.3f} {r['mrr@10']:>7.3f}")
     print(f"\n{'index':<14} {'records':>8} {'rows':>7} {'rows/record':>11} {'db MiB':>7} {'backfill s':>10}")
-    for name in ("single_vector", "passages"):
+    for name in built:
         r = results[name]
         print(f"{name:<14} {r['records']:>8} {r['rows']:>7} {r['rows_per_record']:>11} {r['milvus_db_bytes'] / 2**20:>7.1f} {r['backfill_wall_s']:>10.1f}")
     saved.write_text(json.dumps(results, indent=2))
