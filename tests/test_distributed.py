@@ -176,6 +176,24 @@ def _celery_hosts(env: dict, tenant: str | None = None) -> dict[str, list[str]]:
         return out
 
 
+def _retried_records(env: dict) -> int:
+    """Records read by the runs whose tenant-day step was retried (a ``STEP_UP_FOR_RETRY``
+    event) or submitted again by the backfill (a second run of the same range)."""
+    os.environ.update({k: v for k, v in env.items() if k.startswith("DAGSTER_")})
+    with dg.DagsterInstance.get() as instance:
+        runs = instance.get_runs()
+        ranges = [(r.tags.get("dagster/asset_partition_range_start"), r.tags.get("dagster/asset_partition_range_end")) for r in runs]
+        total = 0
+        for run, span in zip(runs, ranges):
+            again = ranges.count(span) > 1
+            if again or instance.all_logs(run.run_id, of_type=dg.DagsterEventType.STEP_UP_FOR_RETRY):
+                for record in instance.all_logs(run.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION):
+                    mat = record.dagster_event.event_specific_data.materialization
+                    if mat.asset_key.to_user_string() == "source_records" and "records_read" in mat.metadata:
+                        total += mat.metadata["records_read"].value
+        return total
+
+
 def _rows(expected_records: int) -> list:
     client = milvus_store.connect(SERVER_URI)
     try:
@@ -196,7 +214,12 @@ def test_a_backfill_runs_on_two_celery_workers(cluster):
     first = _backfill(control)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     stats = summary(first.stdout)
-    assert stats["failed_partitions"] == 0 and stats["check_errors"] == 0 and stats["embedded"] == records
+    assert stats["failed_partitions"] == 0 and stats["check_errors"] == 0, first.stdout[-3000:]
+    # Every record embedded once. A step retried after its write (seen once in CI: ripgrep's 34
+    # records reported skipped) finds its rows current and skips them, as an incremental re-run
+    # must: then the skipped records are exactly those of runs whose step was retried.
+    retried = _retried_records(control)
+    assert stats["embedded"] + stats["skipped"] == records and stats["skipped"] <= retried, (stats, retried, first.stderr[-3000:])
     hosts = _celery_hosts(control)
     assert {h.split("@")[0] for found in hosts.values() for h in found} == {"worker1", "worker2"}, hosts  # both machines did steps
     rows = _rows(records)
