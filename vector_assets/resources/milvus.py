@@ -7,6 +7,7 @@ from pydantic import Field, PrivateAttr
 from pymilvus import MilvusClient
 
 from ..store import milvus_store
+from ..store.base import close_quietly
 from ..store.milvus_store import MilvusStore
 
 
@@ -57,10 +58,7 @@ class MilvusResource(dg.ConfigurableResource):
     def reset_client(self) -> None:
         """Close the client (if any); the next :meth:`get_client` connects anew."""
         if self._client is not None:
-            try:
-                self._client.close()
-            except Exception:  # noqa: BLE001 - a client of a dead server may fail to close
-                pass
+            close_quietly(self._client)
             self._client = None
 
     def get_store(self, create: bool = True) -> MilvusStore:

@@ -6,6 +6,7 @@ import dagster as dg
 from pydantic import Field, PrivateAttr
 
 from ..store import milvus_store
+from ..store.base import close_quietly
 from ..store.pgvector_store import PgvectorStore, redacted
 
 
@@ -46,10 +47,7 @@ class PgvectorResource(dg.ConfigurableResource):
     def reset_client(self) -> None:
         """Close the connection (if any); the next :meth:`get_store` connects anew."""
         if self._store is not None:
-            try:
-                self._store.close()
-            except Exception:  # noqa: BLE001 - a connection to a dead server may fail to close
-                pass
+            close_quietly(self._store)
             self._store = None
 
     @property

@@ -207,3 +207,12 @@ def open_store(url: str, token: str = "") -> VectorStore:
 def is_postgres_url(url: str) -> bool:
     """Whether ``url`` names a PostgreSQL store (``postgresql://``, ``postgres://``, ``pgserver:``)."""
     return str(url).startswith(("postgresql://", "postgres://", "pgserver:"))
+
+
+def close_quietly(client) -> None:
+    """Close ``client`` (a store or a ``MilvusClient``), ignoring the error a connection to a
+    dead server may raise while closing: a resource resetting it connects anew either way."""
+    try:
+        client.close()
+    except Exception:  # noqa: BLE001 - the connection is being dropped; its error says nothing new
+        pass

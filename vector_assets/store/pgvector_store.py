@@ -403,8 +403,8 @@ class PgvectorStore(VectorStore):
     def search(self, name: str, request: SearchRequest) -> list[list[dict]]:
         """See :meth:`VectorStore.search`. dense: cosine similarity by the HNSW index
         (``ef_search`` from ``request.params["ef"]``, else the recorded tuning, else
-        :data:`~vector_assets.store.milvus_store.DEFAULT_EF`; at least ``limit``); bm25: ``ts_rank_cd`` over the passages that
-        match any of the query's lexemes; hybrid: the two fused by RRF, or ``weighted:W`` on
+        :data:`~vector_assets.store.milvus_store.DEFAULT_EF`; at least ``limit``); bm25: BM25 over the passages that
+        match any of the query's lexemes (:meth:`_full_text`); hybrid: the two fused by RRF, or ``weighted:W`` on
         scores normalised as Milvus's ``WeightedRanker`` does (cosine ``(1 + s) / 2``,
         full text ``0.5 + atan(s) / pi``)."""
         if request.mode not in ("dense", "bm25", "hybrid"):
