@@ -15,18 +15,41 @@ from .conftest import SAMPLE
 
 
 def test_auto_picks_per_machine(monkeypatch):
-    """auto: fp16 on CUDA, fp32 on a CPU (bf16 on request, where the CPU computes it natively)."""
+    """auto: fp16 on CUDA; on a CPU bf16 with OpenVINO where the CPU computes it natively, else
+    fp32 (torch bf16 on request only)."""
     monkeypatch.setattr(embedding, "cpu_flags", lambda: {"avx2", "avx512_bf16"})
     assert embedding.pick_precision("auto", "cpu") == "fp32"
+    assert embedding.pick_precision("auto", "cpu", "openvino") == "bf16"
     assert embedding.pick_precision("bf16", "cpu") == "bf16"
     monkeypatch.setattr(embedding, "cpu_flags", lambda: {"avx2", "amx_bf16"})
     assert embedding.pick_precision("bf16", "cpu") == "bf16"
     monkeypatch.setattr(embedding, "cpu_flags", lambda: {"avx2", "avx512f"})
+    assert embedding.pick_precision("auto", "cpu", "openvino") == "fp32"
     with pytest.raises(ValueError, match="native bfloat16"):
         embedding.pick_precision("bf16", "cpu")
     assert embedding.pick_precision("bf16", "cuda") == "bf16"
     assert embedding.pick_precision("auto", "cuda:0") == "fp16"
     assert embedding.pick_precision("fp32", "cuda") == "fp32"
+
+
+def test_auto_picks_openvino_on_a_cpu_where_it_is_installed(monkeypatch):
+    from vector_assets.embed import openvino_backend
+
+    assert embedding.pick_backend("auto", "cpu") == "openvino"  # a dependency: installed by make install
+    assert embedding.pick_backend("auto", "cuda") == "torch"
+    assert embedding.pick_backend("torch", "cpu") == "torch"
+    with pytest.raises(ValueError, match="runs on a CPU"):
+        embedding.pick_backend("openvino", "cuda")
+    with pytest.raises(ValueError, match="not one of auto, torch, openvino"):
+        embedding.pick_backend("onnx", "cpu")
+    monkeypatch.setattr(openvino_backend, "available", lambda: False)
+    assert embedding.pick_backend("auto", "cpu") == "torch"
+    with pytest.raises(ValueError, match="pip install openvino"):
+        embedding.pick_backend("openvino", "cpu")
+    monkeypatch.setenv("VECTOR_ASSETS_BACKEND", "torch")
+    from vector_assets.resources import embedding_resource
+
+    assert embedding_resource().encoder == "torch-fp32"
 
 
 @pytest.mark.parametrize("value, device, reason", [("int4", "cpu", "not one of auto, fp32, bf16, fp16"), ("fp16", "cpu", "needs a CUDA device")])
@@ -117,3 +140,48 @@ def test_token_budget_batches_give_the_fixed_batches_vectors_and_halve_on_out_of
     raw, normalised = embedding.encode_with_raw(fixed.get_model(), texts[:20], 64, budget=budget)
     assert budget.tokens < 8192 and not budget.grow and max(seen) > 4
     assert np.sum(normalised * a[:20], axis=1).min() > 0.9999
+
+
+def test_openvino_vectors_are_torch_fp32_vectors_within_the_measured_tolerance(tmp_path, monkeypatch):
+    """OpenVINO (the CPU default where installed): the sample's passages against torch fp32,
+    cosine >= 0.999 (measured 0.99993 at worst on 800 passages, README "Encode backends"), the
+    same nearest neighbours, unit norms; the converted model is cached and read back."""
+    from vector_assets.embed import openvino_backend
+
+    monkeypatch.setenv("VECTOR_ASSETS_HOME", str(tmp_path))
+    texts = _sample_passages(50)
+    reference = EmbeddingModelResource(backend="torch", precision="fp32").encode(texts)
+    precision = "bf16" if embedding.native_bf16() else "fp32"
+    model = embedding.load_model.__wrapped__(embedding.DEFAULT_MODEL, "cpu", precision, "openvino")
+    assert embedding.OPENVINO_REFUSED.get((embedding.DEFAULT_MODEL, precision)) is None
+    assert "forward" in vars(model[0].model)  # the transformer's forward is OpenVINO's
+    assert len(list((tmp_path / "cache" / "openvino").glob("*.xml"))) == 1
+    vectors = model.encode(texts, batch_size=64, normalize_embeddings=True, show_progress_bar=False)
+    cosine = np.sum(vectors * reference, axis=1)
+    assert cosine.min() >= openvino_backend.MIN_PROBE_COSINE, cosine.min()
+    sims_a, sims_b = reference @ reference.T, vectors @ vectors.T
+    np.fill_diagonal(sims_a, -2)
+    np.fill_diagonal(sims_b, -2)
+    assert np.mean(sims_a.argmax(1) == sims_b.argmax(1)) > 0.95
+    # A second load reads the cached model (no conversion).
+    monkeypatch.setattr("openvino.convert_model", lambda *a, **k: pytest.fail("converted again"))
+    again = embedding.load_model.__wrapped__(embedding.DEFAULT_MODEL, "cpu", precision, "openvino")
+    assert np.sum(again.encode(texts[:8], normalize_embeddings=True) * vectors[:8], axis=1).min() > 0.9999
+
+
+def test_openvino_is_refused_when_its_probe_vectors_are_not_the_models(tmp_path, monkeypatch):
+    """A backend whose vectors leave the model's space is not used: the model stays torch fp32
+    and the reason is recorded (here: a probe threshold no backend can pass)."""
+    from sentence_transformers import SentenceTransformer
+
+    from vector_assets.embed import openvino_backend
+
+    monkeypatch.setenv("VECTOR_ASSETS_HOME", str(tmp_path))
+    monkeypatch.setattr(openvino_backend, "MIN_PROBE_COSINE", 1.01)
+    folder = embedding.resolve_model_path(embedding.DEFAULT_MODEL)
+    model = SentenceTransformer(folder, device="cpu")
+    before = model.encode(["Fix crash when the config file is missing"])
+    refused = openvino_backend.attach(model, folder, "fp32")
+    assert refused and "cosine" in refused and "< 1.01" in refused
+    assert "forward" not in vars(model[0].model)
+    assert np.array_equal(model.encode(["Fix crash when the config file is missing"]), before)

@@ -12,7 +12,8 @@ variable                       meaning                                          
 ``VECTOR_ASSETS_GIT_REPOS``    ``tenant=path`` pairs, separated by ``;``               none
 ``VECTOR_ASSETS_START_DATE``   first day of the daily partitions                       ``2009-01-01``
 ``VECTOR_ASSETS_MAX_PASSAGES`` passages kept per record (1: one vector of the start)     ``16``
-``VECTOR_ASSETS_PRECISION``    the model's precision: ``auto``, fp32, bf16, fp16        ``auto`` (fp16 on CUDA)
+``VECTOR_ASSETS_PRECISION``    the model's precision: ``auto``, fp32, bf16, fp16        ``auto`` (fp16 on CUDA, bf16 with OpenVINO)
+``VECTOR_ASSETS_BACKEND``      what runs the model: ``auto``, torch, openvino             ``auto`` (OpenVINO on a CPU)
 ``VECTOR_ASSETS_TOKEN_BUDGET`` padded tokens per batch to start from; 0: batches of 64   ``-1`` (auto: 16,384 on CUDA, 4,096 on a CPU)
 ``VECTOR_ASSETS_PRICE_PER_MTOK`` embedding price, USD per million tokens (cost figures)   ``0`` (a local model)
 ``VECTOR_ASSETS_EXECUTOR``     ``celery``: steps on Celery workers (definitions.py)     Dagster's default
@@ -62,6 +63,12 @@ def precision() -> str:
     """``$VECTOR_ASSETS_PRECISION``, else ``auto`` (see
     :func:`vector_assets.embed.embedding.pick_precision`, which rejects an unknown value)."""
     return os.environ.get("VECTOR_ASSETS_PRECISION", "").strip() or "auto"
+
+
+def backend() -> str:
+    """``$VECTOR_ASSETS_BACKEND``, else ``auto`` (see
+    :func:`vector_assets.embed.embedding.pick_backend`, which rejects an unknown value)."""
+    return os.environ.get("VECTOR_ASSETS_BACKEND", "").strip() or "auto"
 
 
 def token_budget() -> int:

