@@ -12,6 +12,13 @@ Backends of all-MiniLM-L6-v2 (the bundled weights, nothing downloaded):
   which pins transformers < 5 and cannot be installed beside sentence-transformers 6.2.)
 * ``openvino-fp32``, ``openvino-bf16``: OpenVINO on the same ONNX file
   (``INFERENCE_PRECISION_HINT`` f32 / bf16).
+* ``openvino-int8``: the same after NNCF's post-training int8 quantisation (``nncf.quantize``,
+  transformer preset, calibrated on 300 sample passages that are not among the timed ones),
+  bf16 where not int8.
+* ``product-torch``, ``product-openvino``: the product's own encode
+  (``EmbeddingModelResource.encode``: batches of 4,096 tokens) with ``backend=torch`` fp32 (the
+  CPU default before issue #20) and ``backend=openvino`` (the CPU default now: bf16 where the
+  CPU has native bfloat16).
 
 Exported files are cached under ``$VECTOR_ASSETS_HOME/exported/`` (default ``.vector_assets``).
 
@@ -22,7 +29,7 @@ length in tokens is printed) and on full 248-token windows, per core; cosine to 
 known-item set of ``benchmarks/long_issues.py`` (the long records' passages as the corpus,
 best passage per record), each against torch-fp32's.
 
-Needs ``pip install onnxruntime onnx onnxscript openvino`` for the ONNX and OpenVINO rows
+Needs ``pip install -e ".[bench]"`` (onnxruntime, onnx, onnxscript, nncf) for the ONNX and int8 rows
 (a backend whose package is missing is reported as skipped).
 
 Usage: python benchmarks/encode_backends.py [--backends B...] [--texts 800] [--windows 200]
@@ -51,7 +58,7 @@ from vector_assets.ingest.records import LocatedRecord  # noqa: E402
 from vector_assets.resources import EmbeddingModelResource  # noqa: E402
 from vector_assets.settings import DEFAULT_MODEL  # noqa: E402
 
-BACKENDS = ["torch-fp32", "torch-bf16", "torch-autocast", "onnx-fp32", "onnx-int8", "openvino-fp32", "openvino-bf16"]
+BACKENDS = ["torch-fp32", "torch-bf16", "torch-autocast", "onnx-fp32", "onnx-int8", "openvino-fp32", "openvino-bf16", "openvino-int8", "product-torch", "product-openvino"]
 
 
 def sample_passages(limit: int) -> list[str]:
@@ -141,6 +148,36 @@ def quantize_int8(fp32: Path) -> Path:
     return path
 
 
+class ProductBackend:
+    """The product's encode, ``EmbeddingModelResource(backend=...).encode`` on the CPU."""
+
+    def __init__(self, backend: str):
+        self.resource = EmbeddingModelResource(device="cpu", backend=backend, precision="fp32" if backend == "torch" else "auto")
+        self.resource.get_model()
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        return self.resource.encode(texts)
+
+
+def quantize_nncf(fp32: Path, calibration: list[str]) -> Path:
+    """NNCF int8 post-training quantisation of the exported model for OpenVINO (cached):
+    transformer preset, calibrated on ``calibration`` in batches of 8."""
+    path = fp32.with_name("model_nncf_int8.xml")
+    if path.exists():
+        return path
+    import nncf
+    import openvino as ov
+
+    tokenizer, limit = embedding.load_tokenizer(DEFAULT_MODEL)
+    data = []
+    for start in range(0, len(calibration), 8):
+        enc = tokenizer(calibration[start : start + 8], padding=True, truncation=True, max_length=limit, return_tensors="np")
+        data.append({n: enc[n].astype(np.int64) for n in ("input_ids", "attention_mask", "token_type_ids")})
+    quantized = nncf.quantize(ov.Core().read_model(str(fp32)), nncf.Dataset(data), model_type=nncf.ModelType.TRANSFORMER, subset_size=len(data))
+    ov.save_model(quantized, str(path))
+    return path
+
+
 class GraphBackend:
     """ONNX Runtime or OpenVINO on the exported transformer; tokenisation, mean pooling and L2
     normalisation as sentence-transformers does them (max 256 tokens, texts sorted by length so
@@ -178,14 +215,18 @@ class GraphBackend:
         return out
 
 
-def make(name: str, batch: int, cache: Path):
+def make(name: str, batch: int, cache: Path, calibration: list[str] = ()):
     """The backend ``name`` (see :data:`BACKENDS`); raises ImportError when its package is missing."""
     family, mode = name.split("-")
+    if family == "product":
+        return ProductBackend(mode)
     if family == "torch":
         return TorchBackend(mode, batch)
     onnx_path = export_onnx(cache)
     if family == "onnx":
         return GraphBackend("onnx", quantize_int8(onnx_path) if mode == "int8" else onnx_path, batch)
+    if mode == "int8":
+        return GraphBackend("openvino", quantize_nncf(onnx_path, list(calibration)), batch, precision="bf16")
     return GraphBackend("openvino", onnx_path, batch, precision={"fp32": "f32", "bf16": "bf16"}[mode])
 
 
@@ -270,7 +311,8 @@ def main() -> int:
     args = parser.parse_args()
     cache = Path(os.environ.get("VECTOR_ASSETS_HOME", REPO / ".vector_assets")) / "exported" / DEFAULT_MODEL.replace("/", "__")
     tokenizer, limit = embedding.load_tokenizer(DEFAULT_MODEL)
-    texts = sample_passages(args.texts)
+    texts = sample_passages(args.texts + 300)
+    texts, calibration = texts[: args.texts], texts[args.texts :]
     window = limit - 8
     windows = full_windows(texts, tokenizer, window, args.windows)
     tokens = [len(x) for x in tokenizer(texts, add_special_tokens=True, truncation=True, max_length=limit, verbose=False)["input_ids"]]
@@ -284,7 +326,7 @@ def main() -> int:
     print(f"{'backend':16} {'texts/s':>8} {'per core':>8} {'windows/s':>9} {'vs fp32':>7} {'cos mean':>8} {'cos min':>8}" + "".join(f" {name + ' R@10':>22}" for name in sets))
     for name in args.backends:
         try:
-            backend = make(name, args.batch, cache)
+            backend = make(name, args.batch, cache, calibration)
         except ImportError as err:
             print(f"{name:16} skipped: {err}")
             continue

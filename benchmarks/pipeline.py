@@ -81,6 +81,14 @@ def bench_instance(storage: str):
             yield instance
         return
     os.environ.update(postgres_env("va_bench_encode"))
+    from vector_assets import state
+
+    # The database was dropped and made anew: forget this process's engines of the old one
+    # (each created the state tables once, and would not again).
+    with state._LOCK:
+        for engine in state._ENGINES.values():
+            engine.dispose()
+        state._ENGINES.clear()
     overrides = {"storage": yaml.safe_load((REPO / "dagster.postgres.yaml").read_text())["storage"]}
     with contextlib.ExitStack() as stack:
         if storage == "postgres-unpooled":
@@ -110,10 +118,19 @@ def load_texts(files, limit=None):
     return texts[:limit] if limit else texts
 
 
-def raw_encode(texts: list[str], batch_size: int = 64) -> float:
+def raw_encode(texts: list[str], batch_size: int = 64, encoder: str = "chosen") -> float:
+    """Seconds of ``SentenceTransformer.encode`` on ``texts`` (batches of ``batch_size``, after
+    a warm-up batch): with the backend and precision the product picks on this machine
+    (``encoder="chosen"``: :class:`EmbeddingModelResource`'s defaults, OpenVINO bf16 here), or
+    ``"torch-fp32"``."""
     from vector_assets.embed.embedding import load_model
+    from vector_assets.resources import EmbeddingModelResource
 
-    model = load_model("sentence-transformers/all-MiniLM-L6-v2", "cpu")
+    if encoder == "torch-fp32":
+        model = load_model("sentence-transformers/all-MiniLM-L6-v2", "cpu")
+    else:
+        chosen = EmbeddingModelResource(device="cpu")
+        model = load_model("sentence-transformers/all-MiniLM-L6-v2", "cpu", chosen.resolved_precision, chosen.resolved_backend)
     model.encode(texts[:64], batch_size=batch_size)  # warm-up
     started = time.perf_counter()
     model.encode(texts, batch_size=batch_size, normalize_embeddings=True, show_progress_bar=False)
@@ -211,6 +228,7 @@ def _encode_through_dagster(tenant: str, texts: list, storage: str, profile: boo
 
     days = {t.day for t in texts}
     raw_s = raw_encode([t.text for t in texts])
+    raw_fp32_s = raw_encode([t.text for t in texts], encoder="torch-fp32")
     work, resources = _commit_workspace(tenant, days)
     with bench_instance(storage) as instance:
         dg.materialize([landing_index], resources=resources, instance=instance)
@@ -244,6 +262,7 @@ def _encode_through_dagster(tenant: str, texts: list, storage: str, profile: boo
     return {
         "tenant": tenant, "texts": len(texts), "embedded_by_pipeline": int(embedded), "tenant_days": len(mats), "runs": len(runs),
         "raw_encode_s": round(raw_s, 2), "raw_texts_per_s": round(len(texts) / raw_s, 1),
+        "encoder": resources["embedding_model"].encoder, "raw_torch_fp32_texts_per_s": round(len(texts) / raw_fp32_s, 1),
         "pipeline_s": round(pipe_s, 2), "pipeline_texts_per_s": round(embedded / pipe_s, 1),
         "ratio": round((embedded / pipe_s) / (len(texts) / raw_s), 3),
         "encode_share_of_pipeline": round(encode_s / pipe_s, 3),

@@ -103,8 +103,10 @@ def _quarantine_table(result: PartitionResult, limit: int = 20, bad_only: bool =
     return "\n".join(rows)
 
 
-def partition_metadata(result: PartitionResult, model_id: str, seconds_per_text: float) -> dict[dg.AssetKey, dict]:
-    """The metadata of each asset's materialisation for one tenant-day."""
+def partition_metadata(result: PartitionResult, model_id: str, seconds_per_text: float, encoder: str = "") -> dict[dg.AssetKey, dict]:
+    """The metadata of each asset's materialisation for one tenant-day; ``encoder`` (what
+    embedded its passages, e.g. ``openvino-bf16``: ``EmbeddingModelResource.encoder``) is listed
+    when it embedded any."""
     # Bad records only: superseded versions (listed in the same table, with their reason) are
     # normal data (issue #17 item 10).
     quarantine = {"quarantined": result.bad_records}
@@ -134,6 +136,7 @@ def partition_metadata(result: PartitionResult, model_id: str, seconds_per_text:
             "moved_in": result.moved,
             "deleted": result.deleted,
             "model": model_id,
+            **({"encoder": encoder} if encoder and result.passages_embedded else {}),
             "encode_seconds_est": round(seconds_per_text * result.passages_embedded, 4),
         },
     }
@@ -229,6 +232,7 @@ def tenant_day_vectors(
     results = outcome.results
     stats = embedding_model.stats
     per_text = stats.seconds / stats.texts if stats.texts else 0.0
+    encoder = getattr(embedding_model, "encoder", "") if stats.texts else ""  # resolving it loads nothing; only said when it encoded
     encode_cpu_s = stats.cpu_seconds - cpu_before  # the run's own encode (not the checks' re-embeds)
     # judge
     verdicts = {name: {} for name in CHECKS}
@@ -247,9 +251,9 @@ def tenant_day_vectors(
     add_partition_metadata(context, {
         (asset_key, make_key(*key)): metadata
         for key, result in results.items() if result.written and (result.records_read or result.deleted)
-        for asset_key, metadata in partition_metadata(result, model_id, per_text).items()
+        for asset_key, metadata in partition_metadata(result, model_id, per_text, encoder).items()
     })
-    yield from materializations(results, model_id, per_text)
+    yield from materializations(results, model_id, per_text, encoder)
     evaluations, failed_checks, blocked = check_evaluations(context.instance, context.run_id, results, verdicts, run_timing)
     yield from outcomes.record_evaluations(context, evaluations)
     # Only now, with the materialisations recorded, are the written partitions recorded as
@@ -366,7 +370,7 @@ def judge(results: dict[PartitionKey, PartitionResult], milvus: MilvusResource, 
     return verdicts
 
 
-def materializations(results: dict[PartitionKey, PartitionResult], model_id: str, per_text: float) -> list:
+def materializations(results: dict[PartitionKey, PartitionResult], model_id: str, per_text: float, encoder: str = "") -> list:
     """The run's materialisations. When every tenant-day was written: one
     :class:`~dagster.MaterializeResult` per asset, from which Dagster derives each tenant-day's
     materialisation over the run's range (with the metadata added by
@@ -377,7 +381,7 @@ def materializations(results: dict[PartitionKey, PartitionResult], model_id: str
     return [
         dg.AssetMaterialization(asset_key=asset_key, partition=make_key(*key), metadata=metadata if (result.records_read or result.deleted) else {}, tags={"dagster/code_version": _CODE_VERSION[asset_key]})
         for key, result in results.items() if result.written
-        for asset_key, metadata in partition_metadata(result, model_id, per_text).items()
+        for asset_key, metadata in partition_metadata(result, model_id, per_text, encoder).items()
     ]
 
 
