@@ -6,6 +6,8 @@ import json
 import dagster as dg
 import pytest
 
+from vector_assets.embed import embedding
+
 from vector_assets.store import milvus_store
 from vector_assets.settings import DEFAULT_MODEL
 from vector_assets.assets import landing_index, tenant_day_vectors
@@ -60,6 +62,9 @@ def test_one_partition_end_to_end(resources, instance, hadoop_days, store, monke
     texts = [t.text for t in resources["embedding_model"].split_passages(extract_records([LocatedRecord("x", i, r) for i, r in enumerate(expected, 1)])[0])[0]]
     assert vectors["tokens_embedded"] == sum(min(len(tokenizer(x)["input_ids"]), window) for x in texts) > vectors["passages_embedded"]
     assert vectors["embedding_cost_usd"] == pytest.approx(vectors["tokens_embedded"] * 0.02 / 1e6) and vectors["embedding_cost_usd"] > 0
+    # What encoded them: on a CPU with the openvino package, OpenVINO (bf16 where native).
+    assert vectors["encoder"] == resources["embedding_model"].encoder
+    assert vectors["encoder"] == ("openvino-bf16" if embedding.native_bf16() else "openvino-fp32")
     rows = rows_of(store, "HADOOP")
     assert sorted(r["record_id"] for r in rows) == sorted(r["id"] for r in expected)
     assert all(r["day"] == day and r["model"] == "sentence-transformers/all-MiniLM-L6-v2" for r in rows)

@@ -34,7 +34,7 @@ class MilvusResource(dg.ConfigurableResource):
     collection_prefix: str = milvus_store.COLLECTION_PREFIX
     index_type: str = "HNSW"
     metric_type: str = "COSINE"
-    index_params: dict = Field(default_factory=lambda: {"M": 16, "efConstruction": 200})
+    index_params: dict = Field(default_factory=lambda: dict(milvus_store.DEFAULT_HNSW_PARAMS))
     search_params: dict = Field(default_factory=lambda: {"ef": milvus_store.DEFAULT_EF})  # checks' self-searches
 
     _client: MilvusClient | None = PrivateAttr(default=None)

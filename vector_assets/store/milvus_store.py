@@ -72,6 +72,9 @@ QUERY_LIMIT = 16384
 #: eval_pr_commits (four tenants, 20,465 commits, kind filter) ef 64 gave recall@10 0.755 on all
 #: queries and ef 512 0.771, against 0.801 for exact search.
 DEFAULT_EF = 256
+#: The vector index's build parameters when none are given (and ``MilvusResource``'s default):
+#: HNSW with M 16 and efConstruction 200. A Milvus server refuses an HNSW index without them.
+DEFAULT_HNSW_PARAMS = {"M": 16, "efConstruction": 200}
 
 
 def is_local_uri(uri: str) -> bool:
@@ -340,6 +343,8 @@ def create_collection(client: MilvusClient, name: str, dim: int, index_type: str
             schema.add_field("text", DataType.VARCHAR, max_length=MAX_PASSAGE_TEXT)
         schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
         params = client.prepare_index_params()
+        if index_params is None and index_type == "HNSW":
+            index_params = DEFAULT_HNSW_PARAMS
         params.add_index("vector", index_type=index_type, metric_type=metric_type, params=dict(index_params or {}))
         if bm25:
             params.add_index("sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25")
