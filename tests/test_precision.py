@@ -185,3 +185,19 @@ def test_openvino_is_refused_when_its_probe_vectors_are_not_the_models(tmp_path,
     assert refused and "cosine" in refused and "< 1.01" in refused
     assert "forward" not in vars(model[0].model)
     assert np.array_equal(model.encode(["Fix crash when the config file is missing"]), before)
+
+
+def test_openvino_serves_uncached_where_the_cache_cannot_be_written(tmp_path, monkeypatch):
+    """A home that cannot be written (here: the cache path runs through a file) costs the
+    conversion at each load, not the backend."""
+    from sentence_transformers import SentenceTransformer
+
+    from vector_assets.embed import openvino_backend
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setattr(openvino_backend, "cache_dir", lambda: blocker / "openvino")
+    folder = embedding.resolve_model_path(embedding.DEFAULT_MODEL)
+    model = SentenceTransformer(folder, device="cpu")
+    assert openvino_backend.attach(model, folder, "fp32") is None
+    assert "forward" in vars(model[0].model) and not (blocker / "openvino").exists()

@@ -87,8 +87,9 @@ def cached_ir(hf_model, tokenizer, folder: str):
     ``input_ids``, ``attention_mask``, ``token_type_ids`` and returns ``last_hidden_state``,
     ``(batch, tokens, hidden)``), read from :func:`cache_dir` or converted and saved there (full
     fp32 weights: ``compress_to_fp16=False``). The IR pair is written under temporary names and
-    renamed, so a concurrent reader sees a whole file or none. Raises what ``convert_model``
-    raises for a model it cannot trace."""
+    renamed, so a concurrent reader sees a whole file or none; where it cannot be written (a
+    read-only home) the converted model is used uncached, with a warning. Raises what
+    ``convert_model`` raises for a model it cannot trace."""
     import openvino as ov
     import torch
 
@@ -111,11 +112,14 @@ def cached_ir(hf_model, tokenizer, folder: str):
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the tracer's warnings on data-dependent branches of the mask code
         model = ov.convert_model(LastHiddenState(hf_model).eval(), example_input={n: example[n] for n in INPUTS})
-    xml.parent.mkdir(parents=True, exist_ok=True)
     tmp = xml.with_name(f".{xml.stem}.{os.getpid()}.xml")
-    ov.save_model(model, str(tmp), compress_to_fp16=False)
-    os.replace(tmp.with_suffix(".bin"), xml.with_suffix(".bin"))
-    os.replace(tmp, xml)
+    try:
+        xml.parent.mkdir(parents=True, exist_ok=True)
+        ov.save_model(model, str(tmp), compress_to_fp16=False)
+        os.replace(tmp.with_suffix(".bin"), xml.with_suffix(".bin"))
+        os.replace(tmp, xml)
+    except OSError as err:  # a read-only or full disk: the converted model serves all the same
+        log.warning("OpenVINO: could not cache the converted model at %s (%s); converting at each load", xml, err)
     return model
 
 
