@@ -82,6 +82,24 @@ def _weights_key(folder: str) -> str:
     return digest.hexdigest()[:16]
 
 
+def last_hidden_state(hf_model):
+    """``hf_model`` (a Hugging Face encoder) as a ``torch.nn.Module`` in eval mode whose forward
+    takes ``input_ids``, ``attention_mask``, ``token_type_ids`` (positional, ``(batch, tokens)``
+    int64) and returns only ``last_hidden_state`` ``(batch, tokens, hidden)``: the graph a
+    converter (OpenVINO's, ``torch.onnx.export``) can trace."""
+    import torch
+
+    class LastHiddenState(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids, attention_mask, token_type_ids):
+            return self.inner(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).last_hidden_state
+
+    return LastHiddenState(hf_model).eval()
+
+
 def cached_ir(hf_model, tokenizer, folder: str):
     """The OpenVINO model of ``hf_model`` (a Hugging Face encoder whose forward takes
     ``input_ids``, ``attention_mask``, ``token_type_ids`` and returns ``last_hidden_state``,
@@ -97,21 +115,12 @@ def cached_ir(hf_model, tokenizer, folder: str):
     core = ov.Core()
     if xml.exists() and xml.with_suffix(".bin").exists():
         return core.read_model(str(xml))
-
-    class LastHiddenState(torch.nn.Module):
-        def __init__(self, inner):
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, input_ids, attention_mask, token_type_ids):
-            return self.inner(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).last_hidden_state
-
     example = tokenizer(["a short text", "a somewhat longer text to pad"], return_tensors="pt", padding=True)
     if "token_type_ids" not in example:
         example["token_type_ids"] = torch.zeros_like(example["input_ids"])
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the tracer's warnings on data-dependent branches of the mask code
-        model = ov.convert_model(LastHiddenState(hf_model).eval(), example_input={n: example[n] for n in INPUTS})
+        model = ov.convert_model(last_hidden_state(hf_model), example_input={n: example[n] for n in INPUTS})
     tmp = xml.with_name(f".{xml.stem}.{os.getpid()}.xml")
     try:
         xml.parent.mkdir(parents=True, exist_ok=True)
