@@ -280,3 +280,25 @@ def test_extraction_keeps_going_after_an_unexpected_field_shape():
     odd = dict(good[0], id={"nested": 1})
     texts, bad = extract_records([LocatedRecord("f.jsonl", i + 1, r) for i, r in enumerate(good + [odd])])
     assert len(texts) == len(good) and [(b.line, b.reason) for b in bad] == [(len(good) + 1, "record id is a dict, not a string or integer")]
+
+
+@pytest.mark.parametrize("dialect", ["sqlite", "postgresql"])
+def test_embedding_usage_adds_up_across_runs_and_sources(dialect, tmp_path, request):
+    """Issue #20 item 6: each run that writes adds its passages and tokens to the tenant's
+    counts (cumulative, as Prometheus counters), in the transaction that marks it synced; the
+    counts of two landing sources sharing a state database are summed per tenant and model."""
+    from vector_assets import state
+    from vector_assets.ingest.landing import LandingIndex
+
+    if dialect == "sqlite":
+        url = f"sqlite:///{tmp_path / 'state.db'}"
+    else:
+        url = request.getfixturevalue("pg_url").replace("postgresql://", "postgresql+psycopg2://", 1)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first, second = LandingIndex(tmp_path / "a", url), LandingIndex(tmp_path / "b", url)
+    first.mark_synced("store", {("HADOOP", "2024-07-01"): ("f1", 2)}, {("HADOOP", "m"): (3, 500)})
+    first.mark_synced("store", {("HADOOP", "2024-07-01"): ("f2", 2)}, {("HADOOP", "m"): (1, 120), ("SeaMonkey", "m"): (2, 40)})
+    second.mark_synced("store", {("HADOOP", "2024-07-02"): ("f3", 1)}, {("HADOOP", "m"): (5, 1000)})
+    first.mark_synced("store", {("HADOOP", "2024-07-03"): ("f4", 0)})  # nothing embedded: no count
+    assert state.read_embedding_usage(url) == {("HADOOP", "m"): (9, 1620), ("SeaMonkey", "m"): (2, 40)}

@@ -5,6 +5,7 @@ records of two tenants (HADOOP's Jira issues, SeaMonkey's Bugzilla bugs), keys m
 prometheus_client, and a schemathesis run against the published OpenAPI."""
 
 import json
+import re
 import os
 import socket
 import subprocess
@@ -16,6 +17,7 @@ import httpx
 import numpy as np
 import pytest
 
+from vector_assets.settings import DEFAULT_MODEL
 from vector_assets.store import milvus_store
 
 from .conftest import ON_PGVECTOR, sample_records, write_jsonl
@@ -91,14 +93,15 @@ def served(tmp_path_factory, request):
     assert len(jira) >= 10 and len(bugs) >= 5
     write_jsonl(root / "landing" / "jira_issues_hadoop.jsonl", jira)
     write_jsonl(root / "landing" / "bugzilla_seamonkey.jsonl", bugs)
-    cli("backfill", "--workers", "1", env=env)
+    summary = cli("backfill", "--workers", "1", env=env)
     keys = {
         "hadoop": cli("keys", "add", "--tenant", "HADOOP", "--name", "hadoop team", env=env).strip().splitlines()[-1],
         "all": cli("keys", "add", "--all-tenants", "--name", "ops", env=env).strip().splitlines()[-1],
         "revoked": cli("keys", "add", "--tenant", "HADOOP", env=env).strip().splitlines()[-1],
     }
     server, base = start_service(env)
-    yield {"base": base, "env": env, "keys": keys, "jira": jira, "bugs": bugs, "db": env["VECTOR_ASSETS_MILVUS_URI"]}
+    totals = dict(pair.split("=", 1) for pair in re.search(r"^backfill: (.*)$", summary, re.M).group(1).split())
+    yield {"base": base, "env": env, "keys": keys, "jira": jira, "bugs": bugs, "db": env["VECTOR_ASSETS_MILVUS_URI"], "backfill": totals}
     server.terminate()
     server.wait(30)
     milvus_store.stop_local_server(env["VECTOR_ASSETS_MILVUS_URI"])
@@ -235,6 +238,15 @@ def test_metrics_scraped(served):
     assert rows and rows[0] >= len(served["jira"]) + len(served["bugs"])
     last = {dict(labels)["tenant"]: v for (name, labels), v in samples.items() if name == "vector_assets_tenant_last_materialization_timestamp_seconds"}
     assert set(last) == {"HADOOP", "SeaMonkey"} and all(time.time() - 3600 < v <= time.time() for v in last.values())
+    # What the pipeline embedded, per tenant and model (issue #20 item 6): the backfill's totals.
+    def per_tenant(name):
+        return {(dict(labels)["tenant"], dict(labels)["model"]): v for (n, labels), v in samples.items() if n == name}
+
+    tokens, passages = per_tenant("vector_assets_pipeline_embedded_tokens_total"), per_tenant("vector_assets_pipeline_embedded_passages_total")
+    assert set(tokens) == set(passages) == {("HADOOP", DEFAULT_MODEL), ("SeaMonkey", DEFAULT_MODEL)}
+    assert sum(tokens.values()) == int(served["backfill"]["tokens_embedded"]) > sum(passages.values()) == int(served["backfill"]["passages_embedded"]) > 0
+    cost = per_tenant("vector_assets_pipeline_embedding_cost_usd_total")
+    assert all(cost[k] == pytest.approx(tokens[k] * 0.13 / 1e6) for k in tokens)
 
 
 def test_the_query_cache_encodes_each_text_once(embedding_model):

@@ -533,13 +533,18 @@ class LandingIndex:
                 digests[(tenant, day)].append(digest)
         return {k: _fingerprint(v) for k, v in digests.items()}
 
-    def mark_synced(self, store: str, synced: dict[tuple[str, str], tuple[str, int]]) -> None:
+    def mark_synced(self, store: str, synced: dict[tuple[str, str], tuple[str, int]], usage: dict[tuple[str, str], tuple[int, int]] | None = None) -> None:
         """Record that the Milvus collection ``store`` (see :func:`vector_assets.store.sync.store_key`)
         holds the rows of these tenant-days as of the input they were read from:
-        ``{(tenant, day): (fingerprint of the lines read, rows)}``."""
+        ``{(tenant, day): (fingerprint of the lines read, rows)}``; in the same transaction, add
+        ``usage`` ``{(tenant, model): (passages, tokens)}`` embedded to the tenants' counts
+        (:data:`vector_assets.state.embedding_usage`)."""
         rows = [{"source": self.source_key, "store": store, "tenant": t, "day": d, "fingerprint": fp, "rows": n} for (t, d), (fp, n) in synced.items()]
+        now = time.time()
+        counts = [{"source": self.source_key, "tenant": t, "model": m, "passages": p, "tokens": n, "updated_at": now} for (t, m), (p, n) in (usage or {}).items()]
         with self._begin() as conn:
             state.upsert(conn, state.synced, rows, ["source", "store", "tenant", "day"])
+            state.add_counts(conn, state.embedding_usage, counts, ["source", "tenant", "model"], ["passages", "tokens"])
 
     def _synced(self, store: str | None) -> dict[tuple[str, str], tuple[str, int]]:
         S = state.synced

@@ -49,7 +49,7 @@ from pymilvus.exceptions import MilvusException
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from . import api_keys
@@ -297,6 +297,18 @@ class Metrics:
                 for tenant, stamp in sorted(state_ref.last_materialisations().items()):
                     last.add_metric([tenant], stamp)
                 yield last
+                usage = state_ref.embedding_usage()
+                price = settings.price_per_million_tokens()
+                families = (
+                    CounterMetricFamily("vector_assets_pipeline_embedded_passages", "passages the pipeline embedded, per tenant and model (the state database; every write counts)", labels=["tenant", "model"]),
+                    CounterMetricFamily("vector_assets_pipeline_embedded_tokens", "tokens the model read for the passages the pipeline embedded, per tenant and model (special tokens included)", labels=["tenant", "model"]),
+                    CounterMetricFamily("vector_assets_pipeline_embedding_cost_usd", "what the pipeline's embedding cost at VECTOR_ASSETS_PRICE_PER_MTOK (USD), per tenant and model", labels=["tenant", "model"]),
+                )
+                for (tenant, model), (passages, tokens) in sorted(usage.items()):
+                    families[0].add_metric([tenant, model], passages)
+                    families[1].add_metric([tenant, model], tokens)
+                    families[2].add_metric([tenant, model], tokens * price / 1e6)
+                yield from families
 
         self.registry.register(_Collector())
 
@@ -361,6 +373,7 @@ class ServiceState:
         self._lock = threading.Lock()
         self._counts: dict[str, tuple[float, int]] = {}
         self._last: tuple[float, dict[str, float]] | None = None
+        self._usage: tuple[float, dict[tuple[str, str], tuple[int, int]]] | None = None
         self._retry_at = 0.0
         self._backoff = RECONNECT_BACKOFF_S[0]
         self._down_reason = ""
@@ -506,6 +519,25 @@ class ServiceState:
         from ..partitions import TENANTS
 
         return sorted(settings.dagster_instance().get_dynamic_partitions(TENANTS))
+
+    def embedding_usage(self) -> dict[tuple[str, str], tuple[int, int]]:
+        """``{(tenant, model): (passages, tokens)}`` the pipeline has embedded, from the state
+        database (:func:`vector_assets.state.read_embedding_usage`; cached 30 s). Empty when the
+        state database does not exist (it is not created for a scrape) or cannot be read."""
+        if self._usage and time.monotonic() - self._usage[0] < 30:
+            return self._usage[1]
+        from .. import state
+
+        out: dict[tuple[str, str], tuple[int, int]] = {}
+        url = state.state_url()
+        path = state.sqlite_path(url)
+        if path is None or path.exists():
+            try:
+                out = state.read_embedding_usage(url)
+            except Exception:  # noqa: BLE001 - a scrape must not fail because the state database is away
+                out = {}
+        self._usage = (time.monotonic(), out)
+        return out
 
     def last_materialisations(self) -> dict[str, float]:
         """Per tenant, the end time (Unix seconds) of its latest successful run that

@@ -99,6 +99,19 @@ synced = sa.Table(
     sa.Column("fingerprint", sa.String(24), nullable=False),
     sa.Column("rows", sa.Integer, nullable=False),
 )
+#: What the pipeline embedded, per landing source, tenant and model: passages and the tokens the
+#: model read for them, added to by every run that wrote (issue #20 item 6). Cumulative, as
+#: Prometheus counters are: a tenant-day embedded again counts again. Read by the search
+#: service's ``/metrics`` (:func:`read_embedding_usage`).
+embedding_usage = sa.Table(
+    "va_embedding_usage", metadata,
+    sa.Column("source", sa.String(32), primary_key=True),
+    sa.Column("tenant", sa.Text, primary_key=True),
+    sa.Column("model", sa.Text, primary_key=True),
+    sa.Column("passages", sa.BigInteger, nullable=False),
+    sa.Column("tokens", sa.BigInteger, nullable=False),
+    sa.Column("updated_at", sa.Float),
+)
 #: The quarantine reports: each tenant-day's bad lines (file, line, reason, raw text), replaced
 #: by each run of the tenant-day; tenant ``""`` and day ``""`` hold the lines that fit no tenant-day.
 quarantine = sa.Table(
@@ -271,6 +284,28 @@ def upsert(conn: sa.Connection, table: sa.Table, rows: list[dict], keys: list[st
     else:
         stmt = insert.on_conflict_do_nothing(index_elements=keys)
     conn.execute(stmt, rows)
+
+
+def add_counts(conn: sa.Connection, table: sa.Table, rows: list[dict], keys: list[str], counters: list[str]) -> None:
+    """``INSERT … ON CONFLICT (keys) DO UPDATE`` of ``rows`` into ``table`` that adds each row's
+    ``counters`` to the stored ones (one statement: concurrent writers lose no count); the other
+    columns outside ``keys`` take the new values. SQLite and PostgreSQL."""
+    if not rows:
+        return
+    insert = (pg_dialect.insert if conn.dialect.name == "postgresql" else sqlite_dialect.insert)(table)
+    update = {c: table.c[c] + insert.excluded[c] for c in counters}
+    update |= {c.name: insert.excluded[c.name] for c in table.c if c.name not in keys and c.name not in counters}
+    conn.execute(insert.on_conflict_do_update(index_elements=keys, set_=update), rows)
+
+
+def read_embedding_usage(url: str | None = None) -> dict[tuple[str, str], tuple[int, int]]:
+    """``{(tenant, model): (passages, tokens)}`` the pipeline has embedded, over every landing
+    source of the state database at ``url`` (default :func:`state_url`). Raises
+    :class:`StateError` when the database cannot be opened."""
+    u = embedding_usage
+    with translate_errors(url or state_url()), engine(url).begin() as conn:
+        rows = conn.execute(sa.select(u.c.tenant, u.c.model, sa.func.sum(u.c.passages), sa.func.sum(u.c.tokens)).group_by(u.c.tenant, u.c.model)).all()
+    return {(tenant, model): (int(passages), int(tokens)) for tenant, model, passages, tokens in rows}
 
 
 @contextlib.contextmanager

@@ -460,7 +460,9 @@ def record_synced(index: LandingIndex, milvus, model_id: str, results: dict[Part
     """Record the written partitions of ``results`` as synced to ``model_id``'s collection in
     ``milvus`` (:func:`vector_assets.store.milvus_store.store_key`), each against the fingerprint of
     the lines it was read from: an edit made while the run encoded changes the fingerprint, so
-    the next backfill runs that partition again. Returns the number recorded."""
+    the next backfill runs that partition again. The passages and tokens embedded are added to
+    each tenant's embedding usage in the same transaction (the service's ``/metrics``). Returns
+    the number recorded."""
     written = {k: r for k, r in results.items() if r.written}
     if not written:
         return 0
@@ -468,7 +470,12 @@ def record_synced(index: LandingIndex, milvus, model_id: str, results: dict[Part
     if store is None:
         return 0
     # Records, not passages: what a later backfill reports as skipped for an unchanged tenant-day.
-    index.mark_synced(store, {k: (r.fingerprint, r.records) for k, r in written.items()})
+    usage: dict[tuple[str, str], tuple[int, int]] = {}
+    for (tenant, _), r in written.items():
+        if r.passages_embedded:
+            passages, tokens = usage.get((tenant, model_id), (0, 0))
+            usage[(tenant, model_id)] = (passages + r.passages_embedded, tokens + r.tokens_embedded)
+    index.mark_synced(store, {k: (r.fingerprint, r.records) for k, r in written.items()}, usage)
     return len(written)
 
 
