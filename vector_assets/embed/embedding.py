@@ -72,8 +72,8 @@ def native_bf16() -> bool:
 def pick_backend(backend: str, device: str) -> str:
     """What runs the transformer on ``device`` (a resolved device): ``torch`` or ``openvino``.
 
-    ``auto``: ``openvino`` on a CPU when the ``openvino`` package is installed (3.3-3.7x torch
-    fp32 on this project's CPU, README "Encode backends"), else ``torch``; ``torch`` on CUDA.
+    ``auto``: ``openvino`` on a CPU when the ``openvino`` package is installed (in bf16, 4.27x
+    torch fp32 on this project's CPU: README "Encode backends"), else ``torch``; ``torch`` on CUDA.
     Raises ValueError for an unknown value, ``openvino`` on CUDA, or ``openvino`` without the
     package."""
     from . import openvino_backend
@@ -96,7 +96,7 @@ def pick_precision(precision: str, device: str, backend: str = "torch") -> str:
     ``auto``: ``fp16`` on a CUDA GPU (not measured here: no GPU was lent); on a CPU, ``bf16``
     with OpenVINO where the CPU has native bfloat16 (cosine >= 0.9999 to fp32, recall@10 within
     0.002 of fp32: README "Encode backends"), else ``fp32``. Torch ``bf16`` on a CPU is on
-    request only (1.7x fp32, where OpenVINO bf16 is 3.3x). An explicit precision is returned
+    request only (2.3x fp32, where OpenVINO bf16 is 3.4x in the same batches). An explicit precision is returned
     unchanged. Raises ValueError naming the value when it is not one of :data:`PRECISIONS`, when
     ``fp16`` is asked for on a CPU, or ``bf16`` on a CPU without native bfloat16 (emulated it is
     slower than fp32).
