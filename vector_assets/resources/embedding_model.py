@@ -319,12 +319,12 @@ class RoutedEmbeddingResource(EmbeddingModelResource):
     _routed: dict = PrivateAttr(default_factory=lambda: {"local": 0, "endpoint": 0})
     _fallbacks: int = PrivateAttr(default=0)
 
-
     @property
     def encoder(self) -> str:
         """``routed-<preference>`` and the local model's encoder, e.g. ``routed-balanced/openvino-bf16``:
         which of the two answered a call is counted in :attr:`routed`."""
         return f"routed-{self.preference}/{super().encoder}"
+
     @property
     def routed(self) -> dict[str, int]:
         """Texts answered by each provider: ``{"local": n, "endpoint": n}``."""
