@@ -83,12 +83,7 @@ def bench_instance(storage: str):
     os.environ.update(postgres_env("va_bench_encode"))
     from vector_assets import state
 
-    # The database was dropped and made anew: forget this process's engines of the old one
-    # (each created the state tables once, and would not again).
-    with state._LOCK:
-        for engine in state._ENGINES.values():
-            engine.dispose()
-        state._ENGINES.clear()
+    state.dispose_engines()  # the database was dropped and made anew: no engine of the old one
     overrides = {"storage": yaml.safe_load((REPO / "dagster.postgres.yaml").read_text())["storage"]}
     with contextlib.ExitStack() as stack:
         if storage == "postgres-unpooled":

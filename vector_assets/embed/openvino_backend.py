@@ -25,6 +25,7 @@ fp32 mean 0.99999, min 0.99993; recall@10 unchanged on both labelled sets
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -50,8 +51,10 @@ MIN_PROBE_COSINE = 0.999
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
+@functools.cache
 def available() -> bool:
-    """Whether the ``openvino`` package imports here."""
+    """Whether the ``openvino`` package imports here (asked once per process: every resolution
+    of ``backend=auto`` asks)."""
     try:
         import openvino  # noqa: F401
     except ImportError:

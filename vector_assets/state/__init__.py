@@ -270,6 +270,22 @@ def exclusive(made: sa.Engine, name: str) -> Iterator[None]:
         yield
 
 
+def _dialect_insert(conn: sa.Connection, table: sa.Table):
+    """An INSERT into ``table`` of the connection's dialect (PostgreSQL's or SQLite's), the kind
+    that takes ``ON CONFLICT``."""
+    return (pg_dialect.insert if conn.dialect.name == "postgresql" else sqlite_dialect.insert)(table)
+
+
+def dispose_engines() -> None:
+    """Close and forget this process's engines (their pools), so that the next :func:`engine`
+    connects anew and creates the tables again: for a database dropped and made anew under the
+    process (the benchmarks' fresh databases)."""
+    with _LOCK:
+        for made in _ENGINES.values():
+            made.dispose()
+        _ENGINES.clear()
+
+
 def upsert(conn: sa.Connection, table: sa.Table, rows: list[dict], keys: list[str], update: bool = True) -> None:
     """``INSERT … ON CONFLICT (keys) DO UPDATE`` of ``rows`` (dicts of column values) into
     ``table``, on SQLite and PostgreSQL; columns outside ``keys`` take the new values
@@ -277,7 +293,7 @@ def upsert(conn: sa.Connection, table: sa.Table, rows: list[dict], keys: list[st
     key's columns."""
     if not rows:
         return
-    insert = (pg_dialect.insert if conn.dialect.name == "postgresql" else sqlite_dialect.insert)(table)
+    insert = _dialect_insert(conn, table)
     others = [c.name for c in table.c if c.name not in keys]
     if update and others:
         stmt = insert.on_conflict_do_update(index_elements=keys, set_={c: insert.excluded[c] for c in others})
@@ -292,7 +308,7 @@ def add_counts(conn: sa.Connection, table: sa.Table, rows: list[dict], keys: lis
     columns outside ``keys`` take the new values. SQLite and PostgreSQL."""
     if not rows:
         return
-    insert = (pg_dialect.insert if conn.dialect.name == "postgresql" else sqlite_dialect.insert)(table)
+    insert = _dialect_insert(conn, table)
     update = {c: table.c[c] + insert.excluded[c] for c in counters}
     update |= {c.name: insert.excluded[c.name] for c in table.c if c.name not in keys and c.name not in counters}
     conn.execute(insert.on_conflict_do_update(index_elements=keys, set_=update), rows)
