@@ -12,12 +12,13 @@ import contextlib
 import datetime as dt
 import json
 import logging
+import os
 import sys
 import time
 from collections import defaultdict
 
 from . import settings
-from .partitions import plan_runs
+from .partitions import PlannedRun, plan_tenant_runs
 
 
 def _date(value: str) -> str:
@@ -54,17 +55,17 @@ class _Stop:
     signal: str | None = None
 
 
-def _run_tags(tenant: str, first: str, last: str, backfill_id: str) -> dict[str, str]:
+def _run_tags(run: PlannedRun, backfill_id: str) -> dict[str, str]:
     """The tags of one run of a CLI backfill: the tenant-day range (as a UI backfill's runs
-    carry it), the backfill it belongs to and the process that follows it."""
+    carry it; several tenants' rectangle for a merged run), the backfill it belongs to and the
+    process that follows it."""
     import os
     import socket
 
     from .instance import launch
 
     return {
-        "dagster/asset_partition_range_start": f"{first}|{tenant}",
-        "dagster/asset_partition_range_end": f"{last}|{tenant}",
+        **run.tags(),
         "vector_assets/launched_by": "cli-backfill",
         "vector_assets/cli_backfill": backfill_id,
         launch.CLI_PID_TAG: str(os.getpid()),
@@ -122,8 +123,7 @@ def _launch_runs(plan: list, workers: int, delete_vanished: bool, instance, on_w
                         print(f"could not cancel run {run_id}: {err}", file=sys.stderr, flush=True)
             while pending and len(active) < workers and not _Stop.signal:
                 spec = pending.pop(0)
-                tenant, first, last, _ = spec
-                run = launch.create_run(instance, context, run_config, _run_tags(tenant, first, last, backfill_id))
+                run = launch.create_run(instance, context, run_config, _run_tags(spec, backfill_id))
                 instance.submit_run(run.run_id, context)
                 active[run.run_id] = spec
                 attempts[spec] = attempts.get(spec, 0) + 1
@@ -134,7 +134,7 @@ def _launch_runs(plan: list, workers: int, delete_vanished: bool, instance, on_w
                 result = launch.outcome(instance, run, root_cause)
                 last_progress = time.monotonic()
                 if result.process_died and attempts[spec] < 2 and not _Stop.signal:
-                    print(f"the process of run {run.run_id} ({spec[0]} {spec[1]}..{spec[2]}) died ({result.message[:160]}): submitted again", file=sys.stderr, flush=True)
+                    print(f"the process of run {run.run_id} ({spec.label()}) died ({result.message[:160]}): submitted again", file=sys.stderr, flush=True)
                     pending.insert(0, spec)
                     continue
                 yield spec, run.status == dg.DagsterRunStatus.SUCCESS, run.run_id, result.sums, result.seconds, result.check_errors, result.message or f"run {run.status.value.lower()}"
@@ -283,16 +283,19 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     if args.workers > 1 and partitions_to_run:
         total = sum(weights.get(p, 1) for p in partitions_to_run)
         max_weight = max(200, -(-total // args.workers))
-    plan = plan_runs(partitions_to_run, args.max_partitions_per_run or MAX_PARTITIONS_PER_RUN, weights=weights, max_weight=max_weight)
-    # Largest runs first: the workers finish close together.
-    plan.sort(key=lambda run: -sum(weights.get(p, 1) for p in partitions_to_run if p[0] == run[0] and run[1] <= p[1] <= run[2]))
+    # Neighbouring tenants share a run where the empty tenant-days that adds cost less than the
+    # run it saves (partitions.plan_tenant_runs). Tenants between them that have nothing to run
+    # are taken in only when the whole landing data is backfilled (no --tenant) and never a
+    # vanished tenant (its rows are refused, not deleted).
+    may_include = set() if args.tenant else known - set(vanished)
+    plan = plan_tenant_runs(
+        partitions_to_run, instance.get_dynamic_partitions(TENANTS), args.max_partitions_per_run or MAX_PARTITIONS_PER_RUN,
+        weights=weights, max_weight=max_weight, may_include=may_include,
+    )
     # Unchanged tenant-days inside a run's range (runs bridge gaps) are re-read by that run and
     # counted in its own figures; only the others are counted here (issue #17 item 13: skipped
     # said 411 for 300 records).
-    ranges: dict[str, list[tuple[str, str]]] = defaultdict(list)
-    for tenant, first, last, _ in plan:
-        ranges[tenant].append((first, last))
-    not_rerun = [p for p in unchanged if not any(first <= p[1] <= last for first, last in ranges.get(p[0], ()))]
+    not_rerun = [p for p in unchanged if not any(run.covers(*p) for run in plan)]
     unchanged_rows = index.synced_rows(store, not_rerun) if unchanged else 0
     print(
         f"{len(partitions)} tenant-days: {len(unchanged)} unchanged since written for {model_id} ({unchanged_rows} records, not re-run), "
@@ -330,16 +333,15 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         workers = max(1, min(args.workers, len(plan)))
         for spec, ok, run_id, sums, seconds, errors, message in (_launch_runs(plan, workers, args.delete_vanished_tenants, instance, waiting) if plan else ()):
             finished += 1
-            tenant, first, last, n_days = spec
             for name, value in sums.items():
                 totals[name] += value
             check_errors += errors
             if not ok:
-                failed += n_days
-                print(f"[{finished}/{len(plan)}] {tenant} {first}..{last}: FAILED (run {run_id or 'none'}): {message or 'see the run in the Dagster UI'}", flush=True)
+                failed += spec.days_with_records
+                print(f"[{finished}/{len(plan)}] {spec.label()}: FAILED (run {run_id or 'none'}): {message or 'see the run in the Dagster UI'}", flush=True)
                 continue
             print(
-                f"[{finished}/{len(plan)}] {tenant} {first}..{last}: {int(sums.get('milvus_vectors.partitions', 0))} tenant-days materialised, "
+                f"[{finished}/{len(plan)}] {spec.label()}: {int(sums.get('milvus_vectors.partitions', 0))} tenant-days materialised, "
                 f"{int(sums.get('source_records.records_read', 0))} records, {int(sums.get('milvus_vectors.embedded', 0))} embedded, "
                 f"{int(sums.get('milvus_vectors.skipped_unchanged', 0))} unchanged, {int(sums.get('milvus_vectors.deleted', 0))} deleted, "
                 f"{int(sums.get('source_records.quarantined', 0))} quarantined, {seconds:.1f}s",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import defaultdict
+from typing import NamedTuple
 
 import dagster as dg
 
@@ -90,3 +91,126 @@ def plan_runs(partitions: list[tuple[str, str]], max_per_run: int, max_gap_days:
         if chunk:
             runs.append((tenant, chunk[0], chunk[-1], len(chunk)))
     return runs
+
+
+#: What one run of the vectors job costs before its first tenant-day, in seconds: a process,
+#: imports, loading the code location, the model load and Great Expectations' import. Measured
+#: with ``vector-assets backfill --workers 2`` on the bundled sample (2026-12-02): the run of
+#: microsoft/vscode, 9 tenant-days and 100 records, took 11.8 s.
+RUN_COST_S = 10.0
+
+#: What a run pays for one tenant-day without records, in seconds (``benchmarks/pipeline.py
+#: recording``: 3.1-4.6 ms on SQLite, 1.65 ms on Postgres; the larger figure).
+EMPTY_DAY_COST_S = 0.004
+
+
+class PlannedRun(NamedTuple):
+    """One run of a plan: the rectangle of tenants ``tenants`` (consecutive in the tenant
+    dimension's order; a single tenant in most plans) x days ``first``..``last`` (``YYYY-MM-DD``).
+    Every tenant-day of the rectangle is materialised: those without records are recorded empty
+    and in sync, unchanged ones are re-read and left as they are.
+
+    ``days_with_records``: the planned tenant-days inside it; ``weight``: their landing lines
+    (the planned tenant-days' count when no weights were given)."""
+
+    tenants: tuple[str, ...]
+    first: str
+    last: str
+    days_with_records: int
+    weight: int = 0
+
+    @property
+    def tenant_days(self) -> int:
+        """Tenant-days of the rectangle (tenants x days)."""
+        return len(self.tenants) * ((dt.date.fromisoformat(self.last) - dt.date.fromisoformat(self.first)).days + 1)
+
+    def covers(self, tenant: str, day: str) -> bool:
+        """Whether the run materialises ``tenant``'s ``day``."""
+        return tenant in self.tenants and self.first <= day <= self.last
+
+    def tags(self) -> dict[str, str]:
+        """The partition-range tags of the run (``day|tenant`` of two corners: Dagster reads a
+        range of a two-dimensional partitioning as the rectangle between them)."""
+        return {
+            "dagster/asset_partition_range_start": f"{self.first}|{self.tenants[0]}",
+            "dagster/asset_partition_range_end": f"{self.last}|{self.tenants[-1]}",
+        }
+
+    def label(self) -> str:
+        """``tenant first..last``, or ``first tenant..last tenant (n tenants) first..last``."""
+        who = self.tenants[0] if len(self.tenants) == 1 else f"{self.tenants[0]}..{self.tenants[-1]} ({len(self.tenants)} tenants)"
+        return f"{who} {self.first}..{self.last}"
+
+
+def plan_tenant_runs(
+    partitions: list[tuple[str, str]],
+    order: list[str],
+    max_per_run: int = MAX_PARTITIONS_PER_RUN,
+    weights: dict[tuple[str, str], int] | None = None,
+    max_weight: int | None = None,
+    may_include: set[str] | None = None,
+    run_cost_s: float = RUN_COST_S,
+    empty_day_cost_s: float = EMPTY_DAY_COST_S,
+) -> list[PlannedRun]:
+    """The runs of ``partitions`` (``[(tenant, day)]``): :func:`plan_runs` per tenant, then the
+    runs of neighbouring tenants merged into one run over the rectangle they span, where that is
+    cheaper. A run costs ``run_cost_s`` whatever it holds, a tenant-day without records
+    ``empty_day_cost_s``: a merge is made when the empty tenant-days it adds cost less than the
+    run it saves (issue #20: at 1,000 tenants one run per tenant is 1,000 processes and model
+    loads).
+
+    ``order`` is the tenant dimension's order (``instance.get_dynamic_partitions(TENANTS)``): a
+    rectangle holds every tenant between its first and last. A tenant between two merged ones
+    that has no run of its own is taken in only when it is in ``may_include`` (None: none), so a
+    run never touches a tenant the caller left out (``--tenant``, a vanished tenant). Tenants
+    with several runs (gaps, weight limits) stay in runs of their own. A merged run stays within
+    ``max_per_run`` tenant-days and, with ``max_weight``, within that many lines.
+
+    Returns the runs, largest ``weight`` first.
+    """
+    weights = weights or {}
+    per_tenant = plan_runs(partitions, max_per_run, weights=weights or None, max_weight=max_weight)
+    weight_of: dict[tuple, int] = defaultdict(int)
+    runs_of: dict[str, list] = defaultdict(list)
+    for run in per_tenant:
+        runs_of[run[0]].append(run)
+    for tenant, day in partitions:
+        for run in runs_of[tenant]:
+            if run[1] <= day <= run[2]:
+                weight_of[run] += weights.get((tenant, day), 1)
+                break
+    position = {t: i for i, t in enumerate(order)}
+    out: list[PlannedRun] = []
+    single = sorted((r for t, rs in runs_of.items() if len(rs) == 1 and t in position for r in rs), key=lambda r: position[r[0]])
+    out += [PlannedRun((r[0],), r[1], r[2], r[3], weight_of[r]) for t, rs in runs_of.items() if len(rs) > 1 or t not in position for r in rs]
+    busy = {t for t, rs in runs_of.items() if len(rs) > 1}  # their own runs would overlap a rectangle
+    group: list[tuple] = []
+
+    def close():
+        if group:
+            tenants = tuple(order[position[group[0][0]] : position[group[-1][0]] + 1])
+            out.append(PlannedRun(tenants, min(r[1] for r in group), max(r[2] for r in group), sum(r[3] for r in group), sum(weight_of[r] for r in group)))
+
+    def span(first: str, last: str) -> int:
+        return (dt.date.fromisoformat(last) - dt.date.fromisoformat(first)).days + 1
+
+    for run in single:
+        if group:
+            between = order[position[group[-1][0]] + 1 : position[run[0]]]
+            group_first, group_last = min(r[1] for r in group), max(r[2] for r in group)
+            tenants = position[run[0]] - position[group[0][0]] + 1
+            rectangle = tenants * span(min(group_first, run[1]), max(group_last, run[2]))
+            # Tenant-days the merge adds against the group's rectangle and this run apart.
+            added = rectangle - (position[group[-1][0]] - position[group[0][0]] + 1) * span(group_first, group_last) - span(run[1], run[2])
+            fits = (
+                all(t in (may_include or set()) and t not in busy for t in between)
+                and rectangle <= max_per_run
+                and (max_weight is None or sum(weight_of[r] for r in group) + weight_of[run] <= max_weight)
+            )
+            if fits and added * empty_day_cost_s < run_cost_s:
+                group.append(run)
+                continue
+            close()
+        group = [run]
+    close()
+    return sorted(out, key=lambda r: -r.weight)

@@ -125,7 +125,8 @@ def load_model(model: str, device: str, precision: str = "fp32", backend: str = 
     ``backend`` (``torch``: the weights are cast to the precision; ``openvino``: the fp32 model's
     transformer is compiled by OpenVINO at that precision, :func:`vector_assets.embed.
     openvino_backend.attach`, and where that is refused the model stays torch fp32, the reason
-    in :data:`OPENVINO_REFUSED` and the log). Loaded once per process.
+    in :data:`OPENVINO_REFUSED` and the log). Loaded once per process. On a CPU, the encode uses
+    :func:`vector_assets.settings.encode_threads` threads when that is set.
 
     Sets ``HF_HUB_OFFLINE=1`` first. Raises OSError when the model cannot be found locally.
     """
@@ -138,13 +139,20 @@ def load_model(model: str, device: str, precision: str = "fp32", backend: str = 
     # The environment above is read when transformers is first imported; a process that imported
     # it earlier (a Dagster run worker) would print a "Loading weights" bar per run.
     transformers_logging.disable_progress_bar()
+    from .. import settings
+
+    threads = settings.encode_threads()
     with _LOCK:
         folder = resolve_model_path(model)
         loaded = SentenceTransformer(folder, device=pick_device(device))
+        if threads and pick_device(device) == "cpu":
+            import torch
+
+            torch.set_num_threads(threads)
         if backend == "openvino":
             from . import openvino_backend
 
-            refused = openvino_backend.attach(loaded, folder, precision)
+            refused = openvino_backend.attach(loaded, folder, precision, threads=threads)
             if refused:
                 OPENVINO_REFUSED[(model, precision)] = refused
                 logging.getLogger(__name__).warning("%s: not using OpenVINO, torch fp32 instead: %s", model, refused)

@@ -45,7 +45,6 @@ from dagster._core.events.log import EventLogEntry
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 from dagster._core.storage.event_log.schema import AssetCheckExecutionsTable
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
-from dagster._core.storage.sqlalchemy_compat import db_result
 from dagster._core.storage.sqlite_storage import DagsterSqliteStorage, _event_logs_directory
 
 
@@ -142,8 +141,15 @@ class BatchedSqliteEventLogStorage(CheckEvaluationBatches, SqliteEventLogStorage
             return
         with self._insert_batch(events) as (conn, event_ids, _):
             self._store_asset_event_tags(conn, list(events), event_ids)
-            for event, event_id in zip(events, event_ids):
-                self._store_asset_event(conn, event, event_id)
+            # The asset's row (its last materialisation, observation, planned run) ends as the
+            # batch's last event of each type leaves it: only those are written. Each write
+            # serialises the whole event again and tries an INSERT before its UPDATE: at 3
+            # materialisations a tenant-day, 1 ms of the 1.15 ms an event cost on SQLite
+            # (profile of a 6,629 tenant-day run, 2026-12-02). dagster-postgres writes the
+            # batch's last event only.
+            last = {(e.dagster_event.asset_key, e.dagster_event_type): i for i, e in enumerate(events)}
+            for i in sorted(last.values()):
+                self._store_asset_event(conn, events[i], event_ids[i])
 
     @contextlib.contextmanager
     def _insert_batch(self, events: Sequence[EventLogEntry]):
@@ -153,20 +159,17 @@ class BatchedSqliteEventLogStorage(CheckEvaluationBatches, SqliteEventLogStorage
         from dagster._core.storage.event_log.schema import SqlEventLogStorageTable
 
         rows = [self._event_to_row(e) for e in events]  # what prepare_insert_event inserts
-        statements = [SqlEventLogStorageTable.insert().values(row) for row in rows]
         by_run: dict[str, list] = defaultdict(list)
-        for event, statement in zip(events, statements):
-            by_run[event.run_id].append(statement)
-        for run_id, run_statements in by_run.items():
+        for event, row in zip(events, rows):
+            by_run[event.run_id].append(row)
+        for run_id, run_rows in by_run.items():
             with self.run_connection(run_id) as conn:
-                for statement in run_statements:
-                    conn.execute(statement)
+                conn.execute(SqlEventLogStorageTable.insert(), run_rows)  # one executemany
         with self.index_transaction() as conn:
-            event_ids = []
-            for statement in statements:
-                with db_result(conn, statement) as result:
-                    event_ids.append(result.inserted_primary_key[0])
-            if any(event_id is None for event_id in event_ids):
+            # One statement for the batch, its ids in the rows' order (SQLite >= 3.35 RETURNING).
+            result = conn.execute(SqlEventLogStorageTable.insert().returning(SqlEventLogStorageTable.c.id, sort_by_parameter_order=True), rows)
+            event_ids = [row[0] for row in result.fetchall()]
+            if len(event_ids) != len(rows) or any(event_id is None for event_id in event_ids):
                 raise RuntimeError("SQLite returned no id for a stored event")
             yield conn, event_ids, rows
 

@@ -1,0 +1,65 @@
+"""How backfills group tenant-days into runs (vector_assets.partitions), and that Dagster reads a
+run's range over several tenants as the rectangle the plan means."""
+
+import datetime as dt
+
+import dagster as dg
+
+from vector_assets.partitions import TENANTS, PlannedRun, plan_tenant_runs, tenant_day_partitions
+
+
+def days(first: str, n: int, step: int = 1) -> list[str]:
+    start = dt.date.fromisoformat(first)
+    return [(start + dt.timedelta(days=i * step)).isoformat() for i in range(n)]
+
+
+ORDER = ["a", "b", "c", "d"]
+
+
+def test_neighbouring_tenants_share_a_run_when_the_empty_days_cost_less_than_a_run():
+    partitions = [("a", d) for d in days("2024-01-01", 30)] + [("b", d) for d in days("2024-01-10", 30)]
+    (run,) = plan_tenant_runs(partitions, ORDER)
+    assert run == PlannedRun(("a", "b"), "2024-01-01", "2024-02-08", 60, 60)
+    assert run.tenant_days == 2 * 39 and run.covers("b", "2024-01-01") and not run.covers("c", "2024-01-05")
+    assert run.tags() == {"dagster/asset_partition_range_start": "2024-01-01|a", "dagster/asset_partition_range_end": "2024-02-08|b"}
+    assert run.label() == "a..b (2 tenants) 2024-01-01..2024-02-08"
+    # The same two tenants years apart: the rectangle's empty tenant-days (2 x ~3,000 days at
+    # 4 ms) cost more than the run saved (10 s): two runs.
+    far = [("a", d) for d in days("2010-01-01", 3)] + [("b", d) for d in days("2018-01-01", 3)]
+    assert sorted(r.tenants for r in plan_tenant_runs(far, ORDER)) == [("a",), ("b",)]
+
+
+def test_a_tenant_between_is_taken_in_only_when_allowed():
+    partitions = [("a", d) for d in days("2024-01-01", 5)] + [("c", d) for d in days("2024-01-01", 5)]
+    # b has nothing to run: without may_include (a --tenant backfill, a vanished tenant) the
+    # rectangle a..c, which holds b, is not made.
+    assert sorted(r.tenants for r in plan_tenant_runs(partitions, ORDER)) == [("a",), ("c",)]
+    (run,) = plan_tenant_runs(partitions, ORDER, may_include={"b"})
+    assert run.tenants == ("a", "b", "c") and run.days_with_records == 10 and run.tenant_days == 15
+
+
+def test_limits_tenants_with_several_runs_and_unknown_tenants():
+    # a's two runs (a gap of more than MAX_GAP_DAYS) stay apart; b and c merge.
+    partitions = [("a", "2020-01-01"), ("a", "2023-01-01")] + [("b", d) for d in days("2024-01-01", 3)] + [("c", d) for d in days("2024-01-02", 3)]
+    runs = plan_tenant_runs(partitions + [("zz", "2024-01-01")], ORDER)
+    assert sorted((r.tenants, r.first, r.last) for r in runs) == [
+        (("a",), "2020-01-01", "2020-01-01"), (("a",), "2023-01-01", "2023-01-01"), (("b", "c"), "2024-01-01", "2024-01-04"), (("zz",), "2024-01-01", "2024-01-01"),
+    ]
+    # A weight limit (lines per run, for parallel workers) and a tenant-day limit split them.
+    weights = {p: 10 for p in partitions}
+    assert len(plan_tenant_runs(partitions, ORDER, weights=weights, max_weight=40)) == 4
+    assert len(plan_tenant_runs(partitions, ORDER, max_per_run=7)) == 4
+    # Largest first.
+    runs = plan_tenant_runs(partitions, ORDER, weights=weights)
+    assert [r.weight for r in runs] == sorted((r.weight for r in runs), reverse=True) and runs[0].tenants == ("b", "c")
+
+
+def test_dagster_reads_a_range_over_tenants_as_the_rectangle():
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(TENANTS, ORDER)
+        run = PlannedRun(("b", "c", "d"), "2024-03-01", "2024-03-04", 2)
+        tags = run.tags()
+        key_range = dg.PartitionKeyRange(tags["dagster/asset_partition_range_start"], tags["dagster/asset_partition_range_end"])
+        keys = tenant_day_partitions.get_partition_keys_in_range(key_range, dynamic_partitions_store=instance)
+        got = {(k.keys_by_dimension["tenant"], k.keys_by_dimension["day"]) for k in keys}
+        assert got == {(t, d) for t in ("b", "c", "d") for d in days("2024-03-01", 4)} and len(keys) == run.tenant_days
