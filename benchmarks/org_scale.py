@@ -8,8 +8,9 @@ that the texts, their lengths and kinds are the real ones and only their spread 
 tenant's run covers all D days, and the days between its records are tenant-days without records. The same records over a grid ten times larger show
 how the per-tenant-day cost grows with T x D.
 
-The grid is run through the product as ``vector-assets backfill`` plans it (one run per tenant
-over its days, ``plan_runs``), each run a real Dagster run in this process
+The grid is run through the product as ``vector-assets backfill`` plans it (``plan_tenant_runs``:
+neighbouring tenants share a run over the rectangle of their days, up to 10,000 tenant-days a
+run), each run a real Dagster run in this process
 (``dg.materialize`` of ``tenant_day_vectors`` against a SQLite or PostgreSQL instance, the state
 database beside it), with:
 
@@ -182,7 +183,7 @@ def run_grid(tenants: int, days: int, storage: str, embedder: str, limit: int | 
     import vector_assets.definitions  # noqa: F401  (the event batching every code location process sets)
     from vector_assets.assets import tenant_day_vectors
     from vector_assets.embed.quality import QualityThresholds
-    from vector_assets.partitions import MAX_PARTITIONS_PER_RUN, TENANTS, plan_runs
+    from vector_assets.partitions import MAX_PARTITIONS_PER_RUN, TENANTS, plan_tenant_runs
     from vector_assets.resources import EmbeddingModelResource, LandingResource, MilvusResource
     from vector_assets.store import milvus_store
 
@@ -212,20 +213,19 @@ def run_grid(tenants: int, days: int, storage: str, embedder: str, limit: int | 
         index = landing.index()
         instance.add_dynamic_partitions(TENANTS, index.tenants())
         unsynced = index.unsynced_partitions(None)
-        runs = plan_runs(unsynced, MAX_PARTITIONS_PER_RUN)
+        # The runs `vector-assets backfill` would make (neighbouring tenants share a run).
+        order = instance.get_dynamic_partitions(TENANTS)
+        runs = plan_tenant_runs(unsynced, order, MAX_PARTITIONS_PER_RUN, may_include=set(order))
         out["plan_s"] = round(time.perf_counter() - started, 2)
         out["runs"] = len(runs)
-        covered = sum((dt.date.fromisoformat(b) - dt.date.fromisoformat(a)).days + 1 for _, a, b, _ in runs)
+        covered = sum(r.tenant_days for r in runs)
         out["tenant_days_materialised"] = covered
 
         failed = 0
         with timed_stages() as stages, timed_event_storage(instance) as events:
             started = time.perf_counter()
-            for i, (tenant, first, last, _) in enumerate(runs):
-                result = dg.materialize(
-                    [tenant_day_vectors], resources=resources, instance=instance, raise_on_error=False,
-                    tags={"dagster/asset_partition_range_start": f"{first}|{tenant}", "dagster/asset_partition_range_end": f"{last}|{tenant}"},
-                )
+            for i, run in enumerate(runs):
+                result = dg.materialize([tenant_day_vectors], resources=resources, instance=instance, raise_on_error=False, tags=run.tags())
                 failed += not result.success
                 if (i + 1) % max(1, len(runs) // 10) == 0:
                     print(f"  {out['grid']} {storage}: {i + 1}/{len(runs)} runs, {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
@@ -273,7 +273,7 @@ def run_grid(tenants: int, days: int, storage: str, embedder: str, limit: int | 
             tick_s = time.perf_counter() - started
         requests = requests if isinstance(requests, list) else []
         started = time.perf_counter()
-        ok = sum(dg.materialize([tenant_day_vectors], partition_key=r.partition_key, resources=resources, instance=instance, raise_on_error=False).success for r in requests)
+        ok = sum(dg.materialize([tenant_day_vectors], partition_key=r.partition_key, tags=dict(r.tags), resources=resources, instance=instance, raise_on_error=False).success for r in requests)
         out["schedule"] = {
             "day": day, "tenants_with_new_records": len(changed), "tick_s": round(tick_s, 2),
             "materialisations_without_run": sum(recorded), "runs_requested": len(requests), "runs_ok": ok,

@@ -462,6 +462,14 @@ def test_daily_schedule_runs_only_tenant_days_that_need_it(resources, instance, 
     day = [r for r in hadoop_days if r["day"] == "2024-07-02"]
     write_jsonl(workspace["landing"] / "jira.jsonl", [dict(r, summary=r["summary"] + " (edited)") if r is day[0] else r for r in hadoop_days])
     assert [r.partition_key for r in tick()] == ["2024-07-02|HADOOP"]
+    # Two tenants with lines to write that day, neighbours in the tenant dimension: one run over
+    # both (issue #20 item 2), and it writes both tenant-days.
+    commit = dict(sample_records("git_commits.jsonl", "pallets/flask", "2024-01-01", "2024-12-31")[0], author_date_utc="2024-07-02T09:00:00Z", day="2024-07-02")
+    write_jsonl(workspace["landing"] / "git.jsonl", [commit])
+    (both,) = tick()
+    assert both.partition_key is None and both.tags == {"dagster/asset_partition_range_start": "2024-07-02|HADOOP", "dagster/asset_partition_range_end": "2024-07-02|pallets/flask"}
+    assert dg.materialize([tenant_day_vectors], tags=both.tags, resources=resources, instance=instance).success
+    assert rows_of(resources["milvus"].get_client(), "pallets/flask", "2024-07-02") and isinstance(tick(), dg.SkipReason)
     with dg.instance_for_test() as empty:
         assert "no tenants registered" in tick(on=empty).skip_message
 

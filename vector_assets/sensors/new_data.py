@@ -6,7 +6,7 @@ import dagster as dg
 
 from ..assets.landing_index import refresh_event
 from ..jobs import vectors_job
-from ..partitions import MAX_PARTITIONS_PER_RUN, TENANTS, in_window, plan_runs, tenant_partitions
+from ..partitions import MAX_PARTITIONS_PER_RUN, TENANTS, in_window, plan_tenant_runs, tenant_partitions
 from ..resources import LandingResource
 from ..instance.runs import fail_dead_runs
 
@@ -19,7 +19,8 @@ def new_data_sensor(context: dg.SensorEvaluationContext, landing: LandingResourc
     cursor = json.loads(context.cursor) if context.cursor else {}
     # One pass over the files: the refresh hashes each (and re-parses only those that changed).
     report = landing.refresh()
-    known = set(context.instance.get_dynamic_partitions(TENANTS))
+    order = context.instance.get_dynamic_partitions(TENANTS)
+    known = set(order)
     # The refresh's counts and bad lines are recorded on landing_index (when it changed anything).
     refreshed = refresh_event(context.instance, landing, report, "new_data_sensor", context.log)
     index = landing.index()
@@ -35,12 +36,11 @@ def new_data_sensor(context: dg.SensorEvaluationContext, landing: LandingResourc
         return dg.SensorResult(skip_reason="landing data unchanged since the last tick", cursor=json.dumps(state), asset_events=[refreshed] if refreshed else [])
     found = sorted({t for t, _ in changes} - known)
     changed = sorted(p for p in changes if in_window(p[1]))
+    # Changed tenants next to each other in the tenant dimension share a run where that is
+    # cheaper (partitions.plan_tenant_runs); tenants between them are never taken in, nor new ones.
     requests = [
-        dg.RunRequest(
-            run_key=f"{generation}:{seq}:{tenant}:{first}:{last}",
-            tags={"dagster/asset_partition_range_start": f"{first}|{tenant}", "dagster/asset_partition_range_end": f"{last}|{tenant}"},
-        )
-        for tenant, first, last, _ in plan_runs(changed, MAX_PARTITIONS_PER_RUN)
+        dg.RunRequest(run_key=f"{generation}:{seq}:{run.tenants[0]}:{run.tenants[-1]}:{run.first}:{run.last}", tags=run.tags())
+        for run in plan_tenant_runs(changed, order, MAX_PARTITIONS_PER_RUN)
     ]
     context.log.info(f"{len(report.files_scanned)} files re-read, {len(changed)} tenant-days changed since the last tick, {len(found)} new tenants")
     return dg.SensorResult(
