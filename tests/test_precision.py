@@ -201,3 +201,53 @@ def test_openvino_serves_uncached_where_the_cache_cannot_be_written(tmp_path, mo
     model = SentenceTransformer(folder, device="cpu")
     assert openvino_backend.attach(model, folder, "fp32") is None
     assert "forward" in vars(model[0].model) and not (blocker / "openvino").exists()
+
+
+def test_encode_threads_reach_openvino_and_one_process_converts_at_a_time(tmp_path, monkeypatch):
+    """``VECTOR_ASSETS_ENCODE_THREADS`` becomes OpenVINO's ``INFERENCE_NUM_THREADS``; a bad value
+    is refused naming the variable. Loads started together convert the model once: the others
+    wait on the lock beside the cache and read the IR it wrote."""
+    import threading
+
+    import openvino as ov
+    from sentence_transformers import SentenceTransformer
+
+    from vector_assets import settings
+    from vector_assets.embed import openvino_backend
+
+    for bad in ("two", "-1"):
+        monkeypatch.setenv("VECTOR_ASSETS_ENCODE_THREADS", bad)
+        with pytest.raises(ValueError, match="VECTOR_ASSETS_ENCODE_THREADS"):
+            settings.encode_threads()
+    monkeypatch.setenv("VECTOR_ASSETS_ENCODE_THREADS", "1")
+    assert settings.encode_threads() == 1
+
+    monkeypatch.setenv("VECTOR_ASSETS_HOME", str(tmp_path))
+    configs, conversions = [], []
+    compile_model, convert_model = ov.Core.compile_model, ov.convert_model
+
+    def compiled(self, model, device, config=None):
+        configs.append(dict(config or {}))
+        return compile_model(self, model, device, config or {})
+
+    def converted(*args, **kwargs):
+        conversions.append(threading.get_ident())
+        return convert_model(*args, **kwargs)
+
+    monkeypatch.setattr(ov.Core, "compile_model", compiled)
+    monkeypatch.setattr(ov, "convert_model", converted)
+    folder = embedding.resolve_model_path(embedding.DEFAULT_MODEL)
+    models = [SentenceTransformer(folder, device="cpu") for _ in range(2)]
+    refused = [None, None]
+
+    def load(i):
+        refused[i] = openvino_backend.attach(models[i], folder, "fp32", threads=settings.encode_threads())
+
+    workers = [threading.Thread(target=load, args=(i,)) for i in range(2)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert refused == [None, None]
+    assert len(conversions) == 1 and [c["INFERENCE_NUM_THREADS"] for c in configs] == [1, 1]
+    assert len(list((tmp_path / "cache" / "openvino").glob("*.xml"))) == 1

@@ -95,7 +95,7 @@ def plan_runs(partitions: list[tuple[str, str]], max_per_run: int, max_gap_days:
 
 #: What one run of the vectors job costs before its first tenant-day, in seconds: a process,
 #: imports, loading the code location, the model load and Great Expectations' import. Measured
-#: with ``vector-assets backfill --workers 2`` on the bundled sample (2026-12-02): the run of
+#: with ``vector-assets backfill --workers 2`` on the bundled sample (2026-12-01): the run of
 #: microsoft/vscode, 9 tenant-days and 100 records, took 11.8 s.
 RUN_COST_S = 10.0
 
