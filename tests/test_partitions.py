@@ -5,7 +5,7 @@ import datetime as dt
 
 import dagster as dg
 
-from vector_assets.partitions import TENANTS, PlannedRun, plan_tenant_runs, tenant_day_partitions
+from vector_assets.partitions import TENANTS, PlannedRun, plan_tenant_runs, run_tenants, tenant_day_partitions
 
 
 def days(first: str, n: int, step: int = 1) -> list[str]:
@@ -63,3 +63,10 @@ def test_dagster_reads_a_range_over_tenants_as_the_rectangle():
         keys = tenant_day_partitions.get_partition_keys_in_range(key_range, dynamic_partitions_store=instance)
         got = {(k.keys_by_dimension["tenant"], k.keys_by_dimension["day"]) for k in keys}
         assert got == {(t, d) for t in ("b", "c", "d") for d in days("2024-03-01", 4)} and len(keys) == run.tenant_days
+
+
+def test_the_tenants_of_a_run_from_its_tags():
+    assert run_tenants(PlannedRun(("b", "c", "d"), "2024-03-01", "2024-03-04", 2).tags(), ORDER) == ["b", "c", "d"]
+    assert run_tenants({"dagster/partition": "2024-03-01|c"}, ORDER) == ["c"]
+    assert run_tenants({"dagster/asset_partition_range_start": "2024-03-01|a", "dagster/asset_partition_range_end": "2024-03-02|gone"}, ORDER) == ["a", "gone"]
+    assert run_tenants({}, ORDER) == [] and run_tenants({"dagster/asset_partition_range_start": "a", "dagster/asset_partition_range_end": "b"}, ORDER) == []

@@ -104,6 +104,23 @@ RUN_COST_S = 10.0
 EMPTY_DAY_COST_S = 0.004
 
 
+def run_tenants(tags: dict[str, str], order: list[str]) -> list[str]:
+    """The tenants a run of the tenant-day assets covers, from its tags: the single partition
+    (``dagster/partition``, ``day|tenant``) or the rectangle between the range's corners
+    (``dagster/asset_partition_range_start``/``_end``) in the tenant dimension's ``order``
+    (``instance.get_dynamic_partitions(TENANTS)``); ``[]`` for a run of no tenant-day (a
+    corner tenant missing from ``order``: the corners' tenants only)."""
+    single = tags.get("dagster/partition", "")
+    start, end = tags.get("dagster/asset_partition_range_start", ""), tags.get("dagster/asset_partition_range_end", "")
+    if "|" in start and "|" in end:
+        first, last = start.split("|", 1)[1], end.split("|", 1)[1]
+        position = {t: i for i, t in enumerate(order)}
+        if first in position and last in position:
+            return list(order[position[first] : position[last] + 1])
+        return sorted({first, last})
+    return [single.split("|", 1)[1]] if "|" in single else []
+
+
 class PlannedRun(NamedTuple):
     """One run of a plan: the rectangle of tenants ``tenants`` (consecutive in the tenant
     dimension's order; a single tenant in most plans) x days ``first``..``last`` (``YYYY-MM-DD``).

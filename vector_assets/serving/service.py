@@ -541,24 +541,28 @@ class ServiceState:
 
     def last_materialisations(self) -> dict[str, float]:
         """Per tenant, the end time (Unix seconds) of its latest successful run that
-        materialised its vectors, from the Dagster instance's 1,000 latest successful runs
-        (cached 60 s)."""
+        materialised its vectors (a run over several tenants counts for each), from the Dagster
+        instance's 1,000 latest successful runs (cached 60 s)."""
         if not self.config.read_dagster:
             return {}
         if self._last and time.monotonic() - self._last[0] < 60:
             return self._last[1]
         import dagster as dg
 
+        from ..partitions import TENANTS, run_tenants
+
         out: dict[str, float] = {}
         try:
-            records = settings.dagster_instance().get_run_records(dg.RunsFilter(statuses=[dg.DagsterRunStatus.SUCCESS]), limit=1000)
+            instance = settings.dagster_instance()
+            records = instance.get_run_records(dg.RunsFilter(statuses=[dg.DagsterRunStatus.SUCCESS]), limit=1000)
+            order = instance.get_dynamic_partitions(TENANTS)
         except Exception:  # noqa: BLE001 - no instance yet: nothing to report
-            records = []
+            records, order = [], []
         for record in records:
-            tags = record.dagster_run.tags
-            key = tags.get("dagster/asset_partition_range_end") or tags.get("dagster/partition") or ""
-            if "|" in key and record.end_time:
-                tenant = key.split("|", 1)[1]
+            if not record.end_time:
+                continue
+            # A run may cover several tenants (the rectangle of its range: partitions.plan_tenant_runs).
+            for tenant in run_tenants(record.dagster_run.tags, order):
                 out[tenant] = max(out.get(tenant, 0.0), float(record.end_time))
         self._last = (time.monotonic(), out)
         return out
