@@ -54,6 +54,18 @@ def test_limits_tenants_with_several_runs_and_unknown_tenants():
     assert [r.weight for r in runs] == sorted((r.weight for r in runs), reverse=True) and runs[0].tenants == ("b", "c")
 
 
+def test_merging_leaves_no_worker_idle():
+    # Four tenants of the same days: one run for one worker; with two workers (min_runs) each
+    # merged run holds at most half the lines, so both workers get a run.
+    partitions = [(t, d) for t in ORDER for d in days("2024-01-01", 5)]
+    assert len(plan_tenant_runs(partitions, ORDER)) == 1
+    runs = plan_tenant_runs(partitions, ORDER, min_runs=2)
+    assert sorted(r.tenants for r in runs) == [("a", "b"), ("c", "d")] and all(r.weight == 10 for r in runs)
+    # Never more runs than tenants' runs apart: four workers, four runs; eight workers, still four.
+    assert len(plan_tenant_runs(partitions, ORDER, min_runs=4)) == 4
+    assert len(plan_tenant_runs(partitions, ORDER, min_runs=8)) == 4
+
+
 def test_dagster_reads_a_range_over_tenants_as_the_rectangle():
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions(TENANTS, ORDER)

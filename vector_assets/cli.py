@@ -290,7 +290,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     may_include = set() if args.tenant else known - set(vanished)
     plan = plan_tenant_runs(
         partitions_to_run, instance.get_dynamic_partitions(TENANTS), args.max_partitions_per_run or MAX_PARTITIONS_PER_RUN,
-        weights=weights, max_weight=max_weight, may_include=may_include,
+        weights=weights, max_weight=max_weight, may_include=may_include, min_runs=args.workers,
     )
     # Unchanged tenant-days inside a run's range (runs bridge gaps) are re-read by that run and
     # counted in its own figures; only the others are counted here (issue #17 item 13: skipped

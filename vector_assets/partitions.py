@@ -168,6 +168,7 @@ def plan_tenant_runs(
     may_include: set[str] | None = None,
     run_cost_s: float = RUN_COST_S,
     empty_day_cost_s: float = EMPTY_DAY_COST_S,
+    min_runs: int = 1,
 ) -> list[PlannedRun]:
     """The runs of ``partitions`` (``[(tenant, day)]``): :func:`plan_runs` per tenant, then the
     runs of neighbouring tenants merged into one run over the rectangle they span, where that is
@@ -183,6 +184,11 @@ def plan_tenant_runs(
     with several runs (gaps, weight limits) stay in runs of their own. A merged run stays within
     ``max_per_run`` tenant-days and, with ``max_weight``, within that many lines.
 
+    ``min_runs`` (the workers that will run the plan): a merged run holds at most
+    ``ceil(total weight / min_runs)``, so merging never leaves a worker idle that the runs apart
+    would have kept busy (one run is one process on one worker: six tenants merged into one run
+    left the second Celery worker of ``tests/test_distributed.py`` without a step).
+
     Returns the runs, largest ``weight`` first.
     """
     weights = weights or {}
@@ -197,6 +203,10 @@ def plan_tenant_runs(
                 weight_of[run] += weights.get((tenant, day), 1)
                 break
     position = {t: i for i, t in enumerate(order)}
+    merge_weight = max_weight
+    if min_runs > 1:
+        share = -(-sum(weight_of.values()) // min_runs)
+        merge_weight = share if merge_weight is None else min(merge_weight, share)
     out: list[PlannedRun] = []
     single = sorted((r for t, rs in runs_of.items() if len(rs) == 1 and t in position for r in rs), key=lambda r: position[r[0]])
     out += [PlannedRun((r[0],), r[1], r[2], r[3], weight_of[r]) for t, rs in runs_of.items() if len(rs) > 1 or t not in position for r in rs]
@@ -222,7 +232,7 @@ def plan_tenant_runs(
             fits = (
                 all(t in (may_include or set()) and t not in busy for t in between)
                 and rectangle <= max_per_run
-                and (max_weight is None or sum(weight_of[r] for r in group) + weight_of[run] <= max_weight)
+                and (merge_weight is None or sum(weight_of[r] for r in group) + weight_of[run] <= merge_weight)
             )
             if fits and added * empty_day_cost_s < run_cost_s:
                 group.append(run)
