@@ -279,7 +279,7 @@ def bench_recording(storage: str = "sqlite", spans: tuple[int, int] = (10, 1000)
 
     import vector_assets.definitions  # noqa: F401  (sets the event batching as every code location process does)
     from vector_assets.store import milvus_store
-    from vector_assets.assets import landing_index, tenant_day_vectors
+    from vector_assets.assets import landing_index
 
     tenant = "pallets/flask"
     flask = [t for t in load_texts(["git_commits.jsonl"]) if t.tenant == tenant]
@@ -290,15 +290,7 @@ def bench_recording(storage: str = "sqlite", spans: tuple[int, int] = (10, 1000)
         dg.materialize([landing_index], resources=resources, instance=instance)
 
         def run(days: int) -> tuple[float, int]:
-            last = (dt.date.fromisoformat(first) + dt.timedelta(days=days - 1)).isoformat()
-            started = time.perf_counter()
-            result = dg.materialize(
-                [tenant_day_vectors], resources=resources, instance=instance,
-                tags={"dagster/asset_partition_range_start": f"{first}|{tenant}", "dagster/asset_partition_range_end": f"{last}|{tenant}"},
-            )
-            wall = time.perf_counter() - started
-            assert result.success
-            return wall, len(instance.all_logs(result.run_id))
+            return run_days(instance, resources, tenant, first, days)
 
         run(1)  # writes the records; the runs below find them unchanged
         (small_s, small_events), (large_s, large_events) = run(spans[0]), run(spans[1])
@@ -313,6 +305,26 @@ def bench_recording(storage: str = "sqlite", spans: tuple[int, int] = (10, 1000)
     shutil.rmtree(work, ignore_errors=True)
     out["with_records"] = bench_recording_with_records(storage)
     return out
+
+
+def run_days(instance, resources: dict, tenant: str, first: str, days: int) -> tuple[float, int]:
+    """Materialise ``tenant_day_vectors`` as one run over ``tenant``'s ``days`` days from
+    ``first``: ``(wall seconds, events the run logged)``. Raises AssertionError when the run fails."""
+    import datetime as dt
+
+    import dagster as dg
+
+    from vector_assets.assets import tenant_day_vectors
+
+    last = (dt.date.fromisoformat(first) + dt.timedelta(days=days - 1)).isoformat()
+    started = time.perf_counter()
+    result = dg.materialize(
+        [tenant_day_vectors], resources=resources, instance=instance,
+        tags={"dagster/asset_partition_range_start": f"{first}|{tenant}", "dagster/asset_partition_range_end": f"{last}|{tenant}"},
+    )
+    wall = time.perf_counter() - started
+    assert result.success
+    return wall, len(instance.all_logs(result.run_id))
 
 
 @contextlib.contextmanager

@@ -9,10 +9,8 @@ README's per-tenant-day table (``pipeline.py recording`` measures that).
 """
 import argparse
 import cProfile
-import datetime as dt
 import pstats
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -22,7 +20,7 @@ import dagster as dg  # noqa: E402
 
 import pipeline as bench  # noqa: E402
 import vector_assets.definitions  # noqa: E402,F401  (the event batching every code location sets)
-from vector_assets.assets import landing_index, tenant_day_vectors  # noqa: E402
+from vector_assets.assets import landing_index  # noqa: E402
 
 
 def main() -> int:
@@ -39,14 +37,7 @@ def main() -> int:
         dg.materialize([landing_index], resources=resources, instance=instance)
 
         def run(days: int) -> float:
-            last = (dt.date.fromisoformat(first) + dt.timedelta(days=days - 1)).isoformat()
-            started = time.perf_counter()
-            result = dg.materialize(
-                [tenant_day_vectors], resources=resources, instance=instance,
-                tags={"dagster/asset_partition_range_start": f"{first}|{tenant}", "dagster/asset_partition_range_end": f"{last}|{tenant}"},
-            )
-            assert result.success
-            return time.perf_counter() - started
+            return bench.run_days(instance, resources, tenant, first, days)[0]
 
         run(1)
         small = run(10)
