@@ -55,3 +55,48 @@ def test_the_dagster_internals_we_rely_on_are_still_there():
     assert (handle.asset_key, handle.partition_key) == (dg.AssetKey("a"), "2024-01-01|T")
     assert {"event_type", "step_context", "event_specific_data", "message", "batch_metadata"} <= set(inspect.signature(DagsterEvent.from_step).parameters)
     assert callable(generate_event_batch_id) and set(inspect.signature(DagsterEventBatchMetadata).parameters) >= {"id", "is_end"}
+    # instance.planning: the plan of a run resolves its partitions through this method, per asset
+    from dagster._core.instance.runs.run_domain import RunDomain
+    from dagster._core.storage.dagster_run import DagsterRun
+
+    from vector_assets.instance import planning
+
+    assert list(inspect.signature(planning._ORIGINAL).parameters) == ["self", "partitions_def"]
+    assert inspect.getsource(RunDomain.get_materialization_planned_events_for_asset).count("dagster_run.get_resolved_partitions_subset_for_events(") == 1
+    assert planning.installed() or DagsterRun.get_resolved_partitions_subset_for_events is planning._ORIGINAL
+
+
+def test_a_ranged_runs_partitions_are_resolved_once_when_planned(tmp_path):
+    """Creating a run over a tenant-day range logs one planned event per asset and check, and
+    Dagster resolves the range's partition keys for each (11 times for ``tenant_day_vectors``);
+    the storages install :mod:`vector_assets.instance.planning`, which resolves it once per run.
+    Same subset as Dagster's own method, and a new resolution for another run or range."""
+    import uuid
+    from unittest import mock
+
+    from dagster._core.definitions.partitions.context import partition_loading_context
+    from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+
+    from vector_assets.instance import planning
+    from vector_assets.instance.storage import storage_config
+    from vector_assets.partitions import TENANTS, day_partitions, tenant_day_partitions
+
+    def ranged_run(start: str, end: str) -> dg.DagsterRun:
+        return dg.DagsterRun(job_name="tenant_day_vectors_job", run_id=str(uuid.uuid4()), tags={ASSET_PARTITION_RANGE_START_TAG: start, ASSET_PARTITION_RANGE_END_TAG: end})
+
+    with dg.instance_for_test(overrides={"storage": storage_config(str(tmp_path))}) as instance:
+        assert planning.installed()  # by the storage's constructor
+        instance.add_dynamic_partitions(TENANTS, ["A", "B", "C"])
+        original = dg.MultiPartitionsDefinition.get_partition_keys_in_range
+        with partition_loading_context(dynamic_partitions_store=instance), mock.patch.object(dg.MultiPartitionsDefinition, "get_partition_keys_in_range", autospec=True, side_effect=original) as resolve:
+            run = ranged_run("2024-01-01|A", "2024-01-03|B")
+            first = run.get_resolved_partitions_subset_for_events(tenant_day_partitions)
+            # an equal definition (as each asset node of a remote asset graph holds its own)
+            equal = dg.MultiPartitionsDefinition({"tenant": dg.DynamicPartitionsDefinition(name=TENANTS), "day": day_partitions})
+            assert run.get_resolved_partitions_subset_for_events(equal) is first
+            assert resolve.call_count == 1
+            assert sorted(first.get_partition_keys()) == sorted(f"{d}|{t}" for d in ("2024-01-01", "2024-01-02", "2024-01-03") for t in ("A", "B"))
+            assert planning._ORIGINAL(run, tenant_day_partitions) == first  # what Dagster's method gives
+            other = ranged_run("2024-01-02|B", "2024-01-02|C").get_resolved_partitions_subset_for_events(tenant_day_partitions)
+            assert sorted(other.get_partition_keys()) == ["2024-01-02|B", "2024-01-02|C"]
+            assert ranged_run("2024-01-01|A", "2024-01-01|A").get_resolved_partitions_subset_for_events(None) is None
