@@ -12,6 +12,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from vector_assets.instance import launch
 from vector_assets.store import milvus_store
 from vector_assets.settings import DEFAULT_MODEL
 
@@ -73,6 +74,13 @@ def test_backfill_then_search(storage_env, slice_records, workspace, tmp_path):
     with dg.DagsterInstance.get() as instance:
         assert type(instance.event_log_storage).__name__ == {"sqlite": "BatchedSqliteEventLogStorage", "postgres": "BatchedPostgresEventLogStorage"}[storage]
         materialised = instance.get_materialized_partitions(dg.AssetKey("milvus_vectors"))
+        # The run's totals, as its step stated them in one engine event, are what its recorded
+        # events add up to (launch.outcome reads the one, not the thousands).
+        (run,) = instance.get_runs(dg.RunsFilter(job_name="tenant_day_vectors_job"))
+        stated, read = launch.outcome(instance, run, str), launch.outcome(instance, run, str, read_events=True)
+        assert stated.sums == read.sums and stated.check_errors == read.check_errors and stated.status == read.status == "SUCCESS"
+        assert stated.sums["milvus_vectors.partitions"] == len(materialised) and stated.sums["source_records.records_read"] == len(jira) + len(commits)
+        assert sum(1 for e in instance.all_logs(run.run_id) if e.message == launch.RUN_TOTALS) == 1
     # One run for both tenants (the empty tenant-days their rectangle adds cost less than a
     # second run: partitions.plan_tenant_runs); every tenant-day of it is materialised, days
     # without records too.

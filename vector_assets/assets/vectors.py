@@ -31,7 +31,7 @@ from .. import settings
 from ..checks import evaluate, outcomes
 from ..checks.specs import CHECK_SPECS, CHECKS
 from ..embed.quality import QualityThresholds, Verdict
-from ..instance import runs
+from ..instance import launch, runs
 from ..keys import ASSET_KEYS, EXTRACTED_TEXT, MILVUS_VECTORS, SOURCE_RECORDS
 from ..partitions import make_key, split_key, tenant_day_partitions
 from ..resources import EmbeddingModelResource, LandingResource, MilvusResource
@@ -256,6 +256,7 @@ def tenant_day_vectors(
     yield from materializations(results, model_id, per_text, encoder)
     evaluations, failed_checks, blocked = check_evaluations(context.instance, context.run_id, results, verdicts, run_timing)
     yield from outcomes.record_evaluations(context, evaluations)
+    launch.report_run_totals(context, recorded_totals(results, model_id, per_text, encoder), [(e.check_name, e.partition) for e in evaluations if not e.passed and e.severity == dg.AssetCheckSeverity.ERROR])
     # Only now, with the materialisations recorded, are the written partitions recorded as
     # synced: a crash before this line leaves them to be run again, never skipped unmaterialised.
     # (A blocking check's failure is raised below, after this.)
@@ -383,6 +384,19 @@ def materializations(results: dict[PartitionKey, PartitionResult], model_id: str
         for key, result in results.items() if result.written
         for asset_key, metadata in partition_metadata(result, model_id, per_text, encoder).items()
     ]
+
+
+def recorded_totals(results: dict[PartitionKey, PartitionResult], model_id: str, per_text: float, encoder: str = "") -> dict[str, float]:
+    """The sums of what :func:`materializations` and :func:`add_partition_metadata` record for
+    the run (:func:`vector_assets.instance.launch.add_figures` over each written tenant-day's
+    materialisation of each asset; a day without records or deletes has no figures)."""
+    sums: dict[str, float] = {}
+    for result in results.values():
+        if not result.written:
+            continue
+        for asset_key, metadata in partition_metadata(result, model_id, per_text, encoder).items():
+            launch.add_figures(sums, asset_key.to_user_string(), metadata if (result.records_read or result.deleted) else {})
+    return sums
 
 
 def empty_day_materializations(tenant: str, day: str, recorded_by: str) -> list[dg.AssetMaterialization]:

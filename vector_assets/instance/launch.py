@@ -215,29 +215,63 @@ class RunOutcome:
     process_died: bool = False
 
 
-#: The event types :func:`outcome` reads: a run of many tenant-days writes many more events
-#: (logs, outputs, check evaluations' own), which are not read.
+#: The event types :func:`outcome` reads first: few per run (steps, the run's failure, engine
+#: events, among them the step's :data:`RUN_TOTALS` event).
 OUTCOME_EVENTS = {
     dg.DagsterEventType.STEP_START, dg.DagsterEventType.STEP_SUCCESS, dg.DagsterEventType.STEP_FAILURE,
-    dg.DagsterEventType.ASSET_MATERIALIZATION, dg.DagsterEventType.ASSET_CHECK_EVALUATION,
     dg.DagsterEventType.ENGINE_EVENT, dg.DagsterEventType.RUN_FAILURE,
 }
+#: The events :func:`outcome` sums when a run has no usable :data:`RUN_TOTALS` event: one per
+#: tenant-day and asset, and per judged tenant-day and check.
+RECORDED_EVENTS = {dg.DagsterEventType.ASSET_MATERIALIZATION, dg.DagsterEventType.ASSET_CHECK_EVALUATION}
+#: The message of the engine event in which a step states the totals of what it recorded
+#: (:func:`report_run_totals`).
+RUN_TOTALS = "vector_assets: what this step recorded"
 
 
-def _records(instance: dg.DagsterInstance, run_id: str, page: int = 5000):
-    """The run's event records of the :data:`OUTCOME_EVENTS` types, in order, read a page at a time."""
+def _records(instance: dg.DagsterInstance, run_id: str, of_type: set, page: int = 5000):
+    """The run's event records of the ``of_type`` types, in order, read a page at a time."""
     cursor = None
     while True:
-        conn = instance.get_records_for_run(run_id, cursor=cursor, of_type=OUTCOME_EVENTS, limit=page)
+        conn = instance.get_records_for_run(run_id, cursor=cursor, of_type=of_type, limit=page)
         yield from (r.event_log_entry for r in conn.records)
         if not conn.has_more:
             return
         cursor = conn.cursor
 
 
-def outcome(instance: dg.DagsterInstance, run: dg.DagsterRun, root_cause) -> RunOutcome:
+def add_figures(sums: dict[str, float], asset: str, metadata: dict) -> None:
+    """Add one materialisation of ``asset`` (its user string) to ``sums``: ``"<asset>.partitions"``
+    plus one, and each numeric metadata value (``int``/``float``, raw or a ``MetadataValue``;
+    not ``bool``) to ``"<asset>.<key>"``. The one rule :func:`outcome` and
+    :func:`report_run_totals` share."""
+    for name, value in metadata.items():
+        value = getattr(value, "value", value)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            sums[f"{asset}.{name}"] = sums.get(f"{asset}.{name}", 0.0) + value
+    sums[f"{asset}.partitions"] = sums.get(f"{asset}.partitions", 0.0) + 1
+
+
+def report_run_totals(context, sums: dict[str, float], check_errors: list[tuple[str, str]]) -> None:
+    """Record, as one engine event of the step (message :data:`RUN_TOTALS`, shown in the run's
+    log with its figures), the sums of what the step recorded (``sums``: :func:`add_figures`
+    over its materialisations) and the ``(check name, tenant-day)`` its checks failed at ERROR.
+
+    :func:`outcome` reads them instead of the run's every materialisation and check evaluation:
+    3.39 s for the 26,157 events of ``make demo``'s backfill in one run, on SQLite (2026-12-02);
+    at 365,000 tenant-days a run, minutes."""
+    from dagster._core.events import EngineEventData
+
+    metadata = {name: dg.MetadataValue.float(float(value)) for name, value in sorted(sums.items())}
+    metadata["check_errors"] = dg.MetadataValue.json([list(e) for e in check_errors])
+    context.instance.report_engine_event(RUN_TOTALS, dagster_run=context.dagster_run, engine_event_data=EngineEventData(metadata=metadata), step_key=str(context.op_handle))
+
+
+def outcome(instance: dg.DagsterInstance, run: dg.DagsterRun, root_cause, read_events: bool = False) -> RunOutcome:
     """Read a finished run's :class:`RunOutcome` from the event log (``root_cause``: how to
-    shorten a Dagster error to its first line).
+    shorten a Dagster error to its first line). The sums and check errors come from the step's
+    :data:`RUN_TOTALS` event where it stated them (one step, one attempt), else (or with
+    ``read_events``) from every materialisation and check evaluation of the run.
 
     ``process_died`` is read from the events' structure, not their words: a failed run one of
     whose steps started and never ended (its process was killed, or ran out of memory, before
@@ -246,35 +280,27 @@ def outcome(instance: dg.DagsterInstance, run: dg.DagsterRun, root_cause) -> Run
     ``ChildProcessCrashException`` (a step's child process died under the multiprocess
     executor), or a run failed from outside (a failure without an error) before any step
     started."""
-    from collections import defaultdict
-
-    sums: dict[str, float] = defaultdict(float)
+    sums: dict[str, float] = {}
     errors: list[tuple[str, str]] = []
     message = ""
     started: set[str] = set()
     ended: set[str] = set()
+    starts = 0
+    totals = []
     crashed = failed_from_outside = False
-    for record in _records(instance, run.run_id):
+    for record in _records(instance, run.run_id, OUTCOME_EVENTS):
         event = record.dagster_event
         if event.event_type == dg.DagsterEventType.STEP_START:
             started.add(event.step_key)
+            starts += 1
         elif event.event_type in (dg.DagsterEventType.STEP_SUCCESS, dg.DagsterEventType.STEP_FAILURE):
             ended.add(event.step_key)
             error = event.step_failure_data.error if event.event_type == dg.DagsterEventType.STEP_FAILURE else None
             crashed |= error is not None and error.cls_name == "ChildProcessCrashException"
         if event.event_type == dg.DagsterEventType.RUN_FAILURE:
             failed_from_outside = getattr(event.event_specific_data, "error", None) is None
-        if event.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION:
-            mat = event.event_specific_data.materialization
-            key = mat.asset_key.to_user_string()
-            for name, value in mat.metadata.items():
-                if isinstance(getattr(value, "value", None), (int, float)) and not isinstance(value.value, bool):
-                    sums[f"{key}.{name}"] += value.value
-            sums[f"{key}.partitions"] += 1
-        elif event.event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION:
-            evaluation = event.event_specific_data
-            if not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.ERROR:
-                errors.append((evaluation.asset_check_key.name, evaluation.partition))
+        if event.event_type == dg.DagsterEventType.ENGINE_EVENT and record.message == RUN_TOTALS:
+            totals.append(event.engine_event_data.metadata)
         elif event.event_type == dg.DagsterEventType.STEP_FAILURE and not message and event.step_failure_data.error is not None:
             message = root_cause(event.step_failure_data.error)
         elif event.event_type == dg.DagsterEventType.ENGINE_EVENT and not message and "Run execution process for" in (record.message or ""):
@@ -283,6 +309,21 @@ def outcome(instance: dg.DagsterInstance, run: dg.DagsterRun, root_cause) -> Run
         elif event.event_type == dg.DagsterEventType.RUN_FAILURE and not message:
             data = event.event_specific_data
             message = root_cause(data.error) if getattr(data, "error", None) is not None else (event.message or "")
+    if len(totals) == 1 and starts == 1 and not read_events:
+        # One step, run once, that stated its totals (a retried step's earlier attempt may have
+        # recorded more: then every event is read).
+        sums = {name: float(value.value) for name, value in totals[0].items() if name != "check_errors"}
+        errors = [tuple(e) for e in totals[0]["check_errors"].value]
+    else:
+        for record in _records(instance, run.run_id, RECORDED_EVENTS):
+            event = record.dagster_event
+            if event.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION:
+                mat = event.event_specific_data.materialization
+                add_figures(sums, mat.asset_key.to_user_string(), mat.metadata)
+            else:
+                evaluation = event.event_specific_data
+                if not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.ERROR:
+                    errors.append((evaluation.asset_check_key.name, evaluation.partition))
     stats = instance.get_run_stats(run.run_id)
     seconds = (stats.end_time or time.time()) - (stats.start_time or stats.launch_time or time.time()) if stats else 0.0
     died = run.status == dg.DagsterRunStatus.FAILURE and (bool(started - ended) or crashed or (failed_from_outside and not started))
