@@ -243,11 +243,11 @@ def _records(instance: dg.DagsterInstance, run_id: str, of_type: set, page: int 
 def add_figures(sums: dict[str, float], asset: str, metadata: dict) -> None:
     """Add one materialisation of ``asset`` (its user string) to ``sums``: ``"<asset>.partitions"``
     plus one, and each numeric metadata value (``int``/``float``, raw or a ``MetadataValue``;
-    not ``bool``) to ``"<asset>.<key>"``. The one rule :func:`outcome` and
-    :func:`report_run_totals` share."""
+    not ``bool``; not a ``mean_*`` figure, the average of one tenant-day, which does not add up)
+    to ``"<asset>.<key>"``. The one rule :func:`outcome` and :func:`report_run_totals` share."""
     for name, value in metadata.items():
         value = getattr(value, "value", value)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and not name.startswith("mean_"):
             sums[f"{asset}.{name}"] = sums.get(f"{asset}.{name}", 0.0) + value
     sums[f"{asset}.partitions"] = sums.get(f"{asset}.partitions", 0.0) + 1
 
@@ -262,7 +262,8 @@ def report_run_totals(context, sums: dict[str, float], check_errors: list[tuple[
     at 365,000 tenant-days a run, minutes."""
     from dagster._core.events import EngineEventData
 
-    metadata = {name: dg.MetadataValue.float(float(value)) for name, value in sorted(sums.items())}
+    # 12 significant digits: the float sums without their last bits of addition noise
+    metadata = {name: dg.MetadataValue.int(int(value)) if float(value).is_integer() else dg.MetadataValue.float(float(f"{value:.12g}")) for name, value in sorted(sums.items())}
     metadata["check_errors"] = dg.MetadataValue.json([list(e) for e in check_errors])
     context.instance.report_engine_event(RUN_TOTALS, dagster_run=context.dagster_run, engine_event_data=EngineEventData(metadata=metadata), step_key=str(context.op_handle))
 
