@@ -248,15 +248,15 @@ def tenant_day_vectors(
     # Graded once for the run; listed under the tenant-days that embedded vectors.
     verdicts["processing_time"] = {k: run_timing for k, r in results.items() if r.written and r.embedded and (r.records_read or r.deleted)}
     # record: the materialisations, then the check evaluations, then the synced marks
-    add_partition_metadata(context, {
-        (asset_key, make_key(*key)): metadata
+    figures = {
+        key: partition_metadata(result, model_id, per_text, encoder)
         for key, result in results.items() if result.written and (result.records_read or result.deleted)
-        for asset_key, metadata in partition_metadata(result, model_id, per_text, encoder).items()
-    })
+    }
+    add_partition_metadata(context, {(asset_key, make_key(*key)): metadata for key, by_asset in figures.items() for asset_key, metadata in by_asset.items()})
     yield from materializations(results, model_id, per_text, encoder)
     evaluations, failed_checks, blocked = check_evaluations(context.instance, context.run_id, results, verdicts, run_timing)
     yield from outcomes.record_evaluations(context, evaluations)
-    launch.report_run_totals(context, recorded_totals(results, model_id, per_text, encoder), [(e.check_name, e.partition) for e in evaluations if not e.passed and e.severity == dg.AssetCheckSeverity.ERROR])
+    launch.report_run_totals(context, recorded_totals(results, figures), launch.failed_at_error(evaluations))
     # Only now, with the materialisations recorded, are the written partitions recorded as
     # synced: a crash before this line leaves them to be run again, never skipped unmaterialised.
     # (A blocking check's failure is raised below, after this.)
@@ -386,16 +386,18 @@ def materializations(results: dict[PartitionKey, PartitionResult], model_id: str
     ]
 
 
-def recorded_totals(results: dict[PartitionKey, PartitionResult], model_id: str, per_text: float, encoder: str = "") -> dict[str, float]:
+def recorded_totals(results: dict[PartitionKey, PartitionResult], figures: dict[PartitionKey, dict[dg.AssetKey, dict]]) -> dict[str, float]:
     """The sums of what :func:`materializations` and :func:`add_partition_metadata` record for
-    the run (:func:`vector_assets.instance.launch.add_figures` over each written tenant-day's
-    materialisation of each asset; a day without records or deletes has no figures)."""
+    the run: :func:`vector_assets.instance.launch.add_figures` over each written tenant-day's
+    materialisation of each asset, with its ``figures`` (:func:`partition_metadata` of the
+    tenant-days with records or deletes; the others have none)."""
     sums: dict[str, float] = {}
-    for result in results.values():
-        if not result.written:
-            continue
-        for asset_key, metadata in partition_metadata(result, model_id, per_text, encoder).items():
-            launch.add_figures(sums, asset_key.to_user_string(), metadata if (result.records_read or result.deleted) else {})
+    assets = [asset_key.to_user_string() for asset_key in ASSET_KEYS]
+    for key, result in results.items():
+        if result.written:
+            by_asset = figures.get(key, {})
+            for asset_key, asset in zip(ASSET_KEYS, assets):
+                launch.add_figures(sums, asset, by_asset.get(asset_key, {}))
     return sums
 
 

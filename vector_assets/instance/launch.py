@@ -252,6 +252,12 @@ def add_figures(sums: dict[str, float], asset: str, metadata: dict) -> None:
     sums[f"{asset}.partitions"] = sums.get(f"{asset}.partitions", 0.0) + 1
 
 
+def failed_at_error(evaluations) -> list[tuple[str, str]]:
+    """``(check name, partition)`` of the ``evaluations`` (:class:`dagster.AssetCheckEvaluation`)
+    that failed at ERROR, in order: the check errors a backfill reports."""
+    return [(e.check_name, e.partition) for e in evaluations if not e.passed and e.severity == dg.AssetCheckSeverity.ERROR]
+
+
 def report_run_totals(context, sums: dict[str, float], check_errors: list[tuple[str, str]]) -> None:
     """Record, as one engine event of the step (message :data:`RUN_TOTALS`, shown in the run's
     log with its figures), the sums of what the step recorded (``sums``: :func:`add_figures`
@@ -316,15 +322,15 @@ def outcome(instance: dg.DagsterInstance, run: dg.DagsterRun, root_cause, read_e
         sums = {name: float(value.value) for name, value in totals[0].items() if name != "check_errors"}
         errors = [tuple(e) for e in totals[0]["check_errors"].value]
     else:
+        evaluations = []
         for record in _records(instance, run.run_id, RECORDED_EVENTS):
             event = record.dagster_event
             if event.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION:
                 mat = event.event_specific_data.materialization
                 add_figures(sums, mat.asset_key.to_user_string(), mat.metadata)
             else:
-                evaluation = event.event_specific_data
-                if not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.ERROR:
-                    errors.append((evaluation.asset_check_key.name, evaluation.partition))
+                evaluations.append(event.event_specific_data)
+        errors = failed_at_error(evaluations)
     stats = instance.get_run_stats(run.run_id)
     seconds = (stats.end_time or time.time()) - (stats.start_time or stats.launch_time or time.time()) if stats else 0.0
     died = run.status == dg.DagsterRunStatus.FAILURE and (bool(started - ended) or crashed or (failed_from_outside and not started))

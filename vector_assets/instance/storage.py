@@ -225,8 +225,7 @@ if DagsterPostgresStorage is not None:
                 with self._insert_batch(events) as (conn, event_ids, rows):
                     self._store_check_evaluation_rows(conn, events, event_ids, [row["event"] for row in rows])
                 return
-            materialisations = [e for e in events if e.is_dagster_event and e.dagster_event_type == DagsterEventType.ASSET_MATERIALIZATION]
-            if not events or len(materialisations) != len(events):
+            if not events or not all(e.is_dagster_event and e.dagster_event_type == DagsterEventType.ASSET_MATERIALIZATION for e in events):
                 super().store_event_batch(events)
                 return
             with self._insert_batch(events) as (conn, event_ids, _rows):
