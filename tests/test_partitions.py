@@ -82,3 +82,71 @@ def test_the_tenants_of_a_run_from_its_tags():
     assert run_tenants({"dagster/partition": "2024-03-01|c"}, ORDER) == ["c"]
     assert run_tenants({"dagster/asset_partition_range_start": "2024-03-01|a", "dagster/asset_partition_range_end": "2024-03-02|gone"}, ORDER) == ["a", "gone"]
     assert run_tenants({}, ORDER) == [] and run_tenants({"dagster/asset_partition_range_start": "a", "dagster/asset_partition_range_end": "b"}, ORDER) == []
+
+
+def _cover(tiles, order):
+    """The tenant-days a list of rectangles covers, with each one counted (to see overlaps)."""
+    seen = []
+    for t in tiles:
+        n = (dt.date.fromisoformat(t.last_day) - dt.date.fromisoformat(t.first_day)).days + 1
+        seen += [(order[p], d) for p in range(t.first_position, t.last_position + 1) for d in days(t.first_day, n)]
+    return seen
+
+
+def test_a_backfills_tenant_days_are_tiled_into_few_exact_rectangles():
+    """The UI backfill's ranges (vector_assets.instance.planning): every targeted tenant-day
+    covered once, nothing else, no rectangle over the limit, and far fewer runs than Dagster's
+    one range per tenant (or per day)."""
+    from vector_assets.partitions import Rectangle, tile_rectangles
+
+    order = [f"t{i:03d}" for i in range(100)]
+    # All 100 tenants x 365 days (the org-scale grid): Dagster made 100 runs; 4 here.
+    grid = [(t, d) for t in order for d in days("2024-01-01", 365)]
+    tiles = tile_rectangles(grid, order)
+    assert len(tiles) == 4 and max(t.size for t in tiles) <= 10_000
+    assert sorted(_cover(tiles, order)) == sorted(grid)
+    # Two tenants over the same days: one rectangle; over different days: one each (as before).
+    assert tile_rectangles([("a", d) for d in days("2024-07-01", 5)] + [("b", d) for d in days("2024-07-01", 5)], ORDER) == [Rectangle(0, 1, "2024-07-01", "2024-07-05")]
+    assert len(tile_rectangles([("a", d) for d in days("2024-07-01", 12)] + [("b", d) for d in days("2024-01-01", 10)], ORDER)) == 2
+    # Tenants not next to each other in the order, or a day missing: never a tenant-day more.
+    holes = [("a", d) for d in days("2024-07-01", 5)] + [("c", d) for d in days("2024-07-01", 5) if d != "2024-07-03"]
+    tiles = tile_rectangles(holes, ORDER)
+    assert sorted(_cover(tiles, ORDER)) == sorted(holes) and len(tiles) == 3
+    # Many tenants over few days: per-day blocks are kept where they are fewer.
+    sparse = [(t, d) for i, t in enumerate(order) for d in days("2024-01-01", 3) if (i + int(d[-1])) % 2]
+    tiles = tile_rectangles(sparse, order)
+    assert sorted(_cover(tiles, order)) == sorted(sparse) and len(tiles) <= 150
+    # One tenant's history longer than the limit: pieces of at most the limit.
+    long = [("a", d) for d in days("2000-01-01", 25)]
+    assert [t.size for t in tile_rectangles(long, ORDER, max_per_run=10)] == [10, 10, 5]
+    assert tile_rectangles([("gone", "2024-01-01")], ORDER) is None and tile_rectangles([], ORDER) == []
+
+
+def test_dagster_asks_the_rectangles_for_a_backfills_runs():
+    """What the asset backfill daemon calls (Dagster's ``build_run_requests_with_backfill_policies``
+    with our single-run policy): one run request per rectangle, whose range Dagster reads back
+    as exactly the targeted tenant-days. Other partitionings keep Dagster's ranges."""
+    from dagster._core.definitions.assets.graph.asset_graph import AssetGraph
+    from dagster._core.definitions.automation_tick_evaluation_context import build_run_requests_with_backfill_policies
+    from dagster._core.definitions.events import AssetKeyPartitionKey
+    from dagster._core.definitions.partitions.context import partition_loading_context
+
+    from vector_assets.assets import tenant_day_vectors
+    from vector_assets.instance import planning
+
+    planning.install()
+    graph = AssetGraph.from_assets([tenant_day_vectors])
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(TENANTS, ORDER)
+        targeted = [(t, d) for t in ("a", "b", "c") for d in days("2024-07-01", 10)] + [("d", d) for d in days("2024-07-03", 2)]
+        wanted = {AssetKeyPartitionKey(key, f"{d}|{t}") for key in tenant_day_vectors.keys for t, d in targeted}
+        with partition_loading_context(dynamic_partitions_store=instance):
+            requests = build_run_requests_with_backfill_policies(wanted, graph, instance)
+            ranges = sorted((r.tags["dagster/asset_partition_range_start"], r.tags["dagster/asset_partition_range_end"]) for r in requests)
+            assert ranges == [("2024-07-01|a", "2024-07-10|c"), ("2024-07-03|d", "2024-07-04|d")], ranges
+            got = [str(k) for start, end in ranges for k in tenant_day_partitions.get_partition_keys_in_range(dg.PartitionKeyRange(start, end))]
+        assert sorted(got) == sorted(f"{d}|{t}" for t, d in targeted)
+    # Another two-dimensional partitioning: Dagster's own ranges (one per value of a dimension).
+    other = dg.MultiPartitionsDefinition({"x": dg.StaticPartitionsDefinition(["p", "q"]), "y": dg.StaticPartitionsDefinition(["1", "2"])})
+    subset = other.subset_with_partition_keys([str(k) for k in other.get_partition_keys()])
+    assert len(subset.get_partition_key_ranges(other)) == len(planning._ORIGINAL_RANGES(subset, other)) == 2

@@ -277,3 +277,21 @@ def test_a_cli_backfill_makes_the_same_kind_of_runs_as_a_ui_backfill(ui):
     last = max(r["day"] for r in sample_records("jira_issues_hadoop.jsonl", "HADOOP", "2024-07-01", "2024-07-03"))
     assert cli_facts["tags"]["dagster/asset_partition_range_end"] == f"{last}|HADOOP"
     assert {k for k in ui_facts["tags"] if k.startswith("dagster/asset_partition_range")} == {k for k in cli_facts["tags"] if k.startswith("dagster/asset_partition_range")}
+
+
+def test_a_ui_backfill_over_tenants_on_the_same_days_is_one_run(ui):
+    """Issue #20: a UI backfill's runs are rectangles of tenants x days
+    (vector_assets.instance.planning, in the daemon's process): both tenants over the same four
+    days are one run over their rectangle, not one run per tenant, and every targeted tenant-day
+    is materialised (SeaMonkey's are empty days, HADOOP's were materialised before and are
+    re-read)."""
+    names = [f"{day}|{tenant}" for tenant in ("HADOOP", "SeaMonkey") for day in days_between("2024-07-01", "2024-07-04")]
+    backfill = ui.backfill(names)
+    assert backfill["status"] == "COMPLETED_SUCCESS", backfill
+    (run,) = backfill["runs"]
+    tags = {t["key"]: t["value"] for t in run["tags"]}
+    corners = (tags["dagster/asset_partition_range_start"], tags["dagster/asset_partition_range_end"])
+    assert corners in (("2024-07-01|HADOOP", "2024-07-04|SeaMonkey"), ("2024-07-01|SeaMonkey", "2024-07-04|HADOOP")), corners
+    assert run["status"] == "SUCCESS"
+    for counts in backfill["assetBackfillData"]["assetBackfillStatuses"]:
+        assert counts["numPartitionsTargeted"] == counts["numPartitionsMaterialized"] == len(names), counts

@@ -93,6 +93,95 @@ def plan_runs(partitions: list[tuple[str, str]], max_per_run: int, max_gap_days:
     return runs
 
 
+class Rectangle(NamedTuple):
+    """Tenants ``order[first_position..last_position]`` (their positions in the tenant
+    dimension's order) x days ``first_day..last_day``: one partition-key range of the tenant-day
+    partitioning (Dagster reads a range between two corners as this rectangle)."""
+
+    first_position: int
+    last_position: int
+    first_day: str
+    last_day: str
+
+    @property
+    def size(self) -> int:
+        """Tenant-days in the rectangle."""
+        return (self.last_position - self.first_position + 1) * ((dt.date.fromisoformat(self.last_day) - dt.date.fromisoformat(self.first_day)).days + 1)
+
+
+def _runs_of(values: list, step) -> list[tuple]:
+    """Maximal runs ``(first, last)`` of sorted ``values`` where each next value is ``step(previous)``."""
+    runs: list[tuple] = []
+    for value in values:
+        if runs and step(runs[-1][1]) == value:
+            runs[-1] = (runs[-1][0], value)
+        else:
+            runs.append((value, value))
+    return runs
+
+
+def _next_day(day: str) -> str:
+    return (dt.date.fromisoformat(day) + dt.timedelta(days=1)).isoformat()
+
+
+def tile_rectangles(partitions: list[tuple[str, str]], order: list[str], max_per_run: int = MAX_PARTITIONS_PER_RUN) -> list[Rectangle] | None:
+    """Rectangles that cover exactly ``partitions`` (``[(tenant, day)]``), none larger than
+    ``max_per_run`` tenant-days, as few as this finds: the partition-key ranges of a UI backfill
+    (:mod:`vector_assets.instance.planning`). Dagster's own ranges hold one dimension constant:
+    one range per tenant, or per day when fewer days than tenants are selected, each a run of
+    the single-run backfill policy: a backfill of 100 tenants x 365 days was 100 runs, each
+    paying a process, imports, the model load and Great Expectations' import (about 10 s here,
+    :data:`RUN_COST_S`).
+
+    Two tilings are built and the one with fewer rectangles is kept: each tenant's maximal runs
+    of consecutive days, merged across tenants next to each other in ``order`` that have the
+    same run of days; and each day's maximal runs of tenants next to each other in ``order``,
+    merged across consecutive days with the same run of tenants. A rectangle over
+    ``max_per_run`` is cut into whole-day columns of as many tenants as fit (or, when its days
+    alone are more, into pieces of ``max_per_run`` days per tenant). Nothing outside
+    ``partitions`` is covered: a backfill's runs materialise what it targets, no more.
+
+    Returns None when a tenant is not in ``order`` (the caller then keeps Dagster's ranges).
+    """
+    position = {t: i for i, t in enumerate(order)}
+    if any(t not in position for t, _ in partitions):
+        return None
+    days_of: dict[int, list[str]] = defaultdict(list)
+    tenants_on: dict[str, list[int]] = defaultdict(list)
+    for tenant, day in set(partitions):
+        days_of[position[tenant]].append(day)
+        tenants_on[day].append(position[tenant])
+
+    by_days: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for pos, days in days_of.items():
+        for span in _runs_of(sorted(days), _next_day):
+            by_days[span].append(pos)
+    along_tenants = [Rectangle(a, b, first, last) for (first, last), positions in by_days.items() for a, b in _runs_of(sorted(positions), lambda p: p + 1)]
+
+    by_tenants: dict[tuple[int, int], list[str]] = defaultdict(list)
+    for day, positions in tenants_on.items():
+        for span in _runs_of(sorted(positions), lambda p: p + 1):
+            by_tenants[span].append(day)
+    along_days = [Rectangle(a, b, first, last) for (a, b), days in by_tenants.items() for first, last in _runs_of(sorted(days), _next_day)]
+
+    tiles = min(along_tenants, along_days, key=len)
+    out: list[Rectangle] = []
+    for tile in sorted(tiles):
+        days = (dt.date.fromisoformat(tile.last_day) - dt.date.fromisoformat(tile.first_day)).days + 1
+        if tile.size <= max_per_run:
+            out.append(tile)
+        elif days <= max_per_run:
+            width = max_per_run // days
+            out += [Rectangle(p, min(p + width - 1, tile.last_position), tile.first_day, tile.last_day) for p in range(tile.first_position, tile.last_position + 1, width)]
+        else:
+            first = dt.date.fromisoformat(tile.first_day)
+            for p in range(tile.first_position, tile.last_position + 1):
+                for start in range(0, days, max_per_run):
+                    end = min(start + max_per_run, days) - 1
+                    out.append(Rectangle(p, p, (first + dt.timedelta(days=start)).isoformat(), (first + dt.timedelta(days=end)).isoformat()))
+    return out
+
+
 #: What one run of the vectors job costs before its first tenant-day, in seconds: a process,
 #: imports, loading the code location, the model load and Great Expectations' import. Measured
 #: with ``vector-assets backfill --workers 2`` on the bundled sample (2026-12-01): the run of
