@@ -64,6 +64,11 @@ def test_the_dagster_internals_we_rely_on_are_still_there():
     assert list(inspect.signature(planning._ORIGINAL).parameters) == ["self", "partitions_def"]
     assert inspect.getsource(RunDomain.get_materialization_planned_events_for_asset).count("dagster_run.get_resolved_partitions_subset_for_events(") == 1
     assert planning.installed() or DagsterRun.get_resolved_partitions_subset_for_events is planning._ORIGINAL
+    # instance.planning: a backfill's run requests are its subset's ranges (one run per range)
+    from dagster._core.definitions import automation_tick_evaluation_context as ticks
+
+    assert list(inspect.signature(planning._ORIGINAL_RANGES).parameters) == ["self", "partitions_def"]
+    assert "partition_subset.get_partition_key_ranges(partitions_def)" in inspect.getsource(ticks._build_run_requests_with_backfill_policy)
 
 
 def test_a_ranged_runs_partitions_are_resolved_once_when_planned(tmp_path):
