@@ -12,7 +12,11 @@ wall time (launch to end) and each run's duration.
 Run it from a worktree of another commit with ``PYTHONPATH=<worktree>`` (and ``--repo
 <worktree>``) to compare with that commit's ranges.
 
-Usage: python benchmarks/ui_backfill.py [--start 2025-06-01] [--end 2025-06-30] [--repo DIR]
+With ``--grid TxD`` the landing data is ``benchmarks/org_scale.py``'s instead: ``--records``
+real records re-keyed over T synthetic tenants x D days from 2023-01-01, and the backfill covers
+all of them.
+
+Usage: python benchmarks/ui_backfill.py [--start 2025-06-01] [--end 2025-06-30] [--grid TxD [--records N]] [--repo DIR]
 """
 
 import argparse
@@ -31,19 +35,31 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--start", default="2025-06-01")
     parser.add_argument("--end", default="2025-06-30")
+    parser.add_argument("--grid", help="TxD: org_scale.py's synthetic landing data over T tenants x D days")
+    parser.add_argument("--records", type=int, default=2000, help="with --grid: real records re-keyed over the grid")
     parser.add_argument("--repo", default=str(REPO), help="the checkout whose code the webserver and daemon load (default: this one)")
     args = parser.parse_args()
     repo = Path(args.repo).resolve()
-    sys.path.insert(0, str(repo))
+    sys.path.insert(0, str(REPO))
     from tests import test_ui  # the UI fixture's processes and GraphQL client, as the UI test runs them
 
-    test_ui.REPO = repo
+    test_ui.REPO = repo  # the webserver's and the daemon's working directory and dagster.yaml
+
+    first, last = dt.date.fromisoformat(args.start), dt.date.fromisoformat(args.end)
+    if args.grid:
+        sys.path.insert(0, str(REPO / "benchmarks"))
+        import org_scale
+
+        grid_tenants, grid_days = (int(x) for x in args.grid.split("x"))
+        first, last = org_scale.FIRST_DAY, org_scale.FIRST_DAY + dt.timedelta(days=grid_days - 1)
 
     def landing(folder: Path) -> None:
+        if args.grid:
+            org_scale.synthetic_landing(folder / "org.jsonl", grid_tenants, grid_days, args.records)
+            return
         for path in sorted((repo / "data" / "sample").glob("*.jsonl")):
             (folder / path.name).symlink_to(path)
 
-    first, last = dt.date.fromisoformat(args.start), dt.date.fromisoformat(args.end)
     days = [(first + dt.timedelta(days=i)).isoformat() for i in range((last - first).days + 1)]
     with tempfile.TemporaryDirectory(prefix="va-ui-backfill-") as root, test_ui.running_ui(Path(root), landing) as ui:
         assert ui.wait_run(ui.launch_job("landing_index_job")) == "SUCCESS"

@@ -25,7 +25,7 @@ def test_graph_partitions_policy_and_automation():
     vectors = defs.resolve_assets_def("milvus_vectors")
     assert isinstance(vectors.partitions_def, dg.MultiPartitionsDefinition)
     assert {d.name for d in vectors.partitions_def.partitions_defs} == {"tenant", "day"}
-    assert vectors.backfill_policy == dg.BackfillPolicy.single_run()  # one run per tenant over a range
+    assert vectors.backfill_policy == dg.BackfillPolicy.single_run()  # one run per range (a rectangle of tenants x days)
     assert all(spec.partitions_def == vectors.partitions_def for spec in vectors.check_specs)  # a status per tenant-day (#18)
     assert {c.name for c in vectors.check_specs} == {"text_frame_valid", "vector_quality", "coverage", "coherence", "retrievability", "processing_time", "drift", "failure_rate"}
     assert {s.name for s in defs.sensors} == {"check_alert_sensor", "new_data_sensor", "search_quality_sensor"}

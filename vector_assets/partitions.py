@@ -23,8 +23,8 @@ day_partitions = dg.DailyPartitionsDefinition(start_date=settings.start_date(), 
 tenant_day_partitions = dg.MultiPartitionsDefinition({"tenant": tenant_partitions, "day": day_partitions})
 
 #: At most this many days in one run of ``vector-assets backfill`` (the whole default window is
-#: about 6,500 days: one run per tenant). A UI backfill makes one run per tenant over the
-#: requested range (``BackfillPolicy.single_run``).
+#: about 6,500 days: one run per tenant), and in one run of a UI backfill (its rectangles:
+#: :func:`tile_rectangles`).
 MAX_PARTITIONS_PER_RUN = 10_000
 
 

@@ -4,8 +4,9 @@ The three assets are computed by one multi-asset step so that a run covering man
 tenant-days reads them in one pass and loads the model once. How a run is recorded in Dagster
 (issue #10):
 
-* A run covers a range of days of one tenant (``BackfillPolicy.single_run``: a UI backfill
-  is one run per tenant over the requested range). The step returns one
+* A run covers a range of days of one tenant, or the rectangle of several tenants' days
+  (``BackfillPolicy.single_run``: a UI backfill is one run per rectangle of the tenant-days it
+  targets, :func:`vector_assets.partitions.tile_rectangles`). The step returns one
   :class:`~dagster.MaterializeResult` per asset and Dagster derives the materialisation of
   every tenant-day of the range from it, with its data provenance (nothing is "Unsynced"
   after a run), written in batches (``DAGSTER_EVENT_BATCH_SIZE``). A day without records is
