@@ -2,6 +2,7 @@
 model's space. Real model, real records of the bundled sample."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -251,3 +252,35 @@ def test_encode_threads_reach_openvino_and_one_process_converts_at_a_time(tmp_pa
     assert refused == [None, None]
     assert len(conversions) == 1 and [c["INFERENCE_NUM_THREADS"] for c in configs] == [1, 1]
     assert len(list((tmp_path / "cache" / "openvino").glob("*.xml"))) == 1
+
+
+_TELEMETRY_PROBE = """
+import sys
+import openvino_telemetry
+from openvino_telemetry.backend import backend_ga4
+calls = []
+openvino_telemetry.Telemetry.send_event = lambda self, *a, **k: calls.append(a)
+backend_ga4.GA4Backend.send = lambda self, *a, **k: calls.append(a)
+from sentence_transformers import SentenceTransformer
+from vector_assets.embed import embedding, openvino_backend
+assert openvino_backend.available()
+folder = embedding.resolve_model_path(embedding.DEFAULT_MODEL)
+assert openvino_backend.attach(SentenceTransformer(folder, device="cpu"), folder, "fp32") is None
+assert list(openvino_backend.cache_dir().glob("*.xml"))  # converted here, in a fresh home
+print("telemetry events:", len(calls))
+"""
+
+
+def test_openvino_sends_no_telemetry_when_it_loads_or_converts(tmp_path):
+    """OpenVINO's converter reports usage to Google Analytics unless a consent file says no (33
+    events for an import and a conversion, measured): the product imports openvino with its
+    telemetry package blocked, so the converter uses OpenVINO's own stub. A fresh interpreter
+    (openvino not imported yet), a fresh cache (the model is converted): no event."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "VECTOR_ASSETS_HOME": str(tmp_path), "HF_HUB_OFFLINE": "1"}
+    env.pop("CI", None)  # openvino_telemetry keeps quiet on CI machines by itself
+    out = subprocess.run([sys.executable, "-c", _TELEMETRY_PROBE], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "telemetry events: 0" in out.stdout, out.stdout

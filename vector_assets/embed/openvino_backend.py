@@ -58,10 +58,38 @@ def available() -> bool:
     """Whether the ``openvino`` package imports here (asked once per process: every resolution
     of ``backend=auto`` asks)."""
     try:
-        import openvino  # noqa: F401
+        _import_openvino()
     except ImportError:
         return False
     return True
+
+
+def _import_openvino():
+    """``import openvino``, with the usage telemetry of its converter off.
+
+    ``import openvino`` imports the converter (``openvino.tools.ovc``). Without a consent file,
+    the converter sends events to Google Analytics: one at import, 32 more and 2 requests for
+    one conversion (measured 2026-12-02). A data pipeline loading local weights must not report
+    to anyone, and the machines it runs on may have no network at all. Where this is the
+    process's first import of openvino, ``openvino_telemetry`` is blocked in ``sys.modules`` for
+    it, and OpenVINO falls back to ``openvino.tools.ovc.telemetry_stub``: its own no-op for
+    where that package is not installed. Where openvino was imported before, :func:`_no_telemetry`
+    swaps the stub in around a conversion. Raises ImportError when openvino is not installed.
+    """
+    import importlib
+    import sys
+
+    if "openvino" not in sys.modules:
+        saved = sys.modules.get("openvino_telemetry")
+        sys.modules["openvino_telemetry"] = None  # importing it raises ImportError: OpenVINO takes its stub
+        try:
+            importlib.import_module("openvino")
+        finally:
+            if saved is None:
+                del sys.modules["openvino_telemetry"]
+            else:
+                sys.modules["openvino_telemetry"] = saved
+    return sys.modules["openvino"]
 
 
 def cache_dir() -> Path:
@@ -75,8 +103,9 @@ def _weights_key(folder: str) -> str:
     """16 hex of SHA-256 over the model folder's files (names, sizes, modification times) and
     the OpenVINO and transformers versions: a new model, new weights or a new converter give a
     new IR."""
-    import openvino
     import transformers
+
+    openvino = _import_openvino()
 
     digest = hashlib.sha256(f"{openvino.__version__}|{transformers.__version__}|{os.path.realpath(folder)}".encode())
     root = Path(folder)
@@ -114,8 +143,9 @@ def cached_ir(hf_model, tokenizer, folder: str):
     renamed, so a concurrent reader sees a whole file or none; where it cannot be written (a
     read-only home) the converted model is used uncached, with a warning. Raises what
     ``convert_model`` raises for a model it cannot trace."""
-    import openvino as ov
     import torch
+
+    ov = _import_openvino()
 
     xml = cache_dir() / f"{Path(folder).name}-{_weights_key(folder)}.xml"
     core = ov.Core()
@@ -130,7 +160,7 @@ def cached_ir(hf_model, tokenizer, folder: str):
         example = tokenizer(["a short text", "a somewhat longer text to pad"], return_tensors="pt", padding=True)
         if "token_type_ids" not in example:
             example["token_type_ids"] = torch.zeros_like(example["input_ids"])
-        with torch.no_grad(), warnings.catch_warnings():
+        with torch.no_grad(), warnings.catch_warnings(), _no_telemetry():
             warnings.simplefilter("ignore")  # the tracer's warnings on data-dependent branches of the mask code
             model = ov.convert_model(last_hidden_state(hf_model), example_input={n: example[n] for n in INPUTS})
         tmp = xml.with_name(f".{xml.stem}.{os.getpid()}.xml")
@@ -142,6 +172,35 @@ def cached_ir(hf_model, tokenizer, folder: str):
         except OSError as err:  # a read-only or full disk: the converted model serves all the same
             log.warning("OpenVINO: could not cache the converted model at %s (%s); converting at each load", xml, err)
         return model
+
+
+#: The modules of OpenVINO's converter that send usage telemetry through ``openvino_telemetry``.
+_TELEMETRY_USERS = ("openvino.tools.ovc.convert_impl", "openvino.tools.ovc.telemetry_utils", "openvino.tools.ovc.utils")
+
+
+@contextlib.contextmanager
+def _no_telemetry():
+    """Inside the ``with`` block, OpenVINO's converter sends no usage telemetry, also where
+    openvino was imported before :func:`_import_openvino` could turn it off: its modules' ``tm``
+    is swapped for ``openvino.tools.ovc.telemetry_stub`` and restored after. Modules that are
+    missing or have moved are left alone."""
+    import importlib
+
+    swapped = []
+    try:
+        stub = importlib.import_module("openvino.tools.ovc.telemetry_stub")
+        for name in _TELEMETRY_USERS:
+            module = importlib.import_module(name)
+            if getattr(module, "tm", stub) is not stub:
+                swapped.append((module, module.tm))
+                module.tm = stub
+    except ImportError:
+        pass
+    try:
+        yield
+    finally:
+        for module, original in swapped:
+            module.tm = original
 
 
 @contextlib.contextmanager
@@ -174,7 +233,7 @@ def attach(st_model, folder: str, precision: str, threads: int = 0) -> str | Non
         return f"first module {type(transformer).__name__} has no transformer to hand over"
     reference = st_model.encode(list(PROBE_TEXTS), normalize_embeddings=True, show_progress_bar=False)
     try:
-        import openvino as ov
+        ov = _import_openvino()
 
         ir = cached_ir(hf_model, st_model.tokenizer, folder)
         config = {"INFERENCE_PRECISION_HINT": {"bf16": "bf16", "fp32": "f32"}[precision], "PERFORMANCE_HINT": "LATENCY"}

@@ -94,7 +94,7 @@ def _rectangles(self: DefaultPartitionsSubset, partitions_def) -> list[dg.Partit
         return _ORIGINAL_RANGES(self, partitions_def)
     try:
         order = list(tenants.get_partition_keys())  # the caller's dynamic partitions store
-    except Exception:  # noqa: BLE001 - no store in reach: Dagster's ranges, which need none for one tenant
+    except Exception:  # noqa: BLE001 - no dynamic partitions store in reach: Dagster's own ranges, as before
         return _ORIGINAL_RANGES(self, partitions_def)
     tiles = partitions.tile_rectangles([partitions.split_key(k) for k in self.get_partition_keys()], order)
     if tiles is None:
