@@ -74,7 +74,9 @@ def _import_openvino():
     process's first import of openvino, ``openvino_telemetry`` is blocked in ``sys.modules`` for
     it, and OpenVINO falls back to ``openvino.tools.ovc.telemetry_stub``: its own no-op for
     where that package is not installed. Where openvino was imported before, :func:`_no_telemetry`
-    swaps the stub in around a conversion. Raises ImportError when openvino is not installed.
+    swaps the stub in around a conversion. An openvino that cannot be imported without the
+    telemetry package is imported with it (logged at WARNING): the backend is not given up for
+    it. Raises ImportError when openvino is not installed.
     """
     import importlib
     import sys
@@ -84,11 +86,17 @@ def _import_openvino():
         sys.modules["openvino_telemetry"] = None  # importing it raises ImportError: OpenVINO takes its stub
         try:
             importlib.import_module("openvino")
+        except ImportError as err:
+            if "openvino_telemetry" not in str(err):
+                raise
+            log.warning("openvino needs openvino_telemetry to import (%s); imported with it, its telemetry as configured", err)
         finally:
             if saved is None:
                 del sys.modules["openvino_telemetry"]
             else:
                 sys.modules["openvino_telemetry"] = saved
+        if "openvino" not in sys.modules:
+            importlib.import_module("openvino")
     return sys.modules["openvino"]
 
 
