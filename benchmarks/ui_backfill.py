@@ -22,7 +22,6 @@ Usage: python benchmarks/ui_backfill.py [--start 2025-06-01] [--end 2025-06-30] 
 import argparse
 import datetime as dt
 import json
-import os
 import sys
 import tempfile
 import time
