@@ -104,9 +104,25 @@ class Rectangle(NamedTuple):
     last_day: str
 
     @property
+    def days(self) -> int:
+        """Days in the rectangle."""
+        return (dt.date.fromisoformat(self.last_day) - dt.date.fromisoformat(self.first_day)).days + 1
+
+    @property
     def size(self) -> int:
         """Tenant-days in the rectangle."""
-        return (self.last_position - self.first_position + 1) * ((dt.date.fromisoformat(self.last_day) - dt.date.fromisoformat(self.first_day)).days + 1)
+        return (self.last_position - self.first_position + 1) * self.days
+
+    def key_range(self, order: list[str]) -> dg.PartitionKeyRange:
+        """The partition-key range of the rectangle (its corners, ``day|tenant``), tenants named
+        by ``order``."""
+        return dg.PartitionKeyRange(range_corner(self.first_day, order[self.first_position]), range_corner(self.last_day, order[self.last_position]))
+
+
+def range_corner(day: str, tenant: str) -> str:
+    """A corner of a range of tenant-days: the partition key ``day|tenant`` (the string form of
+    :func:`make_key`, dimensions ordered by name)."""
+    return f"{day}|{tenant}"
 
 
 def _runs_of(values: list, step) -> list[tuple]:
@@ -167,7 +183,7 @@ def tile_rectangles(partitions: list[tuple[str, str]], order: list[str], max_per
     tiles = min(along_tenants, along_days, key=len)
     out: list[Rectangle] = []
     for tile in sorted(tiles):
-        days = (dt.date.fromisoformat(tile.last_day) - dt.date.fromisoformat(tile.first_day)).days + 1
+        days = tile.days
         if tile.size <= max_per_run:
             out.append(tile)
         elif days <= max_per_run:
@@ -238,8 +254,8 @@ class PlannedRun(NamedTuple):
         """The partition-range tags of the run (``day|tenant`` of two corners: Dagster reads a
         range of a two-dimensional partitioning as the rectangle between them)."""
         return {
-            "dagster/asset_partition_range_start": f"{self.first}|{self.tenants[0]}",
-            "dagster/asset_partition_range_end": f"{self.last}|{self.tenants[-1]}",
+            "dagster/asset_partition_range_start": range_corner(self.first, self.tenants[0]),
+            "dagster/asset_partition_range_end": range_corner(self.last, self.tenants[-1]),
         }
 
     def label(self) -> str:

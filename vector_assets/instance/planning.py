@@ -99,7 +99,7 @@ def _rectangles(self: DefaultPartitionsSubset, partitions_def) -> list[dg.Partit
     tiles = partitions.tile_rectangles([partitions.split_key(k) for k in self.get_partition_keys()], order)
     if tiles is None:
         return _ORIGINAL_RANGES(self, partitions_def)
-    return [dg.PartitionKeyRange(f"{t.first_day}|{order[t.first_position]}", f"{t.last_day}|{order[t.last_position]}") for t in tiles]
+    return [tile.key_range(order) for tile in tiles]
 
 
 def install() -> None:
