@@ -34,6 +34,7 @@ from ..checks.specs import CHECK_SPECS, CHECKS
 from ..embed.quality import QualityThresholds, Verdict
 from ..instance import launch, runs
 from ..keys import ASSET_KEYS, EXTRACTED_TEXT, MILVUS_VECTORS, SOURCE_RECORDS
+from ..local import freeze_startup_objects
 from ..partitions import make_key, split_key, tenant_day_partitions
 from ..resources import EmbeddingModelResource, LandingResource, MilvusResource
 from ..store import milvus_store, sync
@@ -193,6 +194,7 @@ def tenant_day_vectors(
     a materialisation of each asset per tenant-day (derived by Dagster from the run's range) and
     one evaluation of each check per judged tenant-day (see the module docstring)."""
     started = time.perf_counter()
+    freeze_startup_objects()  # full collections walk the start-up objects no more (vector_assets.local)
     settings.pool_storage_connections(context.instance)  # this step writes many events
     # Which process holds this run's pool slot: a run whose process dies is failed and its slot
     # freed by vector_assets.instance.runs.fail_dead_runs.

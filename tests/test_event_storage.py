@@ -1,0 +1,151 @@
+"""The batched event storages write what Dagster's own methods write: each event's text
+(:func:`vector_assets.instance.storage.serialize_events` against serdes' ``serialize_value``),
+the ``event_logs`` rows and the asset-event tag rows. Checked on the batches of a real run over
+real records (materialisations of days with and without records, check evaluations) and of
+empty tenant-days recorded without a run, as the storages receive them."""
+
+import os
+import subprocess
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import sqlalchemy
+import yaml
+from dagster._core.storage.event_log.sql_event_log import SqlEventLogStorage
+from dagster_shared.serdes import deserialize_value, serialize_value
+
+import vector_assets.definitions  # noqa: F401  (the event batching every code location sets)
+from vector_assets.assets.vectors import empty_day_materializations
+from vector_assets.instance import storage as batched
+from vector_assets.instance.runs import record_runless_materializations
+
+from .conftest import register_tenants
+from .test_pipeline import materialize_days, materialize_index
+
+
+class _Recorder:
+    """A connection that keeps what ``execute`` is given (the asset-event tag rows)."""
+
+    def __init__(self):
+        self.rows = []
+
+    def execute(self, statement, rows):
+        self.rows += rows
+
+
+def test_batched_rows_are_what_dagster_writes(resources, instance, hadoop_days, monkeypatch):
+    storage = instance.event_log_storage
+    batches, fills = [], []
+    store_event_batch, fill = type(storage).store_event_batch, batched._fill
+
+    def spy(self, events):
+        batches.append(list(events))
+        return store_event_batch(self, events)
+
+    monkeypatch.setattr(type(storage), "store_event_batch", spy)
+    monkeypatch.setattr(batched, "_fill", lambda template, values, memo: fills.append(1) or fill(template, values, memo))
+    register_tenants(instance, ["HADOOP"])
+    materialize_index(resources, instance)
+    figures = materialize_days(resources, instance, "HADOOP", "2024-06-20", "2024-07-12")  # 11 days before the records
+    record_runless_materializations(instance, [m for day in ("2024-05-01", "2024-05-02", "2024-05-03") for m in empty_day_materializations("HADOOP", day, "test")])
+
+    kinds = {e.dagster_event_type.value for events in batches for e in events}
+    assert {"ASSET_MATERIALIZATION", "ASSET_CHECK_EVALUATION"} <= kinds, kinds
+    assert sum(len(events) for events in batches) >= len(figures) + 9
+    events = [e for batch in batches for e in batch]
+    texts = [t for batch in batches for t in batched.serialize_events(batch)]
+    assert texts == [serialize_value(e) for e in events]
+    # Templates did the work: most events were filled in, not serialised whole.
+    assert len(fills) > 0.8 * len(events), (len(fills), len(events))
+    assert all(deserialize_value(t) == e for t, e in zip(texts[:50], events[:50]))
+    for batch in batches:
+        assert storage._event_rows(batch) == [SqlEventLogStorage._event_to_row(storage, e) for e in batch]
+        ids = list(range(1, len(batch) + 1))
+        ours, dagsters = _Recorder(), _Recorder()
+        storage._store_asset_event_tags(ours, batch, ids, storage._event_rows(batch))
+        SqlEventLogStorage._store_asset_event_tags(storage, dagsters, batch, ids)
+        assert ours.rows == dagsters.rows
+    tag_rows = _Recorder()
+    materialisations = [e for e in events if e.dagster_event_type.value == "ASSET_MATERIALIZATION"]
+    storage._store_asset_event_tags(tag_rows, materialisations, list(range(len(materialisations))))
+    assert {r["key"] for r in tag_rows.rows} == {"dagster/data_version", "dagster/partition/day", "dagster/partition/tenant"}
+
+
+def test_an_event_its_template_does_not_give_back_is_serialised_whole(monkeypatch):
+    """A template that does not reproduce its first event (here: a stand-in serialised twice)
+    is dropped, and every event of that shape is written by serdes."""
+    events = []
+    for day in ("2024-05-01", "2024-05-02", "2024-05-03"):
+        (materialization, *_) = empty_day_materializations("HADOOP", day, "test")
+        events.append(_runless_event(materialization))
+    assert batched.serialize_events(events) == [serialize_value(e) for e in events]
+    monkeypatch.setattr(batched, "_template", lambda masked, slots: ([serialize_value(masked)], []))
+    calls = []
+    monkeypatch.setattr(batched, "_fill", lambda template, values, memo: calls.append(1) or "wrong")
+    assert batched.serialize_events(events) == [serialize_value(e) for e in events]
+    assert len(calls) == 1  # the check on the shape's second event; never used after
+
+
+def _runless_event(materialization: dg.AssetMaterialization):
+    from dagster._core.events import DagsterEvent, DagsterEventType, StepMaterializationData
+    from dagster._core.events.log import EventLogEntry
+
+    event = DagsterEvent(event_type_value=DagsterEventType.ASSET_MATERIALIZATION.value, event_specific_data=StepMaterializationData(materialization), job_name="__RUNLESS__")
+    return EventLogEntry(user_message="", level=20, job_name="__RUNLESS__", run_id="", error_info=None, timestamp=1764600000.123456, step_key=None, dagster_event=event)
+
+
+@pytest.mark.parametrize("value", [1, 1.0, True, "1", None, {"a": 1}, {"a": True}, [1], (1,), dg.AssetKey("a")])
+def test_shapes_differ_where_serdes_writes_differently(value):
+    others = [v for v in [1, 1.0, True, "1", None, {"a": 1}, {"a": True}, [1], (1,), dg.AssetKey("a")] if serialize_value(v) != serialize_value(value)]
+    assert all(batched._frozen(value) != batched._frozen(other) for other in others)
+    assert batched._frozen(value) == batched._frozen(value)
+
+
+LOCAL_POSTGRES = Path(__file__).resolve().parent.parent / "scripts" / "local_postgres.sh"
+
+
+def test_postgres_tag_rows_written_by_copy_are_dagsters(monkeypatch):
+    """dagster-postgres with :class:`BatchedPostgresStorage`: the asset-event tag rows it writes
+    with ``COPY`` are the rows Dagster's method would insert, values with quotes, commas, a
+    newline, a backslash, non-ASCII and an empty string included."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to install/start the local PostgreSQL cluster (scripts/local_postgres.sh)")
+    out = subprocess.run([str(LOCAL_POSTGRES), "--fresh", "va_test_tag_rows"], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    for pair in out.stdout.split()[1:]:
+        name, value = pair.split("=", 1)
+        monkeypatch.setenv(name, value)
+    overrides = {"storage": yaml.safe_load((Path(__file__).resolve().parent.parent / "dagster.postgres.yaml").read_text())["storage"]}
+    with dg.instance_for_test(overrides=overrides) as instance:
+        storage = instance.event_log_storage
+        assert type(storage).__name__ == "BatchedPostgresEventLogStorage"
+        register_tenants(instance, ["HADOOP", "pallets/flask"])
+        materializations = [m for day in ("2024-05-01", "2024-05-02") for tenant in ("HADOOP", "pallets/flask") for m in empty_day_materializations(tenant, day, "test")]
+        odd = 'a,"b"\n\\c ü'
+        materializations[0] = materializations[0]._replace(tags={**materializations[0].tags, "dagster/data_version": odd})
+        materializations[1] = materializations[1]._replace(tags={**materializations[1].tags, "dagster/data_version": ""})
+        batches = []
+        store_event_batch = type(storage).store_event_batch
+        monkeypatch.setattr(type(storage), "store_event_batch", lambda self, events: batches.append(list(events)) or store_event_batch(self, events))
+        assert record_runless_materializations(instance, materializations) == len(materializations)
+        (batch,) = batches
+        with storage.index_connection() as conn:
+            stored = [tuple(r) for r in conn.execute(sqlalchemy.text("SELECT event_id, asset_key, key, value, event_timestamp FROM asset_event_tags ORDER BY id"))]
+            ids = [r[0] for r in conn.execute(sqlalchemy.text("SELECT id FROM event_logs WHERE dagster_event_type = 'ASSET_MATERIALIZATION' ORDER BY id"))]
+        expected = _Recorder()
+        SqlEventLogStorage._store_asset_event_tags(storage, expected, batch, ids)
+        assert stored == [(r["event_id"], r["asset_key"], r["key"], r["value"], r["event_timestamp"]) for r in expected.rows]
+        assert {r[3] for r in stored} >= {odd, ""} and len(stored) == 3 * len(materializations)
+        with storage.index_connection() as conn:
+            columns = ("run_id", "event", "dagster_event_type", "timestamp", "step_key", "asset_key", "partition")
+            events = [dict(zip(columns, r)) for r in conn.execute(sqlalchemy.text(f"SELECT {', '.join(columns)} FROM event_logs WHERE dagster_event_type = 'ASSET_MATERIALIZATION' ORDER BY id"))]
+        expected_rows = [SqlEventLogStorage._event_to_row(storage, e) for e in batch]
+        for got, want in zip(events, expected_rows):
+            assert {k: (got[k], want[k]) for k in got if got[k] != want[k]} == {}
+        assert len(events) == len(expected_rows)  # sent with COPY
+        (latest,) = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=materializations[-1].asset_key, asset_partitions=[materializations[-1].partition]), limit=1).records
+        assert latest.asset_materialization == materializations[-1] and latest.storage_id == ids[-1]
+        # Dagster reads them back: the tags of the materialisation that has that data version.
+        (tags,) = storage.get_event_tags_for_asset(materializations[0].asset_key, filter_tags={"dagster/data_version": odd})
+        assert tags["dagster/data_version"] == odd and tags["dagster/partition/tenant"] == "HADOOP"
