@@ -477,10 +477,10 @@ if DagsterPostgresStorage is not None:
 
     class BatchedPostgresEventLogStorage(EventRows, CheckEvaluationBatches, PostgresEventLogStorage):
         """dagster-postgres' event log whose ``store_event_batch`` writes a batch of
-        materialisations, or of check evaluations, as one executemany INSERT (compiled once,
-        sent by SQLAlchemy as multi-row INSERTs with ``RETURNING`` ids in the rows' order) in
-        one transaction with the rows that go with them (asset event tags and the asset's
-        row; or ``asset_check_executions`` rows). Any other batch goes to dagster-postgres.
+        materialisations, or of check evaluations, with ``COPY`` (ids taken from the table's
+        sequence first) in one transaction with the rows that go with them (asset event tags,
+        also with ``COPY``, and the asset's row; or ``asset_check_executions`` rows). Any other
+        batch goes to dagster-postgres.
 
         dagster-postgres builds one ``INSERT ... VALUES`` statement with every row's values
         inlined as literals of the statement: SQLAlchemy coerces each value (43,327 calls,
@@ -511,8 +511,8 @@ if DagsterPostgresStorage is not None:
 
         @contextlib.contextmanager
         def _insert_batch(self, events: Sequence[EventLogEntry]):
-            """Insert ``events`` (one executemany); yields ``(connection, event ids, rows)``
-            inside the transaction."""
+            """Insert ``events`` (``COPY``, their ids from the table's sequence, in the events'
+            order); yields ``(connection, event ids, rows)`` inside the transaction."""
             from dagster._core.storage.event_log.schema import SqlEventLogStorageTable
 
             rows = self._event_rows(events)  # what prepare_insert_event_batch inserts
