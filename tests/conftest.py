@@ -143,6 +143,24 @@ def instance(tmp_path_factory):
         yield inst
 
 
+LOCAL_POSTGRES = Path(__file__).resolve().parent.parent / "scripts" / "local_postgres.sh"
+
+
+def use_local_postgres(monkeypatch, database: str) -> None:
+    """Point Dagster's Postgres storage settings (``DAGSTER_PG_*``) at a fresh database
+    ``database`` of the local cluster (``scripts/local_postgres.sh``; CI runs as root, which the
+    script needs to install or start the cluster). Skips the test when not root."""
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.skip("Postgres storage test: needs root to install/start the local cluster (scripts/local_postgres.sh)")
+    out = subprocess.run([str(LOCAL_POSTGRES), "--fresh", database], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    for pair in out.stdout.split()[1:]:
+        name, value = pair.split("=", 1)
+        monkeypatch.setenv(name, value)
+
+
 def register_tenants(instance, tenants):
     instance.add_dynamic_partitions(TENANTS, list(tenants))
 

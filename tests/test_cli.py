@@ -16,7 +16,7 @@ from vector_assets.instance import launch
 from vector_assets.store import milvus_store
 from vector_assets.settings import DEFAULT_MODEL
 
-from .conftest import days_between, sample_records, write_jsonl
+from .conftest import days_between, sample_records, use_local_postgres, write_jsonl
 
 EXE = str(Path(sys.executable).with_name("vector-assets"))
 SUMMARY = re.compile(r"^backfill: (.*)$", re.M)
@@ -37,22 +37,13 @@ def cli_env(workspace):
     return dict(os.environ)
 
 
-LOCAL_POSTGRES = Path(__file__).resolve().parent.parent / "scripts" / "local_postgres.sh"
-
-
 @pytest.fixture(params=["sqlite", "postgres"])
 def storage_env(request, workspace, monkeypatch):
     """The environment of a command-line run, with Dagster's storage in SQLite (the default)
     or in a fresh Postgres database of the local cluster (``scripts/local_postgres.sh``; CI
     runs as root, which the script needs)."""
     if request.param == "postgres":
-        if os.geteuid() != 0:
-            pytest.skip("Postgres storage test: needs root to install/start the local cluster (scripts/local_postgres.sh)")
-        out = subprocess.run([str(LOCAL_POSTGRES), "--fresh", "va_test_cli"], capture_output=True, text=True, timeout=600)
-        assert out.returncode == 0, out.stderr
-        for pair in out.stdout.split()[1:]:
-            name, value = pair.split("=", 1)
-            monkeypatch.setenv(name, value)
+        use_local_postgres(monkeypatch, "va_test_cli")
     return request.param, dict(os.environ)
 
 

@@ -4,8 +4,6 @@ the ``event_logs`` rows and the asset-event tag rows. Checked on the batches of 
 real records (materialisations of days with and without records, check evaluations) and of
 empty tenant-days recorded without a run, as the storages receive them."""
 
-import os
-import subprocess
 from pathlib import Path
 
 import dagster as dg
@@ -20,7 +18,7 @@ from vector_assets.assets.vectors import empty_day_materializations
 from vector_assets.instance import storage as batched
 from vector_assets.instance.runs import record_runless_materializations
 
-from .conftest import register_tenants
+from .conftest import register_tenants, use_local_postgres
 from .test_pipeline import materialize_days, materialize_index
 
 
@@ -102,20 +100,11 @@ def test_shapes_differ_where_serdes_writes_differently(value):
     assert batched._frozen(value) == batched._frozen(value)
 
 
-LOCAL_POSTGRES = Path(__file__).resolve().parent.parent / "scripts" / "local_postgres.sh"
-
-
 def test_postgres_tag_rows_written_by_copy_are_dagsters(monkeypatch):
     """dagster-postgres with :class:`BatchedPostgresStorage`: the asset-event tag rows it writes
     with ``COPY`` are the rows Dagster's method would insert, values with quotes, commas, a
     newline, a backslash, non-ASCII and an empty string included."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root to install/start the local PostgreSQL cluster (scripts/local_postgres.sh)")
-    out = subprocess.run([str(LOCAL_POSTGRES), "--fresh", "va_test_tag_rows"], capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr
-    for pair in out.stdout.split()[1:]:
-        name, value = pair.split("=", 1)
-        monkeypatch.setenv(name, value)
+    use_local_postgres(monkeypatch, "va_test_tag_rows")
     overrides = {"storage": yaml.safe_load((Path(__file__).resolve().parent.parent / "dagster.postgres.yaml").read_text())["storage"]}
     with dg.instance_for_test(overrides=overrides) as instance:
         storage = instance.event_log_storage
