@@ -238,17 +238,17 @@ def serialize_events(events: Sequence[EventLogEntry]) -> list[str]:
                 key = _frozen(masked)
             except TypeError:
                 key = None
-        template = templates.get(key, False) if key is not None else None
+        template = templates.get(key)
+        if template:
+            out.append(_fill(template, values, memo))
+            continue
+        text = serialize_value(event)
         if key is not None and key not in templates:
             templates[key] = False  # a template pays from the shape's second event on
-        elif template is False:
-            text = serialize_value(event)
-            template = templates[key] = _template(masked, len(values))
-            if template is not None and _fill(template, values, memo) != text:
-                template = templates[key] = None
-            out.append(text)
-            continue
-        out.append(_fill(template, values, memo) if template else serialize_value(event))
+        elif template is False:  # the shape's second event: make its template, check it here
+            template = _template(masked, len(values))
+            templates[key] = template if template is not None and _fill(template, values, memo) == text else None
+        out.append(text)
     return out
 
 
@@ -507,7 +507,7 @@ if DagsterPostgresStorage is not None:
             (:func:`_copy_rows`): these rows need no ids back, and an INSERT of them cost 0.40 ms
             of the 0.89 ms of an empty tenant-day recorded without a run (three rows per event;
             ``benchmarks/empty_days.py``, 2026-12-02)."""
-            _copy_rows(conn, "asset_event_tags", ("event_id", "asset_key", "key", "value", "event_timestamp"), values)
+            _copy_rows(conn, "asset_event_tags", values)
 
         @contextlib.contextmanager
         def _insert_batch(self, events: Sequence[EventLogEntry]):
@@ -525,11 +525,8 @@ if DagsterPostgresStorage is not None:
                     event_ids = sorted(int(row[0]) for row in cursor.fetchall())
                 if len(event_ids) != len(rows):
                     raise RuntimeError(f"PostgreSQL gave {len(event_ids)} ids for {len(rows)} events")
-                _copy_rows(conn, SqlEventLogStorageTable.name, ("id", *_EVENT_COLUMNS), [{"id": event_id, **row} for event_id, row in zip(event_ids, rows, strict=True)])
+                _copy_rows(conn, SqlEventLogStorageTable.name, [{"id": event_id, **row} for event_id, row in zip(event_ids, rows, strict=True)])
                 yield conn, event_ids, rows
-
-    #: The columns of an ``event_logs`` row (:meth:`EventRows._event_rows`), id aside.
-    _EVENT_COLUMNS = ("run_id", "event", "dagster_event_type", "timestamp", "step_key", "asset_key", "partition")
 
     def _csv_field(value) -> str:
         """``value`` as a field of PostgreSQL's CSV ``COPY``: None as an empty unquoted field
@@ -547,12 +544,13 @@ if DagsterPostgresStorage is not None:
             raise TypeError(f"no CSV form for {type(value).__name__} in a COPY row")
         return '"' + value.replace('"', '""') + '"'
 
-    def _copy_rows(conn, table: str, columns: Sequence[str], rows: Sequence[dict]) -> None:
-        """Send ``rows`` (dicts with ``columns``) to ``table`` with PostgreSQL's ``COPY ... FROM
-        STDIN`` in CSV (:func:`_csv_field`), on the DBAPI connection of ``conn`` (inside its
-        transaction)."""
+    def _copy_rows(conn, table: str, rows: Sequence[dict]) -> None:
+        """Send ``rows`` (dicts with the same keys: the columns) to ``table`` with PostgreSQL's
+        ``COPY ... FROM STDIN`` in CSV (:func:`_csv_field`), on the DBAPI connection of ``conn``
+        (inside its transaction)."""
         import io
 
+        columns = list(rows[0])
         text = "".join(",".join([_csv_field(row[c]) for c in columns]) + "\n" for row in rows)
         with contextlib.closing(conn.connection.dbapi_connection.cursor()) as cursor:
             cursor.copy_expert(f"COPY {table} ({', '.join(columns)}) FROM STDIN WITH (FORMAT csv)", io.StringIO(text))
