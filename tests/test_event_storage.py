@@ -138,3 +138,69 @@ def test_postgres_tag_rows_written_by_copy_are_dagsters(monkeypatch):
         # Dagster reads them back: the tags of the materialisation that has that data version.
         (tags,) = storage.get_event_tags_for_asset(materializations[0].asset_key, filter_tags={"dagster/data_version": odd})
         assert tags["dagster/data_version"] == odd and tags["dagster/partition/tenant"] == "HADOOP"
+
+
+def _check_evaluation_event(run_id: str, check_name: str, partition: str | None, passed: bool, metadata: dict, target_id: int | None, timestamp: float):
+    from dagster._core.events import DagsterEvent, DagsterEventType
+    from dagster._core.events.log import EventLogEntry
+    from dagster._core.definitions.asset_checks.asset_check_evaluation import AssetCheckEvaluationTargetMaterializationData
+
+    evaluation = dg.AssetCheckEvaluation(
+        asset_key=dg.AssetKey("milvus_vectors"), check_name=check_name, passed=passed, metadata=metadata, partition=partition,
+        target_materialization_data=AssetCheckEvaluationTargetMaterializationData(storage_id=target_id, run_id=run_id, timestamp=timestamp) if target_id else None,
+    )
+    event = DagsterEvent(event_type_value=DagsterEventType.ASSET_CHECK_EVALUATION.value, event_specific_data=evaluation, job_name="tenant_day_vectors_job", step_key="tenant_day_vectors")
+    return EventLogEntry(user_message="", level=20, job_name="tenant_day_vectors_job", run_id=run_id, error_info=None, timestamp=timestamp, step_key="tenant_day_vectors", dagster_event=event)
+
+
+def test_postgres_check_execution_rows_written_by_copy_are_dagsters(monkeypatch):
+    """dagster-postgres with :class:`BatchedPostgresStorage`: the ``asset_check_executions`` rows
+    of a batch of check evaluations, sent with ``COPY``, equal the rows Dagster's own
+    ``store_event`` writes for the same evaluations (another run id), NULL partitions and
+    targets and metadata with quotes, commas, a newline, a backslash and non-ASCII included;
+    and Dagster reads them back as each tenant-day's latest check execution."""
+    from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
+    from dagster._core.event_api import PartitionKeyFilter
+    from dagster_postgres.event_log import PostgresEventLogStorage
+
+    use_local_postgres(monkeypatch, "va_test_check_rows")
+    overrides = {"storage": yaml.safe_load((Path(__file__).resolve().parent.parent / "dagster.postgres.yaml").read_text())["storage"]}
+    odd = 'a,"b"\n\\c ü'
+    cases = [
+        ("coverage", "2024-05-01|HADOOP", True, {"rows": 3, "note": odd}, 7),
+        ("coverage", "2024-05-02|HADOOP", False, {"rows": 0, "note": ""}, None),
+        ("drift", "2024-05-01|pallets/flask", True, {"score": 0.25}, 9),
+        ("drift", None, False, {"why": "unpartitioned"}, None),
+    ]
+    with dg.instance_for_test(overrides=overrides) as instance:
+        storage = instance.event_log_storage
+        assert type(storage).__name__ == "BatchedPostgresEventLogStorage"
+        ours = [_check_evaluation_event("run-ours", *case, timestamp=1764600000.5 + i) for i, case in enumerate(cases)]
+        theirs = [_check_evaluation_event("run-dagster", *case, timestamp=1764600000.5 + i) for i, case in enumerate(cases)]
+        copies = []
+        copy_rows = batched._copy_rows
+        monkeypatch.setattr(batched, "_copy_rows", lambda conn, table, rows: copies.append(table) or copy_rows(conn, table, rows))
+        storage.store_event_batch(ours)
+        assert "asset_check_executions" in copies
+        for event in theirs:
+            PostgresEventLogStorage.store_event(storage, event)
+        columns = ("asset_key", "check_name", "partition", "run_id", "execution_status", "evaluation_event", "evaluation_event_timestamp", "evaluation_event_storage_id", "materialization_event_storage_id")
+        with storage.index_connection() as conn:
+            rows = {run: [dict(zip(columns, r)) for r in conn.execute(sqlalchemy.text(f"SELECT {', '.join(columns)} FROM asset_check_executions WHERE run_id = :run ORDER BY id"), {"run": run})] for run in ("run-ours", "run-dagster")}
+            texts = dict(conn.execute(sqlalchemy.text("SELECT id, event FROM event_logs WHERE dagster_event_type = 'ASSET_CHECK_EVALUATION'")).fetchall())
+        assert len(rows["run-ours"]) == len(rows["run-dagster"]) == len(cases)
+        for got, want in zip(rows["run-ours"], rows["run-dagster"]):
+            # Each row points at its own event (other ids), and holds that event's text.
+            assert texts[got["evaluation_event_storage_id"]] == got["evaluation_event"]
+            assert texts[want["evaluation_event_storage_id"]] == want["evaluation_event"]
+            skip = {"run_id", "evaluation_event", "evaluation_event_storage_id"}
+            assert {k: (got[k], want[k]) for k in columns if k not in skip and got[k] != want[k]} == {}
+            assert got["evaluation_event"].replace("run-ours", "run-dagster") == want["evaluation_event"]
+        assert {r["partition"] for r in rows["run-ours"]} >= {None, "2024-05-01|HADOOP"}
+        latest = storage.get_latest_asset_check_execution_by_key([dg.AssetCheckKey(dg.AssetKey("milvus_vectors"), "coverage")])
+        assert latest[dg.AssetCheckKey(dg.AssetKey("milvus_vectors"), "coverage")].status == AssetCheckExecutionRecordStatus.FAILED
+        history = storage.get_asset_check_execution_history(dg.AssetCheckKey(dg.AssetKey("milvus_vectors"), "coverage"), limit=10, partition_filter=PartitionKeyFilter(key="2024-05-01|HADOOP"))
+        assert sorted(r.run_id for r in history) == ["run-dagster", "run-ours"]
+        (record,) = [r for r in history if r.run_id == "run-ours"]
+        assert record.status == AssetCheckExecutionRecordStatus.SUCCEEDED and record.event.dagster_event.event_specific_data.metadata["note"].value == odd
+

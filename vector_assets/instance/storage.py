@@ -386,7 +386,12 @@ class CheckEvaluationBatches:
             )
             conn.execute(statement, updates)
         if inserts:
-            conn.execute(AssetCheckExecutionsTable.insert(), inserts)
+            self._insert_check_execution_rows(conn, inserts)
+
+    def _insert_check_execution_rows(self, conn, values: list[dict]) -> None:
+        """Insert ``values`` (dicts of the same columns) into ``asset_check_executions``: one
+        executemany INSERT (the PostgreSQL storage sends them with ``COPY``)."""
+        conn.execute(AssetCheckExecutionsTable.insert(), values)
 
 
 class BatchedSqliteEventLogStorage(EventRows, CheckEvaluationBatches, SqliteEventLogStorage):
@@ -501,6 +506,12 @@ if DagsterPostgresStorage is not None:
                 self._store_asset_event_tags(conn, events, event_ids, rows)
                 # As dagster-postgres: the asset's row from the batch's last event.
                 self._store_asset_event(conn, events[-1], event_ids[-1])
+
+        def _insert_check_execution_rows(self, conn, values: list[dict]) -> None:
+            """Insert ``values`` into ``asset_check_executions`` with ``COPY``
+            (:func:`_copy_rows`): a partitioned check has no planned rows to update, so each
+            evaluation of a run is a new row, and these need no ids back."""
+            _copy_rows(conn, AssetCheckExecutionsTable.name, values)
 
         def _insert_tag_rows(self, conn, values: list[dict]) -> None:
             """Insert ``values`` into ``asset_event_tags`` with PostgreSQL's ``COPY``
