@@ -67,7 +67,10 @@ def postgres_env(database: str) -> dict:
 @contextlib.contextmanager
 def bench_instance(storage: str):
     """A throw-away Dagster instance: SQLite (``instance_for_test``) or, for ``postgres``, the
-    storage section of ``dagster.postgres.yaml`` on a fresh database, pooled like the CLI's."""
+    storage section of ``dagster.postgres.yaml`` on a fresh database, pooled like the CLI's; with
+    the product's ``python_logs`` section (runs' console log at INFO, as ``dagster.yaml`` and
+    ``dagster.postgres.yaml`` set it: Dagster's default, DEBUG, formats and prints a line per
+    event, which the product's runs do not pay)."""
     import dagster as dg
     import yaml
 
@@ -77,14 +80,16 @@ def bench_instance(storage: str):
         from vector_assets.instance.storage import storage_config
 
         # The storage dagster.yaml configures: Dagster's SQLite storage with batched asset events.
-        with tempfile.TemporaryDirectory() as base, dg.instance_for_test(overrides={"storage": storage_config(base)}) as instance:
+        python_logs = yaml.safe_load((REPO / "dagster.yaml").read_text())["python_logs"]
+        with tempfile.TemporaryDirectory() as base, dg.instance_for_test(overrides={"storage": storage_config(base), "python_logs": python_logs}) as instance:
             yield instance
         return
     os.environ.update(postgres_env("va_bench_encode"))
     from vector_assets import state
 
     state.dispose_engines()  # the database was dropped and made anew: no engine of the old one
-    overrides = {"storage": yaml.safe_load((REPO / "dagster.postgres.yaml").read_text())["storage"]}
+    product = yaml.safe_load((REPO / "dagster.postgres.yaml").read_text())
+    overrides = {"storage": product["storage"], "python_logs": product["python_logs"]}
     with contextlib.ExitStack() as stack:
         if storage == "postgres-unpooled":
             # dagster-postgres' default, a connection per event: the pooling switched off
