@@ -222,6 +222,14 @@ def test_non_ascii_tenants_are_written_and_searched(resources, instance, workspa
         materialize_days(resources, instance, tenant, days_of(base)[0], days_of(base)[-1])
         assert store.count_rows(COLLECTION, tenant, records=True) == len(base)
         assert search(store, COLLECTION, embedding_model, tenant, [base[0]["summary"]], k=1)[0][0].id == base[0]["id"].replace("SeaMonkey", tenant)
+    # Stored rows read back for a rectangle of tenants x days in one query per group of tenants
+    # that ask for the same days (`partition_groups`): two groups here, each key's rows exact.
+    days = days_of(base)
+    keys = [(t, d) for t in ("café", "日本語") for d in days] + [('quo"te', days[0]), ('quo"te', days[-1])]
+    held = store.partition_rows(COLLECTION, keys, ["record_id"])
+    expected = {(t, d): {r["id"].replace("SeaMonkey", t) for r in base if r["day"] == d} for t, d in keys}
+    assert {k: {row["record_id"] for row in rows.values()} for k, rows in held.items()} == {k: ids for k, ids in expected.items() if ids}
+    assert len(held) > 4 and all(row["tenant"] == k[0] and row["day"] == k[1] for k, rows in held.items() for row in rows.values())
 
 
 def test_tenant_file_names_are_safe_and_bounded(tmp_path):

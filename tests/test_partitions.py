@@ -150,3 +150,18 @@ def test_dagster_asks_the_rectangles_for_a_backfills_runs():
     other = dg.MultiPartitionsDefinition({"x": dg.StaticPartitionsDefinition(["p", "q"]), "y": dg.StaticPartitionsDefinition(["1", "2"])})
     subset = other.subset_with_partition_keys([str(k) for k in other.get_partition_keys()])
     assert len(subset.get_partition_key_ranges(other)) == len(planning._ORIGINAL_RANGES(subset, other)) == 2
+
+
+def test_partition_groups_cover_exactly_the_keys():
+    """Stored rows are read per group of tenants asking for the same days: the groups' cross
+    products are the keys, no more (a rectangle of 250 tenants x 2 days: three groups of at most
+    100 tenants; a tenant with other days: its own group; 600 days: two groups of days)."""
+    from vector_assets.store.base import partition_groups
+
+    keys = [(f"t{i:03d}", d) for i in range(250) for d in ("2024-01-01", "2024-01-02")]
+    keys += [("x", "2024-01-05"), ("x", "2024-01-05")]
+    keys += [("y", f"2024-01-01+{i}") for i in range(600)]
+    groups = partition_groups(keys)
+    assert sorted((len(t), len(d)) for t, d in groups) == [(1, 1), (1, 100), (1, 500), (50, 2), (100, 2), (100, 2)]
+    covered = [(t, d) for tenants, days in groups for t in tenants for d in days]
+    assert len(covered) == len(set(covered)) and set(covered) == set(keys)

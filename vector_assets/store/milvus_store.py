@@ -32,7 +32,7 @@ from typing import Any, Iterable, Iterator, Sequence
 from pymilvus import DataType, Function, FunctionType, MilvusClient
 
 from ..local import file_lock, pid_alive
-from .base import RRF_K, VectorStore
+from .base import RRF_K, VectorStore, partition_groups
 from pymilvus.exceptions import MilvusException
 
 log = logging.getLogger(__name__)
@@ -489,6 +489,14 @@ def partition_filter(tenant: str, days: Sequence[str]) -> str:
     return f"tenant == {quote(tenant)} and day in {quote_list(days)}"
 
 
+def partitions_filter(tenants: Sequence[str], days: Sequence[str]) -> str:
+    """Filter expression selecting the rows of any of ``tenants`` on any of ``days`` (one
+    tenant: :func:`partition_filter`, which Milvus prunes to the tenant's partition)."""
+    if len(tenants) == 1:
+        return partition_filter(tenants[0], days)
+    return f"tenant in {quote_list(tenants)} and day in {quote_list(days)}"
+
+
 def query_all(client: MilvusClient, name: str, expr: str, fields: list[str], batch: int = 4096) -> list[dict]:
     """Every row matching ``expr``: one query when fewer than 16,384 rows match, else paged
     with a query iterator."""
@@ -510,16 +518,13 @@ def query_all(client: MilvusClient, name: str, expr: str, fields: list[str], bat
 
 def partition_rows(client: MilvusClient, name: str, keys: Iterable[tuple[str, str]], fields: list[str]) -> dict[tuple[str, str], dict[str, dict]]:
     """Rows of each ``(tenant, day)`` in ``keys``: ``{(tenant, day): {pk: row}}`` with
-    ``fields`` (``pk`` and ``day`` are always read). One query per tenant and 500 days."""
-    by_tenant: dict[str, list[str]] = {}
-    for tenant, day in keys:
-        by_tenant.setdefault(tenant, []).append(day)
+    ``fields`` (``pk``, ``tenant`` and ``day`` are always read). One query per group of up to 100
+    tenants that ask for the same days, and 500 days (:func:`~vector_assets.store.base.partition_groups`)."""
     out: dict[tuple[str, str], dict[str, dict]] = {}
-    wanted = sorted({"pk", "day", *fields})
-    for tenant, days in by_tenant.items():
-        for i in range(0, len(days), 500):
-            for row in query_all(client, name, partition_filter(tenant, days[i : i + 500]), wanted):
-                out.setdefault((tenant, row["day"]), {})[row["pk"]] = row
+    wanted = sorted({"pk", "tenant", "day", *fields})
+    for tenants, days in partition_groups(keys):
+        for row in query_all(client, name, partitions_filter(tenants, days), wanted):
+            out.setdefault((row["tenant"], row["day"]), {})[row["pk"]] = row
     return out
 
 

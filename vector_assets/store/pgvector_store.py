@@ -34,7 +34,7 @@ import psycopg2
 import psycopg2.extras
 from psycopg2 import sql
 
-from .base import SearchRequest, VectorStore, rrf_fuse
+from .base import SearchRequest, VectorStore, partition_groups, rrf_fuse
 from .milvus_store import DEFAULT_EF, fusion_weights, source_mismatch
 
 #: The table of collections: name, model, dim, uid, landing source, tuning.
@@ -269,14 +269,11 @@ class PgvectorStore(VectorStore):
         return out
 
     def partition_rows(self, name: str, keys: Iterable[tuple[str, str]], fields: list[str]) -> dict[tuple[str, str], dict[str, dict]]:
-        by_tenant: dict[str, list[str]] = {}
-        for tenant, day in keys:
-            by_tenant.setdefault(tenant, []).append(day)
-        wanted = sorted({"pk", "day", *fields})
+        wanted = sorted({"pk", "tenant", "day", *fields})
         out: dict[tuple[str, str], dict[str, dict]] = {}
-        for tenant, days in by_tenant.items():
-            for row in self._select(name, wanted, "tenant = %s AND day = ANY(%s)", (tenant, days)):
-                out.setdefault((tenant, row["day"]), {})[row["pk"]] = row
+        for tenants, days in partition_groups(keys):
+            for row in self._select(name, wanted, "tenant = ANY(%s) AND day = ANY(%s)", (tenants, days)):
+                out.setdefault((row["tenant"], row["day"]), {})[row["pk"]] = row
         return out
 
     def rows_by_pk(self, name: str, pks: Iterable[str], fields: list[str]) -> dict[str, dict]:
