@@ -210,7 +210,7 @@ def test_unbalanced_brackets_normalise_in_linear_time():
     assert normalise_text("see [the docs](http://x/(y)) and [a|http://b] <!-- c --> \ud83d") == "see the docs and a \ufffd"
 
 
-def test_non_ascii_tenants_are_written_and_searched(resources, instance, workspace, store, embedding_model):
+def test_non_ascii_tenants_are_written_and_searched(resources, instance, workspace, store, embedding_model, monkeypatch):
     """Item 12: filters quote tenants as Milvus reads them (and PostgreSQL binds them)."""
     base = sample_records("bugzilla_seamonkey.jsonl", "SeaMonkey", "2024-01-01", "2024-01-10")
     # Ids namespaced by tenant, as exporters write them (one id in several tenants is one record
@@ -230,6 +230,19 @@ def test_non_ascii_tenants_are_written_and_searched(resources, instance, workspa
     expected = {(t, d): {r["id"].replace("SeaMonkey", t) for r in base if r["day"] == d} for t, d in keys}
     assert {k: {row["record_id"] for row in rows.values()} for k, rows in held.items()} == {k: ids for k, ids in expected.items() if ids}
     assert len(held) > 4 and all(row["tenant"] == k[0] and row["day"] == k[1] for k, rows in held.items() for row in rows.values())
+    # The drift check reads the three tenants' history in one query, and judges each tenant-day
+    # as one read per tenant does.
+    from vector_assets.checks import evaluate
+    from vector_assets.store.sync import PartitionResult
+
+    written = {(t, d): PartitionResult(t, d, records_read=1, written=True) for t in ("café", "日本語", 'quo"te') for d in days}
+    reads = []
+    rows_between = store.rows_between
+    monkeypatch.setattr(store, "rows_between", lambda *a, **k: reads.append(a[1]) or rows_between(*a, **k))
+    together = evaluate.drift_verdicts(store, COLLECTION, written)
+    assert len(reads) == 1 and sorted(reads[0]) == sorted(["café", "日本語", 'quo"te'])
+    alone = evaluate.drift_verdicts(store, COLLECTION, written, max_tenants=1)
+    assert len(reads) == 4 and together == alone and len(together) == len(written)
 
 
 def test_tenant_file_names_are_safe_and_bounded(tmp_path):

@@ -152,16 +152,30 @@ def test_dagster_asks_the_rectangles_for_a_backfills_runs():
     assert len(subset.get_partition_key_ranges(other)) == len(planning._ORIGINAL_RANGES(subset, other)) == 2
 
 
-def test_partition_groups_cover_exactly_the_keys():
-    """Stored rows are read per group of tenants asking for the same days: the groups' cross
-    products are the keys, no more (a rectangle of 250 tenants x 2 days: three groups of at most
-    100 tenants; a tenant with other days: its own group; 600 days: two groups of days)."""
+def test_partition_groups_cover_the_keys_in_few_queries():
+    """Stored rows are read per group of tenants (`partition_groups`): the groups cover the keys;
+    tenants asking for the same days share exact groups of at most 100; tenants asking for
+    different days share a group while it reads at most 4 times the keys it holds; a tenant
+    asking for over 500 days gets groups of its own."""
+    import random
+
     from vector_assets.store.base import partition_groups
 
-    keys = [(f"t{i:03d}", d) for i in range(250) for d in ("2024-01-01", "2024-01-02")]
-    keys += [("x", "2024-01-05"), ("x", "2024-01-05")]
-    keys += [("y", f"2024-01-01+{i}") for i in range(600)]
-    groups = partition_groups(keys)
-    assert sorted((len(t), len(d)) for t, d in groups) == [(1, 1), (1, 100), (1, 500), (50, 2), (100, 2), (100, 2)]
-    covered = [(t, d) for tenants, days in groups for t in tenants for d in days]
-    assert len(covered) == len(set(covered)) and set(covered) == set(keys)
+    same = [(f"t{i:03d}", d) for i in range(250) for d in ("2024-01-01", "2024-01-02")]
+    groups = partition_groups(same)
+    assert sorted((len(t), len(d)) for t, d in groups) == [(50, 2), (100, 2), (100, 2)]
+    assert sorted((t, d) for ts, ds in groups for t in ts for d in ds) == sorted(same)  # exact
+
+    long = [("y", f"2024-01-01+{i:03d}") for i in range(600)]
+    assert sorted((len(t), len(d)) for t, d in partition_groups(long)) == [(1, 100), (1, 500)]
+
+    rng = random.Random(1)
+    days = [f"2024-01-01+{i:03d}" for i in range(365)]
+    spread = [(f"s{i:02d}", d) for i in range(30) for d in rng.sample(days, 27)]
+    groups = partition_groups(spread + long + [("x", "2024-01-05")])
+    covered = {(t, d) for ts, ds in groups for t in ts for d in ds}
+    assert covered >= set(spread + long) | {("x", "2024-01-05")}
+    for tenants, group_days in groups:
+        asked = sum(1 for t, d in set(spread + long) | {("x", "2024-01-05")} if t in tenants and d in group_days)
+        assert len(tenants) * len(group_days) <= 4 * max(asked, 1) and len(group_days) <= 500
+    assert len(groups) < 15  # 32 tenants

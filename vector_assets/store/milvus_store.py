@@ -518,13 +518,16 @@ def query_all(client: MilvusClient, name: str, expr: str, fields: list[str], bat
 
 def partition_rows(client: MilvusClient, name: str, keys: Iterable[tuple[str, str]], fields: list[str]) -> dict[tuple[str, str], dict[str, dict]]:
     """Rows of each ``(tenant, day)`` in ``keys``: ``{(tenant, day): {pk: row}}`` with
-    ``fields`` (``pk``, ``tenant`` and ``day`` are always read). One query per group of up to 100
-    tenants that ask for the same days, and 500 days (:func:`~vector_assets.store.base.partition_groups`)."""
+    ``fields`` (``pk``, ``tenant`` and ``day`` are always read). One query per group of tenants
+    (:func:`~vector_assets.store.base.partition_groups`); rows of keys not asked for are dropped."""
+    keys = set(keys)
     out: dict[tuple[str, str], dict[str, dict]] = {}
     wanted = sorted({"pk", "tenant", "day", *fields})
     for tenants, days in partition_groups(keys):
         for row in query_all(client, name, partitions_filter(tenants, days), wanted):
-            out.setdefault((row["tenant"], row["day"]), {})[row["pk"]] = row
+            key = (row["tenant"], row["day"])
+            if key in keys:
+                out.setdefault(key, {})[row["pk"]] = row
     return out
 
 
@@ -752,8 +755,9 @@ class MilvusStore(VectorStore):
     def tenant_exists(self, name: str, tenant: str) -> bool:
         return tenant_exists(self.client, name, tenant, SEARCH_CONSISTENCY)
 
-    def rows_between(self, name: str, tenant: str, first: str, last: str, fields: list[str]) -> list[dict]:
-        return query_all(self.client, name, f"tenant == {quote(tenant)} and day >= {quote(first)} and day <= {quote(last)}", fields)
+    def rows_between(self, name: str, tenant: str | Sequence[str], first: str, last: str, fields: list[str]) -> list[dict]:
+        who = f"tenant == {quote(tenant)}" if isinstance(tenant, str) else f"tenant in {quote_list(tenant)}"
+        return query_all(self.client, name, f"{who} and day >= {quote(first)} and day <= {quote(last)}", fields)
 
     def records_present(self, name: str, tenant: str, record_ids: Iterable[str]) -> set[str]:
         ids, present = list(record_ids), set()

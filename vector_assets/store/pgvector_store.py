@@ -269,11 +269,14 @@ class PgvectorStore(VectorStore):
         return out
 
     def partition_rows(self, name: str, keys: Iterable[tuple[str, str]], fields: list[str]) -> dict[tuple[str, str], dict[str, dict]]:
+        keys = set(keys)
         wanted = sorted({"pk", "tenant", "day", *fields})
         out: dict[tuple[str, str], dict[str, dict]] = {}
         for tenants, days in partition_groups(keys):
             for row in self._select(name, wanted, "tenant = ANY(%s) AND day = ANY(%s)", (tenants, days)):
-                out.setdefault((row["tenant"], row["day"]), {})[row["pk"]] = row
+                key = (row["tenant"], row["day"])
+                if key in keys:
+                    out.setdefault(key, {})[row["pk"]] = row
         return out
 
     def rows_by_pk(self, name: str, pks: Iterable[str], fields: list[str]) -> dict[str, dict]:
@@ -309,8 +312,9 @@ class PgvectorStore(VectorStore):
             cur.execute(sql.SQL("SELECT 1 FROM {} WHERE tenant = %s LIMIT 1").format(sql.Identifier(name)), (tenant,))
             return cur.fetchone() is not None
 
-    def rows_between(self, name: str, tenant: str, first: str, last: str, fields: list[str]) -> list[dict]:
-        return self._select(name, list(fields), "tenant = %s AND day >= %s AND day <= %s", (tenant, first, last))
+    def rows_between(self, name: str, tenant: str | Sequence[str], first: str, last: str, fields: list[str]) -> list[dict]:
+        tenants = [tenant] if isinstance(tenant, str) else list(tenant)
+        return self._select(name, list(fields), "tenant = ANY(%s) AND day >= %s AND day <= %s", (tenants, first, last))
 
     def records_present(self, name: str, tenant: str, record_ids: Iterable[str]) -> set[str]:
         with self._tx() as cur:
