@@ -323,4 +323,3 @@ def test_embedding_usage_adds_up_across_runs_and_sources(dialect, tmp_path, requ
     second.mark_synced("store", {("HADOOP", "2024-07-02"): ("f3", 1)}, {("HADOOP", "m"): (5, 1000)})
     first.mark_synced("store", {("HADOOP", "2024-07-03"): ("f4", 0)})  # nothing embedded: no count
     assert state.read_embedding_usage(url) == {("HADOOP", "m"): (9, 1620), ("SeaMonkey", "m"): (2, 40)}
-
