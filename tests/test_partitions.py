@@ -159,7 +159,7 @@ def test_partition_groups_cover_the_keys_in_few_queries():
     asking for over 500 days gets groups of its own."""
     import random
 
-    from vector_assets.store.base import partition_groups
+    from vector_assets.state import partition_groups
 
     same = [(f"t{i:03d}", d) for i in range(250) for d in ("2024-01-01", "2024-01-02")]
     groups = partition_groups(same)

@@ -2,6 +2,7 @@
 cluster of ``scripts/local_postgres.sh`` (root; skipped otherwise). Not in the Milvus server
 suite, whose network namespace cannot reach that cluster."""
 
+import pytest
 import sqlalchemy as sa
 
 from vector_assets import state
@@ -35,4 +36,50 @@ def test_state_upserts_on_postgres_in_pages_keep_their_meaning(monkeypatch):
         assert len(synced) == 700 and synced["t1"] == "v701" and synced["t699"] == "v1399"
         assert seen == 2 and usage == [(8, 40)]
     finally:
+        state.dispose_engines()
+
+
+@pytest.mark.parametrize("dialect", ["sqlite", "postgresql"])
+def test_landing_lines_are_read_per_group_of_tenants(dialect, tmp_path, monkeypatch):
+    """The landing index reads a run's tenant-days in one query per group of tenants
+    (``state.partition_groups``), not in lists of ``(tenant, day)`` pairs; lines of tenant-days
+    the group spans but nobody asked for are dropped: reads and fingerprints equal those of one
+    tenant-day at a time, on real Jira records."""
+    from vector_assets.ingest.landing import LandingIndex
+
+    from .conftest import sample_records, write_jsonl
+
+    if dialect == "sqlite":
+        url = f"sqlite:///{tmp_path / 'state.db'}"
+    else:
+        use_local_postgres(monkeypatch, "va_test_state_groups")
+        url = state.state_url()
+    base = sample_records("jira_issues_hadoop.jsonl", "HADOOP", "2024-07-01", "2024-07-12")
+    tenants = ["HADOOP", "HDFS", "YARN"]
+    write_jsonl(tmp_path / "landing" / "jira.jsonl", [dict(r, tenant=t, id=r["id"].replace("HADOOP", t)) for t in tenants for r in base])
+    index = LandingIndex(tmp_path / "landing", url)
+    index.refresh()
+    days = sorted({r["day"] for r in base})
+    assert len(days) >= 4
+    # HADOOP and HDFS ask for every day, YARN for its first and last only: one group.
+    keys = [(t, d) for t in tenants[:2] for d in days] + [("YARN", days[0]), ("YARN", days[-1])]
+    assert state.partition_groups(keys) == [(["HADOOP", "HDFS", "YARN"], days)]
+    selects = []
+    engine = state.engine(url)
+    listen = lambda conn, cursor, statement, *rest: selects.append(statement) if "va_lines" in statement and statement.lstrip().upper().startswith("SELECT") else None  # noqa: E731
+    sa.event.listen(engine, "before_cursor_execute", listen)
+    try:
+        together = index.read_partitions(keys)
+        prints = index.fingerprints(keys)
+        assert len(selects) == 2 and not any("(va_lines.tenant, va_lines.day) IN" in s for s in selects)  # one query each, no pair lists
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", listen)
+    assert sorted(together) == sorted(keys) and sorted(prints) == sorted(keys)
+    for key in keys:
+        alone = index.read_partitions([key])[key]
+        expected = [r["id"].replace("HADOOP", key[0]) for r in base if r["day"] == key[1]]
+        assert [x.record["id"] for x in together[key].records] == [x.record["id"] for x in alone.records]
+        assert sorted(x.record["id"] for x in together[key].records) == sorted(expected) and expected
+        assert prints[key] == together[key].fingerprint == index.fingerprints([key])[key] != ""
+    if dialect == "postgresql":
         state.dispose_engines()

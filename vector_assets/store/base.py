@@ -18,6 +18,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
+from ..state import partition_groups  # noqa: F401  (the stores read tenant-days in groups)
+
 #: Search modes: ``dense`` (the model's vectors), ``bm25`` (full-text: Milvus's BM25, Postgres's
 #: ``ts_rank_cd``), ``hybrid`` (both, fused).
 MODES = ("dense", "bm25", "hybrid")
@@ -173,49 +175,6 @@ class VectorStore(ABC):
 
     def close(self) -> None:
         """Release the store's connections."""
-
-
-def partition_groups(keys: Iterable[tuple[str, str]], max_tenants: int = 100, max_days: int = 500, max_spread: float = 4.0) -> list[tuple[list[str], list[str]]]:
-    """``keys`` (``(tenant, day)`` pairs) as ``[(tenants, days)]`` groups, each read in one query,
-    whose cross products cover the keys, so that a run over many tenants reads their stored rows
-    in a few queries, not one per tenant.
-
-    Tenants asking for the same days share a group, whose cross product is exactly their keys.
-    Tenants asking for different days share one while the group's cross product stays within
-    ``max_spread`` times the keys it holds: the rows of the keys not asked for are read, and the
-    callers drop them. A group holds at most ``max_tenants`` tenants and ``max_days`` days; a
-    tenant asking for more days gets groups of its own.
-
-    Why: a daily run over 901 tenants' days (1,000 tenants, 10 with new records) read them with one
-    Milvus Lite query per tenant: 901 queries of 20 ms, 18.6 s of the run's 22.3 s at 1,000 x 120
-    days, and 103 s at 1,000 x 365 (``benchmarks/org_scale.py``, 2026-12-02)."""
-    by_tenant: dict[str, set[str]] = {}
-    for tenant, day in keys:
-        by_tenant.setdefault(tenant, set()).add(day)
-    by_days: dict[tuple[str, ...], list[str]] = {}
-    for tenant, days in by_tenant.items():
-        by_days.setdefault(tuple(sorted(days)), []).append(tenant)
-    groups: list[tuple[list[str], list[str]]] = []
-    tenants_now: list[str] = []
-    days_now: set[str] = set()
-    asked = 0  # keys the open group holds
-    for days, tenants in sorted(by_days.items()):
-        if len(days) > max_days:
-            groups += [(tenants[i : i + max_tenants], list(days[j : j + max_days])) for i in range(0, len(tenants), max_tenants) for j in range(0, len(days), max_days)]
-            continue
-        for i in range(0, len(tenants), max_tenants):
-            chunk = tenants[i : i + max_tenants]
-            union = days_now | set(days)
-            n = len(tenants_now) + len(chunk)
-            if tenants_now and (n > max_tenants or len(union) > max_days or n * len(union) > max_spread * (asked + len(chunk) * len(days))):
-                groups.append((tenants_now, sorted(days_now)))
-                tenants_now, days_now, asked, union = [], set(), 0, set(days)
-            tenants_now = tenants_now + chunk
-            days_now = union
-            asked += len(chunk) * len(days)
-    if tenants_now:
-        groups.append((tenants_now, sorted(days_now)))
-    return groups
 
 
 def rrf_fuse(rankings: Sequence[Sequence[dict]], limit: int, k: int = RRF_K) -> list[dict]:
