@@ -74,6 +74,15 @@ STAGES = [
     ("sync marks", "vector_assets.store.sync", "record_synced"),
     ("alias", "vector_assets.store.sync", "cut_over_search_alias"),
 ]
+#: Parts of "checks after write", timed inside it (reported under ``checks_after_write_s``, not
+#: added to the stages' sum).
+CHECK_PARTS = [
+    ("stored hashes", "vector_assets.checks.evaluate", "stored_hashes"),
+    ("sample vectors", "vector_assets.checks.evaluate", "sample_vectors"),
+    ("coherence", "vector_assets.checks.evaluate", "coherence_verdicts"),
+    ("retrievability", "vector_assets.checks.evaluate", "retrievability_verdicts"),
+    ("drift", "vector_assets.checks.evaluate", "drift_verdicts"),
+]
 
 
 def _null_embedder():
@@ -145,13 +154,13 @@ def synthetic_landing(out: Path, tenants: int, days: int, limit: int | None) -> 
 
 
 @contextlib.contextmanager
-def timed_stages():
-    """Wrap each of :data:`STAGES` to sum its seconds; yields ``{label: seconds}``."""
+def timed_stages(stages=STAGES):
+    """Wrap each of ``stages`` (:data:`STAGES`) to sum its seconds; yields ``{label: seconds}``."""
     import importlib
 
-    spent = {label: 0.0 for label, _, _ in STAGES}
+    spent = {label: 0.0 for label, _, _ in stages}
     with contextlib.ExitStack() as stack:
-        for label, module, attr in STAGES:
+        for label, module, attr in stages:
             owner = importlib.import_module(module)
             *path, name = attr.split(".")
             for part in path:
@@ -222,7 +231,7 @@ def run_grid(tenants: int, days: int, storage: str, embedder: str, limit: int | 
         out["tenant_days_materialised"] = covered
 
         failed = 0
-        with timed_stages() as stages, timed_event_storage(instance) as events:
+        with timed_stages() as stages, timed_stages(CHECK_PARTS) as check_parts, timed_event_storage(instance) as events:
             started = time.perf_counter()
             for i, run in enumerate(runs):
                 result = dg.materialize([tenant_day_vectors], resources=resources, instance=instance, raise_on_error=False, tags=run.tags())
@@ -237,6 +246,7 @@ def run_grid(tenants: int, days: int, storage: str, embedder: str, limit: int | 
         event_s = sum(v[1] for v in events.values())
         event_n = sum(v[0] for v in events.values())
         out["stages_s"] = {k: round(v, 2) for k, v in stages.items()}
+        out["checks_after_write_s"] = {k: round(v, 2) for k, v in check_parts.items()}
         out["event_storage_s"] = round(event_s, 2)
         out["events"] = event_n
         out["events_by_type"] = {k: {"events": v[0], "ms_each": round(1000 * v[1] / max(v[0], 1), 3)} for k, v in sorted(events.items())}

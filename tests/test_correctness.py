@@ -243,6 +243,33 @@ def test_non_ascii_tenants_are_written_and_searched(resources, instance, workspa
     assert len(reads) == 1 and sorted(reads[0]) == sorted(["café", "日本語", 'quo"te'])
     alone = evaluate.drift_verdicts(store, COLLECTION, written, max_tenants=1)
     assert len(reads) == 4 and together == alone and len(together) == len(written)
+    # The retrievability check searches the three tenants' samples in one search over their
+    # union; a row another tenant's row outranks there is searched again in its own tenant. The
+    # verdicts are those of one search per tenant.
+    import numpy as np
+
+    from vector_assets.embed.quality import QualityThresholds
+    from vector_assets.ingest.extraction import ExtractedText
+
+    held = store.partition_rows(COLLECTION, keys, ["pk", "vector"])
+    by_key = {k: sorted(rows) for k, rows in held.items()}
+    vectors = {pk: np.asarray(row["vector"], dtype=np.float32) for rows in held.values() for pk, row in rows.items()}
+    written = {k: PartitionResult(k[0], k[1], records_read=1, written=True, texts=[ExtractedText(pk, k[0], k[1], "issue", "", "", 0, "", 0) for pk in pks]) for k, pks in by_key.items()}
+    # One sampled vector moved towards another tenant's row: first in the union is that row.
+    moved_key = next(k for k in by_key if k[0] == "café")
+    moved_pk = by_key[moved_key][0]
+    other_pk = min((pk for k, pks in by_key.items() if k[0] == "日本語" for pk in pks), key=lambda pk: float(vectors[pk] @ vectors[moved_pk]))
+    mixed = vectors[moved_pk] + 1.5 * vectors[other_pk]
+    vectors[moved_pk] = (mixed / np.linalg.norm(mixed)).astype(np.float32)
+    searches = []
+    search_of = store.search
+    monkeypatch.setattr(store, "search", lambda name, request: searches.append(request.tenant) or search_of(name, request))
+    t = QualityThresholds(retrievability_sample=100)
+    together = evaluate.retrievability_verdicts(store, COLLECTION, written, vectors, t)
+    assert searches == [sorted(["café", "日本語", 'quo"te']), "café"]
+    alone = evaluate.retrievability_verdicts(store, COLLECTION, written, vectors, t, max_tenants=1)
+    assert searches[2:] == sorted(["café", "日本語", 'quo"te']) and together == alone and set(together) == set(written)
+    assert sum(v.metadata["sampled"] for v in together.values()) == len(vectors)
 
 
 def test_tenant_file_names_are_safe_and_bounded(tmp_path):

@@ -155,6 +155,11 @@ def test_pgserver_url_starts_the_bundled_postgres(tmp_path, embedding_model):
         hits = again.search("passages__t", SearchRequest(tenant="t", mode="dense", texts=["x"], vectors=[vector], limit=1))
         assert hits[0][0]["record_id"] == "git:t:1" and hits[0][0]["score"] == pytest.approx(1.0, abs=1e-5)
         assert again.search("passages__t", SearchRequest(tenant="other", mode="dense", texts=["x"], vectors=[vector], limit=1)) == [[]]
+        # A dense search over a list of tenants (the retrievability check's grouped searches).
+        assert again.search("passages__t", SearchRequest(tenant=["other", "t"], mode="dense", texts=["x"], vectors=[vector], limit=1))[0][0]["pk"] == "p1"
+        assert again.search("passages__t", SearchRequest(tenant=["other", "u"], mode="dense", texts=["x"], vectors=[vector], limit=1)) == [[]]
+        with pytest.raises(ValueError, match="bm25 search is of one tenant"):
+            again.search("passages__t", SearchRequest(tenant=["other", "t"], mode="bm25", texts=["commit"], vectors=None, limit=1))
         again.close()
         assert json.loads(json.dumps(store.store_key("passages__t").split("|")[0])) == f"pgserver:{(tmp_path / 'pg').resolve()}"
     finally:

@@ -30,7 +30,8 @@ RRF_K = 60
 
 @dataclass(frozen=True)
 class SearchRequest:
-    """One ranked fetch of passages for several queries of one tenant.
+    """One ranked fetch of passages for several queries of one tenant (or, dense only, of the
+    union of a list of tenants' passages: the retrievability check's grouped searches).
 
     ``vectors``: ``(n, dim)`` L2-normalised query vectors as lists (None for ``bm25``);
     ``texts``: the ``n`` query texts (read by ``bm25`` and ``hybrid``); ``limit``: passages per
@@ -41,7 +42,7 @@ class SearchRequest:
     step has just written), else the store's search consistency (Milvus: Bounded).
     """
 
-    tenant: str
+    tenant: str | Sequence[str]
     mode: str
     texts: Sequence[str]
     vectors: Sequence[Sequence[float]] | None

@@ -484,17 +484,19 @@ def quote_list(values: Iterable[str]) -> str:
     return "[" + ", ".join(quote(v) for v in values) + "]"
 
 
-def partition_filter(tenant: str, days: Sequence[str]) -> str:
-    """Filter expression selecting the rows of ``tenant`` on any of ``days``."""
-    return f"tenant == {quote(tenant)} and day in {quote_list(days)}"
+def tenant_filter(tenant: str | Sequence[str]) -> str:
+    """Filter expression selecting the rows of ``tenant`` (one tenant, or a list of tenants: any
+    of them). One tenant, alone or in a list, is ``tenant == …``, which Milvus prunes to the
+    tenant's partition (the partition key); a list of several is ``tenant in [...]``."""
+    if not isinstance(tenant, str) and len(tenant) == 1:
+        tenant = tenant[0]
+    return f"tenant == {quote(tenant)}" if isinstance(tenant, str) else f"tenant in {quote_list(tenant)}"
 
 
 def partitions_filter(tenants: Sequence[str], days: Sequence[str]) -> str:
-    """Filter expression selecting the rows of any of ``tenants`` on any of ``days`` (one
-    tenant: :func:`partition_filter`, which Milvus prunes to the tenant's partition)."""
-    if len(tenants) == 1:
-        return partition_filter(tenants[0], days)
-    return f"tenant in {quote_list(tenants)} and day in {quote_list(days)}"
+    """Filter expression selecting the rows of any of ``tenants`` on any of ``days``
+    (:func:`tenant_filter`)."""
+    return f"{tenant_filter(tenants)} and day in {quote_list(days)}"
 
 
 def query_all(client: MilvusClient, name: str, expr: str, fields: list[str], batch: int = 4096) -> list[dict]:
@@ -656,9 +658,9 @@ SEARCH_FIELDS = ["pk", "record_id", "day", "kind", "preview", "passage", "text"]
 
 
 def search_filter(request) -> str:
-    """The Milvus filter of a :class:`~vector_assets.store.base.SearchRequest`: its tenant, kinds
-    and days (each value quoted by :func:`quote`)."""
-    expr = f"tenant == {quote(request.tenant)}" + (f" and kind in {quote_list(request.kinds)}" if request.kinds else "")
+    """The Milvus filter of a :class:`~vector_assets.store.base.SearchRequest`: its tenant or
+    tenants (:func:`tenant_filter`), kinds and days (each value quoted by :func:`quote`)."""
+    expr = tenant_filter(request.tenant) + (f" and kind in {quote_list(request.kinds)}" if request.kinds else "")
     for op, day in zip((">=", "<="), request.days or (None, None)):
         if day is not None:
             expr += f" and day {op} {quote(day)}"
@@ -756,8 +758,7 @@ class MilvusStore(VectorStore):
         return tenant_exists(self.client, name, tenant, SEARCH_CONSISTENCY)
 
     def rows_between(self, name: str, tenant: str | Sequence[str], first: str, last: str, fields: list[str]) -> list[dict]:
-        who = f"tenant == {quote(tenant)}" if isinstance(tenant, str) else f"tenant in {quote_list(tenant)}"
-        return query_all(self.client, name, f"{who} and day >= {quote(first)} and day <= {quote(last)}", fields)
+        return query_all(self.client, name, f"{tenant_filter(tenant)} and day >= {quote(first)} and day <= {quote(last)}", fields)
 
     def records_present(self, name: str, tenant: str, record_ids: Iterable[str]) -> set[str]:
         ids, present = list(record_ids), set()

@@ -324,10 +324,13 @@ class PgvectorStore(VectorStore):
     # ---- search --------------------------------------------------------------------------
 
     def _filter(self, request: SearchRequest, table: str = "") -> tuple[str, list]:
-        """The WHERE clause of a search (its tenant, kinds and days, as parameters) with
-        columns qualified by ``table`` (an alias of this query's own, not user input)."""
+        """The WHERE clause of a search (its tenant or tenants, kinds and days, as parameters)
+        with columns qualified by ``table`` (an alias of this query's own, not user input)."""
         q = f"{table}." if table else ""
-        clauses, params = [f"{q}tenant = %s"], [request.tenant]
+        if isinstance(request.tenant, str):
+            clauses, params = [f"{q}tenant = %s"], [request.tenant]
+        else:
+            clauses, params = [f"{q}tenant = ANY(%s)"], [list(request.tenant)]
         if request.kinds:
             clauses.append(f"{q}kind = ANY(%s)")
             params.append(list(request.kinds))
@@ -410,6 +413,8 @@ class PgvectorStore(VectorStore):
         full text ``0.5 + atan(s) / pi``)."""
         if request.mode not in ("dense", "bm25", "hybrid"):
             raise ValueError(f"unknown search mode {request.mode!r}")
+        if request.mode != "dense" and not isinstance(request.tenant, str):
+            raise ValueError(f"a {request.mode} search is of one tenant (BM25's statistics are the tenant's own); got a list of {len(request.tenant)}")
         if request.mode == "hybrid" and request.fusion != "rrf":
             weights = fusion_weights(request.fusion)
         where, params = self._filter(request)
