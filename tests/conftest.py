@@ -146,6 +146,15 @@ def instance(tmp_path_factory):
 LOCAL_POSTGRES = Path(__file__).resolve().parent.parent / "scripts" / "local_postgres.sh"
 
 
+def postgres_storage_overrides() -> dict:
+    """Instance overrides with the ``storage`` section of ``dagster.postgres.yaml`` (the product's
+    Postgres storage: batched asset events), for an instance on the database that
+    :func:`use_local_postgres` pointed the ``DAGSTER_PG_*`` settings at."""
+    import yaml
+
+    return {"storage": yaml.safe_load((REPO / "dagster.postgres.yaml").read_text())["storage"]}
+
+
 def use_local_postgres(monkeypatch, database: str) -> None:
     """Point Dagster's Postgres storage settings (``DAGSTER_PG_*``) at a fresh database
     ``database`` of the local cluster (``scripts/local_postgres.sh``; CI runs as root, which the

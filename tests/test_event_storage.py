@@ -4,12 +4,9 @@ the ``event_logs`` rows and the asset-event tag rows. Checked on the batches of 
 real records (materialisations of days with and without records, check evaluations) and of
 empty tenant-days recorded without a run, as the storages receive them."""
 
-from pathlib import Path
-
 import dagster as dg
 import pytest
 import sqlalchemy
-import yaml
 from dagster._core.storage.event_log.sql_event_log import SqlEventLogStorage
 from dagster_shared.serdes import deserialize_value, serialize_value
 
@@ -18,7 +15,7 @@ from vector_assets.assets.vectors import empty_day_materializations
 from vector_assets.instance import storage as batched
 from vector_assets.instance.runs import record_runless_materializations
 
-from .conftest import register_tenants, use_local_postgres
+from .conftest import postgres_storage_overrides, register_tenants, use_local_postgres
 from .test_pipeline import materialize_days, materialize_index
 
 
@@ -105,7 +102,7 @@ def test_postgres_tag_rows_written_by_copy_are_dagsters(monkeypatch):
     with ``COPY`` are the rows Dagster's method would insert, values with quotes, commas, a
     newline, a backslash, non-ASCII and an empty string included."""
     use_local_postgres(monkeypatch, "va_test_tag_rows")
-    overrides = {"storage": yaml.safe_load((Path(__file__).resolve().parent.parent / "dagster.postgres.yaml").read_text())["storage"]}
+    overrides = postgres_storage_overrides()
     with dg.instance_for_test(overrides=overrides) as instance:
         storage = instance.event_log_storage
         assert type(storage).__name__ == "BatchedPostgresEventLogStorage"
@@ -164,7 +161,7 @@ def test_postgres_check_execution_rows_written_by_copy_are_dagsters(monkeypatch)
     from dagster_postgres.event_log import PostgresEventLogStorage
 
     use_local_postgres(monkeypatch, "va_test_check_rows")
-    overrides = {"storage": yaml.safe_load((Path(__file__).resolve().parent.parent / "dagster.postgres.yaml").read_text())["storage"]}
+    overrides = postgres_storage_overrides()
     odd = 'a,"b"\n\\c ü'
     cases = [
         ("coverage", "2024-05-01|HADOOP", True, {"rows": 3, "note": odd}, 7),
