@@ -253,7 +253,11 @@ def _encode_through_dagster(tenant: str, texts: list, storage: str, profile: boo
         if profiler is not None:
             profiler.disable()
         events = sum(len(instance.all_logs(r.run_id)) for r in results)
-    mats = [e.event_specific_data.materialization for r in results for e in r.get_asset_materialization_events() if e.asset_key.to_user_string() == "milvus_vectors"]
+        # The step stores its materialisations through the instance, not in the result's events.
+        mats = [
+            e.dagster_event.event_specific_data.materialization for r in results for e in instance.all_logs(r.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION)
+            if e.dagster_event.asset_key.to_user_string() == "milvus_vectors"
+        ]
     # Days without records are materialised too, without figures.
     embedded = sum(m.metadata["embedded"].value for m in mats if "embedded" in m.metadata)
     encode_s = sum(m.metadata["encode_seconds_est"].value for m in mats if "encode_seconds_est" in m.metadata)

@@ -143,6 +143,15 @@ def instance(tmp_path_factory):
         yield inst
 
 
+def run_events(instance: dg.DagsterInstance, run_id: str, event_type: str) -> list:
+    """The ``DagsterEvent``s of ``event_type`` (``"ASSET_MATERIALIZATION"``,
+    ``"ASSET_CHECK_EVALUATION"``) that run ``run_id`` stored in ``instance``: the tenant-day step
+    stores its materialisations and check evaluations straight through the instance
+    (``vector_assets.instance.runs.record_step_events``), so an ``execute_in_process`` result's
+    own event list does not hold them."""
+    return [e.dagster_event for e in instance.all_logs(run_id, of_type=dg.DagsterEventType[event_type])]
+
+
 LOCAL_POSTGRES = Path(__file__).resolve().parent.parent / "scripts" / "local_postgres.sh"
 
 

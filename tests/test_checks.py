@@ -20,7 +20,7 @@ from vector_assets.sensors.alerts import AlertRaised
 from vector_assets.sensors import check_alert_sensor, daily_schedule, new_data_sensor
 from vector_assets.settings import DEFAULT_MODEL
 
-from .conftest import register_tenants, sample_records, write_jsonl
+from .conftest import register_tenants, run_events, sample_records, write_jsonl
 from .test_pipeline import COLLECTION, materialize_index, rows_of
 
 # ---- vector quality on real embeddings ------------------------------------------------------
@@ -154,16 +154,15 @@ class Outcome:
         self.metadata = figures
 
 
-def evaluations(result) -> dict[tuple[str, str], Outcome]:
+def evaluations(instance, result) -> dict[tuple[str, str], Outcome]:
     """``{(check name, "day|tenant"): Outcome}`` of every tenant-day a run's checks judged: one
     partitioned evaluation per check and tenant-day."""
     out = {}
-    for event in result.all_events:
-        if event.event_type_value == "ASSET_CHECK_EVALUATION":
-            ev = event.event_specific_data
-            assert ev.partition is not None and (ev.check_name, ev.partition) not in out
-            out[(ev.check_name, ev.partition)] = Outcome(ev.passed, "" if ev.passed else ev.severity.value, {k: getattr(v, "value", v) for k, v in ev.metadata.items()})
-            out[(ev.check_name, ev.partition)].description = ev.description or ""
+    for event in run_events(instance, result.run_id, "ASSET_CHECK_EVALUATION"):
+        ev = event.event_specific_data
+        assert ev.partition is not None and (ev.check_name, ev.partition) not in out
+        out[(ev.check_name, ev.partition)] = Outcome(ev.passed, "" if ev.passed else ev.severity.value, {k: getattr(v, "value", v) for k, v in ev.metadata.items()})
+        out[(ev.check_name, ev.partition)].description = ev.description or ""
     return out
 
 
@@ -173,7 +172,7 @@ def test_checks_pass_on_real_records(resources, instance, workspace):
     materialize_index(resources, instance)
     result = run_days(resources, instance, "HADOOP", "2024-07-01", "2024-07-10")
     assert result.success
-    evs = evaluations(result)
+    evs = evaluations(instance, result)
     days = {r["day"] for r in jira}
     assert {name for name, _ in evs} >= {"text_frame_valid", "vector_quality", "coverage", "coherence", "retrievability", "failure_rate", "processing_time", "drift"}
     for name in ("text_frame_valid", "vector_quality", "coverage", "coherence", "retrievability", "failure_rate"):
@@ -192,7 +191,7 @@ def test_checks_pass_on_real_records(resources, instance, workspace):
     # Every tenant-day of the range is materialised, days without records too (in sync, empty);
     # the days with records carry their own figures.
     mats = {}
-    for event in result.get_asset_materialization_events():
+    for event in run_events(instance, result.run_id, "ASSET_MATERIALIZATION"):
         m = event.event_specific_data.materialization
         mats[(m.asset_key.to_user_string(), str(m.partition))] = m
     range_days = [f"2024-07-{d:02d}" for d in range(1, 11)]
@@ -203,6 +202,29 @@ def test_checks_pass_on_real_records(resources, instance, workspace):
         assert figures["records_read"].value == sum(r["day"] == day for r in jira)
     empty = next(d for d in range_days if d not in days)
     assert "records_read" not in mats[("source_records", f"{empty}|HADOOP")].metadata
+    # Stored as the step's own events (vector_assets.instance.runs.record_step_events): the run,
+    # job, step and its logging tags, the partition's dimension tags; Dagster reads them as the
+    # run's materialisations, and each tenant-day is in sync, a day with records and an empty one.
+    entries = instance.all_logs(result.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION)
+    assert len(entries) == 3 * len(range_days)
+    for entry in entries:
+        event = entry.dagster_event
+        assert (entry.run_id, entry.step_key, entry.job_name) == (result.run_id, "tenant_day_vectors", result.dagster_run.job_name)
+        assert (event.step_key, event.step_kind_value, event.logging_tags["step_key"]) == ("tenant_day_vectors", "COMPUTE", "tenant_day_vectors")
+        tags = event.event_specific_data.materialization.tags
+        day, tenant = str(event.partition).split("|")
+        assert (tags["dagster/partition/day"], tags["dagster/partition/tenant"]) == (day, tenant)
+        assert {"dagster/code_version", "dagster/data_version"} <= set(tags)
+    assert instance.get_materialized_partitions(dg.AssetKey("milvus_vectors")) >= {f"{d}|HADOOP" for d in range_days}
+    from dagster._core.definitions.data_version import StaleStatus
+    from dagster._utils.test.data_versions import get_stale_status_resolver
+
+    from vector_assets.assets import landing_index
+
+    resolver = get_stale_status_resolver(instance, [landing_index, tenant_day_vectors])
+    for asset in ("source_records", "extracted_text", "milvus_vectors"):
+        for day in (sorted(days)[0], empty):
+            assert resolver.get_status(dg.AssetKey(asset), f"{day}|HADOOP") == StaleStatus.FRESH, resolver.get_stale_causes(dg.AssetKey(asset), f"{day}|HADOOP")
 
 
 def test_blocking_check_stops_only_its_partition(resources, instance, workspace):
@@ -213,16 +235,16 @@ def test_blocking_check_stops_only_its_partition(resources, instance, workspace)
     bad = {**resources, "embedding_model": NaNModel(poison=poisoned["summary"])}
     result = run_days(bad, instance, "HADOOP", "2024-07-01", "2024-07-10")
     assert not result.success  # a blocking ERROR fails the step after all partitions ran
-    ev = evaluations(result)[("vector_quality", f"{poisoned['day']}|HADOOP")]
+    ev = evaluations(instance, result)[("vector_quality", f"{poisoned['day']}|HADOOP")]
     assert not ev.passed and ev.severity == dg.AssetCheckSeverity.ERROR and "NaN" in ev.metadata["failures"]
     client = resources["milvus"].get_client()
     assert rows_of(client, "HADOOP", poisoned["day"]) == []
     others = [r for r in jira if r["day"] != poisoned["day"]]
     assert len(rows_of(client, "HADOOP")) == len(others)
     # Only the blocked tenant-day fails the check; only the written tenant-days are recorded.
-    failing = [p for (name, p), e in evaluations(result).items() if name == "vector_quality" and not e.passed]
+    failing = [p for (name, p), e in evaluations(instance, result).items() if name == "vector_quality" and not e.passed]
     assert failing == [f"{poisoned['day']}|HADOOP"]
-    assert "not written" in evaluations(result)[("vector_quality", failing[0])].description
+    assert "not written" in evaluations(instance, result)[("vector_quality", failing[0])].description
     materialised = instance.get_materialized_partitions(dg.AssetKey("milvus_vectors"))
     assert f"{poisoned['day']}|HADOOP" not in materialised and {f"{r['day']}|HADOOP" for r in others} <= materialised
 
@@ -233,7 +255,7 @@ def test_too_many_quarantined_records_fail_the_failure_rate(resources, instance,
     bad = dict(good[0], id="bugzilla:SeaMonkey:bad", source="trello")
     write_jsonl(workspace["landing"] / "bugs.jsonl", [g for g in good if g["day"] == day] + [bad])
     materialize_index(resources, instance)
-    ev = evaluations(run_days(resources, instance, "SeaMonkey", day))[("failure_rate", f"{day}|SeaMonkey")]
+    ev = evaluations(instance, run_days(resources, instance, "SeaMonkey", day))[("failure_rate", f"{day}|SeaMonkey")]
     assert not ev.passed and ev.severity == dg.AssetCheckSeverity.ERROR and ev.metadata["failure_rate"] > 0.05
 
 
@@ -262,7 +284,7 @@ class Webhook:
 def audit(resources, instance, **config):
     result = audit_job.execute_in_process(instance=instance, resources=resources, run_config={"ops": {"audit_tenant_days": {"config": config}}} if config else None)
     assert result.success
-    return evaluations(result)
+    return evaluations(instance, result)
 
 
 def test_deleted_rows_fail_coverage_and_the_sensor_heals_them(resources, instance, workspace, monkeypatch):
@@ -290,7 +312,7 @@ def test_deleted_rows_fail_coverage_and_the_sensor_heals_them(resources, instanc
     healed = dg.materialize([tenant_day_vectors], resources=resources, instance=instance, partition_key=request.partition_key, tags=request.tags)
     assert healed.success
     assert len(rows_of(client, "HADOOP", day)) == sum(r["day"] == day for r in jira)
-    assert evaluations(healed)[("coverage", f"{day}|HADOOP")].passed
+    assert evaluations(instance, healed)[("coverage", f"{day}|HADOOP")].passed
     again = check_alert_sensor(dg.build_sensor_context(instance=instance, cursor=result.cursor, resources={"alerts": alerts}))
     assert again.run_requests == [] and json.loads(again.cursor)["tenant_days"] == {}
 
@@ -490,7 +512,7 @@ def test_new_data_sensor_sees_a_fix_that_another_refresh_found_first(resources, 
 
     first = tick(None)
     register_tenants(instance, ["HADOOP", "SeaMonkey"])
-    assert evaluations(run_days(resources, instance, "HADOOP", "2024-09-05"))[("failure_rate", "2024-09-05|HADOOP")].severity == dg.AssetCheckSeverity.ERROR
+    assert evaluations(instance, run_days(resources, instance, "HADOOP", "2024-09-05"))[("failure_rate", "2024-09-05|HADOOP")].severity == dg.AssetCheckSeverity.ERROR
     write_jsonl(path, jira)  # the line fixed
     # A run of SeaMonkey refreshes the index before the sensor's next tick: it finds the fix.
     assert run_days(resources, instance, "SeaMonkey", "2024-10-13").success

@@ -36,25 +36,39 @@ def test_graph_partitions_policy_and_automation():
 
 
 def test_the_dagster_internals_we_rely_on_are_still_there():
-    """Two measured shortcuts use Dagster internals (their docstrings give the figures):
-    ``assets.vectors.add_partition_metadata`` writes a run's per-tenant-day figures into the
+    """Measured shortcuts use Dagster internals (their docstrings give the figures):
+    ``instance.runs.record_step_events`` stores a step's materialisations and check evaluations
+    straight through the instance as ``DagsterEvent.from_step`` would log them, in event batches;
+    ``assets.search_quality.add_partition_metadata`` writes a run's per-tenant figures into the
     step's metadata accumulator at once (``add_asset_metadata`` cost 32 ms a call at 1,151
-    days), and ``checks.outcomes.record_evaluations`` yields check evaluations as one event
-    batch. Both fall back to the public, slower APIs when the internals are gone; this test
-    fails loudly instead, so that a Dagster upgrade that removes them is seen, not paid for."""
+    partitions); ``instance.planning`` resolves a run's partitions once. They fall back to the public, slower
+    APIs when the internals are gone; this test fails loudly instead, so that a Dagster upgrade
+    that removes them is seen, not paid for."""
     import dataclasses
     import inspect
 
-    from dagster._core.events import DagsterEvent, DagsterEventBatchMetadata, generate_event_batch_id
+    from dagster._core.events import DagsterEvent, DagsterEventBatchMetadata, StepMaterializationData, generate_event_batch_id
+    from dagster._core.events.log import EventLogEntry
     from dagster._core.execution.context.metadata_logging import AssetMetadataHandle, OutputMetadataAccumulator
     from dagster._core.execution.context.system import StepExecutionContext
 
+    # assets.search_quality.add_partition_metadata
     assert "self._metadata_accumulator = OutputMetadataAccumulator.empty()" in inspect.getsource(StepExecutionContext.__init__)
     assert [f.name for f in dataclasses.fields(OutputMetadataAccumulator)] == ["per_output_metadata"] if dataclasses.is_dataclass(OutputMetadataAccumulator) else "per_output_metadata" in OutputMetadataAccumulator.__annotations__
-    handle = AssetMetadataHandle(asset_key=dg.AssetKey("a"), partition_key="2024-01-01|T")
-    assert (handle.asset_key, handle.partition_key) == (dg.AssetKey("a"), "2024-01-01|T")
-    assert {"event_type", "step_context", "event_specific_data", "message", "batch_metadata"} <= set(inspect.signature(DagsterEvent.from_step).parameters)
+    handle = AssetMetadataHandle(asset_key=dg.AssetKey("a"), partition_key="T")
+    assert (handle.asset_key, handle.partition_key) == (dg.AssetKey("a"), "T")
+
+    # instance.runs.record_step_events: the fields from_step fills, and where it takes them
+    source = inspect.getsource(DagsterEvent.from_step)
+    for field in ("job_name=step_context.job_name", "step_handle=step_context.step.handle", "node_handle=step_context.step.node_handle",
+                  "step_kind_value=step_context.step.kind.value", "logging_tags=step_context.event_tags", "pid=os.getpid()"):
+        assert field in source, field
+    assert {"event_type_value", "job_name", "step_handle", "node_handle", "step_kind_value", "logging_tags", "event_specific_data", "message", "pid"} <= set(inspect.signature(DagsterEvent).parameters)
+    assert {"user_message", "level", "job_name", "run_id", "error_info", "timestamp", "step_key", "dagster_event"} <= set(inspect.signature(EventLogEntry).parameters)
+    assert list(inspect.signature(StepMaterializationData).parameters)[:1] == ["materialization"]
+    assert all(hasattr(StepExecutionContext, name) for name in ("job_name", "step", "event_tags", "instance", "run_id"))
     assert callable(generate_event_batch_id) and set(inspect.signature(DagsterEventBatchMetadata).parameters) >= {"id", "is_end"}
+    assert "batch_metadata" in inspect.signature(dg.DagsterInstance.handle_new_event).parameters
     # instance.planning: the plan of a run resolves its partitions through this method, per asset
     from dagster._core.instance.runs.run_domain import RunDomain
     from dagster._core.storage.dagster_run import DagsterRun

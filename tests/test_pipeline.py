@@ -15,7 +15,7 @@ from vector_assets.ingest.extraction import extract_records
 from vector_assets.ingest.records import LocatedRecord, primary_key
 from vector_assets.serving.search import SearchError, as_store, search
 
-from .conftest import sample_records, write_jsonl
+from .conftest import run_events, sample_records, write_jsonl
 
 COLLECTION = milvus_store.collection_name(DEFAULT_MODEL)
 
@@ -31,7 +31,7 @@ def materialize_days(resources, instance, tenant, first, last=None):
     result = dg.materialize([tenant_day_vectors], resources=resources, instance=instance, tags=tags, raise_on_error=True)
     assert result.success
     out = {}
-    for event in result.get_asset_materialization_events():
+    for event in run_events(instance, result.run_id, "ASSET_MATERIALIZATION"):
         mat = event.event_specific_data.materialization
         out[(mat.asset_key.to_user_string(), mat.partition)] = {k: v.value for k, v in mat.metadata.items()}
     return out

@@ -9,7 +9,7 @@ from vector_assets import state
 from vector_assets.assets import search_quality, tenant_day_vectors
 from vector_assets.serving import retrieval
 
-from .conftest import register_tenants, sample_records, write_jsonl
+from .conftest import register_tenants, run_events, sample_records, write_jsonl
 from .test_pipeline import materialize_days, materialize_index
 
 
@@ -17,7 +17,7 @@ def evaluate(resources, instance, tenants):
     tags = {"dagster/asset_partition_range_start": tenants[0], "dagster/asset_partition_range_end": tenants[-1]}
     result = dg.materialize([search_quality], resources={k: resources[k] for k in ("landing", "embedding_model", "milvus")}, instance=instance, tags=tags)
     assert result.success
-    evaluations = {e.partition: e for e in (ev.event_specific_data for ev in result.all_events if ev.event_type_value == "ASSET_CHECK_EVALUATION")}
+    evaluations = {e.partition: e for e in (ev.event_specific_data for ev in run_events(instance, result.run_id, "ASSET_CHECK_EVALUATION"))}
     materialised = {e.partition: {k: v.value for k, v in e.event_specific_data.materialization.metadata.items()} for e in result.get_asset_materialization_events()}
     return evaluations, materialised
 

@@ -6,15 +6,16 @@ tenant-days reads them in one pass and loads the model once. How a run is record
 
 * A run covers a range of days of one tenant, or the rectangle of several tenants' days
   (``BackfillPolicy.single_run``: a UI backfill is one run per rectangle of the tenant-days it
-  targets, :func:`vector_assets.partitions.tile_rectangles`). The step returns one
-  :class:`~dagster.MaterializeResult` per asset and Dagster derives the materialisation of
-  every tenant-day of the range from it, with its data provenance (nothing is "Unsynced"
-  after a run), written in batches (``DAGSTER_EVENT_BATCH_SIZE``). A day without records is
-  materialised too: it is in sync, empty.
+  targets, :func:`vector_assets.partitions.tile_rectangles`). The step records one
+  materialisation of each asset for every tenant-day of the range it wrote, a day without
+  records too (it is in sync, empty), with its data provenance (code version, data versions:
+  nothing is "Unsynced" after a run) and its dimension tags, stored straight through the
+  instance in batches (:func:`vector_assets.instance.runs.record_step_events`; Dagster's own
+  expansion of a ranged output into per-partition events cost more than storing them, issue #20).
 * Each tenant-day's figures (records read, texts, embedded, unchanged, deleted, truncated,
-  quarantined) are attached to its own materialisation with ``context.add_asset_metadata``
-  (days with records or deletes; an empty day has none), so the UI shows them per partition
-  and ``vector-assets status`` reads them back.
+  quarantined) are the metadata of its own materialisation (days with records or deletes; an
+  empty day has none), so the UI shows them per partition and ``vector-assets status`` reads
+  them back.
 * Checks are partitioned like the assets: one evaluation of each check per tenant-day with
   records or deletes, recorded in batches (:mod:`vector_assets.checks.outcomes`), so that each
   tenant-day keeps its own status in the UI. A tenant-day that fails a blocking check is not
@@ -63,32 +64,6 @@ _CODE_VERSION = {
     EXTRACTED_TEXT: PIPELINE_VERSION,
     MILVUS_VECTORS: f"{PIPELINE_VERSION}:{settings.model_name()}",
 }
-
-
-def add_partition_metadata(context: dg.AssetExecutionContext, figures: dict[tuple[dg.AssetKey, dg.MultiPartitionKey], dict]) -> None:
-    """Attach each tenant-day's figures to the materialisation Dagster derives for it from the
-    step's ranged output: what ``context.add_asset_metadata(metadata, asset_key=...,
-    partition_key=...)`` does, in one update.
-
-    ``add_asset_metadata`` checks the partition key against the whole range and copies every
-    figure added so far, on each call: 32 ms a call at 1,151 days (the profile of
-    ``benchmarks/pipeline.py encode``, 36 s of an 86 s run), quadratic in the run's days. The
-    check is redundant here (the keys come from the run's own partition keys), so the figures
-    go into the step's metadata accumulator at once (Dagster 1.13's
-    ``OutputMetadataAccumulator``); where that internal is missing, the public method is used.
-    """
-    if not figures:
-        return
-    try:
-        from dagster._core.execution.context.metadata_logging import AssetMetadataHandle
-
-        step = context.op_execution_context._step_execution_context
-        accumulator = step._metadata_accumulator
-        added = {AssetMetadataHandle(asset_key=asset_key, partition_key=key): metadata for (asset_key, key), metadata in figures.items()}
-        step._metadata_accumulator = type(accumulator)(per_output_metadata={**accumulator.per_output_metadata, **added})
-    except (ImportError, AttributeError):  # another Dagster version: the public, slower way
-        for (asset_key, key), metadata in figures.items():
-            context.add_asset_metadata(metadata, asset_key=asset_key, partition_key=key)
 
 
 def _quarantine_table(result: PartitionResult, limit: int = 20, bad_only: bool = False) -> str:
@@ -255,8 +230,7 @@ def tenant_day_vectors(
         key: partition_metadata(result, model_id, per_text, encoder)
         for key, result in results.items() if result.written and (result.records_read or result.deleted)
     }
-    add_partition_metadata(context, {(asset_key, make_key(*key)): metadata for key, by_asset in figures.items() for asset_key, metadata in by_asset.items()})
-    yield from materializations(results, model_id, per_text, encoder)
+    yield from runs.record_step_events(context, materializations(results, figures))
     evaluations, failed_checks, blocked = check_evaluations(context.instance, context.run_id, results, verdicts, run_timing)
     yield from outcomes.record_evaluations(context, evaluations)
     launch.report_run_totals(context, recorded_totals(results, figures), launch.failed_at_error(evaluations))
@@ -374,24 +348,60 @@ def judge(results: dict[PartitionKey, PartitionResult], milvus: MilvusResource, 
     return verdicts
 
 
-def materializations(results: dict[PartitionKey, PartitionResult], model_id: str, per_text: float, encoder: str = "") -> list:
-    """The run's materialisations. When every tenant-day was written: one
-    :class:`~dagster.MaterializeResult` per asset, from which Dagster derives each tenant-day's
-    materialisation over the run's range (with the metadata added by
-    :func:`add_partition_metadata` and the data provenance). Otherwise (a blocking check failed,
-    or a tenant-day was refused: the run fails) the written tenant-days only, one by one."""
-    if all(r.written for r in results.values()):
-        return [dg.MaterializeResult(asset_key=asset_key) for asset_key in ASSET_KEYS]
-    return [
-        dg.AssetMaterialization(asset_key=asset_key, partition=make_key(*key), metadata=metadata if (result.records_read or result.deleted) else {}, tags={"dagster/code_version": _CODE_VERSION[asset_key]})
-        for key, result in results.items() if result.written
-        for asset_key, metadata in partition_metadata(result, model_id, per_text, encoder).items()
-    ]
+def materializations(results: dict[PartitionKey, PartitionResult], figures: dict[PartitionKey, dict[dg.AssetKey, dict]]) -> list[dg.AssetMaterialization]:
+    """The run's materialisations: one of each asset (upstream first) for every written
+    tenant-day, with its ``figures`` as metadata (:func:`partition_metadata`, given for the
+    tenant-days with records or deletes; the others have none), the data provenance a run of
+    Dagster's records (:func:`provenance_tags`) and the partition's dimension tags. A tenant-day
+    not written (a blocking check failed, or it was refused: the run fails) has none."""
+    from dagster._core.definitions.partitions.utils.multi import get_tags_from_multi_partition_key
+
+    provenance = provenance_tags()
+    out = []
+    for key, result in results.items():
+        if not result.written:
+            continue
+        partition = make_key(*key)
+        dimensions = get_tags_from_multi_partition_key(partition)
+        by_asset = figures.get(key, {})
+        out += [
+            dg.AssetMaterialization(asset_key=asset_key, partition=partition, metadata=by_asset.get(asset_key), tags={**provenance[asset_key], **dimensions})
+            for asset_key in ASSET_KEYS
+        ]
+    return out
+
+
+def provenance_tags() -> dict[dg.AssetKey, dict[str, str]]:
+    """The data-provenance tags of each asset's materialisation, as Dagster's run writes them:
+    the code version, the data version Dagster computes from it and the input's
+    (``compute_logical_data_version``), the input's data version, and the input's event pointer
+    ``NULL`` (Dagster's own value for an unknown pointer: Dagster then compares against the
+    input's latest materialisation), so that the UI shows a tenant-day in sync, not "Unsynced".
+    The same for every tenant-day: each asset's input is the landing index's constant data
+    version (:data:`vector_assets.assets.landing_index.INDEX_DATA_VERSION`) or the asset above it."""
+    from dagster._core.definitions.data_version import (
+        CODE_VERSION_TAG, DATA_VERSION_TAG, NULL_EVENT_POINTER, compute_logical_data_version, get_input_data_version_tag, get_input_event_pointer_tag,
+    )
+
+    from .landing_index import INDEX_DATA_VERSION
+
+    upstream = {SOURCE_RECORDS: dg.AssetKey("landing_index"), EXTRACTED_TEXT: SOURCE_RECORDS, MILVUS_VECTORS: EXTRACTED_TEXT}
+    versions = {dg.AssetKey("landing_index"): dg.DataVersion(INDEX_DATA_VERSION)}
+    out = {}
+    for asset_key in ASSET_KEYS:  # upstream first
+        dep = upstream[asset_key]
+        versions[asset_key] = compute_logical_data_version(_CODE_VERSION[asset_key], {dep: versions[dep]})
+        out[asset_key] = {
+            CODE_VERSION_TAG: _CODE_VERSION[asset_key],
+            DATA_VERSION_TAG: versions[asset_key].value,
+            get_input_data_version_tag(dep): versions[dep].value,
+            get_input_event_pointer_tag(dep): NULL_EVENT_POINTER,
+        }
+    return out
 
 
 def recorded_totals(results: dict[PartitionKey, PartitionResult], figures: dict[PartitionKey, dict[dg.AssetKey, dict]]) -> dict[str, float]:
-    """The sums of what :func:`materializations` and :func:`add_partition_metadata` record for
-    the run: :func:`vector_assets.instance.launch.add_figures` over each written tenant-day's
+    """The sums of what :func:`materializations` records for the run: :func:`vector_assets.instance.launch.add_figures` over each written tenant-day's
     materialisation of each asset, with its ``figures`` (:func:`partition_metadata` of the
     tenant-days with records or deletes; the others have none)."""
     sums: dict[str, float] = {}
@@ -406,40 +416,18 @@ def recorded_totals(results: dict[PartitionKey, PartitionResult], figures: dict[
 
 def empty_day_materializations(tenant: str, day: str, recorded_by: str) -> list[dg.AssetMaterialization]:
     """The materialisations of a tenant-day that holds no lines and never did: one per asset,
-    empty and in sync, as a run over that day would record them, for a caller that records them
-    without a run (``daily_schedule``; ``recorded_by`` names it in the metadata, with
-    ``records_read`` 0 and ``rows`` 0).
-
-    They carry the data provenance a run writes (code version, each input's data version, the
-    data version Dagster computes from them: ``compute_logical_data_version``) and the
-    partition's dimension tags, so the UI shows the tenant-day materialised and not "Unsynced".
-    The input event pointers are ``NULL`` (Dagster's own value for an unknown pointer): Dagster
-    then compares against the input's latest materialisation.
-    """
-    from dagster._core.definitions.data_version import (
-        CODE_VERSION_TAG, DATA_VERSION_TAG, NULL_EVENT_POINTER, compute_logical_data_version, get_input_data_version_tag, get_input_event_pointer_tag,
-    )
+    empty and in sync, as a run over that day would record them (:func:`materializations`), for
+    a caller that records them without a run (``daily_schedule``; ``recorded_by`` names it in
+    the metadata, with ``records_read`` 0 and ``rows`` 0)."""
     from dagster._core.definitions.partitions.utils.multi import get_tags_from_multi_partition_key
-
-    from .landing_index import INDEX_DATA_VERSION
 
     key = make_key(tenant, day)
     figures = {SOURCE_RECORDS: {"records_read": 0}, EXTRACTED_TEXT: {"texts": 0}, MILVUS_VECTORS: {"rows": 0}}
-    upstream = {SOURCE_RECORDS: dg.AssetKey("landing_index"), EXTRACTED_TEXT: SOURCE_RECORDS, MILVUS_VECTORS: EXTRACTED_TEXT}
-    versions = {dg.AssetKey("landing_index"): dg.DataVersion(INDEX_DATA_VERSION)}
-    out = []
-    for asset_key in ASSET_KEYS:  # upstream first
-        dep = upstream[asset_key]
-        versions[asset_key] = compute_logical_data_version(_CODE_VERSION[asset_key], {dep: versions[dep]})
-        tags = {
-            CODE_VERSION_TAG: _CODE_VERSION[asset_key],
-            DATA_VERSION_TAG: versions[asset_key].value,
-            get_input_data_version_tag(dep): versions[dep].value,
-            get_input_event_pointer_tag(dep): NULL_EVENT_POINTER,
-            **get_tags_from_multi_partition_key(key),
-        }
-        out.append(dg.AssetMaterialization(asset_key=asset_key, partition=key, metadata={**figures[asset_key], "recorded_by": recorded_by}, tags=tags))
-    return out
+    dimensions = get_tags_from_multi_partition_key(key)
+    return [
+        dg.AssetMaterialization(asset_key=asset_key, partition=key, metadata={**figures[asset_key], "recorded_by": recorded_by}, tags={**tags, **dimensions})
+        for asset_key, tags in provenance_tags().items()
+    ]
 
 
 def check_evaluations(instance: dg.DagsterInstance, run_id: str, results: dict[PartitionKey, PartitionResult], verdicts: dict[str, dict], run_timing: Verdict) -> tuple[list, list[str], set[PartitionKey]]:

@@ -137,42 +137,26 @@ def evaluations(check_name: str, verdicts: dict[PartitionKey, Verdict], targets:
 
 
 def record_evaluations(context: dg.OpExecutionContext | dg.AssetExecutionContext, evaluations: list[dg.AssetCheckEvaluation]) -> Iterator[object]:
-    """What a step yields to record ``evaluations``: Dagster events sent to the storage in
-    batches of ``DAGSTER_EVENT_BATCH_SIZE`` (as Dagster sends a ranged run's materialisations),
-    built with Dagster's ``DagsterEvent.from_step`` (an internal: where it is missing, the
-    evaluations are yielded as they are and stored one by one).
+    """What a step yields to record ``evaluations``: the outputs of its asset checks (Dagster's,
+    for dependants; they carry nothing), then nothing more when the evaluations were stored
+    straight through the instance in batches of ``DAGSTER_EVENT_BATCH_SIZE``
+    (:func:`vector_assets.instance.runs.record_step_events`; where Dagster's internals are
+    missing, the evaluations themselves, stored one by one).
 
-    A failed blocking evaluation yielded as a Dagster event does not stop the step (Dagster raises
-    its ``DagsterAssetCheckFailedError`` only for evaluations it converts itself); the tenant-day
+    A failed blocking evaluation recorded this way does not stop the step (Dagster raises its
+    ``DagsterAssetCheckFailedError`` only for evaluations it converts itself); the tenant-day
     step fails the run itself (``vector_assets.assets.vectors``).
     """
-    # Each check of an asset step has an output (Dagster's, for dependants); it carries nothing.
-    # (The audit job's op declares none.)
+    from ..instance.runs import record_step_events
+
+    # (The audit job's op declares no check outputs.)
     op_context = getattr(context, "op_execution_context", context)
     if op_context.has_assets_def:
         selected = op_context.selected_asset_check_keys
         for output_name, spec in op_context.assets_def.check_specs_by_output_name.items():
             if spec.key in selected:
                 yield dg.Output(None, output_name=output_name)
-    try:
-        from dagster._core.events import DagsterEvent, DagsterEventBatchMetadata, DagsterEventType, generate_event_batch_id
-
-        op_context = getattr(context, "op_execution_context", context)
-        step_context = op_context._step_execution_context
-    except (ImportError, AttributeError):  # another Dagster version: the public, slower way
-        yield from evaluations
-        return
-    batch_id = generate_event_batch_id()
-    last = len(evaluations) - 1
-    for i, evaluation in enumerate(evaluations):
-        verdict = "passed" if evaluation.passed else f"failed ({evaluation.severity.value})"
-        yield DagsterEvent.from_step(
-            event_type=DagsterEventType.ASSET_CHECK_EVALUATION,
-            step_context=step_context,
-            event_specific_data=evaluation,
-            message=f"Asset check '{evaluation.check_name}' on '{evaluation.asset_key.to_user_string()}' {verdict} for {evaluation.partition}",
-            batch_metadata=DagsterEventBatchMetadata(batch_id, i == last),
-        )
+    yield from record_step_events(context, evaluations)
 
 
 def _status(info, evaluation) -> str:

@@ -33,7 +33,7 @@ event), the asset-event tag rows with each asset's key string and indexed tags c
 Check evaluations are recorded per tenant-day (issue #18: a check's status is kept per
 partition, where the UI reads it), seven per tenant-day with records. Dagster writes each with
 ``store_event`` (three SQLite transactions, about 30 ms; ``benchmarks/pipeline.py recording``);
-:func:`vector_assets.checks.evaluate.record_evaluations` sends them in batches and both storages
+:func:`vector_assets.checks.outcomes.record_evaluations` sends them in batches and both storages
 here write a batch of check evaluations in one transaction: :class:`BatchedSqliteStorage`, and
 :class:`BatchedPostgresStorage` for dagster-postgres (whose ``store_event_batch`` accepts only
 materialisations and observations).
