@@ -285,7 +285,6 @@ class EventRows:
         """Dagster's method, the same rows; ``rows``: the events' rows from :meth:`_event_rows`
         (their asset key strings and timestamps), or None to compute them."""
         from dagster._core.events import AssetObservationData, StepMaterializationData
-        from dagster._core.storage.event_log.schema import AssetEventTagsTable
 
         to_index: dict = {}
         values = []
@@ -310,8 +309,19 @@ class EventRows:
             else:
                 asset_key, timestamp = rows[i]["asset_key"], rows[i]["timestamp"]
             values += [{"event_id": event_id, "asset_key": asset_key, "key": k, "value": v, "event_timestamp": timestamp} for k, v in tags.items() if k in indexed]
-        if values and self.has_table(AssetEventTagsTable.name):
+        if values and self._has_tags_table():
             self._insert_tag_rows(conn, values)
+
+    def _has_tags_table(self) -> bool:
+        """``self.has_table("asset_event_tags")``, asked until it is True and then remembered:
+        Dagster asks the database on every batch (a connection and a catalogue query, 26 of 488
+        samples of storing a run's events on Postgres: py-spy, ``benchmarks/org_scale.py --grid
+        1000x30 --records 3000``, 2026-12-03); the table, once there, is not dropped."""
+        from dagster._core.storage.event_log.schema import AssetEventTagsTable
+
+        if not getattr(self, "_tags_table_seen", False):
+            self._tags_table_seen = bool(self.has_table(AssetEventTagsTable.name))
+        return self._tags_table_seen
 
     def _insert_tag_rows(self, conn, values: list[dict]) -> None:
         """Insert ``values`` into ``asset_event_tags`` (one executemany)."""
