@@ -354,7 +354,13 @@ def create_collection(client: MilvusClient, name: str, dim: int, index_type: str
         params.add_index("day", index_type=scalar_index_type(client))
         # Strong consistency: the checks read what the step has just written (a 2.3 server's
         # default, Bounded, let coverage read 0 rows of a tenant-day written a moment before).
-        client.create_collection(name, schema=schema, index_params=params, num_partitions=16, consistency_level="Strong")
+        client.create_collection(name, schema=schema, num_partitions=16, consistency_level="Strong")
+        # Indexed here, not through create_collection: pymilvus then waits for each index to be
+        # built, polling every 0.5 s (wait_for_creating_index), 2 s for the four indexes of an
+        # empty collection, which has nothing to build (a fifth of a 1,500-commit backfill's
+        # Milvus time: cProfile of benchmarks/pipeline.py encode, 2026-12-03). The load below
+        # waits for what loading needs.
+        client.create_index(name, params, sync=False)
         # Two runs that find no collection both create it (the second create is a no-op): only
         # the first to get here gives it its uid, so the rows either records as synced are
         # recorded against the same identity (a second random uid orphaned the first run's
