@@ -401,7 +401,8 @@ def provenance_tags() -> dict[dg.AssetKey, dict[str, str]]:
 
 
 def recorded_totals(results: dict[PartitionKey, PartitionResult], figures: dict[PartitionKey, dict[dg.AssetKey, dict]]) -> dict[str, float]:
-    """The sums of what :func:`materializations` records for the run: :func:`vector_assets.instance.launch.add_figures` over each written tenant-day's
+    """The sums of what :func:`materializations` records for the run:
+    :func:`vector_assets.instance.launch.add_figures` over each written tenant-day's
     materialisation of each asset, with its ``figures`` (:func:`partition_metadata` of the
     tenant-days with records or deletes; the others have none)."""
     sums: dict[str, float] = {}
