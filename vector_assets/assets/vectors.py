@@ -25,7 +25,9 @@ tenant-days reads them in one pass and loads the model once. How a run is record
 
 
 import datetime as dt
+import functools
 import time
+from collections.abc import Mapping
 
 import dagster as dg
 
@@ -371,14 +373,18 @@ def materializations(results: dict[PartitionKey, PartitionResult], figures: dict
     return out
 
 
-def provenance_tags() -> dict[dg.AssetKey, dict[str, str]]:
+@functools.cache
+def provenance_tags() -> Mapping[dg.AssetKey, Mapping[str, str]]:
     """The data-provenance tags of each asset's materialisation, as Dagster's run writes them:
     the code version, the data version Dagster computes from it and the input's
     (``compute_logical_data_version``), the input's data version, and the input's event pointer
     ``NULL`` (Dagster's own value for an unknown pointer: Dagster then compares against the
     input's latest materialisation), so that the UI shows a tenant-day in sync, not "Unsynced".
     The same for every tenant-day: each asset's input is the landing index's constant data
-    version (:data:`vector_assets.assets.landing_index.INDEX_DATA_VERSION`) or the asset above it."""
+    version (:data:`vector_assets.assets.landing_index.INDEX_DATA_VERSION`) or the asset above it.
+    Computed once per process (read-only mappings): the daily schedule and every run ask for it."""
+    from types import MappingProxyType
+
     from dagster._core.definitions.data_version import (
         CODE_VERSION_TAG, DATA_VERSION_TAG, NULL_EVENT_POINTER, compute_logical_data_version, get_input_data_version_tag, get_input_event_pointer_tag,
     )
@@ -391,13 +397,13 @@ def provenance_tags() -> dict[dg.AssetKey, dict[str, str]]:
     for asset_key in ASSET_KEYS:  # upstream first
         dep = upstream[asset_key]
         versions[asset_key] = compute_logical_data_version(_CODE_VERSION[asset_key], {dep: versions[dep]})
-        out[asset_key] = {
+        out[asset_key] = MappingProxyType({
             CODE_VERSION_TAG: _CODE_VERSION[asset_key],
             DATA_VERSION_TAG: versions[asset_key].value,
             get_input_data_version_tag(dep): versions[dep].value,
             get_input_event_pointer_tag(dep): NULL_EVENT_POINTER,
-        }
-    return out
+        })
+    return MappingProxyType(out)
 
 
 def recorded_totals(results: dict[PartitionKey, PartitionResult], figures: dict[PartitionKey, dict[dg.AssetKey, dict]]) -> dict[str, float]:

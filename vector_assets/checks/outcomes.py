@@ -27,6 +27,7 @@ import dagster as dg
 
 from ..partitions import make_key, split_key
 from ..embed.quality import Verdict
+from ..instance.runs import record_step_events
 from .specs import CHECKS
 
 PartitionKey = tuple[str, str]
@@ -147,8 +148,6 @@ def record_evaluations(context: dg.OpExecutionContext | dg.AssetExecutionContext
     ``DagsterAssetCheckFailedError`` only for evaluations it converts itself); the tenant-day
     step fails the run itself (``vector_assets.assets.vectors``).
     """
-    from ..instance.runs import record_step_events
-
     # (The audit job's op declares no check outputs.)
     op_context = getattr(context, "op_execution_context", context)
     if op_context.has_assets_def:

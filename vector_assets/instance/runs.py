@@ -12,8 +12,10 @@ their slots; :func:`free_slots_of_finished_runs` frees the slots that finished r
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
+import time
 from collections.abc import Iterator
 
 import dagster as dg
@@ -98,6 +100,16 @@ def pool_holders(instance: dg.DagsterInstance, pool: str = POOL) -> list[tuple[s
     return out
 
 
+def _event_batches(count: int) -> list:
+    """The batch metadata of ``count`` events sent as one of Dagster's event batches (one batch id,
+    the last event ending it): the instance hands them to the storage in batches of
+    ``DAGSTER_EVENT_BATCH_SIZE`` instead of one write each. Dagster internals."""
+    from dagster._core.events import DagsterEventBatchMetadata, generate_event_batch_id
+
+    batch_id = generate_event_batch_id()
+    return [DagsterEventBatchMetadata(batch_id, i == count - 1) for i in range(count)]
+
+
 def record_runless_materializations(instance: dg.DagsterInstance, materializations: list[dg.AssetMaterialization]) -> int:
     """Record ``materializations`` outside any run (as ``report_runless_asset_event`` does, the
     UI showing them as reported), sent to the event storage in batches of
@@ -107,15 +119,13 @@ def record_runless_materializations(instance: dg.DagsterInstance, materializatio
     if not materializations:
         return 0
     try:
-        from dagster._core.events import DagsterEvent, DagsterEventBatchMetadata, DagsterEventType, StepMaterializationData, generate_event_batch_id
+        from dagster._core.events import DagsterEvent, DagsterEventType, StepMaterializationData
         from dagster._core.instance.utils import RUNLESS_JOB_NAME, RUNLESS_RUN_ID
     except ImportError:  # another Dagster version: the public, slower way
         for materialization in materializations:
             instance.report_runless_asset_event(materialization)
         return len(materializations)
-    batch_id = generate_event_batch_id()
-    last = len(materializations) - 1
-    for i, materialization in enumerate(materializations):
+    for materialization, batch in zip(materializations, _event_batches(len(materializations)), strict=True):
         instance.report_dagster_event(
             DagsterEvent(
                 event_type_value=DagsterEventType.ASSET_MATERIALIZATION.value,
@@ -123,7 +133,7 @@ def record_runless_materializations(instance: dg.DagsterInstance, materializatio
                 job_name=RUNLESS_JOB_NAME,
             ),
             run_id=RUNLESS_RUN_ID,
-            batch_metadata=DagsterEventBatchMetadata(batch_id, i == last),
+            batch_metadata=batch,
         )
     return len(materializations)
 
@@ -147,7 +157,7 @@ def record_step_events(context: dg.OpExecutionContext | dg.AssetExecutionContext
     if not events:
         return
     try:
-        from dagster._core.events import DagsterEvent, DagsterEventBatchMetadata, DagsterEventType, StepMaterializationData, generate_event_batch_id
+        from dagster._core.events import DagsterEvent, DagsterEventType, StepMaterializationData
         from dagster._core.events.log import EventLogEntry
 
         step = getattr(context, "op_execution_context", context)._step_execution_context
@@ -158,13 +168,8 @@ def record_step_events(context: dg.OpExecutionContext | dg.AssetExecutionContext
     except (ImportError, AttributeError):
         yield from events
         return
-    import logging
-    import time
-
     instance, run_id, step_key = step.instance, step.run_id, step.step.key
-    batch_id = generate_event_batch_id()
-    last = len(events) - 1
-    for i, event in enumerate(events):
+    for event, batch in zip(events, _event_batches(len(events)), strict=True):
         if isinstance(event, dg.AssetMaterialization):
             kind, data = DagsterEventType.ASSET_MATERIALIZATION.value, StepMaterializationData(event)
             message = event.description or "Materialized value."
@@ -176,4 +181,4 @@ def record_step_events(context: dg.OpExecutionContext | dg.AssetExecutionContext
             user_message=message, level=logging.DEBUG, job_name=fixed["job_name"], run_id=run_id, error_info=None, timestamp=time.time(), step_key=step_key,
             dagster_event=DagsterEvent(event_type_value=kind, event_specific_data=data, message=message, **fixed),
         )
-        instance.handle_new_event(entry, batch_metadata=DagsterEventBatchMetadata(batch_id, i == last))
+        instance.handle_new_event(entry, batch_metadata=batch)
