@@ -112,6 +112,28 @@ def test_token_batches_respect_the_budget_and_cover_every_text():
     assert [7] in batches  # two of its length would pass the budget: alone
 
 
+def test_tokenized_texts_answer_as_the_tokenizer_does():
+    """Each text is tokenised once per resource (issue #20: a run asked the tokenizer four
+    times per text); the answers equal the tokenizer's own, for texts the model truncates too."""
+    texts = _sample_passages(60)
+    long = " ".join(["Thunderbird hangs when opening a large mailbox"] * 80)  # > 256 tokens
+    texts = texts + [long, texts[0], long.upper()]
+    tokenizer, limit = embedding.load_tokenizer("sentence-transformers/all-MiniLM-L6-v2")
+    model = EmbeddingModelResource()
+    cached = model.tokenized
+    assert model.model_inputs(texts) == embedding.model_inputs(tokenizer, limit, texts)
+    assert model.truncated_flags(texts) == embedding.truncated_flags(tokenizer, limit, texts)
+    assert sum(model.truncated_flags([long])) == 1 and len(model.model_inputs([long])[0]) == limit
+    assert cached.lengths(texts) == [min(n, limit) for n in tokenizer(texts, truncation=False, return_length=True)["length"]]
+    assert cached.tokenizer_calls == 1  # every later question was answered from the first call
+    # At most max_texts kept, oldest first out; answers stay right past it.
+    small = embedding.TokenizedTexts(tokenizer, limit, max_texts=10)
+    assert small.inputs(texts) == embedding.model_inputs(tokenizer, limit, texts)
+    assert len(small._known) == 10 and small.inputs(texts[-1:]) == embedding.model_inputs(tokenizer, limit, texts[-1:])
+    assert small.tokenizer_calls == 1  # the newest text was kept
+    assert small.inputs(texts[:1]) == embedding.model_inputs(tokenizer, limit, texts[:1]) and small.tokenizer_calls == 2  # the oldest was not
+
+
 def test_token_budget_batches_give_the_fixed_batches_vectors_and_halve_on_out_of_memory(monkeypatch):
     """Batches by tokens (issue #20 item 4): the same vectors as batches of 64, in input order;
     an out-of-memory error halves the budget and the batch is encoded again in smaller pieces."""

@@ -225,6 +225,57 @@ def model_inputs(tokenizer, limit: int, texts: list[str]) -> list[tuple[int, ...
     return [tuple(x) for x in ids]
 
 
+class TokenizedTexts:
+    """The token ids the model reads of each text, from one batched tokenizer call per text
+    not seen before, kept for the texts asked about since (a run asked the tokenizer about each
+    text four times: its token count for batching by tokens, whether the model truncates it,
+    the ids behind its token count, and the ids again in the vector check's duplicate-input
+    test; each call costs about 0.11 s per 1,500 commits on this 2-core CPU).
+
+    ``tokenizer`` and ``limit`` as :func:`model_inputs`; at most ``max_texts`` texts are kept
+    (the oldest forgotten first), as int32 arrays (about 4 bytes a token). The answers equal
+    :func:`truncated_flags` and :func:`model_inputs` on the same texts
+    (``tests/test_embedding.py::test_tokenized_texts_answer_as_the_tokenizer_does``).
+    """
+
+    def __init__(self, tokenizer, limit: int, max_texts: int = 50_000):
+        self.tokenizer, self.limit, self.max_texts = tokenizer, int(limit), max_texts
+        self._known: dict[str, tuple[int, np.ndarray]] = {}
+        self.tokenizer_calls = 0
+
+    def _entries(self, texts: list[str]) -> list[tuple[int, np.ndarray]]:
+        """Per text, ``(tokens untruncated, ids the model reads)``, special tokens included."""
+        new = list(dict.fromkeys(t for t in texts if t not in self._known))
+        fresh: dict[str, tuple[int, np.ndarray]] = {}
+        if new:
+            self.tokenizer_calls += 1
+            full = self.tokenizer(new, add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
+            long = [i for i, ids in enumerate(full) if len(ids) > self.limit]
+            cut = dict(zip(long, model_inputs(self.tokenizer, self.limit, [new[i] for i in long]))) if long else {}
+            fresh = {text: (len(ids), np.asarray(cut.get(i, ids), dtype=np.int32)) for i, (text, ids) in enumerate(zip(new, full))}
+        found = [self._known.get(t) or fresh[t] for t in texts]
+        if fresh:
+            if len(fresh) > self.max_texts:
+                self._known.clear()
+                fresh = dict(list(fresh.items())[-self.max_texts :])
+            for _ in range(max(0, len(self._known) + len(fresh) - self.max_texts)):
+                del self._known[next(iter(self._known))]
+            self._known.update(fresh)
+        return found
+
+    def truncated(self, texts: list[str]) -> list[bool]:
+        """Per text, whether the model truncates it (as :func:`truncated_flags`)."""
+        return [n > self.limit for n, _ in self._entries(texts)]
+
+    def inputs(self, texts: list[str]) -> list[tuple[int, ...]]:
+        """Per text, the token ids the model reads (as :func:`model_inputs`)."""
+        return [tuple(ids.tolist()) for _, ids in self._entries(texts)]
+
+    def lengths(self, texts: list[str]) -> list[int]:
+        """Per text, how many tokens the model reads (at most ``limit``)."""
+        return [len(ids) for _, ids in self._entries(texts)]
+
+
 @functools.lru_cache(maxsize=4)
 def _raw_view(model):
     """The model without its final ``Normalize`` module (same weights), or the model itself."""
@@ -314,10 +365,12 @@ def token_batches(lengths: list[int], budget: int) -> list[list[int]]:
     return batches
 
 
-def _encode_by_tokens(view, texts: list[str], budget: TokenBudget) -> np.ndarray:
-    """Raw vectors of ``texts`` in token-budget batches (:class:`TokenBudget`), in input order."""
-    limit = int(view.max_seq_length)
-    lengths = [min(n, limit) for n in view.tokenizer(texts, add_special_tokens=True, truncation=False, return_length=True, verbose=False)["length"]]
+def _encode_by_tokens(view, texts: list[str], budget: TokenBudget, lengths: list[int] | None = None) -> np.ndarray:
+    """Raw vectors of ``texts`` in token-budget batches (:class:`TokenBudget`), in input order;
+    ``lengths``: tokens the model reads of each text, when the caller knows them."""
+    if lengths is None:
+        limit = int(view.max_seq_length)
+        lengths = [min(n, limit) for n in view.tokenizer(texts, add_special_tokens=True, truncation=False, return_length=True, verbose=False)["length"]]
     out: list[np.ndarray | None] = [None] * len(texts)
     pending = token_batches(lengths, budget.tokens)
     while pending:
@@ -354,13 +407,14 @@ def _empty_device_cache() -> None:
         pass
 
 
-def encode_with_raw(model, texts: list[str], batch_size: int, stats: EncodeStats | None = None, budget: TokenBudget | None = None) -> tuple[np.ndarray, np.ndarray]:
+def encode_with_raw(model, texts: list[str], batch_size: int, stats: EncodeStats | None = None, budget: TokenBudget | None = None, lengths: list[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``(raw, normalised)``, both ``(len(texts), dim)`` float32: the model output before L2
     normalisation (the quality checks judge its norm, seed ``000_*`` §5.2) and the
     L2-normalised vectors that are stored. A zero raw vector stays zero. Batches of
     ``batch_size`` texts, or, with ``budget``, of at most ``budget.tokens`` padded tokens
-    (:class:`TokenBudget`, adapted as it goes). Raises the model's error when a single text
-    does not fit in memory.
+    (:class:`TokenBudget`, adapted as it goes; ``lengths``: the tokens the model reads of each
+    text, from :class:`TokenizedTexts`, else counted here). Raises the model's error when a
+    single text does not fit in memory.
     """
     dim = model.get_embedding_dimension()
     if not texts:
@@ -368,7 +422,7 @@ def encode_with_raw(model, texts: list[str], batch_size: int, stats: EncodeStats
         return empty, empty
     started, cpu = time.perf_counter(), time.process_time()
     if budget is not None:
-        raw = _encode_by_tokens(_raw_view(model), texts, budget)
+        raw = _encode_by_tokens(_raw_view(model), texts, budget, lengths)
     else:
         raw = _raw_view(model).encode(texts, batch_size=batch_size, normalize_embeddings=False, convert_to_numpy=True, show_progress_bar=False)
     raw = np.asarray(raw, dtype=np.float32)

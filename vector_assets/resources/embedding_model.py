@@ -57,6 +57,7 @@ class EmbeddingModelResource(dg.ConfigurableResource):
 
     _stats: embedding.EncodeStats = PrivateAttr(default_factory=embedding.EncodeStats)
     _budget: embedding.TokenBudget | None = PrivateAttr(default=None)
+    _tokenized: embedding.TokenizedTexts | None = PrivateAttr(default=None)
 
     @property
     def model_id(self) -> str:
@@ -137,20 +138,30 @@ class EmbeddingModelResource(dg.ConfigurableResource):
         ``(passages, records_split, cut)``."""
         return passages.split_passages(texts, self.tokenizer_and_window()[0], self.passage_window, self.passage_overlap, self.max_passages)
 
+    @property
+    def tokenized(self) -> embedding.TokenizedTexts:
+        """This resource's texts as its tokenizer reads them, each tokenised once
+        (:class:`vector_assets.embed.embedding.TokenizedTexts`)."""
+        if self._tokenized is None:
+            self._tokenized = embedding.TokenizedTexts(*self.tokenizer_and_window())
+        return self._tokenized
+
     def truncated_flags(self, texts: list[str]) -> list[bool]:
         """Per text, whether the model truncates it (longer than its window)."""
-        flags = embedding.truncated_flags(*self.tokenizer_and_window(), texts)
+        flags = self.tokenized.truncated(texts)
         self._stats.truncated += sum(flags)
         return flags
 
     def model_inputs(self, texts: list[str]) -> list[tuple[int, ...]]:
         """Per text, the token ids the model reads (see :func:`vector_assets.embed.embedding.model_inputs`)."""
-        return embedding.model_inputs(*self.tokenizer_and_window(), texts)
+        return self.tokenized.inputs(texts)
 
     def encode_with_raw(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """``(raw, normalised)`` ``(len(texts), dimension)`` float32: model output before and
         after L2 normalisation (see :func:`vector_assets.embed.embedding.encode_with_raw`)."""
-        return embedding.encode_with_raw(self.get_model(), texts, self.batch_size, self._stats, self.budget)
+        budget = self.budget
+        lengths = self.tokenized.lengths(texts) if budget is not None else None
+        return embedding.encode_with_raw(self.get_model(), texts, self.batch_size, self._stats, budget, lengths)
 
     def encode(self, texts: list[str]) -> np.ndarray:
         """L2-normalised embeddings, ``(len(texts), dimension)`` float32: the normalised half of
