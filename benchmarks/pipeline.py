@@ -193,10 +193,15 @@ def _profile_shares(profiler, wall_s: float) -> dict:
     return out
 
 
-def _commit_workspace(tenant: str, days: set[str]) -> tuple[Path, dict]:
+def _commit_workspace(tenant: str, days: set[str]) -> tuple[Path, dict, dict]:
     """A temporary landing directory with ``tenant``'s commits of ``days`` (from
     ../shared/data/git_commits.jsonl), and the resources of a fresh Milvus Lite database beside
-    it, with the model loaded. Returns ``(work dir, resources)``."""
+    it, with the model loaded. Returns ``(work dir, resources, one-time seconds)``.
+
+    What a process or a store pays once is paid here, outside the pipeline's timer, as the model
+    load is outside raw encode's: the store's server is started (Milvus Lite's, as `vector-assets
+    backfill` starts it before any run) and Great Expectations imported with the text suite
+    built; the third value says how long those took."""
     from vector_assets.embed.quality import QualityThresholds
     from vector_assets.resources import EmbeddingModelResource, LandingResource, MilvusResource
 
@@ -207,6 +212,8 @@ def _commit_workspace(tenant: str, days: set[str]) -> tuple[Path, dict]:
             r = json.loads(line)
             if r["tenant"] == tenant and r["author_date_utc"][:10] in days:
                 dst.write(line)
+    from vector_assets.checks.evaluate import gx_suite
+
     model = EmbeddingModelResource()
     model.get_model()
     resources = {
@@ -215,7 +222,11 @@ def _commit_workspace(tenant: str, days: set[str]) -> tuple[Path, dict]:
         "milvus": MilvusResource(uri=str(work / "home" / "milvus.db")),
         "quality": QualityThresholds(),
     }
-    return work, resources
+    started = time.perf_counter()
+    resources["milvus"].get_client()
+    server_s = time.perf_counter() - started
+    gx_suite(resources["quality"])
+    return work, resources, {"store_server_start_s": round(server_s, 2), "great_expectations_import_s": round(time.perf_counter() - started - server_s, 2)}
 
 
 def _encode_through_dagster(tenant: str, texts: list, storage: str, profile: bool = False) -> dict:
@@ -229,7 +240,7 @@ def _encode_through_dagster(tenant: str, texts: list, storage: str, profile: boo
     days = {t.day for t in texts}
     raw_s = raw_encode([t.text for t in texts])
     raw_fp32_s = raw_encode([t.text for t in texts], encoder="torch-fp32")
-    work, resources = _commit_workspace(tenant, days)
+    work, resources, one_time = _commit_workspace(tenant, days)
     with bench_instance(storage) as instance:
         dg.materialize([landing_index], resources=resources, instance=instance)
         profiler = None
@@ -271,6 +282,7 @@ def _encode_through_dagster(tenant: str, texts: list, storage: str, profile: boo
         "ratio": round((embedded / pipe_s) / (len(texts) / raw_s), 3),
         "encode_share_of_pipeline": round(encode_s / pipe_s, 3),
         "dagster_events": events, "events_per_tenant_day": round(events / max(1, len(mats)), 1),
+        "one_time_outside_timer": one_time,
         **({"profile": _profile_shares(profiler, pipe_s)} if profiler is not None else {}),
     }
 
@@ -293,7 +305,7 @@ def bench_recording(storage: str = "sqlite", spans: tuple[int, int] = (10, 1000)
     tenant = "pallets/flask"
     flask = [t for t in load_texts(["git_commits.jsonl"]) if t.tenant == tenant]
     first = max({t.day for t in flask}, key=lambda d: sum(t.day == d for t in flask))
-    work, resources = _commit_workspace(tenant, {first})
+    work, resources, _ = _commit_workspace(tenant, {first})
     out = {"storage": storage, "event_batch_size": os.environ.get("DAGSTER_EVENT_BATCH_SIZE", "0"), "day_with_records": first}
     with bench_instance(storage) as instance:
         dg.materialize([landing_index], resources=resources, instance=instance)
@@ -380,7 +392,7 @@ def bench_recording_with_records(storage: str = "sqlite", days: int = 200) -> di
 
     tenant = "pallets/flask"
     flask = sorted({t.day for t in load_texts(["git_commits.jsonl"]) if t.tenant == tenant})[:days]
-    work, resources = _commit_workspace(tenant, set(flask))
+    work, resources, _ = _commit_workspace(tenant, set(flask))
     out = {"storage": storage, "tenant_days_with_records": len(flask), "range": f"{flask[0]}..{flask[-1]}"}
     tags = {"dagster/asset_partition_range_start": f"{flask[0]}|{tenant}", "dagster/asset_partition_range_end": f"{flask[-1]}|{tenant}"}
     with bench_instance(storage) as instance:

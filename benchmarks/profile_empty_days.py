@@ -32,7 +32,7 @@ def main() -> int:
     tenant = "pallets/flask"
     flask = [t for t in bench.load_texts(["git_commits.jsonl"]) if t.tenant == tenant]
     first = max({t.day for t in flask}, key=lambda d: sum(t.day == d for t in flask))
-    _, resources = bench._commit_workspace(tenant, {first})
+    _, resources, _ = bench._commit_workspace(tenant, {first})
     with bench.bench_instance(args.storage) as instance:
         dg.materialize([landing_index], resources=resources, instance=instance)
 

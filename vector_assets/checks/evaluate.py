@@ -18,6 +18,14 @@ from ..ingest.passages import record_pk
 from ..store.sync import Collection, Embedder, PartitionChange, PartitionKey, PartitionResult
 
 
+def gx_suite(t: QualityThresholds | None = None):
+    """``(batch definition, suite)``: the extracted-text suite for ``t``'s text-length bounds,
+    built once per process (importing Great Expectations, about 1.1 s on this 2-core CPU, is
+    most of it)."""
+    t = t or QualityThresholds()
+    return _gx_suite(t.max_text_chars, t.min_text_chars)
+
+
 @functools.lru_cache(maxsize=1)
 def _gx_suite(max_chars: int, min_chars: int):
     """An ephemeral Great Expectations context with the extracted-text suite (built once)."""
@@ -56,7 +64,7 @@ def text_frame_verdicts(frame, t: QualityThresholds | None = None) -> dict[Parti
     t = t or QualityThresholds()
     if frame.empty:
         return {}
-    batch_definition, suite = _gx_suite(t.max_text_chars, t.min_text_chars)
+    batch_definition, suite = gx_suite(t)
     frame = frame.reset_index(drop=True)
     result = batch_definition.get_batch(batch_parameters={"dataframe": frame}).validate(suite, result_format={"result_format": "COMPLETE"})
     failed_rows: dict[str, set[int]] = {}
