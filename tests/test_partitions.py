@@ -5,7 +5,7 @@ import datetime as dt
 
 import dagster as dg
 
-from vector_assets.partitions import TENANTS, PlannedRun, plan_tenant_runs, run_tenants, tenant_day_partitions
+from vector_assets.partitions import RUN_SHARE_SLACK, TENANTS, PlannedRun, plan_tenant_runs, run_tenants, tenant_day_partitions
 
 
 def days(first: str, n: int, step: int = 1) -> list[str]:
@@ -64,6 +64,18 @@ def test_merging_leaves_no_worker_idle():
     # Never more runs than tenants' runs apart: four workers, four runs; eight workers, still four.
     assert len(plan_tenant_runs(partitions, ORDER, min_runs=4)) == 4
     assert len(plan_tenant_runs(partitions, ORDER, min_runs=8)) == 4
+
+
+def test_two_workers_get_two_uneven_runs_rather_than_three():
+    """A run may hold up to RUN_SHARE_SLACK of a worker's share when that saves a run (each run
+    is a process paying its imports and model load): lines 30, 25 | 20, 25 go in two runs, not
+    in the three an exact half (50 lines) needs; never in one run for two workers."""
+    partitions = [(t, "2024-01-01") for t in ORDER]
+    weights = dict(zip(partitions, (30, 25, 20, 25)))
+    runs = plan_tenant_runs(partitions, ORDER, weights=weights, min_runs=2)
+    assert sorted((r.tenants, r.weight) for r in runs) == [(("a", "b"), 55), (("c", "d"), 45)]
+    assert 55 <= -(-100 * RUN_SHARE_SLACK // 2) and 55 > 100 // 2
+    assert len(plan_tenant_runs(partitions, ORDER, weights={p: 10 for p in partitions}, min_runs=2)) == 2
 
 
 def test_dagster_reads_a_range_over_tenants_as_the_rectangle():

@@ -18,7 +18,7 @@ import time
 from collections import defaultdict
 
 from . import settings
-from .partitions import PlannedRun, plan_tenant_runs
+from .partitions import RUN_SHARE_SLACK, PlannedRun, plan_tenant_runs
 
 
 def _date(value: str) -> str:
@@ -274,7 +274,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
             refused += days
         partitions_to_run = [p for p in partitions_to_run if p[0] not in vanished]
     # Runs of similar size when several workers share them: at most a worker's share of the
-    # lines in one run (one tenant's whole history in one run left the other worker idle while
+    # lines in one run (and RUN_SHARE_SLACK past it, when that saves a run) (one tenant's whole history in one run left the other worker idle while
     # it encoded alone on half the threads). Not smaller: each run is a process of its own
     # (imports, a model load: about 13 s a run here): the bundled sample took 176.6 s in 12
     # runs, 136.2 s in 7 (README, "Scaling out").
@@ -282,7 +282,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     max_weight = None
     if args.workers > 1 and partitions_to_run:
         total = sum(weights.get(p, 1) for p in partitions_to_run)
-        max_weight = max(200, -(-total // args.workers))
+        max_weight = max(200, int(-(-total * RUN_SHARE_SLACK // args.workers)))
     # Neighbouring tenants share a run where the empty tenant-days that adds cost less than the
     # run it saves (partitions.plan_tenant_runs). Tenants between them that have nothing to run
     # are taken in only when the whole landing data is backfilled (no --tenant) and never a
