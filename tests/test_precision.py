@@ -126,6 +126,13 @@ def test_tokenized_texts_answer_as_the_tokenizer_does():
     assert sum(model.truncated_flags([long])) == 1 and len(model.model_inputs([long])[0]) == limit
     assert cached.lengths(texts) == [min(n, limit) for n in tokenizer(texts, truncation=False, return_length=True)["length"]]
     assert cached.tokenizer_calls == 1  # every later question was answered from the first call
+    # The ids are fed to the model as they are: the vectors of sentence-transformers' own encode
+    # of the same batches (which tokenises again).
+    view = embedding._raw_view(model.get_model())
+    fed = embedding._encode_by_tokens(view, texts, embedding.TokenBudget(tokens=4096, grow=False), cached.arrays(texts))
+    again = embedding._encode_by_tokens(view, texts, embedding.TokenBudget(tokens=4096, grow=False))
+    assert fed.shape == (len(texts), 384) and np.abs(fed - again).max() < 1e-5
+    assert cached.tokenizer_calls == 1
     # At most max_texts kept, oldest first out; answers stay right past it.
     small = embedding.TokenizedTexts(tokenizer, limit, max_texts=10)
     assert small.inputs(texts) == embedding.model_inputs(tokenizer, limit, texts)

@@ -275,6 +275,10 @@ class TokenizedTexts:
         """Per text, how many tokens the model reads (at most ``limit``)."""
         return [len(ids) for _, ids in self._entries(texts)]
 
+    def arrays(self, texts: list[str]) -> list[np.ndarray]:
+        """Per text, the token ids the model reads as an int32 array (not to be modified)."""
+        return [ids for _, ids in self._entries(texts)]
+
 
 @functools.lru_cache(maxsize=4)
 def _raw_view(model):
@@ -365,19 +369,52 @@ def token_batches(lengths: list[int], budget: int) -> list[list[int]]:
     return batches
 
 
-def _encode_by_tokens(view, texts: list[str], budget: TokenBudget, lengths: list[int] | None = None) -> np.ndarray:
+def _forward_ids(view, ids: list, pad_id: int, input_names) -> np.ndarray:
+    """Raw vectors ``(len(ids), dim)`` of texts already tokenised (``ids``: the token ids the
+    model reads, special tokens included), padded on the right as the tokenizer pads: what
+    ``view.encode`` computes, without tokenising the texts again."""
+    import torch
+    from sentence_transformers.util import batch_to_device
+
+    width = max(len(x) for x in ids)
+    input_ids = np.full((len(ids), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(ids), width), dtype=np.int64)
+    for row, x in enumerate(ids):
+        input_ids[row, : len(x)] = x
+        mask[row, : len(x)] = 1
+    features = {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(mask)}
+    if "token_type_ids" in input_names:
+        features["token_type_ids"] = torch.zeros_like(features["input_ids"])
+    view.eval()  # as encode() does: no dropout
+    with torch.inference_mode():
+        out = view(batch_to_device(features, view.device))["sentence_embedding"]
+    return out.float().cpu().numpy()
+
+
+def _encode_by_tokens(view, texts: list[str], budget: TokenBudget, inputs: list | None = None) -> np.ndarray:
     """Raw vectors of ``texts`` in token-budget batches (:class:`TokenBudget`), in input order;
-    ``lengths``: tokens the model reads of each text, when the caller knows them."""
-    if lengths is None:
+    ``inputs``: the token ids the model reads of each text (:meth:`TokenizedTexts.arrays`),
+    when the caller has them: the batches are then fed as ids, not tokenised again."""
+    tokenizer = view.tokenizer
+    if inputs is not None and tokenizer.padding_side == "right" and tokenizer.pad_token_id is not None:
+        lengths = [len(x) for x in inputs]
+
+        def encode_batch(batch: list[int]) -> np.ndarray:
+            return _forward_ids(view, [inputs[i] for i in batch], tokenizer.pad_token_id, tokenizer.model_input_names)
+    else:
         limit = int(view.max_seq_length)
-        lengths = [min(n, limit) for n in view.tokenizer(texts, add_special_tokens=True, truncation=False, return_length=True, verbose=False)["length"]]
+        lengths = [min(n, limit) for n in tokenizer(texts, add_special_tokens=True, truncation=False, return_length=True, verbose=False)["length"]]
+
+        def encode_batch(batch: list[int]) -> np.ndarray:
+            return view.encode([texts[i] for i in batch], batch_size=len(batch), normalize_embeddings=False, convert_to_numpy=True, show_progress_bar=False)
+
     out: list[np.ndarray | None] = [None] * len(texts)
     pending = token_batches(lengths, budget.tokens)
     while pending:
         batch = pending.pop(0)
         started = time.perf_counter()
         try:
-            raw = view.encode([texts[i] for i in batch], batch_size=len(batch), normalize_embeddings=False, convert_to_numpy=True, show_progress_bar=False)
+            raw = encode_batch(batch)
         except Exception as err:  # noqa: BLE001 - only out-of-memory is handled; the rest re-raised
             if not _is_out_of_memory(err) or len(batch) == 1:
                 raise
@@ -407,14 +444,14 @@ def _empty_device_cache() -> None:
         pass
 
 
-def encode_with_raw(model, texts: list[str], batch_size: int, stats: EncodeStats | None = None, budget: TokenBudget | None = None, lengths: list[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+def encode_with_raw(model, texts: list[str], batch_size: int, stats: EncodeStats | None = None, budget: TokenBudget | None = None, inputs: list | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``(raw, normalised)``, both ``(len(texts), dim)`` float32: the model output before L2
     normalisation (the quality checks judge its norm, seed ``000_*`` §5.2) and the
     L2-normalised vectors that are stored. A zero raw vector stays zero. Batches of
     ``batch_size`` texts, or, with ``budget``, of at most ``budget.tokens`` padded tokens
-    (:class:`TokenBudget`, adapted as it goes; ``lengths``: the tokens the model reads of each
-    text, from :class:`TokenizedTexts`, else counted here). Raises the model's error when a
-    single text does not fit in memory.
+    (:class:`TokenBudget`, adapted as it goes; ``inputs``: the token ids the model reads of
+    each text, from :meth:`TokenizedTexts.arrays`, fed to the model as they are; else the texts
+    are tokenised here). Raises the model's error when a single text does not fit in memory.
     """
     dim = model.get_embedding_dimension()
     if not texts:
@@ -422,7 +459,7 @@ def encode_with_raw(model, texts: list[str], batch_size: int, stats: EncodeStats
         return empty, empty
     started, cpu = time.perf_counter(), time.process_time()
     if budget is not None:
-        raw = _encode_by_tokens(_raw_view(model), texts, budget, lengths)
+        raw = _encode_by_tokens(_raw_view(model), texts, budget, inputs)
     else:
         raw = _raw_view(model).encode(texts, batch_size=batch_size, normalize_embeddings=False, convert_to_numpy=True, show_progress_bar=False)
     raw = np.asarray(raw, dtype=np.float32)

@@ -160,8 +160,8 @@ class EmbeddingModelResource(dg.ConfigurableResource):
         """``(raw, normalised)`` ``(len(texts), dimension)`` float32: model output before and
         after L2 normalisation (see :func:`vector_assets.embed.embedding.encode_with_raw`)."""
         budget = self.budget
-        lengths = self.tokenized.lengths(texts) if budget is not None else None
-        return embedding.encode_with_raw(self.get_model(), texts, self.batch_size, self._stats, budget, lengths)
+        inputs = self.tokenized.arrays(texts) if budget is not None else None
+        return embedding.encode_with_raw(self.get_model(), texts, self.batch_size, self._stats, budget, inputs)
 
     def encode(self, texts: list[str]) -> np.ndarray:
         """L2-normalised embeddings, ``(len(texts), dimension)`` float32: the normalised half of
