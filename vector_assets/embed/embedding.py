@@ -241,10 +241,15 @@ class TokenizedTexts:
     def __init__(self, tokenizer, limit: int, max_texts: int = 50_000):
         self.tokenizer, self.limit, self.max_texts = tokenizer, int(limit), max_texts
         self._known: dict[str, tuple[int, np.ndarray]] = {}
+        self._lock = threading.Lock()  # a service's threads may share the resource
         self.tokenizer_calls = 0
 
     def _entries(self, texts: list[str]) -> list[tuple[int, np.ndarray]]:
         """Per text, ``(tokens untruncated, ids the model reads)``, special tokens included."""
+        with self._lock:
+            return self._entries_locked(texts)
+
+    def _entries_locked(self, texts: list[str]) -> list[tuple[int, np.ndarray]]:
         new = list(dict.fromkeys(t for t in texts if t not in self._known))
         fresh: dict[str, tuple[int, np.ndarray]] = {}
         if new:
