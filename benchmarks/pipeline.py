@@ -167,7 +167,7 @@ PROFILE_PARTS = [
     ("psycopg2 executing statements (all callers)", "extensions.cursor' objects>"),
     ("sqlite3 executing statements (all callers)", "'sqlite3.Cursor' objects>"),
     ("dagster event serialisation (serdes, all callers)", "serdes.py:serialize_value"),
-    ("SentenceTransformer.encode", "sentence_transformer/model.py:encode"),
+    ("the encode (encode_with_raw: sentence-transformers' modules fed token ids)", "embed/embedding.py:encode_with_raw"),
     ("pymilvus calls (gRPC to milvus-lite)", "milvus_client.py:"),
     ("Great Expectations validation", "evaluate.py:text_frame_verdicts"),
 ]
