@@ -133,6 +133,14 @@ def test_tokenized_texts_answer_as_the_tokenizer_does():
     again = embedding._encode_by_tokens(view, texts, embedding.TokenBudget(tokens=4096, grow=False))
     assert fed.shape == (len(texts), 384) and np.abs(fed - again).max() < 1e-5
     assert cached.tokenizer_calls == 1
+    # Ids that are not what the model's own preprocessing gives (a module that lower-cases or
+    # adds a prompt would do that) are not fed: the texts go through encode as before.
+    from sentence_transformers import SentenceTransformer
+
+    other = SentenceTransformer(modules=list(view), device="cpu")
+    wrong = [ids[1:] for ids in cached.arrays(texts)]
+    assert not embedding._ids_are_the_models(other, texts, wrong) and embedding._ids_are_the_models(view, texts, cached.arrays(texts))
+    assert np.abs(embedding._encode_by_tokens(other, texts, embedding.TokenBudget(tokens=4096, grow=False), wrong) - again).max() < 1e-5
     # At most max_texts kept, oldest first out; answers stay right past it.
     small = embedding.TokenizedTexts(tokenizer, limit, max_texts=10)
     assert small.inputs(texts) == embedding.model_inputs(tokenizer, limit, texts)

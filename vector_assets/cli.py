@@ -8,7 +8,6 @@ and ``VECTOR_ASSETS_MILVUS_URI`` (default: the embedded database); see
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
 import json
 import logging
@@ -59,7 +58,6 @@ def _run_tags(run: PlannedRun, backfill_id: str) -> dict[str, str]:
     """The tags of one run of a CLI backfill: the tenant-day range (as a UI backfill's runs
     carry it; several tenants' rectangle for a merged run), the backfill it belongs to and the
     process that follows it."""
-    import os
     import socket
 
     from .instance import launch
@@ -152,8 +150,6 @@ def _launch_runs(plan: list, workers: int, delete_vanished: bool, instance, on_w
 def _milvus():
     """The store resource of the CLI: Milvus (URI and token from the environment), or pgvector
     when ``VECTOR_ASSETS_STORE_URL`` names PostgreSQL (:func:`vector_assets.resources.store_resource`)."""
-    import os
-
     from .resources import MilvusResource, PgvectorResource
     from .store.base import is_postgres_url
 
@@ -274,8 +270,8 @@ def cmd_backfill(args: argparse.Namespace) -> int:
             refused += days
         partitions_to_run = [p for p in partitions_to_run if p[0] not in vanished]
     # Runs of similar size when several workers share them: at most a worker's share of the
-    # lines in one run (and RUN_SHARE_SLACK past it, when that saves a run) (one tenant's whole history in one run left the other worker idle while
-    # it encoded alone on half the threads). Not smaller: each run is a process of its own
+    # lines in one run, or RUN_SHARE_SLACK times it where that saves a run (one tenant's whole
+    # history in one run left the other worker idle while it encoded alone on half the threads). Not smaller: each run is a process of its own
     # (imports, a model load: about 13 s a run here): the bundled sample took 176.6 s in 12
     # runs, 136.2 s in 7 (README, "Scaling out").
     weights = index.line_counts()

@@ -11,6 +11,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -230,12 +231,13 @@ class TokenizedTexts:
     not seen before, kept for the texts asked about since (a run asked the tokenizer about each
     text four times: its token count for batching by tokens, whether the model truncates it,
     the ids behind its token count, and the ids again in the vector check's duplicate-input
-    test; each call costs about 0.11 s per 1,500 commits on this 2-core CPU).
+    test; sentence-transformers' ``encode`` a fifth, which the token-budget batches now skip by
+    feeding these ids; each call costs about 0.11 s per 1,500 commits on this 2-core CPU).
 
     ``tokenizer`` and ``limit`` as :func:`model_inputs`; at most ``max_texts`` texts are kept
     (the oldest forgotten first), as int32 arrays (about 4 bytes a token). The answers equal
     :func:`truncated_flags` and :func:`model_inputs` on the same texts
-    (``tests/test_embedding.py::test_tokenized_texts_answer_as_the_tokenizer_does``).
+    (``tests/test_precision.py::test_tokenized_texts_answer_as_the_tokenizer_does``).
     """
 
     def __init__(self, tokenizer, limit: int, max_texts: int = 50_000):
@@ -396,12 +398,33 @@ def _forward_ids(view, ids: list, pad_id: int, input_names) -> np.ndarray:
     return out.float().cpu().numpy()
 
 
+#: Per model view, whether ids from :class:`TokenizedTexts` are what sentence-transformers' own
+#: preprocessing gives (:func:`_ids_are_the_models`), asked once per view.
+_IDS_MATCH: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _ids_are_the_models(view, texts: list[str], inputs: list) -> bool:
+    """Whether ``inputs`` (ids from the resource's tokenizer) equal what ``view.preprocess``
+    (what ``encode`` feeds the model: a module may lower-case, add a prompt, or tokenise
+    otherwise) gives on a sample of ``texts``: the four shortest and the four longest. Asked once
+    per view; where they differ the texts go through ``encode`` as before."""
+    if view not in _IDS_MATCH:
+        order = sorted(range(len(texts)), key=lambda i: len(inputs[i]))
+        sample = list(dict.fromkeys(order[:4] + order[-4:]))
+        features = view.preprocess([texts[i] for i in sample])
+        ids, mask = features["input_ids"].tolist(), features["attention_mask"].tolist()
+        theirs = [[t for t, m in zip(row, keep) if m] for row, keep in zip(ids, mask)]
+        _IDS_MATCH[view] = theirs == [list(inputs[i]) for i in sample] and view.tokenizer.padding_side == "right" and view.tokenizer.pad_token_id is not None
+    return _IDS_MATCH[view]
+
+
 def _encode_by_tokens(view, texts: list[str], budget: TokenBudget, inputs: list | None = None) -> np.ndarray:
     """Raw vectors of ``texts`` in token-budget batches (:class:`TokenBudget`), in input order;
     ``inputs``: the token ids the model reads of each text (:meth:`TokenizedTexts.arrays`),
-    when the caller has them: the batches are then fed as ids, not tokenised again."""
+    when the caller has them and they are the model's (:func:`_ids_are_the_models`): the
+    batches are then fed as ids, not tokenised again."""
     tokenizer = view.tokenizer
-    if inputs is not None and tokenizer.padding_side == "right" and tokenizer.pad_token_id is not None:
+    if inputs is not None and _ids_are_the_models(view, texts, inputs):
         lengths = [len(x) for x in inputs]
 
         def encode_batch(batch: list[int]) -> np.ndarray:
