@@ -2,6 +2,8 @@
 cluster of ``scripts/local_postgres.sh`` (root; skipped otherwise). Not in the Milvus server
 suite, whose network namespace cannot reach that cluster."""
 
+import json
+
 import pytest
 import sqlalchemy as sa
 
@@ -83,3 +85,48 @@ def test_landing_lines_are_read_per_group_of_tenants(dialect, tmp_path, monkeypa
         assert prints[key] == together[key].fingerprint == index.fingerprints([key])[key] != ""
     if dialect == "postgresql":
         state.dispose_engines()
+
+
+def test_run_weights_follow_the_landing_bytes_not_the_line_count(tmp_path):
+    """``LandingIndex.line_weights``: a tenant-day weighs its lines' bytes in mean lines, so two
+    workers' runs split real Jira issues (long) and real commits (short) by size: equal line
+    counts, unequal weights, and a lighter heaviest run than a plan by line counts."""
+    from collections import Counter
+
+    from vector_assets.ingest.landing import LandingIndex
+    from vector_assets.partitions import plan_tenant_runs
+
+    from .conftest import sample_records, write_jsonl
+
+    issues = sample_records("jira_issues_hadoop.jsonl", "HADOOP", "2024-07-01", "2025-12-31")[:40]
+    commits = sample_records("git_commits.jsonl", "pallets/flask", "2024-01-01", "2026-12-31")[:40]
+    assert len(issues) == len(commits) == 40
+    rows = {t: [dict(r, tenant=t, id=r["id"].replace("HADOOP", t)) for r in issues] for t in ("long-a", "long-b")}
+    rows |= {t: [dict(r, tenant=t, sha=t[-1] + r["sha"][1:]) for r in commits] for t in ("short-c", "short-d")}
+    write_jsonl(tmp_path / "landing" / "jira.jsonl", rows["long-a"] + rows["long-b"])
+    write_jsonl(tmp_path / "landing" / "commits.jsonl", rows["short-c"] + rows["short-d"])
+    index = LandingIndex(tmp_path / "landing", f"sqlite:///{tmp_path / 'state.db'}")
+    index.refresh()
+    weights = index.line_weights()
+    per_tenant = Counter()
+    for (tenant, _), w in weights.items():
+        per_tenant[tenant] += w
+    assert set(per_tenant) == set(rows) and min(weights.values()) >= 1
+    size = {t: sum(len(json.dumps(r).encode()) for r in rows[t]) for t in rows}
+    assert size["long-a"] > 2 * size["short-c"]  # what the test is about: same lines, other bytes
+    assert per_tenant["long-a"] == per_tenant["long-b"] > 2 * per_tenant["short-c"] and per_tenant["short-c"] == per_tenant["short-d"]
+    assert abs(per_tenant["long-a"] / per_tenant["short-c"] - size["long-a"] / size["short-c"]) < 0.15 * size["long-a"] / size["short-c"]
+    assert abs(sum(weights.values()) - 160) <= len(weights) / 2 + 1  # about the line count in all (rounding per tenant-day)
+    order = ["long-a", "long-b", "short-c", "short-d"]
+    lines = {p: n for p, n in Counter((r["tenant"], r["day"]) for t in rows for r in rows[t]).items()}
+    assert set(lines) == set(weights)
+
+    def plan(w):
+        return plan_tenant_runs(sorted(w), order, weights=w, max_weight=int(sum(w.values()) * 1.25 / 2), min_runs=2, run_cost_s=1e9)
+
+    def heaviest(runs):
+        return max(sum(per_tenant[t] for t in r.tenants) for r in runs)
+
+    by_lines, by_bytes = plan(lines), plan(weights)
+    assert sorted(r.tenants for r in by_lines) == [("long-a", "long-b"), ("short-c", "short-d")]
+    assert len(by_bytes) == 2 and heaviest(by_bytes) < heaviest(by_lines)

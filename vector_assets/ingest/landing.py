@@ -614,12 +614,25 @@ class LandingIndex:
             fh.seek(row[0])
             return fh.read(row[1]).decode("utf-8", "replace").rstrip("\n")
 
-    def line_counts(self) -> dict[tuple[str, str], int]:
-        """``{(tenant, day): lines}`` of every tenant-day that holds lines now (what a run of it
-        reads; used to balance runs across workers)."""
+    def line_weights(self) -> dict[tuple[str, str], int]:
+        """``{(tenant, day): weight}`` of every tenant-day that holds lines now: its lines'
+        bytes in units of the landing data's mean line (at least 1 a tenant-day), the run
+        planner's estimate of what a tenant-day costs to encode (used to balance runs across
+        workers; the total is about the number of lines).
+
+        Bytes rather than lines because the encode's cost follows tokens, and a line's tokens
+        vary far more between sources than its bytes do: on the bundled sample a tenant's
+        tokens per line range 54-355 (commits to Jira issues), its tokens per byte 0.09-0.27
+        (``va_embedding_usage`` against ``va_lines`` after ``make demo``, 2026-12-03)."""
         L = state.lines
         with self._begin() as conn:
-            return {(t, d): n for t, d, n in conn.execute(sa.select(L.c.tenant, L.c.day, sa.func.count()).where(self._where(L), L.c.tenant.is_not(None)).group_by(L.c.tenant, L.c.day)).all()}
+            rows = conn.execute(
+                sa.select(L.c.tenant, L.c.day, sa.func.count(), sa.func.sum(L.c.length)).where(self._where(L), L.c.tenant.is_not(None)).group_by(L.c.tenant, L.c.day)
+            ).all()
+        lines, size = sum(r[2] for r in rows), sum(int(r[3] or 0) for r in rows)
+        if not size:
+            return {(t, d): n for t, d, n, _ in rows}
+        return {(t, d): max(1, round(int(b or 0) * lines / size)) for t, d, _, b in rows}
 
     def count_lines(self) -> int:
         """Number of non-blank lines indexed."""
