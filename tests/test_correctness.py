@@ -270,6 +270,16 @@ def test_non_ascii_tenants_are_written_and_searched(resources, instance, workspa
     alone = evaluate.retrievability_verdicts(store, COLLECTION, written, vectors, t, max_tenants=1)
     assert searches[2:] == sorted(["café", "日本語", 'quo"te']) and together == alone and set(together) == set(written)
     assert sum(v.metadata["sampled"] for v in together.values()) == len(vectors)
+    # A tenant whose samples fill a request is searched alone (it saves no request in a group).
+    counts = {tenant: sum(len(pks) for k, pks in by_key.items() if k[0] == tenant) for tenant in {k[0] for k in by_key}}
+    chunk = max(counts.values())
+    full = sorted(tenant for tenant, n in counts.items() if n >= chunk)
+    rest = sorted(set(counts) - set(full))
+    assert full and rest
+    monkeypatch.setattr(evaluate, "SEARCH_CHUNK", chunk)
+    del searches[:]
+    split = evaluate.retrievability_verdicts(store, COLLECTION, written, vectors, t)
+    assert searches[: len(full) + 1] == full + [rest if len(rest) > 1 else rest[0]] and split == alone
 
 
 def test_tenant_file_names_are_safe_and_bounded(tmp_path):
