@@ -216,7 +216,7 @@ def retrievability_verdicts(store: VectorStore, collection: str, results: dict[P
 
     A tenant with at least :data:`SEARCH_CHUNK` samples fills its own requests, so grouping saves
     it none, while a search over the union costs more per vector than one within a tenant: on
-    Milvus Lite, 27,000 rows in 10 tenants, 256 vectors a request at ``ef`` 256, 0.94 ms a vector
+    Milvus Lite, 27,000 rows in 10 tenants, 256 vectors a request at ``ef`` 256, 0.86-0.95 ms a vector
     over all 10 tenants against 0.27-0.31 ms within one (``benchmarks/retrievability_search.py``,
     2026-12-03). Such tenants are searched alone."""
     t = t or QualityThresholds()
