@@ -77,7 +77,6 @@ STAGES = [
 #: Parts of "checks after write", timed inside it (reported under ``checks_after_write_s``, not
 #: added to the stages' sum).
 CHECK_PARTS = [
-    ("stored rows (hashes and sampled vectors)", "vector_assets.checks.evaluate", "stored_rows"),
     ("stored hashes", "vector_assets.checks.evaluate", "stored_hashes"),
     ("sample vectors", "vector_assets.checks.evaluate", "sample_vectors"),
     ("coherence", "vector_assets.checks.evaluate", "coherence_verdicts"),

@@ -280,22 +280,6 @@ def test_non_ascii_tenants_are_written_and_searched(resources, instance, workspa
     del searches[:]
     split = evaluate.retrievability_verdicts(store, COLLECTION, written, vectors, t)
     assert searches[: len(full) + 1] == full + [rest if len(rest) > 1 else rest[0]] and split == alone
-    # The checks' read-back: hashes and sampled vectors in one read of the partitions' rows where
-    # the sample is most of them, the same values as the two reads.
-    by_pk_reads = []
-    rows_by_pk = store.rows_by_pk
-    monkeypatch.setattr(store, "rows_by_pk", lambda *a, **k: by_pk_reads.append(a) or rows_by_pk(*a, **k))
-    texts = sum(len(r.texts) for r in written.values())
-    for sample_size in (100, 1):
-        t = QualityThresholds(retrievability_sample=sample_size)
-        dense = 2 * sum(min(len(r.texts), sample_size) for r in written.values()) >= texts
-        assert dense or sample_size == 1
-        hashes, sampled = evaluate.stored_rows(store, COLLECTION, written, t)
-        assert len(by_pk_reads) == (0 if dense else 1)
-        two_reads = (evaluate.stored_hashes(store, COLLECTION, list(written)), evaluate.sample_vectors(store, COLLECTION, written, t))
-        assert hashes == two_reads[0] and sorted(sampled) == sorted(two_reads[1]) and all(np.array_equal(sampled[pk], two_reads[1][pk]) for pk in sampled)
-        assert len(sampled) == (len(vectors) if sample_size == 100 else len(written)) and all(len(h) == len(by_key[k]) for k, h in hashes.items())
-        del by_pk_reads[:]
 
 
 def test_tenant_file_names_are_safe_and_bounded(tmp_path):

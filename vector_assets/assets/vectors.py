@@ -336,7 +336,8 @@ def judge(results: dict[PartitionKey, PartitionResult], milvus: MilvusResource, 
     store = milvus.get_store()
     name = milvus.collection_for(embedding_model.model_id)
     exists = store.has_collection(name)
-    stored, sample = evaluate.stored_rows(store, name, written, quality) if exists else ({}, {})
+    stored = evaluate.stored_hashes(store, name, list(written)) if exists else {}
+    sample = evaluate.sample_vectors(store, name, written, quality) if exists else {}
     verdicts = {
         "coverage": evaluate.coverage_verdicts(written, stored, embedding_model.model_id),
         "coherence": evaluate.coherence_verdicts(written, sample, embedding_model.encode, quality, sample=None if reembed_sample else 0),

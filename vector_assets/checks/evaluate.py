@@ -362,42 +362,17 @@ def stored_hashes(store: VectorStore, collection: str, keys: list[PartitionKey])
     return {k: {pk: row["content_hash"] for pk, row in rows.get(k, {}).items()} for k in keys}
 
 
-def _sample_pks(results: dict[PartitionKey, PartitionResult], t: QualityThresholds, seed: int) -> list[str]:
-    """Up to ``retrievability_sample`` row keys of each partition's texts, drawn with ``seed``."""
+def sample_vectors(store: VectorStore, collection: str, results: dict[PartitionKey, PartitionResult], t: QualityThresholds | None = None, seed: int = 0) -> dict[str, np.ndarray]:
+    """Stored vectors of up to ``retrievability_sample`` rows per partition (``{pk: vector}``),
+    read back from the store."""
+    t = t or QualityThresholds()
     rng = random.Random(seed)
     pks = []
     for result in results.values():
         ids = [x.pk for x in result.texts]
         pks += rng.sample(ids, min(len(ids), max(t.retrievability_sample, 1)))
-    return pks
-
-
-def sample_vectors(store: VectorStore, collection: str, results: dict[PartitionKey, PartitionResult], t: QualityThresholds | None = None, seed: int = 0) -> dict[str, np.ndarray]:
-    """Stored vectors of up to ``retrievability_sample`` rows per partition (``{pk: vector}``),
-    read back from the store."""
-    rows = store.rows_by_pk(collection, _sample_pks(results, t or QualityThresholds(), seed), ["pk", "vector"])
+    rows = store.rows_by_pk(collection, pks, ["pk", "vector"])
     return {pk: np.asarray(row["vector"], dtype=np.float32) for pk, row in rows.items()}
-
-
-def stored_rows(store: VectorStore, collection: str, results: dict[PartitionKey, PartitionResult], t: QualityThresholds | None = None, seed: int = 0) -> tuple[dict[PartitionKey, dict[str, str]], dict[str, np.ndarray]]:
-    """``(stored_hashes(...), sample_vectors(...))`` of ``results``' partitions, the same
-    values read in fewer queries where the sample is most of the rows: when the sampled rows
-    are at least half of the partitions' texts (dense tenant-days: at 10 x 365 with 7.4 records
-    a tenant-day the sample of 8 a tenant-day is nearly every row), the hashes and the vectors
-    come from one read of the partitions' rows, and only sampled keys not found among their own
-    partition's rows are read by key. Else the two reads, as before."""
-    t = t or QualityThresholds()
-    keys = list(results)
-    pks = _sample_pks(results, t, seed)
-    if 2 * len(pks) < sum(len(r.texts) for r in results.values()):
-        return stored_hashes(store, collection, keys), sample_vectors(store, collection, results, t, seed)
-    rows = store.partition_rows(collection, keys, ["content_hash", "vector"])
-    hashes = {k: {pk: row["content_hash"] for pk, row in rows.get(k, {}).items()} for k in keys}
-    held = {pk: row for by_pk in rows.values() for pk, row in by_pk.items()}
-    elsewhere = [pk for pk in pks if pk not in held]
-    if elsewhere:
-        held.update(store.rows_by_pk(collection, elsewhere, ["pk", "vector"]))
-    return hashes, {pk: np.asarray(held[pk]["vector"], dtype=np.float32) for pk in pks if pk in held}
 
 
 def md_cell(value) -> str:
