@@ -271,8 +271,9 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         partitions_to_run = [p for p in partitions_to_run if p[0] not in vanished]
     # Runs of similar size when several workers share them: at most a worker's share of the
     # landing data's bytes in one run (LandingIndex.line_weights: the encode follows tokens,
-    # which follow bytes more closely than lines), or RUN_SHARE_SLACK times it where that saves a run (one tenant's whole
-    # history in one run left the other worker idle while it encoded alone on half the threads). Not smaller: each run is a process of its own
+    # which follow bytes more closely than lines), or RUN_SHARE_SLACK times it where that
+    # saves a run (one tenant's whole history in one run left the other worker idle while it
+    # encoded alone on half the threads). Not smaller: each run is a process of its own
     # (imports, a model load: about 13 s a run here): the bundled sample took 176.6 s in 12
     # runs, 136.2 s in 7 (README, "Scaling out").
     weights = index.line_weights()

@@ -278,10 +278,6 @@ class TokenizedTexts:
         """Per text, the token ids the model reads (as :func:`model_inputs`)."""
         return [tuple(ids.tolist()) for _, ids in self._entries(texts)]
 
-    def lengths(self, texts: list[str]) -> list[int]:
-        """Per text, how many tokens the model reads (at most ``limit``)."""
-        return [len(ids) for _, ids in self._entries(texts)]
-
     def arrays(self, texts: list[str]) -> list[np.ndarray]:
         """Per text, the token ids the model reads as an int32 array (not to be modified)."""
         return [ids for _, ids in self._entries(texts)]
