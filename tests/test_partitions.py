@@ -5,7 +5,7 @@ import datetime as dt
 
 import dagster as dg
 
-from vector_assets.partitions import RUN_SHARE_SLACK, TENANTS, PlannedRun, plan_tenant_runs, run_tenants, tenant_day_partitions
+from vector_assets.partitions import MIN_LOCAL_RUN_WEIGHT, RUN_SHARE_SLACK, TENANTS, PlannedRun, parallel_runs, plan_tenant_runs, run_tenants, tenant_day_partitions
 
 
 def days(first: str, n: int, step: int = 1) -> list[str]:
@@ -76,6 +76,19 @@ def test_two_workers_get_two_uneven_runs_rather_than_three():
     assert sorted((r.tenants, r.weight) for r in runs) == [(("a", "b"), 55), (("c", "d"), 45)]
     assert 55 <= -(-100 * RUN_SHARE_SLACK // 2) and 55 > 100 // 2
     assert len(plan_tenant_runs(partitions, ORDER, weights={p: 10 for p in partitions}, min_runs=2)) == 2
+
+
+def test_small_local_backfills_are_not_split_over_workers():
+    """Runs on this machine share its cores (each one's encode uses all of them), so a backfill
+    is split over its workers only where each run gets MIN_LOCAL_RUN_WEIGHT lines; on Celery
+    workers (other machines) always. ``make demo``'s 1,710 lines on 2 workers: one run."""
+    assert parallel_runs(1710, 2) == 1
+    assert parallel_runs(2 * MIN_LOCAL_RUN_WEIGHT - 1, 2) == 1 and parallel_runs(2 * MIN_LOCAL_RUN_WEIGHT, 2) == 2
+    assert parallel_runs(100 * MIN_LOCAL_RUN_WEIGHT, 4) == 4 and parallel_runs(3 * MIN_LOCAL_RUN_WEIGHT, 8) == 3
+    assert parallel_runs(1710, 2, local=False) == 2 and parallel_runs(0, 0) == 1
+    # What the plan then is: the four tenants of one day in one run, as for one worker.
+    partitions = [(t, d) for t in ORDER for d in days("2024-01-01", 5)]
+    assert len(plan_tenant_runs(partitions, ORDER, min_runs=parallel_runs(20, 2))) == 1
 
 
 def test_dagster_reads_a_range_over_tenants_as_the_rectangle():

@@ -17,7 +17,7 @@ import time
 from collections import defaultdict
 
 from . import settings
-from .partitions import RUN_SHARE_SLACK, PlannedRun, plan_tenant_runs
+from .partitions import RUN_SHARE_SLACK, PlannedRun, parallel_runs, plan_tenant_runs
 
 
 def _date(value: str) -> str:
@@ -275,12 +275,15 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     # saves a run (one tenant's whole history in one run left the other worker idle while it
     # encoded alone on half the threads). Not smaller: each run is a process of its own
     # (imports, a model load: about 13 s a run here): the bundled sample took 176.6 s in 12
-    # runs, 136.2 s in 7 (README, "Scaling out").
+    # runs, 136.2 s in 7 (README, "Scaling out"). Nor split over more runs than the work pays
+    # for where the runs share this machine's cores (partitions.MIN_LOCAL_RUN_WEIGHT: the
+    # bundled sample on 2 workers goes in one run).
     weights = index.line_weights()
     max_weight = None
-    if args.workers > 1 and partitions_to_run:
-        total = sum(weights.get(p, 1) for p in partitions_to_run)
-        max_weight = max(200, int(-(-total * RUN_SHARE_SLACK // args.workers)))
+    total = sum(weights.get(p, 1) for p in partitions_to_run)
+    split = parallel_runs(total, args.workers, local=settings.executor() != "celery")
+    if split > 1:
+        max_weight = max(200, int(-(-total * RUN_SHARE_SLACK // split)))
     # Neighbouring tenants share a run where the empty tenant-days that adds cost less than the
     # run it saves (partitions.plan_tenant_runs). Tenants between them that have nothing to run
     # are taken in only when the whole landing data is backfilled (no --tenant) and never a
@@ -288,7 +291,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     may_include = set() if args.tenant else known - set(vanished)
     plan = plan_tenant_runs(
         partitions_to_run, instance.get_dynamic_partitions(TENANTS), args.max_partitions_per_run or MAX_PARTITIONS_PER_RUN,
-        weights=weights, max_weight=max_weight, may_include=may_include, min_runs=args.workers,
+        weights=weights, max_weight=max_weight, may_include=may_include, min_runs=split,
     )
     # Unchanged tenant-days inside a run's range (runs bridge gaps) are re-read by that run and
     # counted in its own figures; only the others are counted here (issue #17 item 13: skipped

@@ -8,6 +8,7 @@ from .assets import all_assets, index_tuning_job, search_quality_job, search_qua
 from .checks import all_checks
 from .checks.audit import audit_job
 from .jobs import all_jobs
+from . import settings
 from .resources import default_resources
 from .sensors import all_schedules, all_sensors
 
@@ -34,8 +35,8 @@ def executor_from_env():
     step process of its own re-imported the code location and held the run 1.3 s longer before
     the step began (the bundled sample's backfill through the run queue: see README, "Command
     line")."""
-    kind = os.environ.get("VECTOR_ASSETS_EXECUTOR", "").strip()
-    if kind in ("", "in_process", "default"):
+    kind = settings.executor()
+    if kind == "in_process":
         return dg.in_process_executor
     if kind != "celery":
         raise ValueError(f"VECTOR_ASSETS_EXECUTOR={kind!r}: one of in_process (default), celery")

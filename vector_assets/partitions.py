@@ -66,6 +66,30 @@ MAX_GAP_DAYS = 365
 #: 2-core machine, 2026-12-03.
 RUN_SHARE_SLACK = 1.25
 
+#: The fewest lines (of the landing data's mean size, :meth:`LandingIndex.line_weights`) a run
+#: of a backfill is given so that several run processes share this machine's cores: below it,
+#: the work goes to fewer runs than workers. A run process pays its imports and model load
+#: (about 8 s of CPU here) and its encode (OpenVINO) already uses every core, so a second local
+#: run only overlaps the single-threaded parts (event recording, checks) and costs a process.
+#: Measured on this 2-core machine, 2026-12-03 (``benchmarks/pipeline.py demo --workers N``,
+#: alternated): the bundled sample's 1,710 lines in 1 run 33.8, 35.2, 35.3 s, in 2 runs 36.1,
+#: 36.6, 38.5, 39.6 s; ``github_issues.jsonl`` and ``jira_issues_hadoop.jsonl`` (5,603 lines,
+#: 13,948 passages) in 2 runs side by side 186.1 s, one after the other 189.7 s: a split breaks
+#: even at about 2,800 lines a run. Not applied where steps run on other machines (Celery
+#: workers, ``VECTOR_ASSETS_EXECUTOR=celery``): there each run has cores of its own.
+MIN_LOCAL_RUN_WEIGHT = 2500
+
+
+def parallel_runs(total_weight: int, workers: int, local: bool = True) -> int:
+    """How many runs a backfill of ``total_weight`` lines (mean-size lines) is split into for
+    ``workers`` concurrent runs: ``workers`` where the runs execute elsewhere (``local`` False),
+    else at most one per :data:`MIN_LOCAL_RUN_WEIGHT` lines, at least 1. Raises nothing;
+    ``workers`` below 1 counts as 1."""
+    workers = max(1, workers)
+    if not local:
+        return workers
+    return max(1, min(workers, total_weight // MIN_LOCAL_RUN_WEIGHT))
+
 
 def plan_runs(partitions: list[tuple[str, str]], max_per_run: int, max_gap_days: int = MAX_GAP_DAYS, weights: dict[tuple[str, str], int] | None = None, max_weight: int | None = None) -> list[tuple[str, str, str, int]]:
     """Group tenant-days into runs: one tenant per run, its range from the first to the last of

@@ -59,6 +59,14 @@ def start_date() -> str:
     return os.environ.get("VECTOR_ASSETS_START_DATE") or DEFAULT_START_DATE
 
 
+def executor() -> str:
+    """``$VECTOR_ASSETS_EXECUTOR``: ``celery`` (steps on Celery workers), else ``in_process``
+    (empty, ``in_process`` and ``default`` all mean it). :func:`vector_assets.definitions.executor_from_env`
+    rejects another value."""
+    kind = os.environ.get("VECTOR_ASSETS_EXECUTOR", "").strip()
+    return "in_process" if kind in ("", "in_process", "default") else kind
+
+
 def precision() -> str:
     """``$VECTOR_ASSETS_PRECISION``, else ``auto`` (see
     :func:`vector_assets.embed.embedding.pick_precision`, which rejects an unknown value)."""
