@@ -71,7 +71,7 @@ def _run_tags(run: PlannedRun, backfill_id: str) -> dict[str, str]:
     }
 
 
-def _launch_runs(plan: list, workers: int, delete_vanished: bool, instance, on_wait=lambda seconds: None):
+def _launch_runs(plan: list, workers: int, delete_vanished: bool, instance, on_wait=lambda seconds: None, workspace=None):
     """Submit the planned runs through the Dagster instance (its run coordinator and run
     launcher, :mod:`vector_assets.instance.launch`) with at most ``workers`` of them unfinished at a time,
     and yield each one's outcome as it finishes: ``(spec, success, run id, summed metadata,
@@ -82,7 +82,9 @@ def _launch_runs(plan: list, workers: int, delete_vanished: bool, instance, on_w
     SIGINT or SIGTERM (:class:`_Stop`) no run is submitted any more and the runs submitted and
     not finished are cancelled through the run coordinator (queued ones never start, started
     ones are terminated by the launcher); their outcomes are still yielded. ``on_wait(seconds)``
-    is called each minute in which no run finished.
+    is called each minute in which no run finished. ``workspace``: an
+    :class:`vector_assets.instance.launch.EarlyWorkspace` whose code server the runs use (None: one
+    started here).
 
     A run whose process dies (killed, out of memory; :attr:`vector_assets.instance.launch.RunOutcome.process_died`) is failed (by
     Dagster, or by :func:`vector_assets.instance.runs.fail_dead_runs`), its pool slot freed, and it is
@@ -104,7 +106,7 @@ def _launch_runs(plan: list, workers: int, delete_vanished: bool, instance, on_w
     active: dict[str, tuple] = {}
     attempts: dict[tuple, int] = {}
     cancelled = None
-    with launch.dequeuing(instance, say=lambda m: print(m, flush=True)) as (context, dequeuer):
+    with launch.dequeuing(instance, say=lambda m: print(m, flush=True), workspace=workspace) as (context, dequeuer):
         last_progress = last_check = time.monotonic()
         while pending or active:
             if time.monotonic() - last_check >= 5:
@@ -159,17 +161,30 @@ def _milvus():
 
 
 def cmd_backfill(args: argparse.Namespace) -> int:
-    import signal
-
-    from .instance import runs as run_state
-    from .definitions import defs
-    from .keys import MILVUS_VECTORS
-    from .partitions import MAX_PARTITIONS_PER_RUN, TENANTS, in_window, make_key
+    from .instance import launch
 
     started = time.perf_counter()
     instance = settings.dagster_instance()
     print(f"landing: {settings.landing_dir()}  milvus: {settings.milvus_uri()}  DAGSTER_HOME: {instance.root_directory}", flush=True)
+    workspace = launch.EarlyWorkspace(instance)
+    try:
+        return _backfill(args, instance, workspace, started)
+    finally:
+        workspace.close()
+
+
+def _backfill(args: argparse.Namespace, instance, workspace, started: float) -> int:
+    """``vector-assets backfill`` once the instance is open; ``workspace``: the
+    :class:`vector_assets.instance.launch.EarlyWorkspace` the runs use, started here once the
+    landing index says lines changed; ``started``: the command's ``time.perf_counter()`` at its
+    start."""
+    import signal
+
+    from .definitions import defs
     from .instance import launch
+    from .instance import runs as run_state
+    from .keys import MILVUS_VECTORS
+    from .partitions import MAX_PARTITIONS_PER_RUN, TENANTS, in_window, make_key
 
     orphaned = launch.cancel_orphaned_runs(instance)
     if orphaned:
@@ -189,6 +204,8 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         print(f"error: indexing the landing directory failed: {root_cause(failure) if failure else 'see the run in the Dagster UI'}", file=sys.stderr)
         return 1
     meta = index_result.get_asset_materialization_events()[0].event_specific_data.materialization.metadata
+    if args.all or int(meta["tenant_days_changed"].value):
+        workspace.start()  # runs are likely: the code server comes up while they are planned
     unattributed = int(meta["unattributed_lines"].value)
     print(
         f"indexed {meta['lines_indexed'].value} lines in {meta['files'].value} files: {meta['tenants'].value} tenants, "
@@ -332,7 +349,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
             run_state.free_slots_of_finished_runs(instance)
             time.sleep(1.0)
         workers = max(1, min(args.workers, len(plan)))
-        for spec, ok, run_id, sums, seconds, errors, message in (_launch_runs(plan, workers, args.delete_vanished_tenants, instance, waiting) if plan else ()):
+        for spec, ok, run_id, sums, seconds, errors, message in (_launch_runs(plan, workers, args.delete_vanished_tenants, instance, waiting, workspace) if plan else ()):
             finished += 1
             for name, value in sums.items():
                 totals[name] += value
