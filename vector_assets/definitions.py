@@ -4,11 +4,11 @@ import os
 
 import dagster as dg
 
+from . import settings
 from .assets import all_assets, index_tuning_job, search_quality_job, search_quality_schedule
 from .checks import all_checks
 from .checks.audit import audit_job
 from .jobs import all_jobs
-from . import settings
 from .resources import default_resources
 from .sensors import all_schedules, all_sensors
 

@@ -71,8 +71,8 @@ RUN_SHARE_SLACK = 1.25
 #: the work goes to fewer runs than workers. A run process pays its imports and model load
 #: (about 8 s of CPU here) and its encode (OpenVINO) already uses every core, so a second local
 #: run only overlaps the single-threaded parts (event recording, checks) and costs a process.
-#: Measured on this 2-core machine, 2026-12-03 (``benchmarks/pipeline.py demo --workers N``,
-#: alternated): the bundled sample's 1,710 lines in 1 run 33.8, 35.2, 35.3 s, in 2 runs 36.1,
+#: Measured on this 2-core machine, 2026-12-03 (``vector-assets backfill --workers N`` from
+#: fresh state, alternated): the bundled sample's 1,710 lines in 1 run 33.8, 35.2 s, in 2 runs 36.1,
 #: 36.6, 38.5, 39.6 s; ``github_issues.jsonl`` and ``jira_issues_hadoop.jsonl`` (5,603 lines,
 #: 13,948 passages) in 2 runs side by side 186.1 s, one after the other 189.7 s: a split breaks
 #: even at about 2,800 lines a run. Not applied where steps run on other machines (Celery
