@@ -71,7 +71,7 @@ def _run_tags(run: PlannedRun, backfill_id: str) -> dict[str, str]:
     }
 
 
-def _launch_runs(plan: list, workers: int, delete_vanished: bool, instance, on_wait=lambda seconds: None, workspace=None):
+def _launch_runs(plan: list, workers: int, delete_vanished: bool, instance, workspace, on_wait=lambda seconds: None):
     """Submit the planned runs through the Dagster instance (its run coordinator and run
     launcher, :mod:`vector_assets.instance.launch`) with at most ``workers`` of them unfinished at a time,
     and yield each one's outcome as it finishes: ``(spec, success, run id, summed metadata,
@@ -82,9 +82,8 @@ def _launch_runs(plan: list, workers: int, delete_vanished: bool, instance, on_w
     SIGINT or SIGTERM (:class:`_Stop`) no run is submitted any more and the runs submitted and
     not finished are cancelled through the run coordinator (queued ones never start, started
     ones are terminated by the launcher); their outcomes are still yielded. ``on_wait(seconds)``
-    is called each minute in which no run finished. ``workspace``: an
-    :class:`vector_assets.instance.launch.EarlyWorkspace` whose code server the runs use (None: one
-    started here).
+    is called each minute in which no run finished. ``workspace``: the
+    :class:`vector_assets.instance.launch.EarlyWorkspace` whose code server the runs use.
 
     A run whose process dies (killed, out of memory; :attr:`vector_assets.instance.launch.RunOutcome.process_died`) is failed (by
     Dagster, or by :func:`vector_assets.instance.runs.fail_dead_runs`), its pool slot freed, and it is
@@ -106,7 +105,7 @@ def _launch_runs(plan: list, workers: int, delete_vanished: bool, instance, on_w
     active: dict[str, tuple] = {}
     attempts: dict[tuple, int] = {}
     cancelled = None
-    with launch.dequeuing(instance, say=lambda m: print(m, flush=True), workspace=workspace) as (context, dequeuer):
+    with launch.dequeuing(instance, workspace, say=lambda m: print(m, flush=True)) as (context, dequeuer):
         last_progress = last_check = time.monotonic()
         while pending or active:
             if time.monotonic() - last_check >= 5:
@@ -349,7 +348,7 @@ def _backfill(args: argparse.Namespace, instance, workspace, started: float) -> 
             run_state.free_slots_of_finished_runs(instance)
             time.sleep(1.0)
         workers = max(1, min(args.workers, len(plan)))
-        for spec, ok, run_id, sums, seconds, errors, message in (_launch_runs(plan, workers, args.delete_vanished_tenants, instance, waiting, workspace) if plan else ()):
+        for spec, ok, run_id, sums, seconds, errors, message in (_launch_runs(plan, workers, args.delete_vanished_tenants, instance, workspace, waiting) if plan else ()):
             finished += 1
             for name, value in sums.items():
                 totals[name] += value

@@ -138,15 +138,6 @@ class RunDequeuer:
         self.lock = None
 
 
-def _workspace_context(instance: dg.DagsterInstance):
-    """A started ``WorkspaceProcessContext`` of ``workspace.yaml`` (its code location in a code
-    server process); the caller exits it."""
-    from dagster._core.workspace.context import WorkspaceProcessContext
-    from dagster._core.workspace.load_target import WorkspaceFileTarget
-
-    return WorkspaceProcessContext(instance, WorkspaceFileTarget(paths=[str(workspace_file())]), code_server_log_level="WARNING")
-
-
 class EarlyWorkspace:
     """The workspace's code server, started in a thread by :meth:`start` so that it comes up
     while the command plans: its start (a process that imports Dagster and the code location,
@@ -170,8 +161,11 @@ class EarlyWorkspace:
             self._thread.start()
 
     def _start(self) -> None:
+        from dagster._core.workspace.context import WorkspaceProcessContext
+        from dagster._core.workspace.load_target import WorkspaceFileTarget
+
         try:
-            self._context = _workspace_context(self._instance)
+            self._context = WorkspaceProcessContext(self._instance, WorkspaceFileTarget(paths=[str(workspace_file())]), code_server_log_level="WARNING")
         except BaseException as err:  # noqa: BLE001 - raised again in the caller's thread by get()
             self._error = err
 
@@ -184,6 +178,7 @@ class EarlyWorkspace:
         return self._context
 
     def close(self) -> None:
+        """Wait for a started server to come up, then stop it (nothing where never started)."""
         if self._thread is not None:
             self._thread.join()
         if self._context is not None:
@@ -192,18 +187,16 @@ class EarlyWorkspace:
 
 
 @contextlib.contextmanager
-def dequeuing(instance: dg.DagsterInstance, say=print, workspace: EarlyWorkspace | None = None) -> Iterator[tuple]:
-    """``(request context, RunDequeuer)`` of the workspace (``workspace.yaml``): its code
-    location runs in a code server process for the duration (``workspace``'s, already started
-    and closed by its owner, where given), and the runs this command's dequeuer launches run
-    under it."""
-    with contextlib.ExitStack() as stack:
-        process_context = workspace.get() if workspace is not None else stack.enter_context(_workspace_context(instance))
-        dequeuer = RunDequeuer(instance, process_context, say=say)
-        try:
-            yield process_context.create_request_context(), dequeuer
-        finally:
-            dequeuer.close()
+def dequeuing(instance: dg.DagsterInstance, workspace: EarlyWorkspace, say=print) -> Iterator[tuple]:
+    """``(request context, RunDequeuer)`` of ``workspace`` (``workspace.yaml``'s code location
+    in a code server process, started by :meth:`EarlyWorkspace.get` if not yet, closed by its
+    owner): the runs this command's dequeuer launches run under it."""
+    process_context = workspace.get()
+    dequeuer = RunDequeuer(instance, process_context, say=say)
+    try:
+        yield process_context.create_request_context(), dequeuer
+    finally:
+        dequeuer.close()
 
 
 #: Run tags naming the ``vector-assets backfill`` process that submitted a run, and its host.
