@@ -5,7 +5,7 @@ import datetime as dt
 
 import dagster as dg
 
-from vector_assets.partitions import MIN_LOCAL_RUN_WEIGHT, RUN_SHARE_SLACK, TENANTS, PlannedRun, parallel_runs, plan_tenant_runs, run_tenants, tenant_day_partitions
+from vector_assets.partitions import MIN_LOCAL_RUN_WEIGHT, RUN_SHARE_SLACK, TENANTS, PlannedRun, parallel_runs, plan_tenant_runs, run_tenants, tenant_day_partitions, key_string, make_key, split_key
 
 
 def days(first: str, n: int, step: int = 1) -> list[str]:
@@ -204,3 +204,10 @@ def test_partition_groups_cover_the_keys_in_few_queries():
         asked = sum(1 for t, d in set(spread + long) | {("x", "2024-01-05")} if t in tenants and d in group_days)
         assert len(tenants) * len(group_days) <= 4 * max(asked, 1) and len(group_days) <= 500
     assert len(groups) < 15  # 32 tenants
+
+
+def test_key_string_is_the_partition_keys_string():
+    for tenant, day in [("pallets/flask", "2024-01-01"), ("SeaMonkey", "2019-12-31"), ("org/répo-ü", "2023-06-30"), ("HADOOP", "2026-11-30")]:
+        key = key_string(tenant, day)
+        assert key == str(make_key(tenant, day)) == make_key(tenant, day)
+        assert split_key(key) == (tenant, day) == split_key(make_key(tenant, day))

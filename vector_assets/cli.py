@@ -183,7 +183,7 @@ def _backfill(args: argparse.Namespace, instance, workspace, started: float) -> 
     from .instance import launch
     from .instance import runs as run_state
     from .keys import MILVUS_VECTORS
-    from .partitions import MAX_PARTITIONS_PER_RUN, TENANTS, in_window, make_key
+    from .partitions import MAX_PARTITIONS_PER_RUN, TENANTS, in_window, key_string
 
     orphaned = launch.cancel_orphaned_runs(instance)
     if orphaned:
@@ -265,7 +265,7 @@ def _backfill(args: argparse.Namespace, instance, workspace, started: float) -> 
         todo = set(index.unsynced_partitions(store, args.start, args.end)) | orphans
         fingerprints = index.fingerprints([p for p in partitions if p not in todo])
         materialised = instance.get_materialized_partitions(MILVUS_VECTORS) if fingerprints else set()
-        unchanged = [p for p in partitions if p not in todo and (not fingerprints[p] or str(make_key(*p)) in materialised)]
+        unchanged = [p for p in partitions if p not in todo and (not fingerprints[p] or key_string(*p) in materialised)]
         unchanged_rows = index.synced_rows(store, unchanged)
         partitions_to_run = [p for p in partitions if p not in set(unchanged)]
     else:
@@ -683,9 +683,9 @@ def tenant_day_status(instance, tenant: str, day: str) -> dict:
     import dagster as dg
 
     from .checks.specs import CHECKS
-    from .partitions import make_key
+    from .partitions import key_string
 
-    key = str(make_key(tenant, day))
+    key = key_string(tenant, day)
     out: dict = {"tenant": tenant, "day": day, "materialised": False, "run_id": None, "timestamp": None, "figures": {}, "checks": {}}
     for asset in STATUS_FIGURES:
         records = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[key]), limit=1).records

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import dagster as dg
 
-from ..partitions import make_key, split_key
+from ..partitions import key_string, split_key
 from ..embed.quality import Verdict
 from ..instance.runs import record_step_events
 from .specs import CHECKS
@@ -93,7 +93,7 @@ def target_materializations(instance: dg.DagsterInstance, asset_key: dg.AssetKey
     from dagster._core.definitions.asset_checks.asset_check_evaluation import AssetCheckEvaluationTargetMaterializationData
     from dagster._core.events import DagsterEventType
 
-    by_partition = {str(make_key(*k)): k for k in keys}
+    by_partition = {key_string(*k): k for k in keys}
     if not by_partition:
         return {}
     latest = instance.event_log_storage.get_latest_storage_id_by_partition(asset_key, DagsterEventType.ASSET_MATERIALIZATION, partitions=set(by_partition))
@@ -130,7 +130,7 @@ def evaluations(check_name: str, verdicts: dict[PartitionKey, Verdict], targets:
                 severity=dg.AssetCheckSeverity.WARN if verdict.severity == "WARN" else dg.AssetCheckSeverity.ERROR,
                 description=(descriptions or {}).get(key),
                 blocking=blocking,
-                partition=str(make_key(*key)),
+                partition=key_string(*key),
                 target_materialization_data=targets.get(key),
             )
         )
@@ -205,7 +205,7 @@ def latest_outcomes(instance: dg.DagsterInstance, tenants: Iterable[str] | None 
     from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 
     keys = check_keys()
-    partition_keys = [str(make_key(*k)) for k in partitions] if partitions is not None else None
+    partition_keys = [key_string(*k) for k in partitions] if partitions is not None else None
     infos = instance.event_log_storage.get_asset_check_partition_info(keys, after_storage_id=after_storage_id, partition_keys=partition_keys)
     wanted = set(tenants) if tenants is not None else None
     out = []

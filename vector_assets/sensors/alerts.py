@@ -43,7 +43,7 @@ from ..checks.outcomes import Outcome, latest_outcomes
 from ..checks.specs import INPUT_CHECKS
 from ..jobs import vectors_job
 from ..keys import MILVUS_VECTORS
-from ..partitions import make_key
+from ..partitions import key_string, make_key
 from ..resources import AlertResource
 
 
@@ -89,7 +89,7 @@ def _already_alerted(instance: dg.DagsterInstance, partition: str, after_storage
 
 def _alert(context, alerts: AlertResource, key: str, entry: dict, kind: str, reason: str) -> str:
     tenant, day = key.split("|", 1)
-    partition = str(make_key(tenant, day))
+    partition = key_string(tenant, day)
     title = f"tenant-day {key}: " + (f"{', '.join(entry['failing'])} failed on the input; a re-run cannot heal it" if kind == "input" else f"{', '.join(entry['failing'])} still failing after {entry['attempts']} re-materialisations")
     # Recorded before the tick fails (its cursor is not kept): the next tick finds it and does not alert again.
     context.instance.report_runless_asset_event(
@@ -151,7 +151,7 @@ def check_alert_sensor(context: dg.SensorEvaluationContext, alerts: AlertResourc
         if entry.get("input") or entry["attempts"] >= max_attempts:
             kind = "input" if entry.get("input") else "exhausted"
             entry["state"] = "alerted"
-            if _already_alerted(context.instance, str(make_key(tenant, day)), entry.get("evaluation_storage_id", 0)):
+            if _already_alerted(context.instance, key_string(tenant, day), entry.get("evaluation_storage_id", 0)):
                 said.append(f"{key}: alerted ({kind})")
                 continue
             reason = "; ".join(f"{c}: {r}" for c, r in sorted(entry.get("reasons", {}).items()) if r) or ", ".join(entry["failing"])
