@@ -44,7 +44,6 @@ import contextlib
 import datetime as dt
 import hashlib
 import json
-import os
 import shutil
 import sys
 import tempfile
@@ -60,6 +59,8 @@ from pipeline import FILES, REPO, SHARED, bench_instance, timed_event_storage  #
 sys.path.insert(0, str(REPO))
 
 FIRST_DAY = dt.date(2023, 1, 1)
+#: The first day of :func:`marginal_costs`' runs without records (before the grid's days).
+EMPTY_PROBE_FIRST_DAY = dt.date(2009, 1, 1)
 
 #: The tenant-day step's stages, timed by wrapping these callables where the step looks them
 #: up: ``(label, module path, attribute)``.
@@ -302,27 +303,43 @@ def run_grid(tenants: int, days: int, storage: str, embedder: str, limit: int | 
     return out
 
 
-def marginal_costs(instance, resources: dict, landing, work: Path, start: dt.date, empty_days: int = 1000, sparse: int = 200, dense_days: int = 20, per_day: int = 10) -> dict:
+def marginal_costs(instance, resources: dict, landing, work: Path, start: dt.date, empty_days: int = 5000, sparse: int = 300, dense_days: int = 20, per_day: int = 10, repeats: int = 3) -> dict:
     """What one more tenant-day or record costs a run on the instance as the grid left it (its
     tables grown), by differences of runs, so that a run's fixed cost drops out:
 
     * ``ms_per_empty_tenant_day``: one tenant's run over ``10 + empty_days`` days without records
-      against its run over 10 such days; ``run_fixed_ms``: the 10-day run less its 10 days;
-    * ``ms_per_record_sparse``: a tenant with one record on each of ``sparse`` days, its run
-      less the fixed part, per record (a tenant-day with records costs its checks' 8 evaluations);
+      (from :data:`EMPTY_PROBE_FIRST_DAY`: a run of that size, as a backfill's, so that the
+      runs' jitter of a few tenths of a second weighs little) against its run over 10 such days; ``run_fixed_ms``: the 10-day run less its 10 days;
+    * ``ms_per_record_sparse``: a tenant with one record on each of ``sparse`` days, its first
+      run (the records written) less the fixed part, per record (a tenant-day with records costs
+      its checks' 8 evaluations);
     * ``ms_per_record_dense``: ``per_day`` records on each of ``dense_days`` days, the same.
 
-    The encode is left out (the stage's own seconds subtracted). Tenants ``probe/empty``,
-    ``probe/sparse`` and ``probe/dense`` are added; their days start at ``start`` (after the
-    grid's and the morning's). Their records are the first lines of ../shared/data's commits."""
+    Each is measured ``repeats`` times (fresh probe tenants for the records; the runs with
+    records take the median fixed part) and given as the median with its range (``*_range``):
+    single figures moved by a third from one to the next.
+    On PostgreSQL the grid's tables are vacuumed and analysed first (``VACUUM ANALYZE``, what
+    autovacuum does within a minute of the grid's inserts; run during the probes it took a core
+    from them). The encode is left out (the stage's own seconds subtracted). Tenants
+    ``probe/...`` are added; the days of those with records start at ``start`` (after the grid's
+    and the morning's).
+    Their records are the first lines of ../shared/data's commits."""
     from pipeline import run_days
 
     from vector_assets.partitions import TENANTS
     from vector_assets.ingest.records import TIMESTAMP_FIELDS
 
-    instance.add_dynamic_partitions(TENANTS, ["probe/empty", "probe/sparse", "probe/dense"])
+    engine = getattr(instance.event_log_storage, "_engine", None)
+    if engine is not None and engine.dialect.name == "postgresql":
+        import sqlalchemy as sa
+
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(sa.text("VACUUM ANALYZE"))
+    sparse_tenants = [f"probe/sparse-{i}" for i in range(repeats)]
+    dense_tenants = [f"probe/dense-{i}" for i in range(repeats)]
+    instance.add_dynamic_partitions(TENANTS, ["probe/empty", *sparse_tenants, *dense_tenants])
     days = [(start + dt.timedelta(days=i)).isoformat() for i in range(max(sparse, dense_days))]
-    wanted = [("probe/sparse", day) for day in days[:sparse]] + [("probe/dense", day) for day in days[:dense_days] for _ in range(per_day)]
+    wanted = [(t, day) for t in sparse_tenants for day in days[:sparse]] + [(t, day) for t in dense_tenants for day in days[:dense_days] for _ in range(per_day)]
     with open(SHARED / FILES[0], encoding="utf-8") as src, open(work / "landing" / "probe.jsonl", "w", encoding="utf-8") as dst:
         for (tenant, day), line in zip(wanted, src, strict=False):
             record = json.loads(line)
@@ -335,22 +352,24 @@ def marginal_costs(instance, resources: dict, landing, work: Path, start: dt.dat
             dst.write(json.dumps(record) + "\n")
     landing.refresh()
 
-    def run(tenant: str, n: int) -> tuple[float, int]:
+    def run(tenant: str, n: int, first: dt.date = start) -> float:
         with timed_stages([s for s in STAGES if s[0] == "encode"]) as spent:
-            wall, events = run_days(instance, resources, tenant, start.isoformat(), n)
-        return wall - spent["encode"], events
+            wall, _ = run_days(instance, resources, tenant, first.isoformat(), n)
+        return wall - spent["encode"]
 
-    (small, small_events), (large, large_events) = run("probe/empty", 10), run("probe/empty", 10 + empty_days)
-    empty_ms = 1000 * (large - small) / empty_days
-    fixed_ms = 1000 * small - 10 * empty_ms
-    sparse_s, sparse_events = run("probe/sparse", sparse)
-    dense_s, dense_events = run("probe/dense", dense_days)
-    return {
-        "ms_per_empty_tenant_day": round(empty_ms, 3), "events_per_empty_tenant_day": round((large_events - small_events) / empty_days, 2),
-        "run_fixed_ms": round(fixed_ms, 1),
-        "ms_per_record_sparse": round((1000 * sparse_s - fixed_ms) / sparse, 3), "events_sparse_run": sparse_events,
-        "ms_per_record_dense": round((1000 * dense_s - fixed_ms) / (dense_days * per_day), 3), "events_dense_run": dense_events,
-    }
+    empty, fixed = [], []
+    for _ in range(repeats):  # the runs without records first: those with records leave Milvus busy
+        small, large = run("probe/empty", 10, EMPTY_PROBE_FIRST_DAY), run("probe/empty", 10 + empty_days, EMPTY_PROBE_FIRST_DAY)
+        empty.append(1000 * (large - small) / empty_days)
+        fixed.append(1000 * small - 10 * empty[-1])
+    base = float(np.median(fixed))
+    per_sparse = [(1000 * run(tenant, sparse) - base) / sparse for tenant in sparse_tenants]
+    per_dense = [(1000 * run(tenant, dense_days) - base) / (dense_days * per_day) for tenant in dense_tenants]
+    out = {}
+    for name, values in (("ms_per_empty_tenant_day", empty), ("run_fixed_ms", fixed), ("ms_per_record_sparse", per_sparse), ("ms_per_record_dense", per_dense)):
+        out[name] = round(float(np.median(values)), 3)
+        out[f"{name}_range"] = [round(min(values), 3), round(max(values), 3)]
+    return out
 
 
 def _line(r: dict) -> str:
@@ -360,14 +379,16 @@ def _line(r: dict) -> str:
         f"{r['runs_s']:.1f} | {r['event_ms_per_tenant_day']:.3f} | {r['events_per_tenant_day']:.2f} | {r['ms_per_tenant_day_all']:.3f} | "
         f"{r['ms_per_record_stages']:.2f} | {r['milvus_write_rows_per_s']:,} | {r['ms_per_run_fixed']:.0f} | "
         f"{s['tick_s']:.2f} s, {s['runs_requested']} runs ({s['runs_s']:.1f} s) | "
-        f"{m['ms_per_empty_tenant_day']:.3f} | {m['ms_per_record_sparse']:.2f} | {m['ms_per_record_dense']:.2f} |"
+        f"{m['ms_per_empty_tenant_day']:.3f} ({m['ms_per_empty_tenant_day_range'][0]:.3f}-{m['ms_per_empty_tenant_day_range'][1]:.3f}) | "
+        f"{m['ms_per_record_sparse']:.2f} ({m['ms_per_record_sparse_range'][0]:.2f}-{m['ms_per_record_sparse_range'][1]:.2f}) | "
+        f"{m['ms_per_record_dense']:.2f} ({m['ms_per_record_dense_range'][0]:.2f}-{m['ms_per_record_dense_range'][1]:.2f}) |"
     )
 
 
 HEADER = (
     "| grid TxD | storage | records | tenant-days | runs | refresh lines/s | runs s | events ms/tenant-day | events/tenant-day | "
     "all but encode ms/tenant-day | stages ms/record | Milvus rows/s | fixed ms/run | daily tick (1 % changed) | "
-    "one more empty tenant-day, ms | one more record, ms: 1 a day | 10 a day |\n"
+    "one more empty tenant-day, ms (median, range of 3) | one more record, ms: 1 a day | 10 a day |\n"
     "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|"
 )
 
