@@ -303,27 +303,31 @@ def run_grid(tenants: int, days: int, storage: str, embedder: str, limit: int | 
     return out
 
 
-def marginal_costs(instance, resources: dict, landing, work: Path, start: dt.date, empty_days: int = 5000, sparse: int = 300, dense_days: int = 20, per_day: int = 10, repeats: int = 3) -> dict:
+def marginal_costs(instance, resources: dict, landing, work: Path, start: dt.date, empty_days: int = 5000, sparse: tuple[int, int] = (100, 1000), dense: tuple[int, int] = (2, 20), per_day: int = 10, repeats: int = 3) -> dict:
     """What one more tenant-day or record costs a run on the instance as the grid left it (its
-    tables grown), by differences of runs, so that a run's fixed cost drops out:
+    tables and its collection grown), each the difference of two runs of one tenant that differ
+    only in size, divided by the difference, so that a run's fixed costs drop out:
 
-    * ``ms_per_empty_tenant_day``: one tenant's run over ``10 + empty_days`` days without records
-      (from :data:`EMPTY_PROBE_FIRST_DAY`: a run of that size, as a backfill's, so that the
-      runs' jitter of a few tenths of a second weighs little) against its run over 10 such days; ``run_fixed_ms``: the 10-day run less its 10 days;
-    * ``ms_per_record_sparse``: a tenant with one record on each of ``sparse`` days, its first
-      run (the records written) less the fixed part, per record (a tenant-day with records costs
-      its checks' 8 evaluations);
-    * ``ms_per_record_dense``: ``per_day`` records on each of ``dense_days`` days, the same.
+    * ``ms_per_empty_tenant_day``: a run over ``10 + empty_days`` days without records (from
+      :data:`EMPTY_PROBE_FIRST_DAY`: a run of a backfill's size, so that the runs' jitter of a
+      few tenths of a second weighs little) against one over 10 such days; ``run_fixed_ms``: the
+      10-day run less its 10 days;
+    * ``ms_per_record_sparse``: tenants with one record on each of ``sparse[1]`` days against
+      ``sparse[0]`` days, each run writing its records (a tenant-day with records costs 3
+      materialisations and its checks' 8 evaluations);
+    * ``ms_per_record_dense``: ``per_day`` records on each of ``dense[1]`` days against
+      ``dense[0]`` days, the same.
 
-    Each is measured ``repeats`` times (fresh probe tenants for the records; the runs with
-    records take the median fixed part) and given as the median with its range (``*_range``):
-    single figures moved by a third from one to the next.
-    On PostgreSQL the grid's tables are vacuumed and analysed first (``VACUUM ANALYZE``, what
-    autovacuum does within a minute of the grid's inserts; run during the probes it took a core
-    from them). The encode is left out (the stage's own seconds subtracted). Tenants
-    ``probe/...`` are added; the days of those with records start at ``start`` (after the grid's
-    and the morning's).
-    Their records are the first lines of ../shared/data's commits."""
+    A run's own Milvus queries (what it holds for the run's tenant-days, the drift history, the
+    retrievability searches: scans of the collection on Milvus Lite) are per run, not per record,
+    and drop out with the rest of its fixed cost. Each figure is measured ``repeats`` times
+    (fresh tenants for the records) and given as the median with its range (``*_range``): single
+    figures moved by a third from one to the next. On PostgreSQL the grid's tables are vacuumed
+    and analysed first (``VACUUM ANALYZE``, what autovacuum does within a minute of the grid's
+    inserts; run during the probes it took a core from them). The encode is left out (the
+    stage's own seconds subtracted). Tenants ``probe/...`` are added; the days of those with
+    records start at ``start`` (after the grid's and the morning's). Their records are lines of
+    ../shared/data's commits."""
     from pipeline import run_days
 
     from vector_assets.partitions import TENANTS
@@ -335,11 +339,10 @@ def marginal_costs(instance, resources: dict, landing, work: Path, start: dt.dat
 
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             conn.execute(sa.text("VACUUM ANALYZE"))
-    sparse_tenants = [f"probe/sparse-{i}" for i in range(repeats)]
-    dense_tenants = [f"probe/dense-{i}" for i in range(repeats)]
-    instance.add_dynamic_partitions(TENANTS, ["probe/empty", *sparse_tenants, *dense_tenants])
-    days = [(start + dt.timedelta(days=i)).isoformat() for i in range(max(sparse, dense_days))]
-    wanted = [(t, day) for t in sparse_tenants for day in days[:sparse]] + [(t, day) for t in dense_tenants for day in days[:dense_days] for _ in range(per_day)]
+    probes = {f"probe/{kind}-{size}-{i}": (size, 1 if kind == "sparse" else per_day) for i in range(repeats) for kind, sizes in (("sparse", sparse), ("dense", dense)) for size in sizes}
+    instance.add_dynamic_partitions(TENANTS, ["probe/empty", *probes])
+    days = [(start + dt.timedelta(days=i)).isoformat() for i in range(max(sparse + dense))]
+    wanted = [(tenant, day) for tenant, (size, n) in probes.items() for day in days[:size] for _ in range(n)]
     with open(SHARED / FILES[0], encoding="utf-8") as src, open(work / "landing" / "probe.jsonl", "w", encoding="utf-8") as dst:
         for (tenant, day), line in zip(wanted, src, strict=False):
             record = json.loads(line)
@@ -357,16 +360,17 @@ def marginal_costs(instance, resources: dict, landing, work: Path, start: dt.dat
             wall, _ = run_days(instance, resources, tenant, first.isoformat(), n)
         return wall - spent["encode"]
 
-    empty, fixed = [], []
+    figures: dict[str, list[float]] = {"ms_per_empty_tenant_day": [], "run_fixed_ms": [], "ms_per_record_sparse": [], "ms_per_record_dense": []}
     for _ in range(repeats):  # the runs without records first: those with records leave Milvus busy
         small, large = run("probe/empty", 10, EMPTY_PROBE_FIRST_DAY), run("probe/empty", 10 + empty_days, EMPTY_PROBE_FIRST_DAY)
-        empty.append(1000 * (large - small) / empty_days)
-        fixed.append(1000 * small - 10 * empty[-1])
-    base = float(np.median(fixed))
-    per_sparse = [(1000 * run(tenant, sparse) - base) / sparse for tenant in sparse_tenants]
-    per_dense = [(1000 * run(tenant, dense_days) - base) / (dense_days * per_day) for tenant in dense_tenants]
+        figures["ms_per_empty_tenant_day"].append(1000 * (large - small) / empty_days)
+        figures["run_fixed_ms"].append(1000 * small - 10 * figures["ms_per_empty_tenant_day"][-1])
+    for i in range(repeats):
+        for kind, (a, b), n in (("sparse", sparse, 1), ("dense", dense, per_day)):
+            small, large = run(f"probe/{kind}-{a}-{i}", a), run(f"probe/{kind}-{b}-{i}", b)
+            figures[f"ms_per_record_{kind}"].append(1000 * (large - small) / ((b - a) * n))
     out = {}
-    for name, values in (("ms_per_empty_tenant_day", empty), ("run_fixed_ms", fixed), ("ms_per_record_sparse", per_sparse), ("ms_per_record_dense", per_dense)):
+    for name, values in figures.items():
         out[name] = round(float(np.median(values)), 3)
         out[f"{name}_range"] = [round(min(values), 3), round(max(values), 3)]
     return out
