@@ -303,7 +303,7 @@ def run_grid(tenants: int, days: int, storage: str, embedder: str, limit: int | 
     return out
 
 
-def marginal_costs(instance, resources: dict, landing, work: Path, start: dt.date, empty_days: int = 5000, sparse: tuple[int, int] = (100, 1000), dense: tuple[int, int] = (2, 20), per_day: int = 10, repeats: int = 3) -> dict:
+def marginal_costs(instance, resources: dict, landing, work: Path, start: dt.date, empty_days: int = 5000, sparse: tuple[int, int] = (100, 1000), dense: tuple[int, int] = (10, 100), per_day: int = 10, repeats: int = 3) -> dict:
     """What one more tenant-day or record costs a run on the instance as the grid left it (its
     tables and its collection grown), each the difference of two runs of one tenant that differ
     only in size, divided by the difference, so that a run's fixed costs drop out:
