@@ -201,3 +201,48 @@ def test_postgres_check_execution_rows_written_by_copy_are_dagsters(monkeypatch)
         (record,) = [r for r in history if r.run_id == "run-ours"]
         assert record.status == AssetCheckExecutionRecordStatus.SUCCEEDED and record.event.dagster_event.event_specific_data.metadata["note"].value == odd
 
+
+
+def _planned_event(run_id: str, check_name: str, timestamp: float):
+    """A check's plan as Dagster logs it without a partition subset (an unpartitioned run), which
+    the storages store as a PLANNED ``asset_check_executions`` row."""
+    from dagster._core.definitions.asset_checks.asset_check_evaluation import AssetCheckEvaluationPlanned
+    from dagster._core.events import DagsterEvent, DagsterEventType
+    from dagster._core.events.log import EventLogEntry
+
+    planned = AssetCheckEvaluationPlanned(asset_key=dg.AssetKey("milvus_vectors"), check_name=check_name)
+    event = DagsterEvent(event_type_value=DagsterEventType.ASSET_CHECK_EVALUATION_PLANNED.value, event_specific_data=planned, job_name="tenant_day_vectors_job", step_key="tenant_day_vectors")
+    return EventLogEntry(user_message="", level=20, job_name="tenant_day_vectors_job", run_id=run_id, error_info=None, timestamp=timestamp, step_key="tenant_day_vectors", dagster_event=event)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_a_batch_of_evaluations_updates_its_runs_planned_rows(backend, monkeypatch, tmp_path):
+    """A check planned by Dagster for a run (a PLANNED row) and evaluated in a batch: the batch
+    updates that row (one row of the check for the run, SUCCEEDED or FAILED), leaves another
+    run's plan of the same check and this run's plan of another check PLANNED, and inserts rows
+    for the evaluations nothing planned. The planned rows are looked up by (asset key, check,
+    run), the leading columns of Dagster's unique index."""
+    from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
+
+    if backend == "postgres":
+        use_local_postgres(monkeypatch, "va_test_planned_rows")
+        overrides = postgres_storage_overrides()
+    else:
+        overrides = {"storage": batched.storage_config(str(tmp_path))}
+    with dg.instance_for_test(overrides=overrides) as instance:
+        storage = instance.event_log_storage
+        assert type(storage).__name__.startswith("Batched")
+        for run_id, check_name in (("run-a", "coverage"), ("run-a", "drift"), ("run-b", "coverage")):
+            storage.store_event(_planned_event(run_id, check_name, 1764600000.0))
+        storage.store_event_batch([
+            _check_evaluation_event("run-a", "coverage", None, False, {"rows": 1}, None, 1764600001.0),
+            _check_evaluation_event("run-a", "retrievability", None, True, {"rows": 1}, None, 1764600002.0),
+        ])
+        with storage.index_connection() as conn:
+            rows = sorted(conn.execute(sqlalchemy.text("SELECT run_id, check_name, execution_status FROM asset_check_executions")).fetchall())
+        assert [tuple(r) for r in rows] == [
+            ("run-a", "coverage", AssetCheckExecutionRecordStatus.FAILED.value),
+            ("run-a", "drift", AssetCheckExecutionRecordStatus.PLANNED.value),
+            ("run-a", "retrievability", AssetCheckExecutionRecordStatus.SUCCEEDED.value),
+            ("run-b", "coverage", AssetCheckExecutionRecordStatus.PLANNED.value),
+        ]
