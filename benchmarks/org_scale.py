@@ -129,9 +129,24 @@ def _null_embedder():
     return NullEmbedder()
 
 
+def rekeyed(line: str, tenant: str, day: str) -> str:
+    """The JSONL ``line`` of a real record moved to ``tenant`` on ``day``: its tenant set, its
+    first timestamp field (``TIMESTAMP_FIELDS``) set to noon UTC that day, any ``day`` field
+    dropped. Returns the new line, newline included."""
+    from vector_assets.ingest.records import TIMESTAMP_FIELDS
+
+    record = json.loads(line)
+    record["tenant"] = tenant
+    for field in TIMESTAMP_FIELDS:
+        if record.get(field):
+            record[field] = f"{day}T12:00:00Z"
+            break
+    record.pop("day", None)
+    return json.dumps(record) + "\n"
+
+
 def synthetic_landing(out: Path, tenants: int, days: int, limit: int | None) -> tuple[int, set]:
     """Write the re-keyed records to ``out`` (one JSONL file). Returns ``(records, tenant-days)``."""
-    from vector_assets.ingest.records import TIMESTAMP_FIELDS
 
     total = limit if limit is not None else sum(sum(1 for _ in open(SHARED / name, encoding="utf-8")) for name in FILES)
     per_tenant = -(-total // tenants)
@@ -143,16 +158,9 @@ def synthetic_landing(out: Path, tenants: int, days: int, limit: int | None) -> 
                 for line in src:
                     if limit is not None and k >= limit:
                         return k, keys
-                    record = json.loads(line)
                     tenant = f"org/repo-{k % tenants:04d}"
                     day = (FIRST_DAY + dt.timedelta(days=(k // tenants) * days // per_tenant)).isoformat()
-                    record["tenant"] = tenant
-                    for field in TIMESTAMP_FIELDS:
-                        if record.get(field):
-                            record[field] = f"{day}T12:00:00Z"
-                            break
-                    record.pop("day", None)
-                    dst.write(json.dumps(record) + "\n")
+                    dst.write(rekeyed(line, tenant, day))
                     keys.add((tenant, day))
                     k += 1
     return k, keys
@@ -331,7 +339,6 @@ def marginal_costs(instance, resources: dict, landing, work: Path, start: dt.dat
     from pipeline import run_days
 
     from vector_assets.partitions import TENANTS
-    from vector_assets.ingest.records import TIMESTAMP_FIELDS
 
     engine = getattr(instance.event_log_storage, "_engine", None)
     if engine is not None and engine.dialect.name == "postgresql":
@@ -345,14 +352,7 @@ def marginal_costs(instance, resources: dict, landing, work: Path, start: dt.dat
     wanted = [(tenant, day) for tenant, (size, n) in probes.items() for day in days[:size] for _ in range(n)]
     with open(SHARED / FILES[0], encoding="utf-8") as src, open(work / "landing" / "probe.jsonl", "w", encoding="utf-8") as dst:
         for (tenant, day), line in zip(wanted, src, strict=False):
-            record = json.loads(line)
-            record["tenant"] = tenant
-            for field in TIMESTAMP_FIELDS:
-                if record.get(field):
-                    record[field] = f"{day}T12:00:00Z"
-                    break
-            record.pop("day", None)
-            dst.write(json.dumps(record) + "\n")
+            dst.write(rekeyed(line, tenant, day))
     landing.refresh()
 
     def run(tenant: str, n: int, first: dt.date = start) -> float:
