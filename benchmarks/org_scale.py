@@ -54,13 +54,11 @@ from unittest import mock
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from pipeline import FILES, REPO, SHARED, bench_instance, timed_event_storage  # noqa: E402
+from pipeline import FILES, REPO, SHARED, bench_instance, run_days, timed_event_storage  # noqa: E402
 
 sys.path.insert(0, str(REPO))
 
 FIRST_DAY = dt.date(2023, 1, 1)
-#: The first day of :func:`marginal_costs`' runs without records (before the grid's days).
-EMPTY_PROBE_FIRST_DAY = dt.date(2009, 1, 1)
 
 #: The tenant-day step's stages, timed by wrapping these callables where the step looks them
 #: up: ``(label, module path, attribute)``.
@@ -317,7 +315,7 @@ def marginal_costs(instance, resources: dict, landing, work: Path, start: dt.dat
     only in size, divided by the difference, so that a run's fixed costs drop out:
 
     * ``ms_per_empty_tenant_day``: a run over ``10 + empty_days`` days without records (from
-      :data:`EMPTY_PROBE_FIRST_DAY`: a run of a backfill's size, so that the runs' jitter of a
+      the partitions' first day, ``settings.start_date()``: a run of a backfill's size, so that the runs' jitter of a
       few tenths of a second weighs little) against one over 10 such days; ``run_fixed_ms``: the
       10-day run less its 10 days;
     * ``ms_per_record_sparse``: tenants with one record on each of ``sparse[1]`` days against
@@ -336,8 +334,7 @@ def marginal_costs(instance, resources: dict, landing, work: Path, start: dt.dat
     stage's own seconds subtracted). Tenants ``probe/...`` are added; the days of those with
     records start at ``start`` (after the grid's and the morning's). Their records are lines of
     ../shared/data's commits."""
-    from pipeline import run_days
-
+    from vector_assets import settings
     from vector_assets.partitions import TENANTS
 
     engine = getattr(instance.event_log_storage, "_engine", None)
@@ -360,9 +357,10 @@ def marginal_costs(instance, resources: dict, landing, work: Path, start: dt.dat
             wall, _ = run_days(instance, resources, tenant, first.isoformat(), n)
         return wall - spent["encode"]
 
+    first_day = dt.date.fromisoformat(settings.start_date())
     figures: dict[str, list[float]] = {"ms_per_empty_tenant_day": [], "run_fixed_ms": [], "ms_per_record_sparse": [], "ms_per_record_dense": []}
     for _ in range(repeats):  # the runs without records first: those with records leave Milvus busy
-        small, large = run("probe/empty", 10, EMPTY_PROBE_FIRST_DAY), run("probe/empty", 10 + empty_days, EMPTY_PROBE_FIRST_DAY)
+        small, large = run("probe/empty", 10, first_day), run("probe/empty", 10 + empty_days, first_day)
         figures["ms_per_empty_tenant_day"].append(1000 * (large - small) / empty_days)
         figures["run_fixed_ms"].append(1000 * small - 10 * figures["ms_per_empty_tenant_day"][-1])
     for i in range(repeats):

@@ -202,7 +202,6 @@ def test_postgres_check_execution_rows_written_by_copy_are_dagsters(monkeypatch)
         assert record.status == AssetCheckExecutionRecordStatus.SUCCEEDED and record.event.dagster_event.event_specific_data.metadata["note"].value == odd
 
 
-
 def _planned_event(run_id: str, check_name: str, timestamp: float):
     """A check's plan as Dagster logs it without a partition subset (an unpartitioned run), which
     the storages store as a PLANNED ``asset_check_executions`` row."""

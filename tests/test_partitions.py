@@ -5,7 +5,7 @@ import datetime as dt
 
 import dagster as dg
 
-from vector_assets.partitions import MIN_LOCAL_RUN_WEIGHT, RUN_SHARE_SLACK, TENANTS, PlannedRun, parallel_runs, plan_tenant_runs, run_tenants, tenant_day_partitions, key_string, make_key, split_key
+from vector_assets.partitions import MIN_LOCAL_RUN_WEIGHT, RUN_SHARE_SLACK, TENANTS, PlannedRun, key_string, make_key, parallel_runs, plan_tenant_runs, run_tenants, split_key, tenant_day_partitions
 
 
 def days(first: str, n: int, step: int = 1) -> list[str]:

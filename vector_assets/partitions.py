@@ -49,7 +49,8 @@ def make_key(tenant: str, day: str) -> dg.MultiPartitionKey:
 def key_string(tenant: str, day: str) -> str:
     """``str(make_key(tenant, day))``: ``"day|tenant"`` (Dagster joins a multi-partition key's
     dimension keys by ``|`` in the order of the dimensions' names), made without constructing the
-    key. A run records eight check evaluations per tenant-day with records, each naming its
+    key; also a corner of a range of tenant-days (``dagster/asset_partition_range_start`` and
+    ``_end``). A run records eight check evaluations per tenant-day with records, each naming its
     partition; constructing a ``MultiPartitionKey`` for each was 2.5 s of a 115 s
     ``benchmarks/org_scale.py --grid 100x365 --storage postgres`` (py-spy, 2026-12-03)."""
     return f"{day}|{tenant}"
@@ -157,13 +158,7 @@ class Rectangle(NamedTuple):
     def key_range(self, order: list[str]) -> dg.PartitionKeyRange:
         """The partition-key range of the rectangle (its corners, ``day|tenant``), tenants named
         by ``order``."""
-        return dg.PartitionKeyRange(range_corner(self.first_day, order[self.first_position]), range_corner(self.last_day, order[self.last_position]))
-
-
-def range_corner(day: str, tenant: str) -> str:
-    """A corner of a range of tenant-days: the partition key ``day|tenant`` (the string form of
-    :func:`make_key`, dimensions ordered by name)."""
-    return f"{day}|{tenant}"
+        return dg.PartitionKeyRange(key_string(order[self.first_position], self.first_day), key_string(order[self.last_position], self.last_day))
 
 
 def _runs_of(values: list, step) -> list[tuple]:
@@ -295,8 +290,8 @@ class PlannedRun(NamedTuple):
         """The partition-range tags of the run (``day|tenant`` of two corners: Dagster reads a
         range of a two-dimensional partitioning as the rectangle between them)."""
         return {
-            "dagster/asset_partition_range_start": range_corner(self.first, self.tenants[0]),
-            "dagster/asset_partition_range_end": range_corner(self.last, self.tenants[-1]),
+            "dagster/asset_partition_range_start": key_string(self.tenants[0], self.first),
+            "dagster/asset_partition_range_end": key_string(self.tenants[-1], self.last),
         }
 
     def label(self) -> str:

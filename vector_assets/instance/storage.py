@@ -373,15 +373,21 @@ class CheckEvaluationBatches:
         import sqlalchemy as db
 
         table = AssetCheckExecutionsTable
-        checks = sorted({(e.dagster_event.event_specific_data.asset_key.to_string(), e.dagster_event.event_specific_data.check_name, e.run_id) for e in events})
+        asset_strings: dict = {}  # an asset key's string, made once per batch
+        checks = []  # each event's (asset key string, check, run)
+        for event in events:
+            evaluation = event.dagster_event.event_specific_data
+            if evaluation.asset_key not in asset_strings:
+                asset_strings[evaluation.asset_key] = evaluation.asset_key.to_string()
+            checks.append((asset_strings[evaluation.asset_key], evaluation.check_name, event.run_id))
         planned = {}
         query = db.select(table.c.id, table.c.asset_key, table.c.check_name, table.c.run_id, table.c.partition).where(
-            db.tuple_(table.c.asset_key, table.c.check_name, table.c.run_id).in_(checks), table.c.execution_status == AssetCheckExecutionRecordStatus.PLANNED.value
+            db.tuple_(table.c.asset_key, table.c.check_name, table.c.run_id).in_(sorted(set(checks))), table.c.execution_status == AssetCheckExecutionRecordStatus.PLANNED.value
         )
         for row in conn.execute(query):
             planned[(row.asset_key, row.check_name, row.run_id, row.partition)] = row.id
         updates, inserts = [], []
-        for event, event_id, event_json in zip(events, event_ids, serialized, strict=True):
+        for event, (asset_key, check_name, run_id), event_id, event_json in zip(events, checks, event_ids, serialized, strict=True):
             evaluation = event.dagster_event.event_specific_data
             target = evaluation.target_materialization_data
             values = {
@@ -392,13 +398,13 @@ class CheckEvaluationBatches:
                 "materialization_event_storage_id": target.storage_id if target else None,
                 "partition": evaluation.partition,
             }
-            row_id = planned.pop((evaluation.asset_key.to_string(), evaluation.check_name, event.run_id, evaluation.partition), None)
+            row_id = planned.pop((asset_key, check_name, run_id, evaluation.partition), None)
             if row_id is None:
-                inserts.append({"asset_key": evaluation.asset_key.to_string(), "check_name": evaluation.check_name, "run_id": event.run_id, **values})
+                inserts.append({"asset_key": asset_key, "check_name": check_name, "run_id": run_id, **values})
             else:
                 updates.append({"row_id": row_id, **values})
         if updates:
-            statement = AssetCheckExecutionsTable.update().where(AssetCheckExecutionsTable.c.id == db.bindparam("row_id")).values(
+            statement = table.update().where(table.c.id == db.bindparam("row_id")).values(
                 {name: db.bindparam(name) for name in ("execution_status", "evaluation_event", "evaluation_event_timestamp", "evaluation_event_storage_id", "materialization_event_storage_id", "partition")}
             )
             conn.execute(statement, updates)
