@@ -89,10 +89,10 @@ def test_an_edit_made_while_a_run_encodes_is_not_lost(resources, hadoop_days, wo
     write_jsonl(path, edited)
     index.refresh()
     collection = sync.open_collection(milvus, DEFAULT_MODEL, index.source)
-    plan = sync.plan_embeddings(results, collection, DEFAULT_MODEL)
+    plan = sync.plan_embeddings(results, collection, DEFAULT_MODEL, index)
     embedded = sync.embed_texts(plan, embedding_model)
     changes = sync.partition_changes(results, plan, embedded, set())
-    results = sync.write_partitions(milvus, collection, DEFAULT_MODEL, index.source, results, changes, set(results), embedded).results
+    results = sync.write_partitions(milvus, collection, DEFAULT_MODEL, index, results, changes, set(results), embedded).results
     record_synced(index, milvus, DEFAULT_MODEL, results)
     store = milvus.store_key(DEFAULT_MODEL)
     assert ("HADOOP", day) in index.unsynced_partitions(store)
@@ -360,3 +360,82 @@ def test_embedding_usage_adds_up_across_runs_and_sources(dialect, tmp_path, requ
     second.mark_synced("store", {("HADOOP", "2024-07-02"): ("f3", 1)}, {("HADOOP", "m"): (5, 1000)})
     first.mark_synced("store", {("HADOOP", "2024-07-03"): ("f4", 0)})  # nothing embedded: no count
     assert state.read_embedding_usage(url) == {("HADOOP", "m"): (9, 1620), ("SeaMonkey", "m"): (2, 40)}
+
+
+def test_a_run_reads_the_store_only_for_tenant_days_it_marked_written(resources, hadoop_days, workspace, embedding_model, monkeypatch):
+    """Issue #20 item 2: a run asks the store what it holds only for the tenant-days that were
+    marked written before their rows (``va_written``), not for its empty days; the marks keep
+    deletes and faults right: an emptied day's rows are deleted, a crash between the mark and
+    the write leaves nothing to undo, and a collection whose writes were not all marked (the
+    claim removed) is read for every tenant-day, so an unmarked row is still found and deleted."""
+    import sqlalchemy as sa
+
+    from vector_assets import state
+    from vector_assets.store.base import VectorStore
+
+    landing, milvus = resources["landing"], resources["milvus"]
+    landing.refresh()
+    index = landing.index()
+    days = days_of(hadoop_days)
+    assert len(days) >= 3
+    empty = [f"2024-06-{d:02d}" for d in range(1, 21)]  # HADOOP has no line on these days
+    keys = [("HADOOP", d) for d in days + empty]
+    asked: list[set] = []
+    real = type(milvus.get_store()).partition_rows
+
+    def spy(self, name, wanted, fields):
+        wanted = list(wanted)
+        asked.append(set(wanted))
+        return real(self, name, wanted, fields)
+
+    monkeypatch.setattr(type(milvus.get_store()), "partition_rows", spy)
+    assert issubclass(type(milvus.get_store()), VectorStore)
+
+    first = sync_partitions(keys, index, embedding_model, milvus)
+    record_synced(index, milvus, DEFAULT_MODEL, first)
+    assert asked == []  # the collection did not exist: nothing to read
+    store_key = milvus.store_key(DEFAULT_MODEL)
+    assert index.written_among(store_key, keys) == {("HADOOP", d) for d in days}
+
+    # The same run again: only the written days are read, and nothing is embedded again.
+    again = sync_partitions(keys, index, embedding_model, milvus)
+    assert asked == [{("HADOOP", d) for d in days}]
+    assert sum(r.embedded for r in again.values()) == 0 and sum(r.skipped for r in again.values()) == len(hadoop_days)
+
+    # A day emptied in the landing data: its marked rows are read and deleted.
+    gone = days[0]
+    write_jsonl(workspace["landing"] / "jira.jsonl", [r for r in hadoop_days if r["day"] != gone])
+    index.refresh()
+    out = sync_partitions(keys, index, embedding_model, milvus)
+    assert out[("HADOOP", gone)].deleted == sum(r["day"] == gone for r in hadoop_days) > 0
+    assert milvus.get_store().rows_between(COLLECTION, "HADOOP", gone, gone, ["pk"]) == []
+
+    # A crash between the marks and the write: the marks stay, no row is written, and the
+    # next run writes the day as new.
+    write_jsonl(workspace["landing"] / "jira.jsonl", hadoop_days)
+    index.refresh()
+    real_write = type(milvus.get_store()).write_rows
+    monkeypatch.setattr(type(milvus.get_store()), "write_rows", lambda self, name, rows: (_ for _ in ()).throw(RuntimeError("killed before the write")))
+    with pytest.raises(RuntimeError, match="killed before the write"):
+        sync_partitions([("HADOOP", gone)], index, embedding_model, milvus)
+    monkeypatch.setattr(type(milvus.get_store()), "write_rows", real_write)
+    assert ("HADOOP", gone) in index.written_among(store_key, [("HADOOP", gone)])
+    assert milvus.get_store().rows_between(COLLECTION, "HADOOP", gone, gone, ["pk"]) == []
+    healed = sync_partitions([("HADOOP", gone)], index, embedding_model, milvus)
+    assert healed[("HADOOP", gone)].embedded == sum(r["day"] == gone for r in hadoop_days)
+
+    # Rows whose mark is missing (written by code before the marks, or recorded in another
+    # state database): with the collection's claim removed, every tenant-day is read again.
+    last = days[-1]
+    with index.engine.begin() as conn:
+        conn.execute(sa.delete(state.written).where(state.written.c.day == last))
+        conn.execute(sa.delete(state.written_stores))
+    assert index.written_among(store_key, keys) is None
+    write_jsonl(workspace["landing"] / "jira.jsonl", [r for r in hadoop_days if r["day"] != last])
+    index.refresh()
+    asked.clear()
+    out = sync_partitions(keys, index, embedding_model, milvus)
+    assert asked == [set(keys)]
+    assert out[("HADOOP", last)].deleted == sum(r["day"] == last for r in hadoop_days) > 0
+    assert milvus.get_store().rows_between(COLLECTION, "HADOOP", last, last, ["pk"]) == []
+    milvus.reset_client()

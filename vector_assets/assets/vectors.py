@@ -197,7 +197,7 @@ def tenant_day_vectors(
     except milvus_store.SourceMismatchError as err:
         # No retry heals it: the run reads another landing folder than the collection's.
         raise dg.Failure(description=str(err), allow_retries=False) from None
-    plan = sync.plan_embeddings(results, collection, model_id)
+    plan = sync.plan_embeddings(results, collection, model_id, index)
     embedded = sync.embed_texts(plan, embedding_model, log=context.log.info)
     vanished = set() if config.delete_vanished_tenants else index.vanished_among(t for t, _ in keys)
     changes = sync.partition_changes(results, plan, embedded, vanished)
@@ -208,7 +208,7 @@ def tenant_day_vectors(
     vector_verdicts = evaluate.vector_quality_verdicts(changes, embedding_model, collection, quality)
     allowed = gate(changes, text_verdicts, vector_verdicts, context.log)
     # write
-    outcome = sync.write_partitions(milvus, collection, model_id, index.source, results, changes, allowed, embedded)
+    outcome = sync.write_partitions(milvus, collection, model_id, index, results, changes, allowed, embedded)
     results = outcome.results
     stats = embedding_model.stats
     per_text = stats.seconds / stats.texts if stats.texts else 0.0

@@ -554,6 +554,47 @@ class LandingIndex:
             state.upsert(conn, state.synced, rows, ["source", "store", "tenant", "day"])
             state.add_counts(conn, state.embedding_usage, counts, ["source", "tenant", "model"], ["passages", "tokens"])
 
+    def mark_written(self, store: str, keys: Iterable[tuple[str, str]], claim: bool = False) -> None:
+        """Mark the tenant-days ``keys`` as ones whose rows a run is about to write to the
+        collection ``store`` (:data:`vector_assets.state.written`): called before the write, so
+        that the store holds rows only of marked tenant-days. ``claim``: the caller created the
+        collection and writes its first rows, so every row of it will have a mark; this is
+        recorded (:data:`vector_assets.state.written_stores`) in the same transaction."""
+        rows = [{"source": self.source_key, "store": store, "tenant": t, "day": d} for t, d in set(keys)]
+        with self._begin() as conn:
+            if claim:
+                state.upsert(conn, state.written_stores, [{"source": self.source_key, "store": store, "claimed_at": time.time()}], ["source", "store"], update=False)
+            for chunk in state.batched(rows, 5000):
+                state.upsert(conn, state.written, chunk, ["source", "store", "tenant", "day"], update=False)
+
+    def written_among(self, store: str | None, keys: Iterable[tuple[str, str]]) -> set[tuple[str, str]] | None:
+        """Those of ``keys`` (``(tenant, day)`` pairs) that the collection ``store`` may hold rows
+        of, or None when any of them may: the collection does not exist (``store`` None) or was
+        not created by a run that marked its writes (one written before the marks existed, or a
+        state database other than the one it was created with). A tenant-day outside the set
+        holds no row: a run need not ask the store for it.
+
+        One query per 500 tenants over their span of days on the table's primary key, so the
+        cost follows the marks found, not the tenant-days asked for (an empty tenant-day cost
+        a run about 0.19 ms of Milvus Lite's reading, 2026-12-03)."""
+        if store is None:
+            return None
+        W, S = state.written, state.written_stores
+        wanted = set(keys)
+        by_tenant: dict[str, list[str]] = {}
+        for tenant, day in wanted:
+            by_tenant.setdefault(tenant, []).append(day)
+        found: set[tuple[str, str]] = set()
+        with self._begin() as conn:
+            if conn.execute(sa.select(S.c.store).where(self._where(S, store=store))).first() is None:
+                return None
+            for tenants in state.batched(sorted(by_tenant), 500):
+                first = min(min(by_tenant[t]) for t in tenants)
+                last = max(max(by_tenant[t]) for t in tenants)
+                rows = conn.execute(sa.select(W.c.tenant, W.c.day).where(self._where(W, store=store), W.c.tenant.in_(tenants), W.c.day.between(first, last))).all()
+                found.update(k for k in map(tuple, rows) if k in wanted)
+        return found
+
     def _synced(self, store: str | None) -> dict[tuple[str, str], tuple[str, int]]:
         S = state.synced
         with self._begin() as conn:

@@ -99,6 +99,25 @@ synced = sa.Table(
     sa.Column("fingerprint", sa.String(24), nullable=False),
     sa.Column("rows", sa.Integer, nullable=False),
 )
+#: Write-ahead marks: every tenant-day a run wrote rows of to the collection ``store``, marked
+#: before its rows are written (a crash between the two leaves a mark without rows, never rows
+#: without a mark). Never removed: a mark says the store *may* hold rows of the tenant-day.
+written = sa.Table(
+    "va_written", metadata,
+    sa.Column("source", sa.String(32), primary_key=True),
+    sa.Column("store", sa.Text, primary_key=True),
+    sa.Column("tenant", sa.Text, primary_key=True),
+    sa.Column("day", sa.String(10), primary_key=True),
+)
+#: Collections (store keys) whose every row was written after its mark in ``va_written``: those a
+#: run of this code created, claimed before its first row. Only for these may a run skip reading
+#: the store for tenant-days without a mark (:meth:`~vector_assets.ingest.landing.LandingIndex.written_among`).
+written_stores = sa.Table(
+    "va_written_stores", metadata,
+    sa.Column("source", sa.String(32), primary_key=True),
+    sa.Column("store", sa.Text, primary_key=True),
+    sa.Column("claimed_at", sa.Float, nullable=False),
+)
 #: What the pipeline embedded, per landing source, tenant and model: passages and the tokens the
 #: model read for them, added to by every run that wrote (issue #20 item 6). Cumulative, as
 #: Prometheus counters are: a tenant-day embedded again counts again. Read by the search
@@ -401,5 +420,5 @@ def batched(items: list, size: int = 500) -> Iterator[list]:
 
 __all__ = [
     "SCHEMA_VERSION", "StateError", "batched", "changes", "engine", "exclusive", "files", "lines", "meta", "metadata",
-    "partitions_seen", "quarantine", "redacted", "source_id", "sources", "sqlite_path", "state_url", "synced", "translate_errors", "upsert",
+    "partitions_seen", "quarantine", "redacted", "source_id", "sources", "sqlite_path", "state_url", "synced", "translate_errors", "upsert", "written", "written_stores",
 ]

@@ -174,13 +174,15 @@ def split_into_passages(results: dict[PartitionKey, PartitionResult], embedder: 
 class Collection:
     """A model's collection as a run found it: ``store`` (a
     :class:`~vector_assets.store.base.VectorStore`), its ``name``, whether it ``existed`` before
-    the run (then bound to the run's landing source and ready) and its vector ``dimension``
-    (None when it did not exist)."""
+    the run (then bound to the run's landing source and ready), its vector ``dimension``
+    (None when it did not exist) and its store ``key``
+    (:func:`vector_assets.store.milvus_store.store_key`; None when it did not exist)."""
 
     store: VectorStore
     name: str
     existed: bool
     dimension: int | None
+    key: str | None = None
 
 
 def open_collection(milvus, model_id: str, source: str) -> Collection:
@@ -196,7 +198,7 @@ def open_collection(milvus, model_id: str, source: str) -> Collection:
         return Collection(store, name, False, None)
     store.bind_source(name, source)
     store.prepare(name)
-    return Collection(store, name, True, store.collection_dimension(name))
+    return Collection(store, name, True, store.collection_dimension(name), milvus.store_key(model_id))
 
 
 @dataclass
@@ -211,14 +213,20 @@ class EmbeddingPlan:
     reuse: dict[str, list[float]]
 
 
-def plan_embeddings(results: dict[PartitionKey, PartitionResult], collection: Collection, model_id: str) -> EmbeddingPlan:
+def plan_embeddings(results: dict[PartitionKey, PartitionResult], collection: Collection, model_id: str, index: LandingIndex) -> EmbeddingPlan:
     """Stage *embed*, second step: compare each text's content hash with the row Milvus holds
-    under its primary key (one query per tenant; one more by key for texts not found in their
-    own tenant-day). Unchanged texts are in neither list."""
+    under its primary key (one query per group of tenants; one more by key for texts not found
+    in their own tenant-day). Unchanged texts are in neither list.
+
+    Only the tenant-days the store may hold rows of are read: where the collection's writes are
+    marked (``index.written_among``), a tenant-day without a mark holds no row, and a run's
+    empty tenant-days (most of a sparse tenant's days) cost no read of the store."""
     if not collection.existed:
         return EmbeddingPlan({}, [t for r in results.values() for t in r.texts], {})
     store, name = collection.store, collection.name
-    stored = store.partition_rows(name, list(results), ["content_hash"])
+    may_hold = index.written_among(collection.key, results)
+    asked = list(results) if may_hold is None else sorted(may_hold)
+    stored = store.partition_rows(name, asked, ["content_hash"]) if asked else {}
     to_embed: list[ExtractedText] = []
     unknown: list[ExtractedText] = []
     for key, result in results.items():
@@ -379,15 +387,20 @@ def write_partitions(
     milvus,
     collection: Collection,
     model_id: str,
-    source: str,
+    index: LandingIndex,
     results: dict[PartitionKey, PartitionResult],
     changes: dict[PartitionKey, PartitionChange],
     allowed: set[PartitionKey],
     embedded: Embedded,
 ) -> WriteOutcome:
     """Stage *write*: apply the changes of the ``allowed`` tenant-days (those that passed their
-    gate) to Milvus, creating ``model_id``'s collection (bound to ``source``) when it does not
-    exist and there are rows to write. Refused tenant-days are never written.
+    gate) to Milvus, creating ``model_id``'s collection (bound to ``index.source``) when it does
+    not exist and there are rows to write. Refused tenant-days are never written.
+
+    The tenant-days about to get rows are marked in the state database first
+    (``index.mark_written``), so that the store never holds rows of an unmarked tenant-day; a
+    run that creates the collection claims it as marked from its first row, and later runs read
+    only its marked tenant-days (:func:`plan_embeddings`).
 
     Rows are upserted together, one upsert per 2,000 rows instead of one per tenant-day (about
     20 ms each through gRPC, most of a run's non-encode time at 1-3 records a tenant-day).
@@ -401,6 +414,7 @@ def write_partitions(
     started = time.perf_counter()
     out = {}
     pending: list[dict] = []
+    to_mark: set[PartitionKey] = set()
     now = int(time.time())
     for key, result in results.items():
         change = changes[key]
@@ -413,16 +427,22 @@ def write_partitions(
         tenant, day = key
         if change.changed:
             pending.extend(_rows(change.changed, change.normalised, model_id, now))
+            to_mark.add(key)
         if change.stale:
             collection.store.delete_rows(collection.name, tenant, day, change.stale)
         out[key] = written_result(result, change, embedded)
     write_s = time.perf_counter() - started
+    store_key = collection.key
     if pending and not collection.existed:
         # Created when there is something to write (a one-time cost, outside write_s).
         milvus.ensure_collection(model_id, len(pending[0]["vector"]))
-        collection.store.bind_source(collection.name, source)
+        collection.store.bind_source(collection.name, index.source)
+        store_key = milvus.store_key(model_id)
     if pending:
         upsert_started = time.perf_counter()
+        # Marked before the rows exist (a crash between the two leaves a mark, never an
+        # unmarked row); a run that created the collection claims its marks complete.
+        index.mark_written(store_key, to_mark, claim=not collection.existed)
         collection.store.write_rows(collection.name, pending)
         write_s += time.perf_counter() - upsert_started
     if any(r.passages_embedded or r.moved or r.passages_deleted for r in out.values()):
@@ -449,11 +469,11 @@ def sync_partitions(keys: Iterable[PartitionKey], index: LandingIndex, embedder:
     index.write_quarantine({k: r.quarantined for k, r in results.items()})
     results = split_into_passages(results, embedder)
     collection = open_collection(milvus, embedder.model_id, index.source)
-    plan = plan_embeddings(results, collection, embedder.model_id)
+    plan = plan_embeddings(results, collection, embedder.model_id, index)
     embedded = embed_texts(plan, embedder)
     vanished = set() if delete_vanished else index.vanished_among(t for t, _ in keys)
     changes = partition_changes(results, plan, embedded, vanished)
-    return write_partitions(milvus, collection, embedder.model_id, index.source, results, changes, set(results), embedded).results
+    return write_partitions(milvus, collection, embedder.model_id, index, results, changes, set(results), embedded).results
 
 
 def record_synced(index: LandingIndex, milvus, model_id: str, results: dict[PartitionKey, PartitionResult]) -> int:
