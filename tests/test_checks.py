@@ -259,6 +259,21 @@ def test_too_many_quarantined_records_fail_the_failure_rate(resources, instance,
     assert not ev.passed and ev.severity == dg.AssetCheckSeverity.ERROR and ev.metadata["failure_rate"] > 0.05
 
 
+def test_a_failures_description_states_the_runs_configured_thresholds(resources, instance, workspace):
+    """The description of a failing evaluation (what the UI shows) states the thresholds the run
+    judged with, its ``quality`` resource, not the defaults: before, a WARN under a configured
+    ERROR threshold of 60% was described as "ERROR above 5%"."""
+    good = sample_records("bugzilla_seamonkey.jsonl", "SeaMonkey", "2024-01-01", "2024-01-31")[:3]
+    day = good[0]["day"]
+    bad = dict(good[0], id="bugzilla:SeaMonkey:bad", source="trello")
+    write_jsonl(workspace["landing"] / "bugs.jsonl", [g for g in good if g["day"] == day] + [bad])
+    materialize_index(resources, instance)
+    lenient = {**resources, "quality": QualityThresholds(failure_rate_pass=0.02, failure_rate_error=0.6)}
+    ev = evaluations(instance, run_days(lenient, instance, "SeaMonkey", day))[("failure_rate", f"{day}|SeaMonkey")]
+    assert not ev.passed and ev.severity == dg.AssetCheckSeverity.WARN and 0.02 < ev.metadata["failure_rate"] <= 0.6
+    assert "WARN from 2%, ERROR above 60%" in ev.description, ev.description
+
+
 class Webhook:
     def __init__(self):
         self.received = []

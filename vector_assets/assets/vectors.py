@@ -233,7 +233,7 @@ def tenant_day_vectors(
         for key, result in results.items() if result.written and (result.records_read or result.deleted)
     }
     yield from runs.record_step_events(context, materializations(results, figures))
-    evaluations, failed_checks, blocked = check_evaluations(context.instance, context.run_id, results, verdicts, run_timing)
+    evaluations, failed_checks, blocked = check_evaluations(context.instance, context.run_id, results, verdicts, run_timing, quality)
     yield from outcomes.record_evaluations(context, evaluations)
     launch.report_run_totals(context, recorded_totals(results, figures), launch.failed_at_error(evaluations))
     # Only now, with the materialisations recorded, are the written partitions recorded as
@@ -437,10 +437,11 @@ def empty_day_materializations(tenant: str, day: str, recorded_by: str) -> list[
     ]
 
 
-def check_evaluations(instance: dg.DagsterInstance, run_id: str, results: dict[PartitionKey, PartitionResult], verdicts: dict[str, dict], run_timing: Verdict) -> tuple[list, list[str], set[PartitionKey]]:
+def check_evaluations(instance: dg.DagsterInstance, run_id: str, results: dict[PartitionKey, PartitionResult], verdicts: dict[str, dict], run_timing: Verdict, quality: QualityThresholds) -> tuple[list, list[str], set[PartitionKey]]:
     """One evaluation of each check per tenant-day it judged, partitioned, each targeting the
     tenant-day's materialisation (:mod:`vector_assets.checks.outcomes`); days without records or
-    deletes have nothing to judge and are not evaluated, unless a check failed on them.
+    deletes have nothing to judge and are not evaluated, unless a check failed on them. A
+    failure's description states the run's thresholds (``quality``), as its verdict applied them.
     Returns ``(evaluations, failed checks as "name (severity, n tenant-days)", tenant-days a
     blocking check failed at ERROR)``."""
     written_at = {k: (run_id, time.time()) for k, r in results.items() if r.written}
@@ -461,7 +462,7 @@ def check_evaluations(instance: dg.DagsterInstance, run_id: str, results: dict[P
             failed_checks.append(f"{check_name} ({worst}, {len(failing)} tenant-days)")
             if blocking:
                 blocked |= {k for k, v in failing.items() if v.severity == "ERROR"}
-        reasons = {k: evaluate.failure_reason(check_name, v, results.get(k)) for k, v in failing.items()}
+        reasons = {k: evaluate.failure_reason(check_name, v, results.get(k), quality) for k, v in failing.items()}
         if check_name == "failure_rate":
             for k in failing:
                 by_key[k].metadata["quarantine"] = dg.MetadataValue.md(_quarantine_table(results[k], bad_only=True))
