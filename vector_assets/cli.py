@@ -248,7 +248,14 @@ def _backfill(args: argparse.Namespace, instance, workspace, started: float) -> 
     # lost or rebuilt). With --all, or when the index knows nothing of this collection.
     orphans: set[tuple[str, str]] = set()
     if store and (args.all or not index.synced_partitions(store)):
-        held = {p for p in vectors.stored_partitions(collection, args.tenant, args.start, args.end) if in_window(p[1])}
+        every = vectors.stored_partitions(collection, args.tenant, args.start, args.end)
+        if not (args.tenant or args.start or args.end) and index.written_among(store, []) is None:
+            # The whole collection was read: its tenant-days are marked written and the
+            # collection claimed, so that later runs read the store only for marked tenant-days
+            # (a collection written before the marks, or whose state database was lost). A row
+            # written meanwhile by another run was marked by that run before it was written.
+            index.mark_written(store, every, claim=True)
+        held = {p for p in every if in_window(p[1])}
         orphans = held - set(partitions)
         if orphans:
             print(f"reconciling: the collection holds rows of {len(orphans)} tenant-days that the landing index lists no lines of; they are materialised against the landing data", flush=True)
