@@ -45,6 +45,7 @@ import datetime as dt
 import hashlib
 import json
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -198,6 +199,24 @@ def _rows(milvus, model_id: str) -> int:
 
 
 def run_grid(tenants: int, days: int, storage: str, embedder: str, limit: int | None, uri: str | None) -> dict:
+    """One grid (:func:`grid_figures`) in a fresh working folder, removed afterwards with the
+    Milvus Lite server it started, whether the grid ends, fails or is interrupted (Ctrl-C, or
+    SIGTERM: :func:`main` turns it into an exit); a killed (SIGKILL) benchmark leaves the server
+    to ``vector-assets server stop``."""
+    from vector_assets.store import milvus_store
+
+    work = Path(tempfile.mkdtemp(prefix="va-org-"))
+    try:
+        return grid_figures(work, tenants, days, storage, embedder, limit, uri)
+    finally:
+        if not uri:
+            milvus_store.stop_local_server(work / "home" / "milvus.db")
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def grid_figures(work: Path, tenants: int, days: int, storage: str, embedder: str, limit: int | None, uri: str | None) -> dict:
+    """The figures of one grid of T ``tenants`` x D ``days`` (module docstring), its files
+    under ``work``: one dict, the JSON line :func:`main` prints."""
     import dagster as dg
 
     import vector_assets.definitions  # noqa: F401  (the event batching every code location process sets)
@@ -205,9 +224,7 @@ def run_grid(tenants: int, days: int, storage: str, embedder: str, limit: int | 
     from vector_assets.embed.quality import QualityThresholds
     from vector_assets.partitions import MAX_PARTITIONS_PER_RUN, TENANTS, plan_tenant_runs
     from vector_assets.resources import EmbeddingModelResource, LandingResource, MilvusResource
-    from vector_assets.store import milvus_store
 
-    work = Path(tempfile.mkdtemp(prefix="va-org-"))
     (work / "landing").mkdir()
     records, keys = synthetic_landing(work / "landing" / "synthetic.jsonl", tenants, days, limit)
     out = {
@@ -303,9 +320,6 @@ def run_grid(tenants: int, days: int, storage: str, embedder: str, limit: int | 
         }
         out["marginal"] = marginal_costs(instance, resources, landing, work, FIRST_DAY + dt.timedelta(days=days + 2))
         milvus.reset_client()
-    if not uri:
-        milvus_store.stop_local_server(work / "home" / "milvus.db")
-    shutil.rmtree(work, ignore_errors=True)
     return out
 
 
@@ -404,6 +418,8 @@ def main() -> int:
     parser.add_argument("--uri", default=None, help="a Milvus server's URI (default: a fresh Milvus Lite file)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
+    # SIGTERM (timeout, kill) as an exit, so that run_grid's cleanup stops the Milvus Lite server.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     results = []
     for grid in args.grid or ["100x365"]:
         t, d = (int(x) for x in grid.lower().split("x"))
