@@ -439,3 +439,28 @@ def test_a_run_reads_the_store_only_for_tenant_days_it_marked_written(resources,
     assert out[("HADOOP", last)].deleted == sum(r["day"] == last for r in hadoop_days) > 0
     assert milvus.get_store().rows_between(COLLECTION, "HADOOP", last, last, ["pk"]) == []
     milvus.reset_client()
+
+
+def test_tenant_days_that_never_had_lines_get_no_synced_mark(resources, hadoop_days, workspace, embedding_model):
+    """Issue #20 item 2: a run over a tenant's range records as synced its tenant-days with lines
+    and those that had lines once (an emptied day: its mark says the store holds none of it now),
+    not the days that never had a line, which no reader asks about; every tenant-day the index
+    lists is then in sync."""
+    landing, milvus = resources["landing"], resources["milvus"]
+    days = days_of(hadoop_days)
+    emptied = days[0]
+    landing.refresh()
+    index = landing.index()
+    first = sync_partitions([("HADOOP", d) for d in days], index, embedding_model, milvus)
+    record_synced(index, milvus, DEFAULT_MODEL, first)
+    write_jsonl(workspace["landing"] / "jira.jsonl", [r for r in hadoop_days if r["day"] != emptied])
+    index.refresh()
+    never = [f"2024-06-{d:02d}" for d in range(1, 11)]
+    keys = [("HADOOP", d) for d in never + days]
+    out = sync_partitions(keys, index, embedding_model, milvus)
+    assert out[("HADOOP", emptied)].deleted > 0 and all(out[("HADOOP", d)].written for d in never)
+    record_synced(index, milvus, DEFAULT_MODEL, out)
+    store = milvus.store_key(DEFAULT_MODEL)
+    assert index.synced_partitions(store) == [("HADOOP", d) for d in days]
+    assert ("HADOOP", emptied) in index.partitions() and index.unsynced_partitions(store) == []
+    milvus.reset_client()
