@@ -441,8 +441,10 @@ def write_partitions(
     if pending:
         upsert_started = time.perf_counter()
         # Marked before the rows exist (a crash between the two leaves a mark, never an
-        # unmarked row); a run that created the collection claims its marks complete.
-        index.mark_written(store_key, to_mark, claim=not collection.existed)
+        # unmarked row); a run that created the collection claims its marks complete. (A store
+        # without an identity has no claim either: every tenant-day of it is read.)
+        if store_key is not None:
+            index.mark_written(store_key, to_mark, claim=not collection.existed)
         collection.store.write_rows(collection.name, pending)
         write_s += time.perf_counter() - upsert_started
     if any(r.passages_embedded or r.moved or r.passages_deleted for r in out.values()):
