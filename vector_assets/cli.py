@@ -249,7 +249,7 @@ def _backfill(args: argparse.Namespace, instance, workspace, started: float) -> 
     orphans: set[tuple[str, str]] = set()
     if store and (args.all or not index.synced_partitions(store)):
         every = vectors.stored_partitions(collection, args.tenant, args.start, args.end)
-        if not (args.tenant or args.start or args.end) and index.written_among(store, []) is None:
+        if not (args.tenant or args.start or args.end) and not index.claimed(store):
             # The whole collection was read: its tenant-days are marked written and the
             # collection claimed, so that later runs read the store only for marked tenant-days
             # (a collection written before the marks, or whose state database was lost). A row

@@ -69,7 +69,7 @@ def audit_tenant_days(
     targets = outcomes.target_materializations(context.instance, MILVUS_VECTORS, keys)
     failed, to_record = 0, []
     for check_name, by_key in verdicts.items():
-        reasons = {k: evaluate.failure_reason(check_name, v, t=quality) for k, v in by_key.items() if not v.passed}
+        reasons = {k: evaluate.failure_reason(check_name, v, None, quality) for k, v in by_key.items() if not v.passed}
         failed += len(reasons)
         to_record += outcomes.evaluations(check_name, by_key, targets, reasons, extra={"source": "audit"})
     yield from outcomes.record_evaluations(context, to_record)

@@ -381,18 +381,19 @@ def md_cell(value) -> str:
     return str(value).replace("|", "\\|").replace("\n", " ")
 
 
-def failure_reason(check_name: str, verdict: Verdict, result: PartitionResult | None = None, t: QualityThresholds | None = None) -> str:
+def failure_reason(check_name: str, verdict: Verdict, result: PartitionResult | None, t: QualityThresholds) -> str:
     """One sentence saying why ``verdict`` (a failure of ``check_name`` on one tenant-day) failed,
     from its figures: the description of the tenant-day's check evaluation in the UI.
 
     For ``failure_rate`` it names the first bad line (file, line, reason) of ``result``; for a
-    dimension mismatch, the dimensions. Empty for a passing verdict.
+    dimension mismatch, the dimensions. Empty for a passing verdict. ``t``: the thresholds the
+    verdict was judged with (required: a default here once made the UI cite the defaults
+    whatever the run's ``quality`` resource said).
     """
     from pathlib import PurePath
 
     if verdict.passed:
         return ""
-    t = t or QualityThresholds()
     m = verdict.metadata
     if check_name == "failure_rate":
         bad = result.bad_lines if result is not None else []

@@ -585,13 +585,19 @@ class LandingIndex:
         One query per 500 tenants over their span of days on the table's primary key, so the
         cost follows the marks found, not the tenant-days asked for (an empty tenant-day cost
         a run about 0.19 ms of Milvus Lite's reading, 2026-12-03)."""
-        if store is None:
+        if not self.claimed(store):
             return None
+        with self._begin() as conn:
+            return self._present(conn, state.written, set(keys), store=store)
+
+    def claimed(self, store: str | None) -> bool:
+        """Whether the collection ``store`` is claimed (:data:`vector_assets.state.written_stores`):
+        every row of it was written after its tenant-day's mark (:meth:`mark_written`)."""
+        if store is None:
+            return False
         S = state.written_stores
         with self._begin() as conn:
-            if conn.execute(sa.select(S.c.store).where(self._where(S, store=store))).first() is None:
-                return None
-            return self._present(conn, state.written, set(keys), store=store)
+            return conn.execute(sa.select(S.c.store).where(self._where(S, store=store))).first() is not None
 
     def _present(self, conn, table: sa.Table, wanted: set[tuple[str, str]], **eq) -> set[tuple[str, str]]:
         """Those of ``wanted`` (``(tenant, day)`` pairs) that ``table`` holds rows of for this
